@@ -1,0 +1,453 @@
+//! Configuration: `/etc/antibody/antibody.toml` plus drop-ins in
+//! `antibody.toml.d/*.toml` (applied in lexical order, tables merged key by
+//! key). Every key has a default, so an empty or missing file is a valid
+//! config. Unknown keys are refused so a typo never silently does nothing.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/antibody/antibody.toml";
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub ledger: LedgerConfig,
+    pub state: StateConfig,
+    pub auth: AuthConfig,
+    pub queue: QueueConfig,
+    pub retry: RetryConfig,
+    pub restart: RestartConfig,
+    pub isolate: IsolateConfig,
+    pub nft: NftConfig,
+    pub hot_patch: HotPatchConfig,
+    pub protect: ProtectConfig,
+    pub notify: NotifyConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LedgerConfig {
+    /// Directory of the hash-chained JSON Lines segments.
+    pub dir: PathBuf,
+    /// A segment is closed and a new one started past this size.
+    pub segment_bytes: u64,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        LedgerConfig {
+            dir: PathBuf::from("/var/log/antibody"),
+            segment_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StateConfig {
+    pub dir: PathBuf,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            dir: PathBuf::from("/var/lib/antibody"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    pub submit_groups: Vec<String>,
+    pub read_groups: Vec<String>,
+    pub polkit: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            submit_groups: vec!["antibody".into()],
+            read_groups: vec!["antibody".into()],
+            polkit: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueConfig {
+    /// Plans accepted but not finished; past it `SubmitAlert` answers `QueueFull`.
+    pub max: usize,
+    pub dedupe_window_secs: u64,
+    /// Plans on disjoint targets that may run at the same time.
+    pub max_concurrent: usize,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            max: 1024,
+            dedupe_window_secs: 60,
+            max_concurrent: 4,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryConfig {
+    pub base_ms: u64,
+    pub factor: u32,
+    pub max_attempts: u32,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            base_ms: 200,
+            factor: 2,
+            max_attempts: 4,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RestartConfig {
+    pub burst: u32,
+    pub interval_secs: u64,
+    pub timeout_secs: u64,
+}
+
+impl Default for RestartConfig {
+    fn default() -> Self {
+        RestartConfig {
+            burst: 3,
+            interval_secs: 300,
+            timeout_secs: 90,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IsolateConfig {
+    pub default_seconds: u64,
+}
+
+impl Default for IsolateConfig {
+    fn default() -> Self {
+        IsolateConfig {
+            default_seconds: 3600,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NftConfig {
+    pub reconcile_interval_secs: u64,
+    pub remove_on_stop: bool,
+}
+
+impl Default for NftConfig {
+    fn default() -> Self {
+        NftConfig {
+            reconcile_interval_secs: 5,
+            remove_on_stop: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HotPatchConfig {
+    pub allowed_paths: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProtectConfig {
+    pub units: Vec<String>,
+    pub addresses: Vec<String>,
+    pub ports: Vec<u16>,
+}
+
+impl Default for ProtectConfig {
+    fn default() -> Self {
+        ProtectConfig {
+            units: Vec::new(),
+            addresses: Vec::new(),
+            ports: vec![22],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NotifyConfig {
+    pub channels: BTreeMap<String, ChannelConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelConfig {
+    pub kind: ChannelKind,
+    pub url: String,
+    #[serde(default = "default_webhook_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn default_webhook_timeout() -> u64 {
+    5
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChannelKind {
+    Webhook,
+}
+
+/// Channels every build has; config may not redefine them.
+pub const BUILTIN_CHANNELS: [&str; 2] = ["journal", "dbus"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Loads `path` and its drop-ins. A missing main file is allowed only
+    /// where `missing_ok` (the default path): the defaults then apply.
+    pub fn load(path: &Path, missing_ok: bool) -> Result<Config, ConfigError> {
+        let mut merged = toml::Table::new();
+        match std::fs::read_to_string(path) {
+            Ok(text) => merge_tables(&mut merged, parse_table(path, &text)?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && missing_ok => {}
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.into(),
+                    source,
+                })
+            }
+        }
+        for dropin in dropin_files(path)? {
+            let text = std::fs::read_to_string(&dropin).map_err(|source| ConfigError::Read {
+                path: dropin.clone(),
+                source,
+            })?;
+            merge_tables(&mut merged, parse_table(&dropin, &text)?);
+        }
+        let config: Config =
+            toml::Value::Table(merged)
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    path: path.into(),
+                    message: e.message().to_string(),
+                })?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Parses one TOML document on its own (no drop-ins).
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<inline>"),
+            message: e.message().to_string(),
+        })?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Range checks serde cannot express.
+    fn check(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, what: &str| Err(ConfigError::Invalid(format!("{key}: {what}")));
+        if self.queue.max == 0 {
+            return bad("queue.max", "must be at least 1");
+        }
+        if self.queue.max_concurrent == 0 {
+            return bad("queue.max_concurrent", "must be at least 1");
+        }
+        if self.retry.max_attempts == 0 {
+            return bad("retry.max_attempts", "must be at least 1");
+        }
+        if self.retry.factor == 0 {
+            return bad("retry.factor", "must be at least 1");
+        }
+        if self.ledger.segment_bytes < 4096 {
+            return bad("ledger.segment_bytes", "must be at least 4096");
+        }
+        for (name, channel) in &self.notify.channels {
+            if BUILTIN_CHANNELS.contains(&name.as_str()) {
+                return bad(
+                    &format!("notify.channels.{name}"),
+                    "is a built-in channel and cannot be redefined",
+                );
+            }
+            if !channel.url.starts_with("http://") && !channel.url.starts_with("https://") {
+                return bad(
+                    &format!("notify.channels.{name}.url"),
+                    "must be an http:// or https:// URL",
+                );
+            }
+            if channel.timeout_secs == 0 {
+                return bad(
+                    &format!("notify.channels.{name}.timeout_secs"),
+                    "must be at least 1",
+                );
+            }
+        }
+        for (i, root) in self.hot_patch.allowed_paths.iter().enumerate() {
+            if !root.is_absolute() {
+                return bad(
+                    &format!("hot_patch.allowed_paths[{i}]"),
+                    "must be an absolute path",
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+fn parse_table(path: &Path, text: &str) -> Result<toml::Table, ConfigError> {
+    text.parse::<toml::Table>().map_err(|e| ConfigError::Parse {
+        path: path.into(),
+        message: e.to_string().trim().to_string(),
+    })
+}
+
+/// `antibody.toml` → `antibody.toml.d/*.toml`, sorted.
+fn dropin_files(path: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+    let mut dir = path.as_os_str().to_owned();
+    dir.push(".d");
+    let dir = PathBuf::from(dir);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(ConfigError::Read { path: dir, source }),
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|ext| ext == "toml"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Tables merge key by key; any other value in `over` replaces the one in `base`.
+fn merge_tables(base: &mut toml::Table, over: toml::Table) {
+    for (key, value) in over {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge_tables(b, o),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_is_all_defaults() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.queue.max, 1024);
+        assert_eq!(c.queue.dedupe_window_secs, 60);
+        assert_eq!(c.retry.base_ms, 200);
+        assert_eq!(c.restart.burst, 3);
+        assert_eq!(c.protect.ports, vec![22]);
+        assert_eq!(c.ledger.dir, PathBuf::from("/var/log/antibody"));
+    }
+
+    #[test]
+    fn design_example_parses() {
+        let text = r#"
+[ledger]
+dir = "/var/log/antibody"
+[state]
+dir = "/var/lib/antibody"
+[auth]
+submit_groups = ["antibody"]
+read_groups = ["antibody"]
+polkit = false
+[queue]
+max = 1024
+dedupe_window_secs = 60
+[retry]
+base_ms = 200
+factor = 2
+max_attempts = 4
+[restart]
+burst = 3
+interval_secs = 300
+timeout_secs = 90
+[isolate]
+default_seconds = 3600
+[nft]
+reconcile_interval_secs = 5
+remove_on_stop = false
+[hot_patch]
+allowed_paths = []
+[protect]
+units = []
+addresses = []
+ports = [22]
+[notify.channels.ops]
+kind = "webhook"
+url = "http://127.0.0.1:9000/hook"
+timeout_secs = 5
+"#;
+        let c = Config::from_toml(text).unwrap();
+        assert_eq!(c.notify.channels["ops"].url, "http://127.0.0.1:9000/hook");
+    }
+
+    #[test]
+    fn unknown_key_is_refused_by_name() {
+        let err = Config::from_toml("[queue]\nmaxx = 3\n").unwrap_err().to_string();
+        assert!(err.contains("maxx"), "{err}");
+    }
+
+    #[test]
+    fn builtin_channel_cannot_be_redefined() {
+        let err = Config::from_toml("[notify.channels.journal]\nkind=\"webhook\"\nurl=\"http://x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("notify.channels.journal"), "{err}");
+    }
+
+    #[test]
+    fn dropins_merge_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = dir.path().join("antibody.toml");
+        std::fs::write(&main, "[queue]\nmax = 10\ndedupe_window_secs = 5\n").unwrap();
+        std::fs::create_dir(dir.path().join("antibody.toml.d")).unwrap();
+        std::fs::write(dir.path().join("antibody.toml.d/20-b.toml"), "[queue]\nmax = 30\n").unwrap();
+        std::fs::write(dir.path().join("antibody.toml.d/10-a.toml"), "[queue]\nmax = 20\n").unwrap();
+        std::fs::write(dir.path().join("antibody.toml.d/ignored.conf"), "garbage").unwrap();
+        let c = Config::load(&main, false).unwrap();
+        assert_eq!(c.queue.max, 30);
+        assert_eq!(c.queue.dedupe_window_secs, 5);
+    }
+
+    #[test]
+    fn missing_file_only_ok_when_allowed() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = dir.path().join("nope.toml");
+        assert_eq!(Config::load(&main, true).unwrap(), Config::default());
+        assert!(Config::load(&main, false).is_err());
+    }
+}

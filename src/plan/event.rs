@@ -1,0 +1,352 @@
+//! Ledger events and how each one changes a plan. The engine appends an event,
+//! waits until it is durable, then folds it into its in-memory plan with
+//! [`Plan::apply_event`]; recovery folds the same events from disk, so the two
+//! can never disagree.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::model::{ActionState, LogLine, Plan, PlanAction, PlanSeed, PlanStatus, Rollback};
+use crate::time::rfc3339;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RevertReason {
+    /// A later action of the plan failed for good.
+    Rollback,
+    /// `RollbackPlan` was called.
+    Operator,
+    /// The action's own duration ran out.
+    Expired,
+}
+
+impl RevertReason {
+    fn describe(self) -> &'static str {
+        match self {
+            RevertReason::Rollback => "rolled back after a later failure",
+            RevertReason::Operator => "rolled back on request",
+            RevertReason::Expired => "reverted when its time ran out",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "payload", rename_all = "snake_case")]
+pub enum Event {
+    AgentStarted {
+        version: String,
+        pid: u32,
+    },
+    AgentStopping {
+        reason: String,
+    },
+    ConfigReloaded {
+        ok: bool,
+        detail: String,
+    },
+    /// Recorded when a walk of the chain finds it broken; the agent goes on.
+    ChainBroken {
+        broken_at: u64,
+        report: String,
+    },
+    PlanCreated {
+        plan: PlanSeed,
+    },
+    PlanStarted {},
+    ActionStarted {
+        index: usize,
+        attempt: u32,
+    },
+    ActionApplied {
+        index: usize,
+        attempt: u32,
+        summary: String,
+        changes: Value,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        revert_at_ms: Option<u64>,
+    },
+    /// A transient failure; another attempt follows after `retry_in_ms`.
+    ActionAttemptFailed {
+        index: usize,
+        attempt: u32,
+        error: String,
+        retry_in_ms: u64,
+    },
+    ActionFailed {
+        index: usize,
+        attempt: u32,
+        error: String,
+    },
+    /// After a crash: did the interrupted attempt take effect?
+    ActionRecovered {
+        index: usize,
+        took_effect: bool,
+        detail: String,
+    },
+    ActionReverted {
+        index: usize,
+        reason: RevertReason,
+        summary: String,
+    },
+    ActionRevertFailed {
+        index: usize,
+        reason: RevertReason,
+        error: String,
+    },
+    ActionSkipped {
+        index: usize,
+        reason: String,
+    },
+    PlanFinished {
+        status: PlanStatus,
+    },
+    RollbackRequested {
+        by: String,
+    },
+    RollbackFinished {},
+}
+
+impl Event {
+    /// The record's `kind` as written in the ledger.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::AgentStarted { .. } => "agent_started",
+            Event::AgentStopping { .. } => "agent_stopping",
+            Event::ConfigReloaded { .. } => "config_reloaded",
+            Event::ChainBroken { .. } => "chain_broken",
+            Event::PlanCreated { .. } => "plan_created",
+            Event::PlanStarted {} => "plan_started",
+            Event::ActionStarted { .. } => "action_started",
+            Event::ActionApplied { .. } => "action_applied",
+            Event::ActionAttemptFailed { .. } => "action_attempt_failed",
+            Event::ActionFailed { .. } => "action_failed",
+            Event::ActionRecovered { .. } => "action_recovered",
+            Event::ActionReverted { .. } => "action_reverted",
+            Event::ActionRevertFailed { .. } => "action_revert_failed",
+            Event::ActionSkipped { .. } => "action_skipped",
+            Event::PlanFinished { .. } => "plan_finished",
+            Event::RollbackRequested { .. } => "rollback_requested",
+            Event::RollbackFinished {} => "rollback_finished",
+        }
+    }
+
+    /// (kind, payload) as stored in a ledger record.
+    pub fn to_parts(&self) -> (String, Value) {
+        let mut v = serde_json::to_value(self).expect("events always serialize");
+        let payload = v
+            .get_mut("payload")
+            .map(Value::take)
+            .unwrap_or_else(|| Value::Object(Default::default()));
+        (self.kind().to_string(), payload)
+    }
+
+    pub fn from_parts(kind: &str, payload: &Value) -> Result<Event, serde_json::Error> {
+        serde_json::from_value(serde_json::json!({"kind": kind, "payload": payload}))
+    }
+
+    /// The action index the event is about, if any.
+    pub fn action_index(&self) -> Option<usize> {
+        match self {
+            Event::ActionStarted { index, .. }
+            | Event::ActionApplied { index, .. }
+            | Event::ActionAttemptFailed { index, .. }
+            | Event::ActionFailed { index, .. }
+            | Event::ActionRecovered { index, .. }
+            | Event::ActionReverted { index, .. }
+            | Event::ActionRevertFailed { index, .. }
+            | Event::ActionSkipped { index, .. } => Some(*index),
+            _ => None,
+        }
+    }
+}
+
+impl Plan {
+    /// A new plan from its `plan_created` record.
+    pub fn from_seed(seed: PlanSeed, seq: u64, ts_ms: u64) -> Plan {
+        let ts = rfc3339(ts_ms);
+        let actions = seed
+            .actions
+            .into_iter()
+            .map(|seed| PlanAction {
+                seed,
+                state: ActionState::Pending,
+                attempts: 0,
+                in_flight: false,
+                started_at: None,
+                finished_at: None,
+                changes: None,
+                revert_at: None,
+                revert_at_ms: None,
+                error: None,
+            })
+            .collect::<Vec<_>>();
+        let mut plan = Plan {
+            id: seed.id,
+            timestamp: seed.timestamp,
+            source: seed.source,
+            severity: seed.severity,
+            description: seed.description,
+            log: Vec::new(),
+            status: PlanStatus::Pending,
+            alert_sha256: seed.alert_sha256,
+            context: seed.context,
+            updated: ts.clone(),
+            finished_at: None,
+            rollback: None,
+            seq,
+            created_ms: ts_ms,
+            finished_ms: None,
+            actions,
+        };
+        let summary = format!("plan created with {} action(s)", plan.actions.len());
+        plan.log_line(&ts, summary);
+        plan
+    }
+
+    fn log_line(&mut self, ts: &str, message: String) {
+        self.log.push(LogLine {
+            ts: ts.to_string(),
+            message,
+        });
+    }
+
+    fn action_label(&self, index: usize) -> String {
+        match self.actions.get(index) {
+            Some(a) => format!("action {index} ({})", a.seed.kind),
+            None => format!("action {index}"),
+        }
+    }
+
+    /// Folds one event into the plan. Events about an index the plan does not
+    /// have are ignored (they cannot come from this agent's own ledger).
+    pub fn apply_event(&mut self, event: &Event, ts_ms: u64) {
+        let ts = rfc3339(ts_ms);
+        self.updated = ts.clone();
+        if let Some(index) = event.action_index() {
+            if index >= self.actions.len() {
+                return;
+            }
+        }
+        let label = event.action_index().map(|i| self.action_label(i));
+        let label = label.as_deref().unwrap_or("");
+        let line = match event {
+            Event::PlanStarted {} => {
+                self.status = PlanStatus::InProgress;
+                "plan started".to_string()
+            }
+            Event::ActionStarted { index, attempt } => {
+                let a = &mut self.actions[*index];
+                a.attempts = a.attempts.max(*attempt);
+                a.in_flight = true;
+                a.started_at.get_or_insert_with(|| ts.clone());
+                format!("{label}: attempt {attempt} started")
+            }
+            Event::ActionApplied {
+                index,
+                summary,
+                changes,
+                revert_at_ms,
+                ..
+            } => {
+                let a = &mut self.actions[*index];
+                a.state = ActionState::Applied;
+                a.in_flight = false;
+                a.finished_at = Some(ts.clone());
+                a.changes = Some(changes.clone());
+                a.revert_at_ms = *revert_at_ms;
+                a.revert_at = revert_at_ms.map(rfc3339);
+                a.error = None;
+                format!("{label}: applied: {summary}")
+            }
+            Event::ActionAttemptFailed {
+                index,
+                attempt,
+                error,
+                retry_in_ms,
+            } => {
+                let a = &mut self.actions[*index];
+                a.in_flight = false;
+                a.error = Some(error.clone());
+                format!("{label}: attempt {attempt} failed: {error}; retrying in {retry_in_ms} ms")
+            }
+            Event::ActionFailed {
+                index,
+                attempt,
+                error,
+            } => {
+                let a = &mut self.actions[*index];
+                a.state = ActionState::Failed;
+                a.in_flight = false;
+                a.finished_at = Some(ts.clone());
+                a.error = Some(error.clone());
+                format!("{label}: failed after {attempt} attempt(s): {error}")
+            }
+            Event::ActionRecovered {
+                index,
+                took_effect,
+                detail,
+            } => {
+                self.actions[*index].in_flight = false;
+                let verdict = if *took_effect {
+                    "had taken effect"
+                } else {
+                    "had not taken effect"
+                };
+                format!("{label}: after an agent restart the interrupted attempt {verdict}: {detail}")
+            }
+            Event::ActionReverted {
+                index,
+                reason,
+                summary,
+            } => {
+                let a = &mut self.actions[*index];
+                a.state = ActionState::Reverted;
+                a.revert_at_ms = None;
+                format!("{label}: {}: {summary}", reason.describe())
+            }
+            Event::ActionRevertFailed {
+                index,
+                reason,
+                error,
+            } => {
+                let a = &mut self.actions[*index];
+                // It stays applied: the change is still in place. A timed
+                // revert is not retried forever; the operator is told.
+                a.revert_at_ms = None;
+                a.error = Some(error.clone());
+                format!("{label}: could not be {}: {error}", reason.describe())
+            }
+            Event::ActionSkipped { index, reason } => {
+                let a = &mut self.actions[*index];
+                a.state = ActionState::Skipped;
+                format!("{label}: skipped: {reason}")
+            }
+            Event::PlanFinished { status } => {
+                self.status = *status;
+                self.finished_at = Some(ts.clone());
+                self.finished_ms = Some(ts_ms);
+                format!("plan finished: {}", status.as_str())
+            }
+            Event::RollbackRequested { by } => {
+                self.rollback = Some(Rollback {
+                    requested_at: ts.clone(),
+                    by: by.clone(),
+                    finished_at: None,
+                });
+                format!("rollback requested by {by}")
+            }
+            Event::RollbackFinished {} => {
+                if let Some(r) = &mut self.rollback {
+                    r.finished_at = Some(ts.clone());
+                }
+                "rollback finished".to_string()
+            }
+            Event::PlanCreated { .. }
+            | Event::AgentStarted { .. }
+            | Event::AgentStopping { .. }
+            | Event::ConfigReloaded { .. }
+            | Event::ChainBroken { .. } => return,
+        };
+        self.log_line(&ts, line);
+    }
+}

@@ -1,0 +1,168 @@
+//! The Patch Plan as stored and returned by `GetPlan` (DESIGN.md §2).
+//! A plan is never edited in place by callers: it is the fold of its ledger
+//! events (`super::event`), so replaying the ledger rebuilds it exactly.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::alert::{Severity, Source};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlanStatus {
+    Pending,
+    InProgress,
+    Success,
+    Failed,
+}
+
+impl PlanStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PlanStatus::Pending => "pending",
+            PlanStatus::InProgress => "in_progress",
+            PlanStatus::Success => "success",
+            PlanStatus::Failed => "failed",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<PlanStatus> {
+        [
+            PlanStatus::Pending,
+            PlanStatus::InProgress,
+            PlanStatus::Success,
+            PlanStatus::Failed,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
+    }
+
+    pub fn is_finished(self) -> bool {
+        matches!(self, PlanStatus::Success | PlanStatus::Failed)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionState {
+    Pending,
+    Applied,
+    Failed,
+    Reverted,
+    Skipped,
+}
+
+/// What the plan was created with: written once, in the `plan_created` record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlanSeed {
+    pub id: String,
+    pub timestamp: String,
+    pub source: Source,
+    pub severity: Severity,
+    pub description: String,
+    pub alert_sha256: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<Value>,
+    pub actions: Vec<ActionSeed>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActionSeed {
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The parameters after validation (e.g. `vael` → `vael.service`).
+    pub params: Value,
+    /// Resources the action touches; plans sharing one run in order.
+    pub targets: Vec<String>,
+    pub reversible: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogLine {
+    pub ts: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlanAction {
+    #[serde(flatten)]
+    pub seed: ActionSeed,
+    pub state: ActionState,
+    pub attempts: u32,
+    /// Started and not yet settled: after a crash, `recover` decides.
+    pub in_flight: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    /// What `apply` changed, enough for `revert`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub changes: Option<Value>,
+    /// When a timed action is reverted by itself (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revert_at: Option<String>,
+    #[serde(skip)]
+    pub revert_at_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rollback {
+    pub requested_at: String,
+    pub by: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    pub id: String,
+    pub timestamp: String,
+    pub source: Source,
+    pub severity: Severity,
+    pub description: String,
+    pub actions: Vec<PlanAction>,
+    pub status: PlanStatus,
+    pub log: Vec<LogLine>,
+    pub alert_sha256: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context: Option<Value>,
+    pub updated: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<Rollback>,
+    /// Ledger sequence of the `plan_created` record: submission order.
+    pub seq: u64,
+    #[serde(skip)]
+    pub created_ms: u64,
+    #[serde(skip)]
+    pub finished_ms: Option<u64>,
+}
+
+impl Plan {
+    pub fn targets(&self) -> impl Iterator<Item = &str> {
+        self.actions
+            .iter()
+            .flat_map(|a| a.seed.targets.iter().map(String::as_str))
+    }
+
+    /// Applied, reversible and not yet reverted: what a rollback would undo.
+    pub fn revertible_indexes(&self) -> impl DoubleEndedIterator<Item = usize> + '_ {
+        self.actions
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| a.seed.reversible && a.state == ActionState::Applied)
+            .map(|(i, _)| i)
+    }
+
+    /// Timed reverts still to come: (deadline ms, action index).
+    pub fn pending_timed_reverts(&self) -> impl Iterator<Item = (u64, usize)> + '_ {
+        self.actions
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| a.state == ActionState::Applied)
+            .filter_map(|(i, a)| a.revert_at_ms.map(|at| (at, i)))
+    }
+}
