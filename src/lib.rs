@@ -1,7 +1,13 @@
 //! Antibody: turns alerts into audited, reversible mitigations.
 //! See DESIGN.md for the contract and README.md for the operator's view.
 
+pub mod actions;
 pub mod config;
+pub mod dbus;
+pub mod engine;
 pub mod error;
+pub mod events;
+pub mod ledger;
 pub mod plan;
+pub mod sys;
 pub mod time;

@@ -1,1 +1,177 @@
-fn main() {}
+//! antibodyd: wiring only — config, ledger and engine, the bus, signals and
+//! systemd notifications. Everything else lives in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use futures_util::stream::StreamExt;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook_tokio::Signals;
+
+use antibody::actions::Registry;
+use antibody::config::{Config, DEFAULT_CONFIG_PATH};
+use antibody::engine::{Engine, EngineParts, VERSION};
+use antibody::plan::Event;
+use antibody::sys::journal::{Journal, JournalMirror};
+use antibody::sys::notifier::SystemNotifier;
+use antibody::sys::{sdnotify, Sys};
+use antibody::{dbus, events};
+
+/// How long a stop waits for steps under way before leaving them to recovery.
+const STOP_GRACE: Duration = Duration::from_secs(20);
+
+#[derive(Parser)]
+#[command(name = "antibodyd", version, about = "Antibody agent: turns alerts into audited, reversible mitigations")]
+struct Args {
+    /// Configuration file; drop-ins are read from FILE.d/*.toml.
+    #[arg(long, value_name = "FILE", default_value = DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+    /// Check the configuration, print it with every default filled in, and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+fn load_config(args: &Args) -> Result<Config, String> {
+    let missing_ok = args.config == std::path::Path::new(DEFAULT_CONFIG_PATH);
+    Config::load(&args.config, missing_ok).map_err(|e| format!("configuration: {e}"))
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = match load_config(&args) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("<3>antibodyd: {e}");
+            return ExitCode::from(78); // EX_CONFIG
+        }
+    };
+    if args.check_config {
+        print!("{}", toml::to_string(&config).unwrap_or_default());
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("<3>antibodyd: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("<3>antibodyd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The systemd unit this process runs in, from its cgroup path.
+fn own_unit() -> Option<String> {
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    cgroup
+        .lines()
+        .filter_map(|line| line.rsplit('/').next())
+        .find(|name| antibody::actions::unit_name::has_unit_suffix(name) && !name.ends_with(".slice"))
+        .map(str::to_string)
+}
+
+async fn run(args: Args, config: Config) -> Result<(), String> {
+    let journal = Journal::detect();
+    let events = events::channel();
+    if config.auth.polkit {
+        eprintln!("<4>antibodyd: auth.polkit = true is not supported by this build; the group rules apply");
+    }
+    let sys = Sys {
+        notifier: Arc::new(SystemNotifier {
+            journal,
+            events: events.clone(),
+        }),
+    };
+    let engine = Engine::open(
+        config,
+        EngineParts {
+            registry: Registry::builtin(),
+            sys,
+            events,
+            mirror: Some(JournalMirror::start(journal)),
+            own_unit: own_unit(),
+        },
+    )
+    .map_err(|e| format!("cannot open the ledger: {e}"))?;
+
+    engine
+        .record_agent(Event::AgentStarted {
+            version: VERSION.into(),
+            pid: std::process::id(),
+        })
+        .await;
+    let health = engine.ledger_health();
+    if !health.ok {
+        eprintln!("<2>antibodyd: ledger {}; the agent keeps appending", health.report);
+        engine.note_chain_broken().await;
+    }
+    engine.settle_in_flight().await;
+
+    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(|e| format!("signals: {e}"))?;
+    let connection = dbus::serve(engine.clone())
+        .await
+        .map_err(|e| format!("cannot serve {} on the system bus: {e}", dbus::BUS_NAME))?;
+    let engine_loop = tokio::spawn(engine.clone().run());
+    sdnotify::ready(&engine.status_line());
+    tokio::spawn(watchdog(engine.clone()));
+
+    while let Some(signal) = signals.next().await {
+        match signal {
+            SIGHUP => {
+                sdnotify::reloading();
+                match load_config(&args) {
+                    Ok(config) => engine.reload(config).await,
+                    Err(e) => {
+                        eprintln!("<3>antibodyd: reload refused, the running configuration stays: {e}");
+                        engine
+                            .record_agent(Event::ConfigReloaded { ok: false, detail: e })
+                            .await;
+                    }
+                }
+                sdnotify::ready(&engine.status_line());
+            }
+            _ => break,
+        }
+    }
+
+    sdnotify::stopping();
+    engine.begin_stop();
+    engine
+        .record_agent(Event::AgentStopping {
+            reason: "SIGTERM".into(),
+        })
+        .await;
+    let deadline = Instant::now() + STOP_GRACE;
+    while engine.running_plans() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = engine_loop.await;
+    let _ = connection.release_name(dbus::BUS_NAME).await;
+    Ok(())
+}
+
+/// `WATCHDOG=1` only while the engine loop proves itself alive: a stalled
+/// engine stops the pings and systemd restarts the agent.
+async fn watchdog(engine: Arc<Engine>) {
+    let interval = sdnotify::watchdog_interval();
+    let tick = interval.map(|i| i / 3).unwrap_or(Duration::from_secs(5));
+    let max_age_ms = interval.map(|i| i.as_millis() as u64).unwrap_or(u64::MAX).min(10_000);
+    loop {
+        tokio::time::sleep(tick).await;
+        if engine.is_stopping() {
+            return;
+        }
+        if interval.is_some() && engine.heartbeat_age_ms() < max_age_ms {
+            sdnotify::watchdog();
+        }
+        sdnotify::status(&engine.status_line());
+    }
+}

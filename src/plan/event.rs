@@ -178,6 +178,7 @@ impl Plan {
                 revert_at: None,
                 revert_at_ms: None,
                 error: None,
+                revert_failed: false,
             })
             .collect::<Vec<_>>();
         let mut plan = Plan {
@@ -313,6 +314,7 @@ impl Plan {
                 // It stays applied: the change is still in place. A timed
                 // revert is not retried forever; the operator is told.
                 a.revert_at_ms = None;
+                a.revert_failed = true;
                 a.error = Some(error.clone());
                 format!("{label}: could not be {}: {error}", reason.describe())
             }
@@ -328,6 +330,9 @@ impl Plan {
                 format!("plan finished: {}", status.as_str())
             }
             Event::RollbackRequested { by } => {
+                for a in &mut self.actions {
+                    a.revert_failed = false;
+                }
                 self.rollback = Some(Rollback {
                     requested_at: ts.clone(),
                     by: by.clone(),

@@ -105,6 +105,10 @@ pub struct PlanAction {
     pub revert_at_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// A revert was tried and failed: the change is still in force. A later
+    /// `RollbackPlan` tries again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub revert_failed: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -153,7 +157,9 @@ impl Plan {
         self.actions
             .iter()
             .enumerate()
-            .filter(|(_, a)| a.seed.reversible && a.state == ActionState::Applied)
+            .filter(|(_, a)| {
+                a.seed.reversible && a.state == ActionState::Applied && !a.revert_failed
+            })
             .map(|(i, _)| i)
     }
 

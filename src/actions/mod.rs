@@ -1,0 +1,197 @@
+//! Action handlers (DESIGN.md §3): one trait, one file per action type, and a
+//! registry keyed by type name. A handler validates its parameters (pure),
+//! describes its change without making it (`dry_run`), makes it (`apply`),
+//! undoes it (`revert`) and, after a crash, tells from the system whether an
+//! interrupted attempt took effect (`recover`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+use crate::config::Config;
+use crate::error::{AgentError, ErrorName};
+use crate::plan::fields::Fields;
+use crate::plan::{ActionSeed, Alert, Severity, Source};
+use crate::sys::Sys;
+
+pub mod hot_patch;
+pub mod isolate_socket;
+pub mod net;
+pub mod notify_operator;
+pub mod restart_service;
+pub mod throttle_entity;
+pub mod unit_name;
+
+/// What validation needs besides the parameters: the config's guards.
+pub struct ValidateCtx<'a> {
+    pub config: &'a Config,
+    /// The unit the agent itself runs in, when known: never a target.
+    pub own_unit: Option<&'a str>,
+}
+
+/// Parameters after validation: normalized, with the resources they touch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Validated {
+    pub params: Value,
+    pub targets: Vec<String>,
+}
+
+/// Everything an executing action may look at.
+pub struct ActionCtx<'a> {
+    pub plan_id: &'a str,
+    pub source: Source,
+    pub severity: Severity,
+    pub description: &'a str,
+    pub index: usize,
+    pub params: &'a Value,
+    pub config: &'a Config,
+    pub sys: &'a Sys,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Applied {
+    /// One line for the plan's log.
+    pub summary: String,
+    /// Enough to revert the change, stored in the ledger.
+    pub changes: Value,
+    /// A timed action is reverted by the agent after this many seconds.
+    pub revert_after_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActionError {
+    /// Transient failures are retried with back-off; others fail the action.
+    pub transient: bool,
+    pub message: String,
+}
+
+impl ActionError {
+    pub fn transient(message: impl Into<String>) -> Self {
+        ActionError {
+            transient: true,
+            message: message.into(),
+        }
+    }
+    pub fn permanent(message: impl Into<String>) -> Self {
+        ActionError {
+            transient: false,
+            message: message.into(),
+        }
+    }
+}
+
+/// After a crash: did the interrupted attempt take effect?
+#[derive(Debug, Clone, PartialEq)]
+pub enum Recovered {
+    TookEffect(Applied),
+    DidNotTakeEffect(String),
+}
+
+#[async_trait]
+pub trait ActionHandler: Send + Sync {
+    fn name(&self) -> &'static str;
+
+    /// Whether `revert` can undo `apply`.
+    fn reversible(&self) -> bool;
+
+    /// Checks parameters; errors name the field through `params.path`.
+    fn validate(&self, params: &Fields<'_>, ctx: &ValidateCtx<'_>) -> Result<Validated, AgentError>;
+
+    /// The exact change `apply` would make now, without making it.
+    async fn dry_run(&self, ctx: &ActionCtx<'_>) -> Result<Value, ActionError>;
+
+    async fn apply(&self, ctx: &ActionCtx<'_>) -> Result<Applied, ActionError>;
+
+    /// Undoes `apply` given what it recorded. Returns a summary for the log.
+    async fn revert(&self, ctx: &ActionCtx<'_>, changes: &Value) -> Result<String, ActionError>;
+
+    async fn recover(&self, ctx: &ActionCtx<'_>) -> Result<Recovered, ActionError>;
+}
+
+/// Handlers by type name.
+#[derive(Clone, Default)]
+pub struct Registry {
+    handlers: BTreeMap<&'static str, Arc<dyn ActionHandler>>,
+}
+
+impl Registry {
+    /// The five action types of DESIGN.md §3.
+    pub fn builtin() -> Registry {
+        let mut registry = Registry::default();
+        registry.register(Arc::new(notify_operator::NotifyOperator));
+        registry.register(Arc::new(restart_service::RestartService));
+        registry.register(Arc::new(throttle_entity::ThrottleEntity));
+        registry.register(Arc::new(isolate_socket::IsolateSocket));
+        registry.register(Arc::new(hot_patch::HotPatch));
+        registry
+    }
+
+    pub fn register(&mut self, handler: Arc<dyn ActionHandler>) {
+        self.handlers.insert(handler.name(), handler);
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn ActionHandler>> {
+        self.handlers.get(name)
+    }
+
+    pub fn names(&self) -> Vec<&'static str> {
+        self.handlers.keys().copied().collect()
+    }
+
+    /// Validates every action of `alert`, in order; the first error wins.
+    pub fn validate_alert(
+        &self,
+        alert: &Alert,
+        ctx: &ValidateCtx<'_>,
+    ) -> Result<Vec<ActionSeed>, AgentError> {
+        alert
+            .actions
+            .iter()
+            .enumerate()
+            .map(|(i, raw)| {
+                let path = format!("actions[{i}]");
+                let handler = self.get(&raw.kind).ok_or_else(|| {
+                    AgentError::at(
+                        ErrorName::UnknownAction,
+                        &format!("{path}.type"),
+                        format!(
+                            "{:?} is not a known action (known: {})",
+                            raw.kind,
+                            self.names().join(", ")
+                        ),
+                    )
+                })?;
+                let fields = Fields {
+                    path,
+                    map: &raw.params,
+                };
+                let validated = handler.validate(&fields, ctx)?;
+                Ok(ActionSeed {
+                    kind: raw.kind.clone(),
+                    params: without_nulls(validated.params),
+                    targets: validated.targets,
+                    reversible: handler.reversible(),
+                })
+            })
+            .collect()
+    }
+}
+
+/// Normalized parameters leave out optional fields that were not given, so
+/// they validate again unchanged when the guards are re-checked at apply.
+fn without_nulls(params: Value) -> Value {
+    match params {
+        Value::Object(map) => Value::Object(map.into_iter().filter(|(_, v)| !v.is_null()).collect()),
+        other => other,
+    }
+}
+
+/// What the four system actions answer until their issue lands: a clear,
+/// permanent failure, never a pretended success.
+pub(crate) fn not_available(action: &str) -> ActionError {
+    ActionError::permanent(format!(
+        "{action} is not available on this build: its system backend is not implemented yet"
+    ))
+}

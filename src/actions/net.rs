@@ -1,0 +1,164 @@
+//! Network targets: socket ids (`tcp:PORT`, `udp:PORT`, `ADDR`, `ADDR:PORT`,
+//! `[V6]:PORT`) and address entities (`ip:ADDR` or a bare address), parsed
+//! strictly, and the addresses and ports no action may cut off.
+
+use std::net::IpAddr;
+use std::str::FromStr;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Sid {
+    /// Every packet to a local port of one protocol.
+    Port(Proto, u16),
+    /// Every packet from or to an address.
+    Addr(IpAddr),
+    /// Packets between us and one remote address·port (TCP or UDP).
+    AddrPort(IpAddr, u16),
+}
+
+pub const SID_FORMS: &str = "tcp:PORT, udp:PORT, ADDR, ADDR:PORT or [V6ADDR]:PORT";
+
+fn parse_port(text: &str) -> Option<u16> {
+    // No sign, no leading zeros, no spaces: exactly what a person would type.
+    if text.is_empty() || text.len() > 5 || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    if text.len() > 1 && text.starts_with('0') {
+        return None;
+    }
+    text.parse::<u16>().ok().filter(|p| *p != 0)
+}
+
+impl FromStr for Sid {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Sid, String> {
+        let bad = || format!("{text:?} is not a socket id; expected {SID_FORMS}");
+        for (prefix, proto) in [("tcp:", Proto::Tcp), ("udp:", Proto::Udp)] {
+            if let Some(port) = text.strip_prefix(prefix) {
+                return parse_port(port).map(|p| Sid::Port(proto, p)).ok_or_else(bad);
+            }
+        }
+        if let Some(rest) = text.strip_prefix('[') {
+            let (addr, port) = rest.split_once("]:").ok_or_else(bad)?;
+            let addr: std::net::Ipv6Addr = addr.parse().map_err(|_| bad())?;
+            return parse_port(port)
+                .map(|p| Sid::AddrPort(IpAddr::V6(addr), p))
+                .ok_or_else(bad);
+        }
+        if let Ok(addr) = text.parse::<IpAddr>() {
+            return Ok(Sid::Addr(addr));
+        }
+        // Only IPv4 may carry a bare `:PORT`; IPv6 needs brackets.
+        let (addr, port) = text.rsplit_once(':').ok_or_else(bad)?;
+        let addr: std::net::Ipv4Addr = addr.parse().map_err(|_| bad())?;
+        parse_port(port)
+            .map(|p| Sid::AddrPort(IpAddr::V4(addr), p))
+            .ok_or_else(bad)
+    }
+}
+
+impl Sid {
+    pub fn address(&self) -> Option<IpAddr> {
+        match self {
+            Sid::Addr(a) | Sid::AddrPort(a, _) => Some(*a),
+            Sid::Port(..) => None,
+        }
+    }
+
+    pub fn port(&self) -> Option<u16> {
+        match self {
+            Sid::Port(_, p) | Sid::AddrPort(_, p) => Some(*p),
+            Sid::Addr(_) => None,
+        }
+    }
+
+    /// The scheduling target: plans touching the same address or port run in order.
+    pub fn target(&self) -> String {
+        match self {
+            Sid::Port(proto, p) => format!("port:{}/{p}", proto.as_str()),
+            Sid::Addr(a) => format!("addr:{a}"),
+            Sid::AddrPort(a, p) => format!("addr:{a}:{p}"),
+        }
+    }
+}
+
+/// `ip:ADDR` or a bare address.
+pub fn parse_address_entity(text: &str) -> Option<IpAddr> {
+    text.strip_prefix("ip:").unwrap_or(text).parse().ok()
+}
+
+/// Why `addr` may never be isolated or throttled, if it may not. The default
+/// gateway is checked at apply, where the routing table can be read.
+pub fn protected_address(addr: IpAddr, configured: &[String]) -> Option<String> {
+    let addr = match addr {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(addr),
+        v4 => v4,
+    };
+    if addr.is_loopback() {
+        return Some(format!("{addr} is a loopback address"));
+    }
+    if addr.is_unspecified() {
+        return Some(format!("{addr} is the unspecified address"));
+    }
+    configured
+        .iter()
+        .any(|p| p.parse::<IpAddr>().ok() == Some(addr))
+        .then(|| format!("{addr} is listed in protect.addresses"))
+}
+
+pub fn protected_port(port: u16, configured: &[u16]) -> Option<String> {
+    configured
+        .contains(&port)
+        .then(|| format!("port {port} is listed in protect.ports"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_form() {
+        assert_eq!("tcp:8080".parse(), Ok(Sid::Port(Proto::Tcp, 8080)));
+        assert_eq!("udp:53".parse(), Ok(Sid::Port(Proto::Udp, 53)));
+        assert_eq!("10.0.0.1".parse::<Sid>().unwrap().target(), "addr:10.0.0.1");
+        assert_eq!("10.0.0.1:443".parse::<Sid>().unwrap().port(), Some(443));
+        assert_eq!("fd00::1".parse::<Sid>().unwrap().target(), "addr:fd00::1");
+        assert_eq!("[fd00::1]:443".parse::<Sid>().unwrap().target(), "addr:fd00::1:443");
+    }
+
+    #[test]
+    fn refuses_near_misses() {
+        for bad in [
+            "", "tcp:", "tcp:0", "tcp:65536", "tcp:080", "tcp:+80", "sctp:80", "10.0.0.1:",
+            "10.0.0.256", "fd00::1:443:x", "[fd00::1]", "[10.0.0.1]:80", "host:80", "tcp: 80",
+            "10.0.0.1:80:1",
+        ] {
+            assert!(bad.parse::<Sid>().is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn protections() {
+        assert!(protected_address("127.0.0.5".parse().unwrap(), &[]).is_some());
+        assert!(protected_address("::1".parse().unwrap(), &[]).is_some());
+        assert!(protected_address("::ffff:127.0.0.1".parse().unwrap(), &[]).is_some());
+        assert!(protected_address("10.1.1.1".parse().unwrap(), &["10.1.1.1".into()]).is_some());
+        assert!(protected_address("10.1.1.2".parse().unwrap(), &["10.1.1.1".into()]).is_none());
+        assert!(protected_port(22, &[22]).is_some());
+    }
+}

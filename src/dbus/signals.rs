@@ -1,0 +1,68 @@
+//! Forwards the engine's announcements to the bus as signals, and emits
+//! `PropertiesChanged` when a property's value actually changed.
+
+use std::sync::Arc;
+
+use tokio::sync::broadcast::error::RecvError;
+use zbus::object_server::InterfaceRef;
+
+use super::interface::Antibody;
+use crate::engine::Engine;
+use crate::events::AgentEvent;
+
+#[derive(Default, PartialEq, Clone, Copy)]
+struct Counters {
+    queue_depth: u32,
+    healthy: bool,
+    active: u32,
+}
+
+pub async fn pump(engine: Arc<Engine>, iface: InterfaceRef<Antibody>) {
+    let mut rx = engine.events().subscribe();
+    let mut last = Counters::default();
+    loop {
+        let event = match rx.recv().await {
+            Ok(event) => event,
+            // Signals were missed under load; counters are re-read anyway.
+            Err(RecvError::Lagged(_)) => AgentEvent::CountersChanged,
+            Err(RecvError::Closed) => return,
+        };
+        let emitter = iface.signal_emitter();
+        let sent = match &event {
+            AgentEvent::PlanQueued { plan_id, source, severity } => {
+                Antibody::plan_queued(emitter, plan_id, source, severity).await
+            }
+            AgentEvent::PlanStatusChanged { plan_id, status } => {
+                Antibody::plan_status_changed(emitter, plan_id, status).await
+            }
+            AgentEvent::ActionFinished { plan_id, index, kind, outcome } => {
+                Antibody::action_finished(emitter, plan_id, *index, kind, outcome).await
+            }
+            AgentEvent::OperatorNotice { channel, severity, message } => {
+                Antibody::operator_notice(emitter, channel, severity, message).await
+            }
+            AgentEvent::CountersChanged => Ok(()),
+        };
+        if let Err(e) = sent {
+            eprintln!("<4>antibody: cannot emit a D-Bus signal: {e}");
+        }
+        let now = Counters {
+            queue_depth: engine.queue_depth(),
+            healthy: engine.healthy(),
+            active: engine.active_mitigations(),
+        };
+        if now != last {
+            let guard = iface.get().await;
+            if now.queue_depth != last.queue_depth {
+                let _ = guard.queue_depth_changed(emitter).await;
+            }
+            if now.healthy != last.healthy {
+                let _ = guard.healthy_changed(emitter).await;
+            }
+            if now.active != last.active {
+                let _ = guard.active_mitigations_changed(emitter).await;
+            }
+            last = now;
+        }
+    }
+}

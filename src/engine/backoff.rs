@@ -1,0 +1,29 @@
+//! Retry delays: exponential in the attempt number, with ±25 % jitter so
+//! many plans failing together do not retry in lockstep.
+
+use crate::config::RetryConfig;
+
+/// The delay before attempt `failed_attempt + 1`, given a jitter draw in 0..1.
+pub fn retry_delay_ms(retry: &RetryConfig, failed_attempt: u32, jitter: f64) -> u64 {
+    let exponent = failed_attempt.saturating_sub(1).min(20);
+    let base = (retry.base_ms as f64) * (retry.factor as f64).powi(exponent as i32);
+    let base = base.min(300_000.0);
+    let jittered = base * (0.75 + 0.5 * jitter.clamp(0.0, 1.0));
+    jittered.round() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grows_exponentially_within_jitter() {
+        let r = RetryConfig { base_ms: 200, factor: 2, max_attempts: 4 };
+        assert_eq!(retry_delay_ms(&r, 1, 0.5), 200);
+        assert_eq!(retry_delay_ms(&r, 2, 0.5), 400);
+        assert_eq!(retry_delay_ms(&r, 3, 0.5), 800);
+        assert_eq!(retry_delay_ms(&r, 1, 0.0), 150);
+        assert_eq!(retry_delay_ms(&r, 1, 1.0), 250);
+        assert_eq!(retry_delay_ms(&r, 99, 0.5), 300_000);
+    }
+}

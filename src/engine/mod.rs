@@ -1,0 +1,611 @@
+//! The engine: accepts validated alerts as durable plans, runs them in the
+//! background (bounded, ordered per target), reverts timed actions, and
+//! answers queries. It owns the plans; the D-Bus layer only calls in.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::sync::{watch, Notify};
+
+use crate::actions::{ActionCtx, Registry, ValidateCtx};
+use crate::config::Config;
+use crate::error::{AgentError, ErrorName};
+use crate::events::{AgentEvent, EventSender};
+use crate::ledger::{self, Durable, JournalFields, LedgerWriter, ScanReport, WriterOptions};
+use crate::plan::{parse_alert, Event, Plan, PlanSeed, PlanStatus};
+use crate::sys::journal::{priority_for, JournalMirror};
+use crate::sys::Sys;
+use crate::time::{now_ms, rfc3339};
+
+pub mod backoff;
+pub mod replay;
+mod runner;
+pub mod state;
+
+use state::EngineState;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Answer to a creation still waiting for its fsync, shared with identical
+/// alerts that arrive meanwhile.
+type Creation = watch::Receiver<Option<Result<String, AgentError>>>;
+
+struct Inner {
+    state: EngineState,
+    creating: HashMap<String, Creation>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LedgerHealth {
+    pub ok: bool,
+    pub broken_at: Option<u64>,
+    pub report: String,
+}
+
+pub struct Engine {
+    config: RwLock<Arc<Config>>,
+    inner: Mutex<Inner>,
+    ledger: LedgerWriter,
+    registry: Registry,
+    sys: Sys,
+    events: EventSender,
+    wake: Notify,
+    heartbeat_ms: AtomicU64,
+    started: Instant,
+    ledger_health: Mutex<LedgerHealth>,
+    storage_ok: AtomicBool,
+    stopping: AtomicBool,
+    own_unit: Option<String>,
+}
+
+/// What [`Engine::open`] needs besides the config.
+pub struct EngineParts {
+    pub registry: Registry,
+    pub sys: Sys,
+    pub events: EventSender,
+    pub mirror: Option<JournalMirror>,
+    pub own_unit: Option<String>,
+}
+
+impl Engine {
+    /// Replays the ledger and opens it for appending. Recovery of in-flight
+    /// actions is a separate step ([`Engine::settle_in_flight`]).
+    pub fn open(config: Config, parts: EngineParts) -> std::io::Result<Arc<Engine>> {
+        let replayed = replay::replay(&config.ledger.dir)?;
+        let ScanReport {
+            tip,
+            last_segment,
+            broken_at,
+            report,
+            ..
+        } = replayed.scan;
+        let mirror = parts.mirror;
+        let ledger = LedgerWriter::start(
+            WriterOptions {
+                dir: config.ledger.dir.clone(),
+                segment_bytes: config.ledger.segment_bytes,
+                tip,
+                last_segment,
+            },
+            Box::new(move |batch: &[Durable]| {
+                if let Some(mirror) = &mirror {
+                    mirror.mirror(batch);
+                }
+            }),
+        )?;
+        let engine = Arc::new(Engine {
+            config: RwLock::new(Arc::new(config)),
+            inner: Mutex::new(Inner {
+                state: EngineState::from_plans(replayed.plans),
+                creating: HashMap::new(),
+            }),
+            ledger,
+            registry: parts.registry,
+            sys: parts.sys,
+            events: parts.events,
+            wake: Notify::new(),
+            heartbeat_ms: AtomicU64::new(now_ms()),
+            started: Instant::now(),
+            ledger_health: Mutex::new(LedgerHealth {
+                ok: broken_at.is_none(),
+                broken_at,
+                report,
+            }),
+            storage_ok: AtomicBool::new(true),
+            stopping: AtomicBool::new(false),
+            own_unit: parts.own_unit,
+        });
+        Ok(engine)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        self.config.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Swaps in a reloaded config. The ledger directory is read at start only.
+    pub async fn reload(&self, config: Config) {
+        let note = if config.ledger.dir != self.config().ledger.dir {
+            " (ledger.dir changes take effect at the next start)"
+        } else {
+            ""
+        };
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
+        self.record_agent(Event::ConfigReloaded {
+            ok: true,
+            detail: format!("configuration reloaded{note}"),
+        })
+        .await;
+        self.wake.notify_one();
+    }
+
+    pub fn events(&self) -> &EventSender {
+        &self.events
+    }
+
+    fn emit(&self, event: AgentEvent) {
+        let _ = self.events.send(event);
+    }
+
+    fn validate_ctx<'a>(&'a self, config: &'a Config) -> ValidateCtx<'a> {
+        ValidateCtx {
+            config,
+            own_unit: self.own_unit.as_deref(),
+        }
+    }
+
+    fn seed_from_alert(&self, alert_json: &str, config: &Config) -> Result<PlanSeed, AgentError> {
+        let alert = parse_alert(alert_json)?;
+        let actions = self
+            .registry
+            .validate_alert(&alert, &self.validate_ctx(config))?;
+        Ok(PlanSeed {
+            id: uuid::Uuid::new_v4().to_string(),
+            timestamp: rfc3339(now_ms()),
+            source: alert.source,
+            severity: alert.severity,
+            description: alert.description,
+            alert_sha256: alert.sha256,
+            context: alert.context,
+            actions,
+        })
+    }
+
+    /// `SubmitAlert`: validate, dedupe, persist and queue. Answers once the
+    /// plan record is durable, before any action runs.
+    pub async fn submit(&self, alert_json: &str) -> Result<(String, bool), AgentError> {
+        if self.stopping.load(Ordering::Relaxed) {
+            return Err(AgentError::new(
+                ErrorName::QueueFull,
+                "the agent is stopping and accepts no new plans",
+            ));
+        }
+        let config = self.config();
+        let seed = self.seed_from_alert(alert_json, &config)?;
+        let hash = seed.alert_sha256.clone();
+        // Decide under the lock, await outside it.
+        enum Admission {
+            Existing(String),
+            Joining(Creation),
+            New(watch::Sender<Option<Result<String, AgentError>>>, tokio::sync::oneshot::Receiver<ledger::writer::AppendResult>),
+        }
+        let admission = {
+            let mut inner = self.lock();
+            let window_ms = config.queue.dedupe_window_secs.saturating_mul(1000);
+            let open = inner.state.open_plans() + inner.creating.len();
+            if let Some(creation) = inner.creating.get(&hash) {
+                Admission::Joining(creation.clone())
+            } else if let Some(id) = inner.state.dedupe_hit(&hash, now_ms(), window_ms) {
+                Admission::Existing(id.to_string())
+            } else if open >= config.queue.max {
+                return Err(AgentError::new(
+                    ErrorName::QueueFull,
+                    format!("{open} plans are queued or running (queue.max = {})", config.queue.max),
+                ));
+            } else {
+                let (tx, rx) = watch::channel(None);
+                inner.creating.insert(hash.clone(), rx);
+                let event = Event::PlanCreated { plan: seed.clone() };
+                let (kind, payload) = event.to_parts();
+                let fields = plan_journal_fields(seed.source.as_str(), seed.severity, None);
+                Admission::New(tx, self.ledger.append(kind, Some(seed.id.clone()), payload, fields))
+            }
+        };
+        let (tx, durable) = match admission {
+            Admission::Existing(id) => return Ok((id, false)),
+            Admission::Joining(mut creation) => {
+                let outcome = creation
+                    .wait_for(Option::is_some)
+                    .await
+                    .map_err(|_| AgentError::new(ErrorName::StorageFailure, "plan creation was abandoned"))?
+                    .clone();
+                return outcome.expect("waited for Some").map(|id| (id, false));
+            }
+            Admission::New(tx, durable) => (tx, durable),
+        };
+        let written = durable.await.unwrap_or_else(|_| Err("the ledger writer stopped".into()));
+        let mut inner = self.lock();
+        inner.creating.remove(&hash);
+        match written {
+            Ok(d) => {
+                self.storage_ok.store(true, Ordering::Relaxed);
+                let plan = Plan::from_seed(seed, d.record.seq, d.ts_ms);
+                let queued = AgentEvent::PlanQueued {
+                    plan_id: plan.id.clone(),
+                    source: plan.source.as_str().into(),
+                    severity: plan.severity.as_str().into(),
+                };
+                let id = plan.id.clone();
+                inner.state.accept(plan);
+                drop(inner);
+                let _ = tx.send(Some(Ok(id.clone())));
+                self.emit(queued);
+                self.emit(AgentEvent::CountersChanged);
+                self.wake.notify_one();
+                Ok((id, true))
+            }
+            Err(e) => {
+                drop(inner);
+                self.storage_ok.store(false, Ordering::Relaxed);
+                self.emit(AgentEvent::CountersChanged);
+                let err = AgentError::new(
+                    ErrorName::StorageFailure,
+                    format!("the plan could not be recorded, so nothing will run: {e}"),
+                );
+                let _ = tx.send(Some(Err(err.clone())));
+                Err(err)
+            }
+        }
+    }
+
+    pub fn get_plan(&self, id: &str) -> Result<Value, AgentError> {
+        let inner = self.lock();
+        inner
+            .state
+            .plans
+            .get(id)
+            .map(|p| serde_json::to_value(p).expect("plans serialize"))
+            .ok_or_else(|| AgentError::new(ErrorName::NotFound, format!("no plan with id {id:?}")))
+    }
+
+    /// `ListPlans`: newest first; `limit` 0 means 100.
+    pub fn list_plans(&self, status: Option<PlanStatus>, limit: u32) -> Value {
+        let limit = if limit == 0 { 100 } else { limit as usize };
+        let inner = self.lock();
+        Value::Array(
+            inner
+                .state
+                .list(status, limit)
+                .into_iter()
+                .map(|p| serde_json::to_value(p).expect("plans serialize"))
+                .collect(),
+        )
+    }
+
+    /// `DryRun`: the plan that would be made and each action's exact change.
+    pub async fn dry_run(&self, alert_json: &str) -> Result<Value, AgentError> {
+        let config = self.config();
+        let seed = self.seed_from_alert(alert_json, &config)?;
+        let existing = {
+            let inner = self.lock();
+            let window_ms = config.queue.dedupe_window_secs.saturating_mul(1000);
+            inner
+                .state
+                .dedupe_hit(&seed.alert_sha256, now_ms(), window_ms)
+                .map(str::to_string)
+        };
+        let mut changes = Vec::new();
+        for (index, action) in seed.actions.iter().enumerate() {
+            let handler = self.registry.get(&action.kind).expect("validated");
+            let ctx = ActionCtx {
+                plan_id: &seed.id,
+                source: seed.source,
+                severity: seed.severity,
+                description: &seed.description,
+                index,
+                params: &action.params,
+                config: &config,
+                sys: &self.sys,
+            };
+            let change = match handler.dry_run(&ctx).await {
+                Ok(change) => change,
+                Err(e) => json!({"error": e.message}),
+            };
+            changes.push(json!({"index": index, "type": action.kind, "change": change}));
+        }
+        Ok(json!({
+            "would_create": existing.is_none(),
+            "existing_plan": existing,
+            "plan": seed,
+            "actions": changes,
+        }))
+    }
+
+    /// `RollbackPlan`: revert a finished plan's reversible actions, newest
+    /// first. Answers once the request is durable; the reverts follow.
+    pub async fn rollback(&self, id: &str, by: &str) -> Result<(), AgentError> {
+        {
+            let inner = self.lock();
+            let plan = inner
+                .state
+                .plans
+                .get(id)
+                .ok_or_else(|| AgentError::new(ErrorName::NotFound, format!("no plan with id {id:?}")))?;
+            if !plan.status.is_finished() {
+                return Err(AgentError::new(
+                    ErrorName::PlanNotFinished,
+                    format!("plan {id} is {}; only a finished plan can be rolled back", plan.status.as_str()),
+                ));
+            }
+            if plan.rollback.as_ref().is_some_and(|r| r.finished_at.is_none()) {
+                return Ok(());
+            }
+        }
+        self.try_record(id, Event::RollbackRequested { by: by.to_string() })
+            .await
+            .map_err(|e| AgentError::new(ErrorName::StorageFailure, e))?;
+        self.lock().state.requeue(id);
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Re-walks the whole chain (off the async threads) and remembers the result.
+    pub async fn verify_ledger(&self) -> (bool, String) {
+        let dir = self.config().ledger.dir.clone();
+        let scanned = tokio::task::spawn_blocking(move || ledger::scan(&dir, |_| {})).await;
+        let (ok, broken_at, report) = match scanned {
+            Ok(Ok(scan)) => (scan.ok(), scan.broken_at, scan.report),
+            Ok(Err(e)) => (false, None, format!("the ledger could not be read: {e}")),
+            Err(e) => (false, None, format!("verification task failed: {e}")),
+        };
+        let newly_broken = {
+            let mut health = self.ledger_health.lock().unwrap_or_else(|p| p.into_inner());
+            let newly = !ok && health.ok;
+            *health = LedgerHealth {
+                ok,
+                broken_at,
+                report: report.clone(),
+            };
+            newly
+        };
+        if newly_broken {
+            self.note_chain_broken().await;
+        }
+        self.emit(AgentEvent::CountersChanged);
+        (ok, report)
+    }
+
+    /// Records that the chain is broken, at critical priority. The agent
+    /// keeps working: stopping would hand an attacker an off switch.
+    pub async fn note_chain_broken(&self) {
+        let health = self.ledger_health();
+        if let Some(broken_at) = health.broken_at {
+            self.record_agent(Event::ChainBroken {
+                broken_at,
+                report: health.report,
+            })
+            .await;
+        }
+    }
+
+    pub fn ledger_health(&self) -> LedgerHealth {
+        self.ledger_health.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn queue_depth(&self) -> u32 {
+        self.lock().state.queue_depth() as u32
+    }
+
+    pub fn active_mitigations(&self) -> u32 {
+        self.lock().state.active_mitigations() as u32
+    }
+
+    /// Healthy: the chain is intact, the last write succeeded and the engine
+    /// loop ticked recently.
+    pub fn healthy(&self) -> bool {
+        let beat_age = now_ms().saturating_sub(self.heartbeat_ms.load(Ordering::Relaxed));
+        self.ledger_health().ok && self.storage_ok.load(Ordering::Relaxed) && beat_age < 10_000
+    }
+
+    /// `Status`: the seed's `GET /status`.
+    pub fn status(&self) -> Value {
+        let (queue_depth, in_flight, active) = {
+            let inner = self.lock();
+            (
+                inner.state.queue_depth(),
+                inner.state.running.len(),
+                inner.state.active_mitigations(),
+            )
+        };
+        let health = self.ledger_health();
+        json!({
+            "healthy": self.healthy(),
+            "queue_depth": queue_depth,
+            "in_flight": in_flight,
+            "active_mitigations": active,
+            "ledger": {"ok": health.ok, "records": self.ledger.records(), "broken_at": health.broken_at},
+            "version": VERSION,
+            "uptime_secs": self.started.elapsed().as_secs(),
+        })
+    }
+
+    /// A one-line summary for systemd's `STATUS=`.
+    pub fn status_line(&self) -> String {
+        let inner = self.lock();
+        format!(
+            "{} queued, {} running, {} active mitigation(s)",
+            inner.state.queue_depth(),
+            inner.state.running.len(),
+            inner.state.active_mitigations()
+        )
+    }
+
+    /// Milliseconds since the engine loop last proved itself alive.
+    pub fn heartbeat_age_ms(&self) -> u64 {
+        now_ms().saturating_sub(self.heartbeat_ms.load(Ordering::Relaxed))
+    }
+
+    /// Appends an event about a plan and folds it in once durable. Returns
+    /// the ledger error if the write failed.
+    async fn try_record(&self, plan_id: &str, event: Event) -> Result<Durable, String> {
+        let (kind, payload) = event.to_parts();
+        let fields = {
+            let inner = self.lock();
+            match inner.state.plans.get(plan_id) {
+                Some(plan) => {
+                    let action = event
+                        .action_index()
+                        .and_then(|i| plan.actions.get(i))
+                        .map(|a| a.seed.kind.clone());
+                    plan_journal_fields(plan.source.as_str(), plan.severity, action)
+                }
+                None => Vec::new(),
+            }
+        };
+        let written = self
+            .ledger
+            .append(kind, Some(plan_id.to_string()), payload, fields)
+            .await
+            .unwrap_or_else(|_| Err("the ledger writer stopped".into()));
+        match written {
+            Ok(durable) => {
+                self.storage_ok.store(true, Ordering::Relaxed);
+                let mut inner = self.lock();
+                if let Some(plan) = inner.state.plans.get_mut(plan_id) {
+                    plan.apply_event(&event, durable.ts_ms);
+                }
+                Ok(durable)
+            }
+            Err(e) => {
+                self.storage_ok.store(false, Ordering::Relaxed);
+                Err(e)
+            }
+        }
+    }
+
+    /// Like [`Engine::try_record`] for steps already taken: the ledger must
+    /// hear of them, so a failed write is retried until it succeeds (the
+    /// agent reports itself unhealthy meanwhile).
+    async fn record(&self, plan_id: &str, event: Event) -> Durable {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.try_record(plan_id, event.clone()).await {
+                Ok(durable) => return durable,
+                Err(e) => {
+                    eprintln!("<2>antibody: cannot record {} of plan {plan_id}: {e}; retrying", event.kind());
+                    self.emit(AgentEvent::CountersChanged);
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// Appends an agent-level record (no plan). Failures are logged only.
+    pub async fn record_agent(&self, event: Event) {
+        let (kind, payload) = event.to_parts();
+        let priority = if matches!(event, Event::ChainBroken { .. }) { 2 } else { 6 };
+        let fields = vec![("PRIORITY", priority.to_string())];
+        let written = self
+            .ledger
+            .append(kind, None, payload, fields)
+            .await
+            .unwrap_or_else(|_| Err("the ledger writer stopped".into()));
+        if let Err(e) = written {
+            self.storage_ok.store(false, Ordering::Relaxed);
+            eprintln!("<2>antibody: cannot record {}: {e}", event.kind());
+        }
+    }
+
+    /// Stop starting new work; steps under way finish (see main's grace).
+    pub fn begin_stop(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        self.wake.notify_one();
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
+    }
+
+    pub fn running_plans(&self) -> usize {
+        self.lock().state.running.len()
+    }
+
+    /// Before `READY=1`: every action a crash interrupted is settled
+    /// through its handler's `recover`.
+    pub async fn settle_in_flight(self: &Arc<Self>) {
+        let interrupted: Vec<(String, usize)> = {
+            let inner = self.lock();
+            inner
+                .state
+                .plans
+                .values()
+                .filter_map(|p| p.actions.iter().position(|a| a.in_flight).map(|i| (p.id.clone(), i)))
+                .collect()
+        };
+        for (plan_id, index) in interrupted {
+            runner::recover_action(self, &plan_id, index).await;
+        }
+    }
+
+    /// The engine loop: starts runnable plans, fires due timed reverts and
+    /// beats the heart the watchdog listens to. Returns once stopping.
+    pub async fn run(self: Arc<Self>) {
+        loop {
+            self.heartbeat_ms.store(now_ms(), Ordering::Relaxed);
+            if self.is_stopping() {
+                return;
+            }
+            let max_concurrent = self.config().queue.max_concurrent;
+            let (runnable, due, next_timer) = {
+                let mut inner = self.lock();
+                let runnable = inner.state.take_runnable(max_concurrent);
+                let due = inner.state.take_due_timers(now_ms());
+                (runnable, due, inner.state.next_timer())
+            };
+            for plan_id in runnable {
+                let engine = self.clone();
+                tokio::spawn(async move {
+                    runner::run_plan(&engine, &plan_id).await;
+                    engine.lock().state.finish_running(&plan_id);
+                    engine.emit(AgentEvent::CountersChanged);
+                    engine.wake.notify_one();
+                });
+            }
+            for (plan_id, index) in due {
+                let engine = self.clone();
+                tokio::spawn(async move { runner::timed_revert(&engine, &plan_id, index).await });
+            }
+            let mut sleep = Duration::from_secs(1);
+            if let Some(at) = next_timer {
+                sleep = sleep.min(Duration::from_millis(at.saturating_sub(now_ms())));
+            }
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(sleep) => {}
+            }
+        }
+    }
+}
+
+fn plan_journal_fields(
+    source: &str,
+    severity: crate::plan::Severity,
+    action: Option<String>,
+) -> JournalFields {
+    let mut fields = vec![
+        ("PRIORITY", priority_for(Some(severity)).to_string()),
+        ("ANTIBODY_SOURCE", source.to_string()),
+        ("ANTIBODY_SEVERITY", severity.as_str().to_string()),
+    ];
+    if let Some(action) = action {
+        fields.push(("ANTIBODY_ACTION", action));
+    }
+    fields
+}

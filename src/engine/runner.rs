@@ -1,0 +1,292 @@
+//! Carrying out one plan, step by step, as `plan::next_step` decides. Every
+//! step is recorded durably before the next one starts, so a crash at any
+//! point leaves a ledger from which the same loop can resume.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::backoff::retry_delay_ms;
+use super::Engine;
+use crate::actions::{ActionCtx, ActionHandler, Applied, Recovered, ValidateCtx};
+use crate::events::AgentEvent;
+use crate::plan::fields::Fields;
+use crate::plan::{next_step, ActionState, Event, RevertReason, Severity, Source, Step};
+use crate::time::now_ms;
+
+/// What an action step needs from its plan, copied out of the lock.
+struct ActionJob {
+    kind: String,
+    params: Value,
+    changes: Option<Value>,
+    state: ActionState,
+    attempts: u32,
+    revert_at_ms: Option<u64>,
+    source: Source,
+    severity: Severity,
+    description: String,
+}
+
+impl Engine {
+    fn plan_step(&self, plan_id: &str) -> Option<Step> {
+        self.lock().state.plans.get(plan_id).map(next_step)
+    }
+
+    fn action_job(&self, plan_id: &str, index: usize) -> Option<ActionJob> {
+        let inner = self.lock();
+        let plan = inner.state.plans.get(plan_id)?;
+        let action = plan.actions.get(index)?;
+        Some(ActionJob {
+            kind: action.seed.kind.clone(),
+            params: action.seed.params.clone(),
+            changes: action.changes.clone(),
+            state: action.state,
+            attempts: action.attempts,
+            revert_at_ms: action.revert_at_ms,
+            source: plan.source,
+            severity: plan.severity,
+            description: plan.description.clone(),
+        })
+    }
+
+    fn action_finished(&self, plan_id: &str, index: usize, kind: &str, outcome: &str) {
+        self.emit(AgentEvent::ActionFinished {
+            plan_id: plan_id.to_string(),
+            index: index as u32,
+            kind: kind.to_string(),
+            outcome: outcome.to_string(),
+        });
+        self.emit(AgentEvent::CountersChanged);
+    }
+}
+
+fn ctx<'a>(
+    engine: &'a Engine,
+    config: &'a crate::config::Config,
+    plan_id: &'a str,
+    index: usize,
+    job: &'a ActionJob,
+) -> ActionCtx<'a> {
+    ActionCtx {
+        plan_id,
+        source: job.source,
+        severity: job.severity,
+        description: &job.description,
+        index,
+        params: &job.params,
+        config,
+        sys: &engine.sys,
+    }
+}
+
+pub(super) async fn run_plan(engine: &Arc<Engine>, plan_id: &str) {
+    loop {
+        // On stop the plan is left as the ledger has it; the next start resumes it.
+        if engine.is_stopping() {
+            return;
+        }
+        let Some(step) = engine.plan_step(plan_id) else {
+            return;
+        };
+        match step {
+            Step::Start => {
+                engine.record(plan_id, Event::PlanStarted {}).await;
+                engine.emit(AgentEvent::PlanStatusChanged {
+                    plan_id: plan_id.to_string(),
+                    status: "in_progress".into(),
+                });
+            }
+            Step::Apply { index, attempt } => apply_action(engine, plan_id, index, attempt).await,
+            Step::Recover { index } => recover_action(engine, plan_id, index).await,
+            Step::Revert { index, reason } => revert_action(engine, plan_id, index, reason).await,
+            Step::Skip { index } => {
+                let reason = "an earlier action failed".to_string();
+                engine.record(plan_id, Event::ActionSkipped { index, reason }).await;
+                if let Some(job) = engine.action_job(plan_id, index) {
+                    engine.action_finished(plan_id, index, &job.kind, "skipped");
+                }
+            }
+            Step::Finish(status) => {
+                engine.record(plan_id, Event::PlanFinished { status }).await;
+                engine.emit(AgentEvent::PlanStatusChanged {
+                    plan_id: plan_id.to_string(),
+                    status: status.as_str().into(),
+                });
+                return;
+            }
+            Step::FinishRollback => {
+                engine.record(plan_id, Event::RollbackFinished {}).await;
+                return;
+            }
+            Step::Done => return,
+        }
+    }
+}
+
+async fn fail_action(engine: &Engine, plan_id: &str, index: usize, kind: &str, attempt: u32, error: String) {
+    engine
+        .record(plan_id, Event::ActionFailed { index, attempt, error })
+        .await;
+    engine.action_finished(plan_id, index, kind, "failed");
+}
+
+/// Re-checks the guards under the config in force now (DESIGN.md §3:
+/// enforced at validation and again at apply).
+fn recheck_guards(engine: &Engine, handler: &dyn ActionHandler, index: usize, job: &ActionJob) -> Result<(), String> {
+    let config = engine.config();
+    let empty = serde_json::Map::new();
+    let fields = Fields {
+        path: format!("actions[{index}]"),
+        map: job.params.as_object().unwrap_or(&empty),
+    };
+    let vctx = ValidateCtx {
+        config: &config,
+        own_unit: engine.own_unit.as_deref(),
+    };
+    handler
+        .validate(&fields, &vctx)
+        .map(|_| ())
+        .map_err(|e| format!("refused at apply: {}", e.message))
+}
+
+async fn apply_action(engine: &Arc<Engine>, plan_id: &str, index: usize, attempt: u32) {
+    let Some(job) = engine.action_job(plan_id, index) else {
+        return;
+    };
+    let config = engine.config();
+    let Some(handler) = engine.registry.get(&job.kind).cloned() else {
+        let error = format!("no handler for action type {:?}", job.kind);
+        return fail_action(engine, plan_id, index, &job.kind, attempt, error).await;
+    };
+    let max_attempts = config.retry.max_attempts;
+    if attempt > max_attempts {
+        let error = format!("gave up: all {max_attempts} attempt(s) used (the last was interrupted by an agent restart)");
+        return fail_action(engine, plan_id, index, &job.kind, attempt - 1, error).await;
+    }
+    if let Err(error) = recheck_guards(engine, handler.as_ref(), index, &job) {
+        return fail_action(engine, plan_id, index, &job.kind, attempt, error).await;
+    }
+    engine
+        .record(plan_id, Event::ActionStarted { index, attempt })
+        .await;
+    let result = handler.apply(&ctx(engine, &config, plan_id, index, &job)).await;
+    match result {
+        Ok(applied) => record_applied(engine, plan_id, index, attempt, &job.kind, applied).await,
+        Err(e) if e.transient && attempt < max_attempts => {
+            let retry_in_ms = retry_delay_ms(&config.retry, attempt, fastrand::f64());
+            engine
+                .record(
+                    plan_id,
+                    Event::ActionAttemptFailed {
+                        index,
+                        attempt,
+                        error: e.message,
+                        retry_in_ms,
+                    },
+                )
+                .await;
+            tokio::time::sleep(Duration::from_millis(retry_in_ms)).await;
+        }
+        Err(e) => fail_action(engine, plan_id, index, &job.kind, attempt, e.message).await,
+    }
+}
+
+async fn record_applied(engine: &Arc<Engine>, plan_id: &str, index: usize, attempt: u32, kind: &str, applied: Applied) {
+    let revert_at_ms = applied
+        .revert_after_secs
+        .map(|secs| now_ms().saturating_add(secs.saturating_mul(1000)));
+    engine
+        .record(
+            plan_id,
+            Event::ActionApplied {
+                index,
+                attempt,
+                summary: applied.summary,
+                changes: applied.changes,
+                revert_at_ms,
+            },
+        )
+        .await;
+    if let Some(at) = revert_at_ms {
+        engine.lock().state.defer_timer(at, plan_id.to_string(), index);
+        engine.wake.notify_one();
+    }
+    engine.action_finished(plan_id, index, kind, "applied");
+}
+
+pub(super) async fn recover_action(engine: &Arc<Engine>, plan_id: &str, index: usize) {
+    let Some(job) = engine.action_job(plan_id, index) else {
+        return;
+    };
+    let config = engine.config();
+    let Some(handler) = engine.registry.get(&job.kind).cloned() else {
+        return;
+    };
+    let outcome = handler.recover(&ctx(engine, &config, plan_id, index, &job)).await;
+    match outcome {
+        Ok(Recovered::TookEffect(applied)) => {
+            let detail = applied.summary.clone();
+            engine
+                .record(plan_id, Event::ActionRecovered { index, took_effect: true, detail })
+                .await;
+            record_applied(engine, plan_id, index, job.attempts, &job.kind, applied).await;
+        }
+        Ok(Recovered::DidNotTakeEffect(detail)) => {
+            engine
+                .record(plan_id, Event::ActionRecovered { index, took_effect: false, detail })
+                .await;
+        }
+        Err(e) => {
+            let detail = format!("could not tell ({}); the action will be tried again", e.message);
+            engine
+                .record(plan_id, Event::ActionRecovered { index, took_effect: false, detail })
+                .await;
+        }
+    }
+}
+
+async fn revert_action(engine: &Arc<Engine>, plan_id: &str, index: usize, reason: RevertReason) {
+    let Some(job) = engine.action_job(plan_id, index) else {
+        return;
+    };
+    let config = engine.config();
+    let Some(handler) = engine.registry.get(&job.kind).cloned() else {
+        return;
+    };
+    let changes = job.changes.clone().unwrap_or(Value::Null);
+    let result = handler
+        .revert(&ctx(engine, &config, plan_id, index, &job), &changes)
+        .await;
+    match result {
+        Ok(summary) => {
+            engine
+                .record(plan_id, Event::ActionReverted { index, reason, summary })
+                .await;
+            engine.action_finished(plan_id, index, &job.kind, "reverted");
+        }
+        Err(e) => {
+            engine
+                .record(plan_id, Event::ActionRevertFailed { index, reason, error: e.message })
+                .await;
+            engine.emit(AgentEvent::CountersChanged);
+        }
+    }
+}
+
+/// A timed action's time ran out: put things back, once.
+pub(super) async fn timed_revert(engine: &Arc<Engine>, plan_id: &str, index: usize) {
+    let busy = engine.lock().state.running.contains(plan_id);
+    if busy {
+        // Its plan is still running (or rolling back): look again shortly.
+        engine.lock().state.defer_timer(now_ms() + 1000, plan_id.to_string(), index);
+        return;
+    }
+    let Some(job) = engine.action_job(plan_id, index) else {
+        return;
+    };
+    if job.state != ActionState::Applied || job.revert_at_ms.is_none() {
+        return;
+    }
+    revert_action(engine, plan_id, index, RevertReason::Expired).await;
+}

@@ -1,0 +1,264 @@
+//! The engine's bookkeeping, without I/O: every plan, the dedupe index, the
+//! queue in submission order, what runs, and timed reverts to come.
+//! Scheduling is a pure function of this state.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use crate::plan::{ActionState, Plan, PlanStatus};
+
+#[derive(Default)]
+pub struct EngineState {
+    pub plans: HashMap<String, Plan>,
+    /// Plan ids by the seq of their `plan_created` record (submission order).
+    by_seq: BTreeMap<u64, String>,
+    /// Alert hash → the newest plan made from it.
+    dedupe: HashMap<String, String>,
+    /// Accepted plans that have work to do, by submission order.
+    waiting: BTreeMap<u64, String>,
+    pub running: HashSet<String>,
+    /// (deadline ms, plan id, action index) of timed reverts to come.
+    timers: BTreeSet<(u64, String, usize)>,
+}
+
+impl EngineState {
+    /// Rebuilds the bookkeeping from plans (after replaying the ledger).
+    pub fn from_plans(plans: impl IntoIterator<Item = Plan>) -> EngineState {
+        let mut state = EngineState::default();
+        let mut plans: Vec<Plan> = plans.into_iter().collect();
+        plans.sort_by_key(|p| p.seq);
+        for plan in plans {
+            let needs_work = !plan.status.is_finished()
+                || plan.rollback.as_ref().is_some_and(|r| r.finished_at.is_none());
+            let id = plan.id.clone();
+            let seq = plan.seq;
+            state.add_timers(&plan);
+            state.insert(plan);
+            if needs_work {
+                state.waiting.insert(seq, id);
+            }
+        }
+        state
+    }
+
+    /// Adds a newly durable plan and queues it.
+    pub fn accept(&mut self, plan: Plan) {
+        self.waiting.insert(plan.seq, plan.id.clone());
+        self.insert(plan);
+    }
+
+    fn insert(&mut self, plan: Plan) {
+        self.by_seq.insert(plan.seq, plan.id.clone());
+        self.dedupe.insert(plan.alert_sha256.clone(), plan.id.clone());
+        self.plans.insert(plan.id.clone(), plan);
+    }
+
+    /// Puts a finished plan back in the queue (for a rollback).
+    pub fn requeue(&mut self, id: &str) {
+        if let Some(plan) = self.plans.get(id) {
+            self.waiting.insert(plan.seq, id.to_string());
+        }
+    }
+
+    /// The live plan for an identical alert: pending, running, or finished
+    /// less than `window_ms` ago.
+    pub fn dedupe_hit(&self, alert_sha256: &str, now_ms: u64, window_ms: u64) -> Option<&str> {
+        let id = self.dedupe.get(alert_sha256)?;
+        let plan = self.plans.get(id)?;
+        let live = match plan.finished_ms {
+            None => true,
+            Some(done) => now_ms < done.saturating_add(window_ms),
+        };
+        live.then_some(id.as_str())
+    }
+
+    /// Accepted plans not yet finished (queued and running).
+    pub fn open_plans(&self) -> usize {
+        self.waiting.len() + self.running.len()
+    }
+
+    pub fn queue_depth(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Plans to start now: in submission order, at most `max_concurrent`
+    /// running, and never two plans sharing a target — a plan waits while
+    /// an earlier one on any of its targets runs or waits.
+    pub fn take_runnable(&mut self, max_concurrent: usize) -> Vec<String> {
+        let mut blocked: HashSet<String> = self
+            .running
+            .iter()
+            .filter_map(|id| self.plans.get(id))
+            .flat_map(|p| p.targets().map(str::to_string))
+            .collect();
+        let mut picked = Vec::new();
+        for (seq, id) in &self.waiting {
+            if self.running.len() + picked.len() >= max_concurrent {
+                break;
+            }
+            let Some(plan) = self.plans.get(id) else {
+                continue;
+            };
+            let targets: Vec<String> = plan.targets().map(str::to_string).collect();
+            let free = targets.iter().all(|t| !blocked.contains(t));
+            blocked.extend(targets);
+            if free {
+                picked.push((*seq, id.clone()));
+            }
+        }
+        for (seq, id) in &picked {
+            self.waiting.remove(seq);
+            self.running.insert(id.clone());
+        }
+        picked.into_iter().map(|(_, id)| id).collect()
+    }
+
+    pub fn finish_running(&mut self, id: &str) {
+        self.running.remove(id);
+    }
+
+    /// Newest first, optionally only one status.
+    pub fn list(&self, status: Option<PlanStatus>, limit: usize) -> Vec<&Plan> {
+        self.by_seq
+            .values()
+            .rev()
+            .filter_map(|id| self.plans.get(id))
+            .filter(|p| status.is_none_or(|s| p.status == s))
+            .take(limit)
+            .collect()
+    }
+
+    /// Applied, reversible, not yet reverted: what is in force now.
+    pub fn active_mitigations(&self) -> usize {
+        self.plans
+            .values()
+            .flat_map(|p| p.actions.iter())
+            .filter(|a| a.seed.reversible && a.state == ActionState::Applied)
+            .count()
+    }
+
+    pub fn add_timers(&mut self, plan: &Plan) {
+        for (at, index) in plan.pending_timed_reverts() {
+            self.timers.insert((at, plan.id.clone(), index));
+        }
+    }
+
+    pub fn next_timer(&self) -> Option<u64> {
+        self.timers.first().map(|(at, _, _)| *at)
+    }
+
+    /// Timed reverts due at `now_ms`, removed from the schedule.
+    pub fn take_due_timers(&mut self, now_ms: u64) -> Vec<(String, usize)> {
+        let mut due = Vec::new();
+        while let Some((at, _, _)) = self.timers.first() {
+            if *at > now_ms {
+                break;
+            }
+            let (_, id, index) = self.timers.pop_first().expect("first exists");
+            due.push((id, index));
+        }
+        due
+    }
+
+    /// Puts a timed revert back (its plan was busy); retried at `at_ms`.
+    pub fn defer_timer(&mut self, at_ms: u64, id: String, index: usize) {
+        self.timers.insert((at_ms, id, index));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::event::Event;
+    use crate::plan::{ActionSeed, PlanSeed, Severity, Source};
+    use serde_json::json;
+
+    fn plan(id: &str, seq: u64, hash: &str, targets: &[&str]) -> Plan {
+        let seed = PlanSeed {
+            id: id.into(),
+            timestamp: "t".into(),
+            source: Source::Manual,
+            severity: Severity::Low,
+            description: "d".into(),
+            alert_sha256: hash.into(),
+            context: None,
+            actions: vec![ActionSeed {
+                kind: "t".into(),
+                params: json!({}),
+                targets: targets.iter().map(|t| t.to_string()).collect(),
+                reversible: true,
+            }],
+        };
+        Plan::from_seed(seed, seq, 1000)
+    }
+
+    #[test]
+    fn shared_targets_run_in_submission_order() {
+        let mut s = EngineState::default();
+        s.accept(plan("a", 1, "ha", &["unit:x"]));
+        s.accept(plan("b", 2, "hb", &["unit:x"]));
+        s.accept(plan("c", 3, "hc", &["unit:y"]));
+        s.accept(plan("d", 4, "hd", &[]));
+        assert_eq!(s.take_runnable(8), vec!["a", "c", "d"]);
+        assert!(s.take_runnable(8).is_empty(), "b must wait for a");
+        s.finish_running("a");
+        assert_eq!(s.take_runnable(8), vec!["b"]);
+    }
+
+    #[test]
+    fn a_waiting_plan_blocks_later_ones_on_its_targets() {
+        let mut s = EngineState::default();
+        s.accept(plan("a", 1, "ha", &["unit:x"]));
+        assert_eq!(s.take_runnable(8), vec!["a"]);
+        s.accept(plan("b", 2, "hb", &["unit:x", "unit:y"]));
+        s.accept(plan("c", 3, "hc", &["unit:y"]));
+        // b waits for a; c must not overtake b on unit:y.
+        assert!(s.take_runnable(8).is_empty());
+    }
+
+    #[test]
+    fn concurrency_is_bounded() {
+        let mut s = EngineState::default();
+        for i in 0..5 {
+            s.accept(plan(&format!("p{i}"), i + 1, &format!("h{i}"), &[]));
+        }
+        assert_eq!(s.take_runnable(2).len(), 2);
+        assert_eq!(s.take_runnable(2).len(), 0);
+        assert_eq!(s.open_plans(), 5);
+        assert_eq!(s.queue_depth(), 3);
+    }
+
+    #[test]
+    fn dedupe_window() {
+        let mut s = EngineState::default();
+        s.accept(plan("a", 1, "h", &[]));
+        assert_eq!(s.dedupe_hit("h", 5_000, 60_000), Some("a"));
+        let p = s.plans.get_mut("a").unwrap();
+        p.apply_event(&Event::PlanStarted {}, 1_000);
+        p.apply_event(&Event::PlanFinished { status: PlanStatus::Success }, 2_000);
+        assert_eq!(s.dedupe_hit("h", 61_999, 60_000), Some("a"));
+        assert_eq!(s.dedupe_hit("h", 62_000, 60_000), None);
+        assert_eq!(s.dedupe_hit("other", 0, 60_000), None);
+    }
+
+    #[test]
+    fn list_is_newest_first_and_filters() {
+        let mut s = EngineState::default();
+        s.accept(plan("a", 1, "ha", &[]));
+        s.accept(plan("b", 2, "hb", &[]));
+        let ids: Vec<&str> = s.list(None, 10).iter().map(|p| p.id.as_str()).collect();
+        assert_eq!(ids, vec!["b", "a"]);
+        assert_eq!(s.list(Some(PlanStatus::Success), 10).len(), 0);
+        assert_eq!(s.list(None, 1).len(), 1);
+    }
+
+    #[test]
+    fn timers_fire_in_deadline_order() {
+        let mut s = EngineState::default();
+        s.defer_timer(30, "b".into(), 0);
+        s.defer_timer(10, "a".into(), 1);
+        assert_eq!(s.next_timer(), Some(10));
+        assert_eq!(s.take_due_timers(20), vec![("a".to_string(), 1)]);
+        assert_eq!(s.take_due_timers(40), vec![("b".to_string(), 0)]);
+        assert_eq!(s.next_timer(), None);
+    }
+}

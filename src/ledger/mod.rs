@@ -1,0 +1,11 @@
+//! The append-only, hash-chained ledger (DESIGN.md §4): JSON Lines segments,
+//! group-committed appends, chain verification.
+
+pub mod record;
+pub mod scan;
+pub mod segments;
+pub mod writer;
+
+pub use record::{Record, GENESIS};
+pub use scan::{scan, ScanReport, Tip};
+pub use writer::{Durable, JournalFields, LedgerWriter, WriterOptions};

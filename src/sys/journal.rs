@@ -1,0 +1,170 @@
+//! The journal mirror: every ledger record also goes to journald with
+//! structured fields, so `journalctl -u antibody ANTIBODY_PLAN_ID=…` and
+//! `journalctl -x` (with the shipped catalog) explain what happened. Where no
+//! journal socket exists (a container without journald, a developer's shell)
+//! the same lines go to stderr with an sd-daemon `<N>` priority prefix.
+
+use std::path::Path;
+use std::sync::mpsc;
+
+use libsystemd::logging::{journal_send, Priority};
+
+use crate::ledger::Durable;
+use crate::plan::Severity;
+
+const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
+
+/// One `MESSAGE_ID` per record kind (and for operator notices); the catalog
+/// in `systemd/antibody.catalog` explains each.
+pub const MESSAGE_IDS: [(&str, &str); 18] = [
+    ("agent_started", "0bc59538a1434a7c9b4908db0a54d81b"),
+    ("agent_stopping", "957285b515b74df4aa921e19261a0e43"),
+    ("config_reloaded", "03a7e18b53d84f5e91acd0b0855bd43d"),
+    ("chain_broken", "7cfd29cdd02541aebad88a023e7eeaf6"),
+    ("plan_created", "7c182583cdd54425bc46e824de0464fe"),
+    ("plan_started", "7d647cf8ccab4d33812039ff0ac21963"),
+    ("action_started", "67d2c12ad10f4981b99b29cbb683cf72"),
+    ("action_applied", "8f1e34c795154eea8331928df49988cc"),
+    ("action_attempt_failed", "f7352179c99d44ea9639948567824e1c"),
+    ("action_failed", "8de57278c6a24a41988470b8904e8c9e"),
+    ("action_recovered", "be9f73c529e140c793f26438bf6b3b48"),
+    ("action_reverted", "575cc5aac9e84c559fb26f400819bb94"),
+    ("action_revert_failed", "8979457335114bf1a11aa92ed1ae60d8"),
+    ("action_skipped", "f1e5ae89236c4394a0f8d3f2b916a6b1"),
+    ("plan_finished", "9acb700b0ff944c1b2eaf23d649764c7"),
+    ("rollback_requested", "03182c2a8b5f4140855a92eb691799a9"),
+    ("rollback_finished", "4ce41db967ba4f4b916b310a858d7724"),
+    ("operator_notice", "32269a156c5b4cb899fa933daa2dcd78"),
+];
+
+pub fn message_id(kind: &str) -> Option<&'static str> {
+    MESSAGE_IDS.iter().find(|(k, _)| *k == kind).map(|(_, id)| *id)
+}
+
+/// syslog priority for a plan's records: the alert's severity decides.
+pub fn priority_for(severity: Option<Severity>) -> u8 {
+    match severity {
+        Some(Severity::Critical) => 2,
+        Some(Severity::High) => 3,
+        Some(Severity::Med) => 4,
+        Some(Severity::Low) => 5,
+        None => 6,
+    }
+}
+
+fn to_priority(level: u8) -> Priority {
+    match level {
+        0 => Priority::Emergency,
+        1 => Priority::Alert,
+        2 => Priority::Critical,
+        3 => Priority::Error,
+        4 => Priority::Warning,
+        5 => Priority::Notice,
+        6 => Priority::Info,
+        _ => Priority::Debug,
+    }
+}
+
+/// A line for the journal (or stderr).
+#[derive(Debug, Clone)]
+pub struct JournalEntry {
+    pub priority: u8,
+    pub message: String,
+    pub fields: Vec<(&'static str, String)>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Journal {
+    to_journald: bool,
+}
+
+impl Journal {
+    pub fn detect() -> Journal {
+        Journal {
+            to_journald: Path::new(JOURNAL_SOCKET).exists(),
+        }
+    }
+
+    pub fn to_journald(&self) -> bool {
+        self.to_journald
+    }
+
+    pub fn send(&self, entry: &JournalEntry) {
+        if self.to_journald {
+            let fields = entry.fields.iter().map(|(k, v)| (*k, v.as_str()));
+            if journal_send(to_priority(entry.priority), &entry.message, fields).is_ok() {
+                return;
+            }
+        }
+        let extra: Vec<String> = entry
+            .fields
+            .iter()
+            .filter(|(k, _)| k.starts_with("ANTIBODY_"))
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        eprintln!("<{}>{} {}", entry.priority, entry.message, extra.join(" "));
+    }
+}
+
+/// The journal entry mirroring one durable ledger record.
+pub fn record_entry(durable: &Durable) -> JournalEntry {
+    let r = &durable.record;
+    let mut fields: Vec<(&'static str, String)> = vec![
+        ("ANTIBODY_SEQ", r.seq.to_string()),
+        ("ANTIBODY_KIND", r.kind.clone()),
+        ("ANTIBODY_HASH", r.hash.clone()),
+    ];
+    if let Some(id) = message_id(&r.kind) {
+        fields.push(("MESSAGE_ID", id.to_string()));
+    }
+    if let Some(plan) = &r.plan_id {
+        fields.push(("ANTIBODY_PLAN_ID", plan.clone()));
+    }
+    let mut priority = 6;
+    for (k, v) in &durable.journal_fields {
+        if *k == "PRIORITY" {
+            priority = v.parse().unwrap_or(6);
+        } else {
+            fields.push((k, v.clone()));
+        }
+    }
+    let mut payload = r.payload.to_string();
+    if payload.len() > 400 {
+        let cut = (0..=400).rev().find(|i| payload.is_char_boundary(*i)).unwrap_or(0);
+        payload.truncate(cut);
+        payload.push('…');
+    }
+    let plan = r.plan_id.as_deref().map(|p| format!(" plan {p}")).unwrap_or_default();
+    JournalEntry {
+        priority,
+        message: format!("antibody: {}{plan} #{}: {payload}", r.kind, r.seq),
+        fields,
+    }
+}
+
+/// A thread that mirrors durable records to the journal, off the commit path.
+#[derive(Clone)]
+pub struct JournalMirror {
+    tx: mpsc::Sender<Vec<JournalEntry>>,
+}
+
+impl JournalMirror {
+    pub fn start(journal: Journal) -> JournalMirror {
+        let (tx, rx) = mpsc::channel::<Vec<JournalEntry>>();
+        std::thread::Builder::new()
+            .name("journal-mirror".into())
+            .spawn(move || {
+                for batch in rx {
+                    for entry in &batch {
+                        journal.send(entry);
+                    }
+                }
+            })
+            .expect("spawn journal mirror thread");
+        JournalMirror { tx }
+    }
+
+    pub fn mirror(&self, batch: &[Durable]) {
+        let _ = self.tx.send(batch.iter().map(record_entry).collect());
+    }
+}

@@ -1,0 +1,15 @@
+//! Side effects behind small traits, so the engine's logic can be tested with
+//! recording fakes while the real implementations are proven against real
+//! components (DESIGN.md §7).
+
+use std::sync::Arc;
+
+pub mod journal;
+pub mod notifier;
+pub mod sdnotify;
+
+/// The system interfaces actions use.
+#[derive(Clone)]
+pub struct Sys {
+    pub notifier: Arc<dyn notifier::Notifier>,
+}

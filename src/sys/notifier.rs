@@ -1,0 +1,134 @@
+//! Delivering operator notices: journald, the `OperatorNotice` D-Bus signal,
+//! and webhook channels (HTTP POST of JSON with a timeout).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::{json, Value};
+
+use super::journal::{message_id, priority_for, Journal, JournalEntry};
+use crate::actions::ActionError;
+use crate::events::{AgentEvent, EventSender};
+use crate::plan::{Severity, Source};
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Channel {
+    Journal,
+    Dbus,
+    Webhook {
+        name: String,
+        url: String,
+        timeout_secs: u64,
+    },
+}
+
+impl Channel {
+    pub fn describe(&self) -> String {
+        match self {
+            Channel::Journal => "journald entry (MESSAGE_ID operator_notice)".into(),
+            Channel::Dbus => "D-Bus signal org.vael.Antibody.OperatorNotice".into(),
+            Channel::Webhook { url, timeout_secs, .. } => {
+                format!("HTTP POST of JSON to {url} (timeout {timeout_secs} s)")
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Notice {
+    pub plan_id: String,
+    pub source: Source,
+    pub severity: Severity,
+    pub description: String,
+    pub channel: String,
+    pub message: String,
+}
+
+impl Notice {
+    /// The webhook body (and the dry run's preview of it).
+    pub fn to_json(&self) -> Value {
+        json!({
+            "event": "operator_notice",
+            "plan_id": self.plan_id,
+            "source": self.source.as_str(),
+            "severity": self.severity.as_str(),
+            "description": self.description,
+            "channel": self.channel,
+            "message": self.message,
+        })
+    }
+}
+
+#[async_trait]
+pub trait Notifier: Send + Sync {
+    async fn notify(&self, channel: &Channel, notice: &Notice) -> Result<(), ActionError>;
+}
+
+/// The real thing.
+pub struct SystemNotifier {
+    pub journal: Journal,
+    pub events: EventSender,
+}
+
+#[async_trait]
+impl Notifier for SystemNotifier {
+    async fn notify(&self, channel: &Channel, notice: &Notice) -> Result<(), ActionError> {
+        match channel {
+            Channel::Journal => {
+                self.journal.send(&JournalEntry {
+                    priority: priority_for(Some(notice.severity)),
+                    message: format!("antibody: operator notice: {}", notice.message),
+                    fields: vec![
+                        ("MESSAGE_ID", message_id("operator_notice").unwrap_or_default().into()),
+                        ("ANTIBODY_PLAN_ID", notice.plan_id.clone()),
+                        ("ANTIBODY_ACTION", "notify_operator".into()),
+                        ("ANTIBODY_SOURCE", notice.source.as_str().into()),
+                    ],
+                });
+                Ok(())
+            }
+            Channel::Dbus => {
+                // No subscriber is not a failure: the signal went out on the bus.
+                let _ = self.events.send(AgentEvent::OperatorNotice {
+                    channel: notice.channel.clone(),
+                    severity: notice.severity.as_str().into(),
+                    message: notice.message.clone(),
+                });
+                Ok(())
+            }
+            Channel::Webhook {
+                url, timeout_secs, ..
+            } => post_json(url, *timeout_secs, notice.to_json()).await,
+        }
+    }
+}
+
+/// POSTs `body`; a 2xx answer is success, 5xx and network errors are
+/// transient (retried), other statuses permanent.
+pub async fn post_json(url: &str, timeout_secs: u64, body: Value) -> Result<(), ActionError> {
+    let url = url.to_string();
+    let outcome = tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(timeout_secs)))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        agent
+            .post(&url)
+            .header("Content-Type", "application/json")
+            .header("User-Agent", concat!("antibody/", env!("CARGO_PKG_VERSION")))
+            .send(body.to_string())
+            .map(|response| response.status().as_u16())
+            .map_err(|e| format!("POST {url}: {e}"))
+    })
+    .await
+    .map_err(|e| ActionError::transient(format!("webhook task: {e}")))?;
+    match outcome {
+        Ok(status) if (200..300).contains(&status) => Ok(()),
+        Ok(status) if status >= 500 || status == 429 => {
+            Err(ActionError::transient(format!("webhook answered HTTP {status}")))
+        }
+        Ok(status) => Err(ActionError::permanent(format!("webhook answered HTTP {status}"))),
+        Err(e) => Err(ActionError::transient(e)),
+    }
+}
