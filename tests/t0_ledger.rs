@@ -1049,51 +1049,49 @@ async fn write_failure_answers_err_and_keeps_the_chain() {
 #[tokio::test]
 async fn a_full_device_answers_err_every_time() {
     let full = Path::new("/dev/full");
-    if !full.exists() {
-        eprintln!("skipped: no /dev/full");
-        return;
-    }
+    assert!(full.exists(), "/dev/full is needed by this test; it must not be skipped");
     let tmp = tempfile::tempdir().unwrap();
     std::os::unix::fs::symlink(full, tmp.path().join(seg_name(1))).unwrap();
     let writer = start(tmp.path(), BIG_SEGMENT, None);
-    for _ in 0..3 {
+    for attempt in 0..3 {
         let err = submit(&writer, "k".into(), None, json!(1))
             .await
             .unwrap()
             .expect_err("ENOSPC");
         assert!(err.starts_with("ledger write failed: "), "{err}");
-        assert!(err.contains("os error 28"), "{err}");
+        if attempt == 0 {
+            assert!(err.contains("os error 28"), "{err}");
+        } else {
+            // /dev/full cannot be truncated: the writer refuses to append
+            // after bytes it could not cut back, rather than risk a hole.
+            assert!(err.contains("cannot cut back a failed write"), "{err}");
+        }
         assert_eq!(writer.records(), 0);
     }
 }
 
 #[tokio::test]
-async fn appends_after_the_writer_thread_is_gone_fail_instead_of_hanging() {
+async fn a_panicking_observer_costs_neither_the_answers_nor_the_writer() {
     let tmp = tempfile::tempdir().unwrap();
-    // An observer that panics takes the writer thread down with it.
     let writer = LedgerWriter::start(
         options(tmp.path(), BIG_SEGMENT, None),
         Box::new(|_: &[Durable]| panic!("observer failure (expected by this test)")),
     )
     .unwrap();
-    // The record was durable but its caller is never told so.
-    assert!(submit(&writer, "k".into(), None, json!(1)).await.is_err());
-    for _ in 0..3 {
+    for n in 1..=3u64 {
         let answer = tokio::time::timeout(
             std::time::Duration::from_secs(10),
-            submit(&writer, "k".into(), None, json!(2)),
+            submit(&writer, "k".into(), None, json!(n)),
         )
         .await
-        .expect("an answer, not a hang");
-        match answer {
-            Ok(Ok(d)) => panic!("append succeeded without a writer: seq {}", d.record.seq),
-            Ok(Err(e)) => assert_eq!(e, "the ledger writer has stopped"),
-            Err(_) => {} // sent just before the thread finished dying
-        }
+        .expect("an answer, not a hang")
+        .expect("the writer is still there")
+        .expect("the record is durable");
+        assert_eq!(answer.record.seq, n);
     }
     let (report, _) = scan_all(tmp.path());
     assert!(report.ok(), "{}", report.report);
-    assert_eq!(report.records, 1);
+    assert_eq!(report.records, 3);
 }
 
 // --------------------------------------------------------- 6. record hashing
@@ -1255,7 +1253,6 @@ fn lines_round_trip_and_stay_one_line() {
 /// number and the record's hash no longer matches. Ignored so the suite is
 /// green; `cargo test --test t0_ledger -- --ignored` shows it.
 #[test]
-#[ignore = "BUG: float payloads fail verification (serde_json float_roundtrip off)"]
 fn float_payloads_verify_after_a_round_trip() {
     let mut rng = fastrand::Rng::with_seed(0x5eed);
     let mut bad = Vec::new();
@@ -1306,7 +1303,6 @@ fn float_payloads_verify_after_a_round_trip() {
 /// an alert's free-form `context.payload` may well carry, is reported by the
 /// scan as altered.
 #[tokio::test]
-#[ignore = "BUG: float payloads fail verification (serde_json float_roundtrip off)"]
 async fn float_payload_written_by_the_writer_verifies_on_scan() {
     let tmp = tempfile::tempdir().unwrap();
     let writer = start(tmp.path(), BIG_SEGMENT, None);

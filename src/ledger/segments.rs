@@ -8,12 +8,14 @@ pub fn segment_name(number: u64) -> String {
     format!("ledger-{number:08}.jsonl")
 }
 
+/// Only names this writer makes count: exactly eight digits, so a stray
+/// `ledger-1.jsonl` is never read as a second segment 1.
 fn segment_number(file_name: &str) -> Option<u64> {
-    file_name
-        .strip_prefix("ledger-")?
-        .strip_suffix(".jsonl")?
-        .parse()
-        .ok()
+    let digits = file_name.strip_prefix("ledger-")?.strip_suffix(".jsonl")?;
+    if digits.len() != 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
 }
 
 /// Segments of `dir` in chain order; a missing directory has none.
@@ -49,5 +51,7 @@ mod tests {
         assert_eq!(segment_number("ledger-00000007.jsonl"), Some(7));
         assert_eq!(segment_number("ledger-x.jsonl"), None);
         assert_eq!(segment_number("other.jsonl"), None);
+        assert_eq!(segment_number("ledger-1.jsonl"), None);
+        assert_eq!(segment_number("ledger-+0000001.jsonl"), None);
     }
 }

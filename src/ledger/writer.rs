@@ -112,6 +112,10 @@ struct WriterState {
     file_len: u64,
     tip: Tip,
     records: Arc<AtomicU64>,
+    /// Set when a failed batch could not be cut back off the file: its
+    /// length is unknown until a later `set_len` succeeds, and nothing may
+    /// be appended after bytes no one acknowledged.
+    needs_truncate: bool,
 }
 
 impl WriterState {
@@ -134,6 +138,7 @@ impl WriterState {
             file_len: len,
             tip: options.tip,
             records,
+            needs_truncate: false,
         })
     }
 
@@ -151,6 +156,24 @@ impl WriterState {
     }
 
     fn commit(&mut self, batch: Vec<Append>, observer: &DurableObserver) {
+        if self.needs_truncate {
+            match self.file.set_len(self.file_len) {
+                Ok(()) => self.needs_truncate = false,
+                Err(e) => {
+                    let message = format!("ledger write failed: cannot cut back a failed write: {e}");
+                    for append in batch {
+                        let _ = append.reply.send(Err(message.clone()));
+                    }
+                    return;
+                }
+            }
+        }
+        // A segment reopened already full is closed before anything is added.
+        if self.file_len >= self.segment_bytes {
+            if let Err(e) = self.rotate() {
+                eprintln!("antibody: ledger: cannot start a new segment: {e}");
+            }
+        }
         let tip_before = self.tip.clone();
         let mut sealed = Vec::with_capacity(batch.len());
         let mut replies = Vec::with_capacity(batch.len());
@@ -180,20 +203,20 @@ impl WriterState {
         match self.write_durably(&buf) {
             Ok(()) => {
                 self.records.store(self.tip.seq, Ordering::Relaxed);
-                observer(&sealed);
+                // The records are durable whatever an observer does: a panic
+                // there must not cost the callers their answers or the writer.
+                let observed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| observer(&sealed)));
+                if observed.is_err() {
+                    eprintln!("antibody: ledger: a durable-record observer panicked");
+                }
                 for (reply, durable) in replies.into_iter().zip(sealed) {
                     let _ = reply.send(Ok(durable));
-                }
-                if self.file_len >= self.segment_bytes {
-                    if let Err(e) = self.rotate() {
-                        eprintln!("antibody: ledger: cannot start a new segment: {e}");
-                    }
                 }
             }
             Err(e) => {
                 // Cut back to the last acknowledged byte so a retry continues
                 // the chain from the same tip.
-                let _ = self.file.set_len(self.file_len);
+                self.needs_truncate = self.file.set_len(self.file_len).is_err();
                 self.tip = tip_before;
                 let message = format!("ledger write failed: {e}");
                 for reply in replies {

@@ -1,0 +1,233 @@
+//! Shared harness for the tests that use real components: a private system
+//! bus (`dbus-daemon` with Debian's default-deny policy plus the shipped
+//! `dbus/org.vael.Antibody.conf`) and the real `antibodyd` binary on it.
+//! Nothing here touches the host's own bus, services or files outside a
+//! temporary directory.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+/// Tests that need root fail loudly without it: they never skip.
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root (it runs dbus-daemon with a system policy); it must not be skipped"
+    );
+}
+
+pub struct PrivateBus {
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    child: Child,
+}
+
+impl PrivateBus {
+    pub fn start() -> PrivateBus {
+        PrivateBus::start_with_extra("")
+    }
+
+    /// `extra` is XML placed after the shipped policy (e.g. a test-only
+    /// `<policy>` that lets an unprivileged uid through to the agent's own check).
+    pub fn start_with_extra(extra: &str) -> PrivateBus {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("system_bus_socket");
+        let template = std::fs::read_to_string(Path::new(ROOT).join("tests/support/private-system-bus.conf.in"))
+            .expect("bus config template");
+        let config = template
+            .replace("@SOCKET@", socket.to_str().unwrap())
+            .replace("@POLICY@", &format!("{ROOT}/dbus/org.vael.Antibody.conf"))
+            .replace("@EXTRA@", extra);
+        let config_path = dir.path().join("bus.conf");
+        std::fs::write(&config_path, config).unwrap();
+        let child = Command::new("dbus-daemon")
+            .arg(format!("--config-file={}", config_path.display()))
+            .args(["--nofork", "--nopidfile"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dbus-daemon must be installed (apt-get install dbus-daemon)");
+        wait_until(Duration::from_secs(10), || socket.exists(), "dbus-daemon socket");
+        PrivateBus { dir, socket, child }
+    }
+
+    pub fn address(&self) -> String {
+        format!("unix:path={}", self.socket.display())
+    }
+
+    pub async fn connect(&self) -> zbus::Connection {
+        zbus::connection::Builder::address(self.address().as_str())
+            .build()
+            .await
+            .expect("connect to the private bus")
+    }
+}
+
+impl Drop for PrivateBus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn wait_until(timeout: Duration, mut ready: impl FnMut() -> bool, what: &str) {
+    let deadline = Instant::now() + timeout;
+    while !ready() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A running `antibodyd` with its own ledger/state directories.
+pub struct Agent {
+    pub home: PathBuf,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Agent {
+    /// Writes `home/antibody.toml` (ledger and state under `home`, plus
+    /// `extra_toml`) and starts the agent on `bus`; returns once it owns its name.
+    pub fn start(bus: &PrivateBus, home: &Path, extra_toml: &str) -> Agent {
+        let config = home.join("antibody.toml");
+        std::fs::create_dir_all(home).unwrap();
+        std::fs::write(
+            &config,
+            format!(
+                "[ledger]\ndir = \"{}\"\n[state]\ndir = \"{}\"\n{extra_toml}\n",
+                home.join("ledger").display(),
+                home.join("state").display()
+            ),
+        )
+        .unwrap();
+        Agent::start_with_config(bus, home, &config, &[])
+    }
+
+    /// Starts the agent with an existing config file and extra environment.
+    pub fn start_with_config(bus: &PrivateBus, home: &Path, config: &Path, env: &[(&str, &str)]) -> Agent {
+        let log = home.join("agent.log");
+        let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_antibodyd"));
+        cmd.arg("--config")
+            .arg(config)
+            .env("DBUS_SYSTEM_BUS_ADDRESS", bus.address())
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn antibodyd");
+        let agent = Agent {
+            home: home.to_path_buf(),
+            config: config.to_path_buf(),
+            log,
+            child: Some(child),
+        };
+        agent.wait_for_name(bus);
+        agent
+    }
+
+    fn wait_for_name(&self, bus: &PrivateBus) {
+        let address = bus.address();
+        wait_until(
+            Duration::from_secs(20),
+            || {
+                Command::new("busctl")
+                    .args(["--system", "status", "org.vael.Antibody"])
+                    .env("DBUS_SYSTEM_BUS_ADDRESS", &address)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .map(|s| s.success())
+                    .unwrap_or(false)
+            },
+            "antibodyd to own org.vael.Antibody",
+        );
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), signal).expect("kill");
+    }
+
+    /// Waits for the agent to exit; returns its exit status.
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        self.child.take().expect("running").wait().expect("wait")
+    }
+
+    pub fn kill9(&mut self) {
+        self.signal(nix::sys::signal::Signal::SIGKILL);
+        self.wait();
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn ledger_dir(&self) -> PathBuf {
+        self.home.join("ledger")
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs `busctl --system ARGS…` against `bus`; returns (success, stdout, stderr).
+pub fn busctl(bus: &PrivateBus, args: &[&str]) -> (bool, String, String) {
+    run_on_bus(bus, "busctl", &[&["--system"], args].concat(), None)
+}
+
+/// Runs a command on `bus`, optionally as `uid` (via setpriv, no groups
+/// unless `gids` given).
+pub fn run_on_bus(bus: &PrivateBus, program: &str, args: &[&str], as_user: Option<(u32, &[u32])>) -> (bool, String, String) {
+    let mut cmd = match as_user {
+        None => Command::new(program),
+        Some((uid, gids)) => {
+            let mut c = Command::new("setpriv");
+            c.arg(format!("--reuid={uid}")).arg(format!("--regid={}", gids.first().copied().unwrap_or(uid)));
+            if gids.is_empty() {
+                c.arg("--clear-groups");
+            } else {
+                c.arg(format!(
+                    "--groups={}",
+                    gids.iter().map(|g| g.to_string()).collect::<Vec<_>>().join(",")
+                ));
+            }
+            c.arg(program);
+            c
+        }
+    };
+    let out = cmd
+        .args(args)
+        .env("DBUS_SYSTEM_BUS_ADDRESS", bus.address())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("run {program}: {e}"));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A minimal alert JSON with the given actions (a JSON array text).
+pub fn alert(actions: &str) -> String {
+    format!(r#"{{"source":"Manual","severity":"high","description":"test alert","actions":{actions}}}"#)
+}

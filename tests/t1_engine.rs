@@ -1,0 +1,651 @@
+//! T1: the engine's behaviour with a scripted action handler and a
+//! recording notifier (DESIGN.md §7). Real ledger files in a temp dir; no bus.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::{json, Value};
+use tokio::sync::Notify;
+
+use antibody::actions::{ActionCtx, ActionError, ActionHandler, Applied, Recovered, Registry, ValidateCtx, Validated};
+use antibody::config::Config;
+use antibody::engine::{Engine, EngineParts};
+use antibody::error::{AgentError, ErrorName};
+use antibody::events::{self, AgentEvent};
+use antibody::ledger::{self, LedgerWriter, Tip, WriterOptions};
+use antibody::plan::fields::Fields;
+use antibody::plan::{Event, PlanSeed};
+use antibody::sys::notifier::{Channel, Notice, Notifier};
+use antibody::sys::Sys;
+
+/// What one apply of a `step` action does.
+#[derive(Clone)]
+enum Outcome {
+    Ok,
+    Transient,
+    Permanent,
+    /// Waits until the script's gate is opened, then succeeds.
+    Gate(Arc<Notify>),
+}
+
+#[derive(Default)]
+struct Script {
+    outcomes: HashMap<String, VecDeque<Outcome>>,
+    /// (call, key) in call order: "apply", "revert", "recover".
+    calls: Vec<(String, String)>,
+    recover_answer: Option<bool>,
+}
+
+/// `{"type": "step", "key": K, "target"?: T, "seconds"?: N}`: does what the
+/// script says for K; reversible; timed when `seconds` is given.
+#[derive(Clone, Default)]
+struct Step(Arc<Mutex<Script>>);
+
+impl Step {
+    fn script(&self, key: &str, outcomes: Vec<Outcome>) {
+        self.0.lock().unwrap().outcomes.insert(key.into(), outcomes.into());
+    }
+    fn calls(&self) -> Vec<(String, String)> {
+        self.0.lock().unwrap().calls.clone()
+    }
+    fn count(&self, call: &str, key: &str) -> usize {
+        self.calls().iter().filter(|(c, k)| c == call && k == key).count()
+    }
+}
+
+fn key_of(params: &Value) -> String {
+    params["key"].as_str().unwrap_or_default().to_string()
+}
+
+#[async_trait]
+impl ActionHandler for Step {
+    fn name(&self) -> &'static str {
+        "step"
+    }
+    fn reversible(&self) -> bool {
+        true
+    }
+    fn validate(&self, params: &Fields<'_>, _ctx: &ValidateCtx<'_>) -> Result<Validated, AgentError> {
+        params.deny_unknown(&["key", "target", "seconds"])?;
+        let key = params.string("key")?;
+        let targets = params.opt_string("target")?.map(|t| vec![t.to_string()]).unwrap_or_default();
+        let mut out = json!({"key": key});
+        if let Some(t) = params.opt_string("target")? {
+            out["target"] = json!(t);
+        }
+        if let Some(s) = params.opt_integer("seconds", 1, 100)? {
+            out["seconds"] = json!(s);
+        }
+        Ok(Validated { params: out, targets })
+    }
+    async fn dry_run(&self, ctx: &ActionCtx<'_>) -> Result<Value, ActionError> {
+        Ok(json!({"would": key_of(ctx.params)}))
+    }
+    async fn apply(&self, ctx: &ActionCtx<'_>) -> Result<Applied, ActionError> {
+        let key = key_of(ctx.params);
+        let outcome = {
+            let mut s = self.0.lock().unwrap();
+            s.calls.push(("apply".into(), key.clone()));
+            s.outcomes.get_mut(&key).and_then(|q| if q.len() > 1 { q.pop_front() } else { q.front().cloned() })
+        };
+        match outcome.unwrap_or(Outcome::Ok) {
+            Outcome::Ok => {}
+            Outcome::Transient => return Err(ActionError::transient(format!("{key}: busy"))),
+            Outcome::Permanent => return Err(ActionError::permanent(format!("{key}: broken"))),
+            Outcome::Gate(gate) => gate.notified().await,
+        }
+        Ok(Applied {
+            summary: format!("{key} done"),
+            changes: json!({"key": key}),
+            revert_after_secs: ctx.params["seconds"].as_u64(),
+        })
+    }
+    async fn revert(&self, _ctx: &ActionCtx<'_>, changes: &Value) -> Result<String, ActionError> {
+        let key = key_of(changes);
+        self.0.lock().unwrap().calls.push(("revert".into(), key.clone()));
+        Ok(format!("{key} undone"))
+    }
+    async fn recover(&self, ctx: &ActionCtx<'_>) -> Result<Recovered, ActionError> {
+        let key = key_of(ctx.params);
+        let answer = {
+            let mut s = self.0.lock().unwrap();
+            s.calls.push(("recover".into(), key.clone()));
+            s.recover_answer
+        };
+        Ok(match answer {
+            Some(true) => Recovered::TookEffect(Applied {
+                summary: format!("{key} found in place"),
+                changes: json!({"key": key}),
+                revert_after_secs: None,
+            }),
+            _ => Recovered::DidNotTakeEffect(format!("{key} not in place")),
+        })
+    }
+}
+
+#[derive(Default)]
+struct RecordingNotifier(Mutex<Vec<(Channel, Notice)>>);
+
+#[async_trait]
+impl Notifier for RecordingNotifier {
+    async fn notify(&self, channel: &Channel, notice: &Notice) -> Result<(), ActionError> {
+        self.0.lock().unwrap().push((channel.clone(), notice.clone()));
+        Ok(())
+    }
+}
+
+struct Rig {
+    engine: Arc<Engine>,
+    step: Step,
+    notifier: Arc<RecordingNotifier>,
+    dir: tempfile::TempDir,
+}
+
+fn config_in(dir: &std::path::Path, extra: &str) -> Config {
+    let mut c = Config::from_toml(&format!("[retry]\nbase_ms = 5\nfactor = 2\nmax_attempts = 4\n{extra}")).unwrap();
+    c.ledger.dir = dir.join("ledger");
+    c.state.dir = dir.join("state");
+    c
+}
+
+fn open(dir: tempfile::TempDir, step: Step, extra: &str) -> Rig {
+    let notifier = Arc::new(RecordingNotifier::default());
+    let mut registry = Registry::builtin();
+    registry.register(Arc::new(step.clone()));
+    let engine = Engine::open(
+        config_in(dir.path(), extra),
+        EngineParts {
+            registry,
+            sys: Sys { notifier: notifier.clone() },
+            events: events::channel(),
+            mirror: None,
+            own_unit: None,
+        },
+    )
+    .unwrap();
+    Rig { engine, step, notifier, dir }
+}
+
+async fn start(extra: &str) -> Rig {
+    let rig = open(tempfile::tempdir().unwrap(), Step::default(), extra);
+    tokio::spawn(rig.engine.clone().run());
+    rig
+}
+
+fn alert(description: &str, actions: Value) -> String {
+    json!({"source": "Watchdog", "severity": "high", "description": description, "actions": actions}).to_string()
+}
+
+fn step(key: &str) -> Value {
+    json!({"type": "step", "key": key})
+}
+
+fn step_on(key: &str, target: &str) -> Value {
+    json!({"type": "step", "key": key, "target": target})
+}
+
+async fn wait_finished(engine: &Engine, id: &str) -> Value {
+    for _ in 0..2000 {
+        let plan = engine.get_plan(id).unwrap();
+        if plan["status"] == "success" || plan["status"] == "failed" {
+            return plan;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("plan {id} did not finish: {}", engine.get_plan(id).unwrap());
+}
+
+async fn wait_for(mut done: impl FnMut() -> bool, what: &str) {
+    for _ in 0..2000 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn states(plan: &Value) -> Vec<String> {
+    plan["actions"].as_array().unwrap().iter().map(|a| a["state"].as_str().unwrap().to_string()).collect()
+}
+
+fn ledger_kinds(rig: &Rig) -> Vec<String> {
+    let mut kinds = Vec::new();
+    let report = ledger::scan(&rig.dir.path().join("ledger"), |r| kinds.push(r.kind.clone())).unwrap();
+    assert!(report.ok(), "{}", report.report);
+    kinds
+}
+
+#[tokio::test]
+async fn a_plan_runs_its_actions_in_order_and_succeeds() {
+    let rig = start("").await;
+    let actions = json!([step("a"), {"type": "notify_operator", "channel": "dbus", "message": "hi"}, step("b")]);
+    let (id, created) = rig.engine.submit(&alert("ok", actions)).await.unwrap();
+    assert!(created);
+    assert!(uuid::Uuid::parse_str(&id).unwrap().get_version_num() == 4);
+    let plan = wait_finished(&rig.engine, &id).await;
+    assert_eq!(plan["status"], "success");
+    assert_eq!(states(&plan), ["applied", "applied", "applied"]);
+    let applies: Vec<String> = rig.step.calls().into_iter().map(|(_, k)| k).collect();
+    assert_eq!(applies, ["a", "b"]);
+    let notices = rig.notifier.0.lock().unwrap();
+    assert_eq!(notices.len(), 1);
+    assert_eq!(notices[0].0, Channel::Dbus);
+    assert_eq!(notices[0].1.message, "hi");
+    assert_eq!(plan["alert_sha256"].as_str().unwrap().len(), 64);
+    assert!(antibody::time::parse_rfc3339(plan["timestamp"].as_str().unwrap()).is_some());
+    let kinds = ledger_kinds(&rig);
+    assert_eq!(kinds.iter().filter(|k| *k == "action_applied").count(), 3);
+    assert_eq!(kinds.last().unwrap(), "plan_finished");
+}
+
+#[tokio::test]
+async fn transient_failures_are_retried_then_succeed() {
+    let rig = start("").await;
+    rig.step.script("flaky", vec![Outcome::Transient, Outcome::Transient, Outcome::Ok]);
+    let (id, _) = rig.engine.submit(&alert("retry", json!([step("flaky")]))).await.unwrap();
+    let plan = wait_finished(&rig.engine, &id).await;
+    assert_eq!(plan["status"], "success");
+    assert_eq!(plan["actions"][0]["attempts"], 3);
+    assert_eq!(rig.step.count("apply", "flaky"), 3);
+    let kinds = ledger_kinds(&rig);
+    assert_eq!(kinds.iter().filter(|k| *k == "action_attempt_failed").count(), 2);
+    let log = plan["log"].to_string();
+    assert!(log.contains("attempt 1 failed: flaky: busy; retrying in"), "{log}");
+}
+
+#[tokio::test]
+async fn retries_stop_at_max_attempts_and_the_plan_fails() {
+    let rig = start("").await;
+    rig.step.script("down", vec![Outcome::Transient]);
+    let (id, _) = rig.engine.submit(&alert("exhaust", json!([step("down")]))).await.unwrap();
+    let plan = wait_finished(&rig.engine, &id).await;
+    assert_eq!(plan["status"], "failed");
+    assert_eq!(rig.step.count("apply", "down"), 4);
+    assert_eq!(plan["actions"][0]["state"], "failed");
+    assert!(plan["log"].to_string().contains("failed after 4 attempt(s)"));
+}
+
+#[tokio::test]
+async fn a_failure_rolls_back_applied_actions_newest_first() {
+    let rig = start("").await;
+    rig.step.script("c", vec![Outcome::Permanent]);
+    let actions = json!([
+        step("a"),
+        {"type": "notify_operator", "channel": "journal", "message": "not reversible"},
+        step("b"),
+        step("c"),
+        step("d"),
+    ]);
+    let (id, _) = rig.engine.submit(&alert("rollback", actions)).await.unwrap();
+    let plan = wait_finished(&rig.engine, &id).await;
+    assert_eq!(plan["status"], "failed");
+    assert_eq!(states(&plan), ["reverted", "applied", "reverted", "failed", "skipped"]);
+    let calls = rig.step.calls();
+    let reverts: Vec<&str> = calls.iter().filter(|(c, _)| c == "revert").map(|(_, k)| k.as_str()).collect();
+    assert_eq!(reverts, ["b", "a"]);
+    assert_eq!(rig.step.count("apply", "d"), 0);
+    assert_eq!(rig.step.count("apply", "c"), 1, "a permanent failure is not retried");
+    let log = plan["log"].to_string();
+    assert!(log.contains("action 2 (step): rolled back after a later failure: b undone"), "{log}");
+    assert!(log.contains("action 4 (step): skipped"), "{log}");
+}
+
+#[tokio::test]
+async fn rollback_plan_reverts_a_finished_plan_newest_first() {
+    let rig = start("").await;
+    let (id, _) = rig.engine.submit(&alert("to undo", json!([step("x"), step("y")]))).await.unwrap();
+    wait_finished(&rig.engine, &id).await;
+    rig.engine.rollback(&id, "uid 0 (test)").await.unwrap();
+    wait_for(
+        || rig.engine.get_plan(&id).unwrap()["rollback"]["finished_at"].is_string(),
+        "rollback to finish",
+    )
+    .await;
+    let plan = rig.engine.get_plan(&id).unwrap();
+    assert_eq!(plan["status"], "success", "the plan keeps its outcome; its actions say reverted");
+    assert_eq!(states(&plan), ["reverted", "reverted"]);
+    let reverts: Vec<String> = rig.step.calls().into_iter().filter(|(c, _)| c == "revert").map(|(_, k)| k).collect();
+    assert_eq!(reverts, ["y", "x"]);
+    assert_eq!(plan["rollback"]["by"], "uid 0 (test)");
+    // A second rollback has nothing left to undo.
+    rig.engine.rollback(&id, "again").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(rig.step.count("revert", "x"), 1);
+}
+
+#[tokio::test]
+async fn rollback_refuses_unknown_and_unfinished_plans() {
+    let rig = start("").await;
+    let err = rig.engine.rollback("nope", "t").await.unwrap_err();
+    assert_eq!(err.name, ErrorName::NotFound);
+    let gate = Arc::new(Notify::new());
+    rig.step.script("held", vec![Outcome::Gate(gate.clone())]);
+    let (id, _) = rig.engine.submit(&alert("held", json!([step("held")]))).await.unwrap();
+    wait_for(|| rig.step.count("apply", "held") == 1, "held to start").await;
+    let err = rig.engine.rollback(&id, "t").await.unwrap_err();
+    assert_eq!(err.name, ErrorName::PlanNotFinished);
+    assert!(err.message.contains("in_progress"), "{}", err.message);
+    gate.notify_one();
+    wait_finished(&rig.engine, &id).await;
+}
+
+#[tokio::test]
+async fn ten_thousand_identical_alerts_make_one_plan() {
+    let rig = start("").await;
+    let text = alert("storm", json!([step("storm")]));
+    let mut tasks = Vec::new();
+    for _ in 0..10_000 {
+        let engine = rig.engine.clone();
+        let text = text.clone();
+        tasks.push(tokio::spawn(async move { engine.submit(&text).await.unwrap() }));
+    }
+    let mut ids = std::collections::HashSet::new();
+    let mut created = 0;
+    for t in tasks {
+        let (id, c) = t.await.unwrap();
+        ids.insert(id);
+        created += c as usize;
+    }
+    assert_eq!(ids.len(), 1);
+    assert_eq!(created, 1);
+    let id = ids.into_iter().next().unwrap();
+    wait_finished(&rig.engine, &id).await;
+    // Finished but within the window: still the same plan.
+    let (again, c) = rig.engine.submit(&text).await.unwrap();
+    assert_eq!((again.as_str(), c), (id.as_str(), false));
+    assert_eq!(rig.engine.list_plans(None, 100).as_array().unwrap().len(), 1);
+    assert_eq!(ledger_kinds(&rig).iter().filter(|k| *k == "plan_created").count(), 1);
+}
+
+#[tokio::test]
+async fn after_the_dedupe_window_an_identical_alert_makes_a_new_plan() {
+    let rig = start("[queue]\ndedupe_window_secs = 0\n").await;
+    let text = alert("again", json!([step("k")]));
+    let (first, _) = rig.engine.submit(&text).await.unwrap();
+    wait_finished(&rig.engine, &first).await;
+    let (second, created) = rig.engine.submit(&text).await.unwrap();
+    assert!(created);
+    assert_ne!(first, second);
+}
+
+#[tokio::test]
+async fn a_blocked_action_delays_neither_submit_nor_queries() {
+    let rig = start("").await;
+    let gate = Arc::new(Notify::new());
+    rig.step.script("slow", vec![Outcome::Gate(gate.clone())]);
+    let (slow, _) = rig.engine.submit(&alert("slow", json!([step("slow")]))).await.unwrap();
+    wait_for(|| rig.step.count("apply", "slow") == 1, "slow to start").await;
+    // While it blocks, everything else answers (a hang here fails via the timeout).
+    let quick = tokio::time::timeout(Duration::from_secs(10), async {
+        let (other, _) = rig.engine.submit(&alert("other", json!([step("quick")]))).await.unwrap();
+        let plan = rig.engine.get_plan(&slow).unwrap();
+        assert_eq!(plan["status"], "in_progress");
+        assert_eq!(plan["actions"][0]["in_flight"], true);
+        let status = rig.engine.status();
+        assert_eq!(status["in_flight"].as_u64().unwrap() >= 1, true);
+        wait_finished(&rig.engine, &other).await
+    })
+    .await
+    .expect("submit, get and status answered while an action blocked");
+    assert_eq!(quick["status"], "success");
+    assert_eq!(rig.engine.get_plan(&slow).unwrap()["status"], "in_progress");
+    gate.notify_one();
+    assert_eq!(wait_finished(&rig.engine, &slow).await["status"], "success");
+}
+
+#[tokio::test]
+async fn plans_sharing_a_target_run_in_submission_order() {
+    let rig = start("").await;
+    let gate = Arc::new(Notify::new());
+    rig.step.script("first", vec![Outcome::Gate(gate.clone())]);
+    let (a, _) = rig.engine.submit(&alert("a", json!([step_on("first", "unit:x.service")]))).await.unwrap();
+    wait_for(|| rig.step.count("apply", "first") == 1, "first to start").await;
+    let (b, _) = rig.engine.submit(&alert("b", json!([step_on("second", "unit:x.service")]))).await.unwrap();
+    let (c, _) = rig.engine.submit(&alert("c", json!([step_on("other", "unit:y.service")]))).await.unwrap();
+    // The disjoint plan runs while the first still holds unit:x.
+    wait_finished(&rig.engine, &c).await;
+    assert_eq!(rig.step.count("apply", "second"), 0, "b must wait for a");
+    assert_eq!(rig.engine.get_plan(&b).unwrap()["status"], "pending");
+    gate.notify_one();
+    wait_finished(&rig.engine, &a).await;
+    wait_finished(&rig.engine, &b).await;
+    let order: Vec<String> = rig.step.calls().into_iter().map(|(_, k)| k).collect();
+    assert_eq!(order, ["first", "other", "second"]);
+}
+
+#[tokio::test]
+async fn the_queue_is_bounded() {
+    let rig = start("[queue]\nmax = 2\nmax_concurrent = 1\n").await;
+    let gate = Arc::new(Notify::new());
+    rig.step.script("hold", vec![Outcome::Gate(gate.clone())]);
+    rig.engine.submit(&alert("1", json!([step("hold")]))).await.unwrap();
+    rig.engine.submit(&alert("2", json!([step("two")]))).await.unwrap();
+    let err = rig.engine.submit(&alert("3", json!([step("three")]))).await.unwrap_err();
+    assert_eq!(err.name, ErrorName::QueueFull);
+    assert!(err.message.contains("queue.max = 2"), "{}", err.message);
+    gate.notify_one();
+}
+
+#[tokio::test]
+async fn bad_alerts_are_refused_and_nothing_is_recorded() {
+    let rig = start("").await;
+    let before = ledger_kinds(&rig).len();
+    let err = rig.engine.submit(&alert("bad", json!([{"type": "step"}]))).await.unwrap_err();
+    assert_eq!((err.name, err.message.as_str()), (ErrorName::InvalidAlert, "actions[0].key: is required"));
+    let err = rig.engine.submit(&alert("bad", json!([{"type": "nope"}]))).await.unwrap_err();
+    assert_eq!(err.name, ErrorName::UnknownAction);
+    assert_eq!(ledger_kinds(&rig).len(), before);
+    assert!(rig.step.calls().is_empty());
+}
+
+#[tokio::test]
+async fn guards_are_checked_again_at_apply() {
+    let rig = start("").await;
+    let gate = Arc::new(Notify::new());
+    rig.step.script("hold", vec![Outcome::Gate(gate.clone())]);
+    rig.engine.submit(&alert("hold", json!([step_on("hold", "unit:vael.service")]))).await.unwrap();
+    wait_for(|| rig.step.count("apply", "hold") == 1, "hold to start").await;
+    let (id, _) = rig
+        .engine
+        .submit(&alert("restart", json!([{"type": "restart_service", "name": "vael"}])))
+        .await
+        .unwrap();
+    let mut protected = (*rig.engine.config()).clone();
+    protected.protect.units = vec!["vael".into()];
+    rig.engine.reload(protected).await;
+    gate.notify_one();
+    let plan = wait_finished(&rig.engine, &id).await;
+    assert_eq!(plan["status"], "failed");
+    let error = plan["actions"][0]["error"].as_str().unwrap();
+    assert_eq!(error, "refused at apply: actions[0].name: vael.service is listed in protect.units");
+}
+
+#[tokio::test]
+async fn unimplemented_system_actions_fail_plainly() {
+    let rig = start("").await;
+    let (id, _) = rig
+        .engine
+        .submit(&alert("restart", json!([step("before"), {"type": "restart_service", "name": "vael"}])))
+        .await
+        .unwrap();
+    let plan = wait_finished(&rig.engine, &id).await;
+    assert_eq!(plan["status"], "failed");
+    assert!(plan["actions"][1]["error"].as_str().unwrap().contains("not available on this build"));
+    assert_eq!(plan["actions"][0]["state"], "reverted");
+}
+
+#[tokio::test]
+async fn events_are_announced() {
+    let rig = start("").await;
+    let mut rx = rig.engine.events().subscribe();
+    let (id, _) = rig.engine.submit(&alert("events", json!([step("e")]))).await.unwrap();
+    wait_finished(&rig.engine, &id).await;
+    let mut seen = Vec::new();
+    while let Ok(event) = rx.try_recv() {
+        seen.push(event);
+    }
+    let queued = AgentEvent::PlanQueued { plan_id: id.clone(), source: "Watchdog".into(), severity: "high".into() };
+    assert!(seen.contains(&queued));
+    assert!(seen.contains(&AgentEvent::ActionFinished {
+        plan_id: id.clone(),
+        index: 0,
+        kind: "step".into(),
+        outcome: "applied".into()
+    }));
+    let statuses: Vec<&AgentEvent> = seen.iter().filter(|e| matches!(e, AgentEvent::PlanStatusChanged { .. })).collect();
+    assert_eq!(
+        statuses,
+        [
+            &AgentEvent::PlanStatusChanged { plan_id: id.clone(), status: "in_progress".into() },
+            &AgentEvent::PlanStatusChanged { plan_id: id.clone(), status: "success".into() },
+        ]
+    );
+}
+
+#[tokio::test]
+async fn dry_run_has_no_side_effect() {
+    let rig = start("").await;
+    let before = ledger_kinds(&rig).len();
+    let out = rig.engine.dry_run(&alert("dry", json!([step("d")]))).await.unwrap();
+    assert_eq!(out["would_create"], true);
+    assert_eq!(out["actions"][0]["change"], json!({"would": "d"}));
+    assert!(rig.step.calls().is_empty());
+    assert_eq!(ledger_kinds(&rig).len(), before);
+    assert_eq!(rig.engine.list_plans(None, 0).as_array().unwrap().len(), 0);
+}
+
+#[tokio::test]
+async fn timed_actions_are_reverted_when_their_time_runs_out() {
+    let rig = start("").await;
+    let (id, _) = rig
+        .engine
+        .submit(&alert("timed", json!([{"type": "step", "key": "t", "seconds": 1}])))
+        .await
+        .unwrap();
+    wait_finished(&rig.engine, &id).await;
+    assert_eq!(rig.engine.status()["active_mitigations"], 1);
+    wait_for(|| rig.step.count("revert", "t") == 1, "the timed revert").await;
+    wait_for(|| rig.engine.get_plan(&id).unwrap()["actions"][0]["state"] == "reverted", "state reverted").await;
+    assert!(rig.engine.get_plan(&id).unwrap()["log"].to_string().contains("reverted when its time ran out"));
+    assert_eq!(rig.engine.status()["active_mitigations"], 0);
+}
+
+// ----------------------------------------------------------- recovery
+
+fn seed(id: &str, keys: &[&str]) -> PlanSeed {
+    PlanSeed {
+        id: id.into(),
+        timestamp: "2026-01-01T00:00:00.000Z".into(),
+        source: antibody::plan::Source::Manual,
+        severity: antibody::plan::Severity::High,
+        description: "recovered".into(),
+        alert_sha256: format!("hash-{id}"),
+        context: None,
+        actions: keys
+            .iter()
+            .map(|k| antibody::plan::ActionSeed {
+                kind: "step".into(),
+                params: json!({"key": k}),
+                targets: vec![],
+                reversible: true,
+            })
+            .collect(),
+    }
+}
+
+/// Writes `events` to a fresh ledger, as an agent that then died would have.
+async fn write_ledger(dir: &std::path::Path, events: Vec<(Option<&str>, Event)>) {
+    let writer = LedgerWriter::start(
+        WriterOptions {
+            dir: dir.join("ledger"),
+            segment_bytes: 1 << 20,
+            tip: Tip::default(),
+            last_segment: None,
+        },
+        Box::new(|_| {}),
+    )
+    .unwrap();
+    for (plan, event) in events {
+        let (kind, payload) = event.to_parts();
+        writer.append(kind, plan.map(str::to_string), payload, vec![]).await.unwrap().unwrap();
+    }
+}
+
+#[tokio::test]
+async fn after_a_crash_the_interrupted_action_is_settled_and_the_plan_resumes() {
+    for took_effect in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        write_ledger(
+            dir.path(),
+            vec![
+                (Some("p1"), Event::PlanCreated { plan: seed("p1", &["one", "two"]) }),
+                (Some("p1"), Event::PlanStarted {}),
+                (Some("p1"), Event::ActionStarted { index: 0, attempt: 1 }),
+                (Some("p2"), Event::PlanCreated { plan: seed("p2", &["three"]) }),
+            ],
+        )
+        .await;
+        let step = Step::default();
+        step.0.lock().unwrap().recover_answer = Some(took_effect);
+        let rig = open(dir, step, "");
+        rig.engine.settle_in_flight().await;
+        assert_eq!(rig.step.calls(), [("recover".to_string(), "one".to_string())]);
+        tokio::spawn(rig.engine.clone().run());
+        let p1 = wait_finished(&rig.engine, "p1").await;
+        let p2 = wait_finished(&rig.engine, "p2").await;
+        assert_eq!((p1["status"].as_str(), p2["status"].as_str()), (Some("success"), Some("success")));
+        // p1 and p2 share no target, so they may interleave; within p1 the order holds.
+        let mut applies: Vec<String> = rig.step.calls().into_iter().filter(|(c, _)| c == "apply").map(|(_, k)| k).collect();
+        let p1_order: Vec<&String> = applies.iter().filter(|k| *k != "three").collect();
+        if took_effect {
+            assert_eq!(p1_order, ["two"], "an action that took effect is not redone");
+        } else {
+            assert_eq!(p1_order, ["one", "two"], "an action that did not take effect is tried again");
+            assert_eq!(p1["actions"][0]["attempts"], 2);
+        }
+        applies.sort();
+        assert!(applies.contains(&"three".to_string()));
+        assert!(p1["log"].to_string().contains("after an agent restart"));
+    }
+}
+
+#[tokio::test]
+async fn an_overdue_timed_revert_runs_once_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    write_ledger(
+        dir.path(),
+        vec![
+            (Some("p"), Event::PlanCreated { plan: seed("p", &["timed"]) }),
+            (Some("p"), Event::PlanStarted {}),
+            (Some("p"), Event::ActionStarted { index: 0, attempt: 1 }),
+            (
+                Some("p"),
+                Event::ActionApplied {
+                    index: 0,
+                    attempt: 1,
+                    summary: "on".into(),
+                    changes: json!({"key": "timed"}),
+                    revert_at_ms: Some(1_000),
+                },
+            ),
+            (Some("p"), Event::PlanFinished { status: antibody::plan::PlanStatus::Success }),
+        ],
+    )
+    .await;
+    let rig = open(dir, Step::default(), "");
+    tokio::spawn(rig.engine.clone().run());
+    wait_for(|| rig.step.count("revert", "timed") == 1, "the overdue revert").await;
+    wait_for(|| rig.engine.get_plan("p").unwrap()["actions"][0]["state"] == "reverted", "state reverted").await;
+    rig.engine.begin_stop();
+    let Rig { dir, .. } = rig;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // A second start finds it reverted and does nothing.
+    let again = open(dir, Step::default(), "");
+    tokio::spawn(again.engine.clone().run());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(again.step.count("revert", "timed"), 0);
+    assert_eq!(again.engine.get_plan("p").unwrap()["actions"][0]["state"], "reverted");
+}
