@@ -1,1 +1,226 @@
-fn main() {}
+//! Antibody's benchmark (issue 3's targets), each measured against a baseline
+//! taken in the same run on the same machine, against the real release
+//! `antibodyd` on a private `dbus-daemon` with the shipped policy.
+//!
+//!     sudo cargo bench --bench antibody_bench          # prints a Markdown table
+//!
+//! Needs root (the shipped policy lets only root own the agent's name).
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use antibody::dbus::proxy::AntibodyProxy;
+use antibody::ledger::{LedgerWriter, Tip, WriterOptions};
+use support::{Agent, PrivateBus};
+
+const SAMPLES: usize = 2000;
+
+fn p50(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+fn alert(n: usize, channel: &str) -> String {
+    format!(
+        r#"{{"source":"NEXUS","severity":"low","description":"bench alert {n}","actions":[{{"type":"notify_operator","channel":"{channel}","message":"bench {n}"}}]}}"#
+    )
+}
+
+/// A ~300-byte append with fdatasync, in the same directory as the ledger.
+fn fsync_baseline(dir: &Path) -> Duration {
+    let path = dir.join("fsync-baseline.bin");
+    let mut file = OpenOptions::new().create(true).append(true).open(&path).unwrap();
+    let line = [b'x'; 300];
+    let samples = (0..SAMPLES)
+        .map(|_| {
+            let t = Instant::now();
+            file.write_all(&line).unwrap();
+            file.sync_data().unwrap();
+            t.elapsed()
+        })
+        .collect();
+    std::fs::remove_file(path).unwrap();
+    p50(samples)
+}
+
+async fn ping_baseline(conn: &zbus::Connection) -> Duration {
+    let peer = zbus::fdo::PeerProxy::builder(conn)
+        .destination("org.vael.Antibody")
+        .path("/org/vael/Antibody")
+        .build()
+        .await
+        .unwrap();
+    let mut samples = Vec::new();
+    for _ in 0..SAMPLES {
+        let t = Instant::now();
+        peer.ping().await.unwrap();
+        samples.push(t.elapsed());
+    }
+    p50(samples)
+}
+
+async fn submit_latency(proxy: &AntibodyProxy<'_>) -> Duration {
+    let mut samples = Vec::new();
+    for n in 0..SAMPLES {
+        let text = alert(n, "journal");
+        let t = Instant::now();
+        let (_, created) = proxy.submit_alert(&text).await.unwrap();
+        samples.push(t.elapsed());
+        assert!(created);
+    }
+    p50(samples)
+}
+
+async fn throughput(bus: &PrivateBus, clients: usize, per_client: usize) -> f64 {
+    let mut proxies = Vec::new();
+    for _ in 0..clients {
+        let conn = bus.connect().await;
+        proxies.push(Arc::new(AntibodyProxy::new(&conn).await.unwrap()));
+        std::mem::forget(conn); // kept open by the proxy's clone
+    }
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for (c, proxy) in proxies.into_iter().enumerate() {
+        tasks.push(tokio::spawn(async move {
+            for n in 0..per_client {
+                let (_, created) = proxy.submit_alert(&alert(1_000_000 + c * per_client + n, "journal")).await.unwrap();
+                assert!(created);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    (clients * per_client) as f64 / start.elapsed().as_secs_f64()
+}
+
+async fn storm_rss(proxy: &AntibodyProxy<'_>, pid: i32) -> (u64, u64, usize) {
+    let text = alert(42, "dbus");
+    let before = rss_kib(pid);
+    let mut ids = std::collections::HashSet::new();
+    let mut pending = Vec::new();
+    for _ in 0..100_000 {
+        pending.push(proxy.submit_alert(&text));
+        if pending.len() == 64 {
+            for r in futures_util::future::join_all(pending.drain(..)).await {
+                ids.insert(r.unwrap().0);
+            }
+        }
+    }
+    for r in futures_util::future::join_all(pending).await {
+        ids.insert(r.unwrap().0);
+    }
+    (before, rss_kib(pid), ids.len())
+}
+
+/// Time from spawn to READY=1 for an agent on `home` (with its config).
+fn time_to_ready(bus: &PrivateBus, home: &Path) -> Duration {
+    let sock_path = home.join("notify.sock");
+    let _ = std::fs::remove_file(&sock_path);
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(600))).unwrap();
+    let start = Instant::now();
+    let mut agent = Agent::start_with_config(bus, home, &home.join("antibody.toml"), &[("NOTIFY_SOCKET", sock_path.to_str().unwrap())]);
+    let mut buf = [0u8; 4096];
+    let elapsed = loop {
+        let n = sock.recv(&mut buf).unwrap();
+        if String::from_utf8_lossy(&buf[..n]).contains("READY=1") {
+            break start.elapsed();
+        }
+    };
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    agent.wait();
+    elapsed
+}
+
+async fn big_ledger(home: &Path, records: u64) {
+    std::fs::create_dir_all(home).unwrap();
+    std::fs::write(
+        home.join("antibody.toml"),
+        format!("[ledger]\ndir = \"{}/ledger\"\n[state]\ndir = \"{}/state\"\n", home.display(), home.display()),
+    )
+    .unwrap();
+    let writer = LedgerWriter::start(
+        WriterOptions { dir: home.join("ledger"), segment_bytes: 64 << 20, tip: Tip::default(), last_segment: None },
+        Box::new(|_| {}),
+    )
+    .unwrap();
+    let mut pending = Vec::new();
+    for n in 0..records {
+        let event = antibody::plan::Event::ConfigReloaded { ok: true, detail: format!("filler {n}") };
+        let (kind, payload) = event.to_parts();
+        pending.push(writer.append(kind, None, payload, vec![]));
+        if pending.len() == 50_000 {
+            for p in pending.drain(..) {
+                p.await.unwrap().unwrap();
+            }
+        }
+    }
+    for p in pending {
+        p.await.unwrap().unwrap();
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    support::require_root();
+    let bus = PrivateBus::start();
+    let home = tempfile::tempdir_in(std::env::var("BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into())).unwrap();
+    let agent = Agent::start(&bus, home.path(), "[queue]\nmax = 200000\n");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle_rss = rss_kib(agent.pid());
+
+    let conn = bus.connect().await;
+    let proxy = AntibodyProxy::new(&conn).await.unwrap();
+    let ping = ping_baseline(&conn).await;
+    let fsync = fsync_baseline(&agent.ledger_dir());
+    let submit = submit_latency(&proxy).await;
+    let single_rate = 1.0 / submit.as_secs_f64();
+    let rate = throughput(&bus, 16, 1250).await;
+    let (rss_before, rss_after, storm_plans) = storm_rss(&proxy, agent.pid()).await;
+    drop(agent);
+
+    let empty_home = tempfile::tempdir_in(home.path()).unwrap();
+    big_ledger(empty_home.path(), 0).await;
+    let ready_empty = time_to_ready(&bus, empty_home.path());
+    let big_home = tempfile::tempdir_in(home.path()).unwrap();
+    big_ledger(big_home.path(), 1_000_000).await;
+    let ready_big = time_to_ready(&bus, big_home.path());
+
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!("| measure | result | baseline (same run) | ratio | target |");
+    println!("|---|---|---|---|---|");
+    println!(
+        "| SubmitAlert p50 (1 client, {SAMPLES} alerts) | {:.3} ms | Ping p50 {:.3} ms + 300 B fdatasync p50 {:.3} ms = {:.3} ms | {:.2}× | ≤ 1.5× |",
+        ms(submit), ms(ping), ms(fsync), ms(ping + fsync), submit.as_secs_f64() / (ping + fsync).as_secs_f64()
+    );
+    println!(
+        "| durable alerts/s, 16 clients × 1250 | {rate:.0}/s | 1 client {single_rate:.0}/s | {:.1}× | ≥ 20 000/s |",
+        rate / single_rate
+    );
+    println!(
+        "| 100 000 identical alerts | {storm_plans} plan(s), RSS {} → {} KiB (+{} KiB) | | | 1 plan, < 5 MB growth |",
+        rss_before, rss_after, rss_after.saturating_sub(rss_before)
+    );
+    println!("| idle RSS after start | {idle_rss} KiB | | | ≤ 10 MB |");
+    println!(
+        "| start → READY=1, 1 000 000-record ledger | {:.1} ms | empty ledger {:.1} ms | {:.1}× | ≤ 100 ms |",
+        ms(ready_big), ms(ready_empty), ready_big.as_secs_f64() / ready_empty.as_secs_f64()
+    );
+}

@@ -285,6 +285,9 @@ impl Config {
         if self.retry.factor == 0 {
             return bad("retry.factor", "must be at least 1");
         }
+        if !(1..=86_400).contains(&self.isolate.default_seconds) {
+            return bad("isolate.default_seconds", "must be 1..=86400");
+        }
         if self.ledger.segment_bytes < 4096 {
             return bad("ledger.segment_bytes", "must be at least 4096");
         }

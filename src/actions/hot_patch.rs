@@ -4,7 +4,7 @@
 //! lie under an allowed root); the file backend is not implemented yet, and
 //! `apply` fails plainly until it is.
 
-use std::path::{Component, Path};
+use std::path::Path;
 
 use async_trait::async_trait;
 use serde_json::{json, Value};
@@ -35,8 +35,12 @@ impl ActionHandler for HotPatch {
         params.deny_unknown(&["file", "diff", "sha256"])?;
         let file = params.string("file")?;
         let path = Path::new(file);
-        let plain = path.is_absolute()
-            && path.components().all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+        // Checked on the text: `Path::components` silently drops inner `.`
+        // and doubled slashes, and then two spellings of one file would be
+        // two scheduling targets.
+        let plain = file.len() > 1
+            && file.starts_with('/')
+            && file[1..].split('/').all(|part| !matches!(part, "" | "." | ".."));
         if !plain {
             return Err(params.error("file", format!("{file:?} must be an absolute path without \".\" or \"..\"")));
         }
@@ -56,8 +60,13 @@ impl ActionHandler for HotPatch {
             ));
         }
         let diff = params.text("diff", MAX_DIFF_BYTES)?;
-        if let Err(e) = diffy::Patch::from_str(diff) {
-            return Err(params.error("diff", format!("is not a unified diff: {e}")));
+        match diffy::Patch::from_str(diff) {
+            Err(e) => return Err(params.error("diff", format!("is not a unified diff: {e}"))),
+            // diffy reads text with no hunk as an empty patch.
+            Ok(patch) if patch.hunks().is_empty() => {
+                return Err(params.error("diff", "is not a unified diff: it has no hunk"))
+            }
+            Ok(_) => {}
         }
         let sha = params.opt_string("sha256")?;
         if let Some(sha) = sha {

@@ -149,27 +149,23 @@ impl Registry {
         alert
             .actions
             .iter()
-            .enumerate()
-            .map(|(i, raw)| {
-                let path = format!("actions[{i}]");
-                let handler = self.get(&raw.kind).ok_or_else(|| {
+            .map(|raw| {
+                let path = raw.path();
+                let (kind, params) = raw.split()?;
+                let handler = self.get(&kind).ok_or_else(|| {
                     AgentError::at(
                         ErrorName::UnknownAction,
                         &format!("{path}.type"),
                         format!(
-                            "{:?} is not a known action (known: {})",
-                            raw.kind,
+                            "{kind:?} is not a known action (known: {})",
                             self.names().join(", ")
                         ),
                     )
                 })?;
-                let fields = Fields {
-                    path,
-                    map: &raw.params,
-                };
+                let fields = Fields { path, map: &params };
                 let validated = handler.validate(&fields, ctx)?;
                 Ok(ActionSeed {
-                    kind: raw.kind.clone(),
+                    kind,
                     params: without_nulls(validated.params),
                     targets: validated.targets,
                     reversible: handler.reversible(),

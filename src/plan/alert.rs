@@ -59,10 +59,27 @@ impl Severity {
 }
 
 /// One requested action as the alert gave it: `{"type": "...", ...params}`.
+/// Its shape is checked together with its parameters, action by action, so
+/// the first bad action is the one reported whatever is wrong with it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RawAction {
-    pub kind: String,
-    pub params: Map<String, Value>,
+    pub index: usize,
+    pub value: Value,
+}
+
+impl RawAction {
+    pub fn path(&self) -> String {
+        format!("actions[{}]", self.index)
+    }
+
+    /// The action's type and its fields (every key but `type`).
+    pub fn split(&self) -> Result<(String, Map<String, Value>), AgentError> {
+        let fields = Fields::of(&self.path(), &self.value)?;
+        let kind = fields.string("type")?.to_string();
+        let mut params = fields.map.clone();
+        params.remove("type");
+        Ok((kind, params))
+    }
 }
 
 /// A structurally valid alert, not yet checked against the action handlers.
@@ -148,17 +165,14 @@ fn parse_actions(root: &Fields<'_>) -> Result<Vec<RawAction>, AgentError> {
             format!("must hold 1..={MAX_ACTIONS} actions, not {}", items.len()),
         ));
     }
-    items
+    Ok(items
         .iter()
         .enumerate()
-        .map(|(i, item)| {
-            let fields = Fields::of(&format!("actions[{i}]"), item)?;
-            let kind = fields.string("type")?.to_string();
-            let mut params = fields.map.clone();
-            params.remove("type");
-            Ok(RawAction { kind, params })
+        .map(|(index, value)| RawAction {
+            index,
+            value: value.clone(),
         })
-        .collect()
+        .collect())
 }
 
 fn parse_context(value: &Value) -> Result<Value, AgentError> {
@@ -186,9 +200,10 @@ mod tests {
         let a = parse_alert(GOOD).unwrap();
         assert_eq!(a.source, Source::Watchdog);
         assert_eq!(a.severity, Severity::High);
-        assert_eq!(a.actions[0].kind, "restart_service");
-        assert_eq!(a.actions[0].params["name"], "vael.service");
-        assert!(!a.actions[0].params.contains_key("type"));
+        let (kind, params) = a.actions[0].split().unwrap();
+        assert_eq!(kind, "restart_service");
+        assert_eq!(params["name"], "vael.service");
+        assert!(!params.contains_key("type"));
         assert_eq!(a.sha256.len(), 64);
     }
 

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Installs the system packages the demo and the tests use, on Debian 12.
+# Needs root; safe to run again (apt skips what is already there).
+set -euo pipefail
+if [ "$(id -u)" -ne 0 ]; then
+    echo "install-deps.sh: run as root (it uses apt-get)" >&2
+    exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+# dbus-daemon: the private test bus; dbus-bin: dbus-send; systemd: busctl;
+# util-linux: setpriv (unprivileged callers); procps, iproute2: test plumbing.
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends \
+    dbus-daemon dbus-bin systemd util-linux procps iproute2 ca-certificates >/dev/null

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The whole test suite (DESIGN.md §7), as CI runs it: installs what it needs,
+# then formatting, lints, and every test tier this build has. Run as root on
+# Debian 12: the T2 tests start dbus-daemon with a system policy, switch to
+# an unprivileged uid and mount a tmpfs; they fail (never skip) without root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/install-deps.sh
+
+echo "== cargo fmt --check"
+cargo fmt --check
+echo "== cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets --quiet -- -D warnings
+echo "== cargo test (T0 pure, T1 engine, T2 private dbus-daemon)"
+cargo test --all-targets --no-fail-fast 2>&1 | tee target/test-output.txt
+# A summary line scripts and CI can read.
+awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed\n", p, f }' target/test-output.txt
