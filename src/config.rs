@@ -48,12 +48,16 @@ impl Default for LedgerConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct StateConfig {
     pub dir: PathBuf,
+    /// Finished plans kept in memory (for ListPlans); older ones are
+    /// archived under `dir/plans/` and still answer GetPlan.
+    pub keep_finished_plans: usize,
 }
 
 impl Default for StateConfig {
     fn default() -> Self {
         StateConfig {
             dir: PathBuf::from("/var/lib/antibody"),
+            keep_finished_plans: 1000,
         }
     }
 }

@@ -119,9 +119,22 @@ async fn run(args: Args, config: Config) -> Result<(), String> {
     let connection = dbus::serve(engine.clone())
         .await
         .map_err(|e| format!("cannot serve {} on the system bus: {e}", dbus::BUS_NAME))?;
+    let watchdog_interval = sdnotify::watchdog_interval();
+    if let Some(interval) = watchdog_interval {
+        // Before the loop starts, so its very first sleep is short enough.
+        engine.set_heartbeat_interval(interval / 3);
+    }
     let engine_loop = tokio::spawn(engine.clone().run());
     sdnotify::ready(&engine.status_line());
-    tokio::spawn(watchdog(engine.clone()));
+    tokio::spawn(watchdog(engine.clone(), watchdog_interval));
+    if engine.started_from_checkpoint() {
+        // The start read only the tail; the whole chain is re-walked here,
+        // after READY=1, and a break is reported as at any other time.
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            engine.verify_ledger().await;
+        });
+    }
 
     while let Some(signal) = signals.next().await {
         match signal {
@@ -154,14 +167,20 @@ async fn run(args: Args, config: Config) -> Result<(), String> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let _ = engine_loop.await;
+    if engine.running_plans() == 0 {
+        if let Err(e) = engine.write_checkpoint() {
+            eprintln!("<4>antibodyd: cannot write the checkpoint; the next start replays the ledger: {e}");
+        }
+    } else {
+        eprintln!("<4>antibodyd: steps still under way at stop; the next start recovers them from the ledger");
+    }
     let _ = connection.release_name(dbus::BUS_NAME).await;
     Ok(())
 }
 
 /// `WATCHDOG=1` only while the engine loop proves itself alive: a stalled
 /// engine stops the pings and systemd restarts the agent.
-async fn watchdog(engine: Arc<Engine>) {
-    let interval = sdnotify::watchdog_interval();
+async fn watchdog(engine: Arc<Engine>, interval: Option<Duration>) {
     let tick = interval.map(|i| i / 3).unwrap_or(Duration::from_secs(5));
     let max_age_ms = interval.map(|i| i.as_millis() as u64).unwrap_or(u64::MAX).min(10_000);
     loop {

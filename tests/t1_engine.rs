@@ -649,3 +649,93 @@ async fn an_overdue_timed_revert_runs_once_across_restarts() {
     assert_eq!(again.step.count("revert", "timed"), 0);
     assert_eq!(again.engine.get_plan("p").unwrap()["actions"][0]["state"], "reverted");
 }
+
+// ----------------------------------------------------- checkpoint, archive
+
+async fn stop(rig: Rig) -> tempfile::TempDir {
+    rig.engine.begin_stop();
+    let Rig { engine, dir, .. } = rig;
+    for _ in 0..200 {
+        if Arc::strong_count(&engine) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(engine);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    dir
+}
+
+#[tokio::test]
+async fn a_start_from_a_checkpoint_replays_only_the_tail_and_loses_nothing() {
+    let rig = start("").await;
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let (id, _) = rig.engine.submit(&alert(&format!("before {n}"), json!([step("k")]))).await.unwrap();
+        wait_finished(&rig.engine, &id).await;
+        ids.push(id);
+    }
+    rig.engine.write_checkpoint().unwrap();
+    let (tail, _) = rig.engine.submit(&alert("after the checkpoint", json!([step("t")]))).await.unwrap();
+    wait_finished(&rig.engine, &tail).await;
+    ids.push(tail);
+    let before: Vec<Value> = ids.iter().map(|id| rig.engine.get_plan(id).unwrap()).collect();
+    let dir = stop(rig).await;
+
+    let again = open(dir, Step::default(), "");
+    assert!(again.engine.started_from_checkpoint());
+    let after: Vec<Value> = ids.iter().map(|id| again.engine.get_plan(id).unwrap()).collect();
+    assert_eq!(before, after);
+    assert_eq!(again.engine.status()["ledger"]["ok"], true);
+    // The agent goes on appending to the same chain.
+    tokio::spawn(again.engine.clone().run());
+    let (next, _) = again.engine.submit(&alert("next", json!([step("n")]))).await.unwrap();
+    wait_finished(&again.engine, &next).await;
+    assert_eq!(again.engine.verify_ledger().await.0, true);
+}
+
+#[tokio::test]
+async fn a_checkpoint_that_does_not_match_the_ledger_is_not_trusted() {
+    let rig = start("").await;
+    let (id, _) = rig.engine.submit(&alert("one", json!([step("k")]))).await.unwrap();
+    wait_finished(&rig.engine, &id).await;
+    rig.engine.write_checkpoint().unwrap();
+    let dir = stop(rig).await;
+    // Someone rewrites the checkpoint to claim a plan the ledger never had.
+    let path = dir.path().join("state/checkpoint.json");
+    let mut checkpoint: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    checkpoint["hash"] = json!("ff".repeat(32));
+    checkpoint["plans"][0]["description"] = json!("forged");
+    std::fs::write(&path, checkpoint.to_string()).unwrap();
+    let again = open(dir, Step::default(), "");
+    assert!(!again.engine.started_from_checkpoint());
+    assert_eq!(again.engine.get_plan(&id).unwrap()["description"], "one");
+}
+
+#[tokio::test]
+async fn finished_plans_are_archived_and_still_answer() {
+    let rig = start("[state]\nkeep_finished_plans = 1\n[queue]\ndedupe_window_secs = 0\n").await;
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let (id, _) = rig.engine.submit(&alert(&format!("p{n}"), json!([step(&format!("k{n}"))]))).await.unwrap();
+        wait_finished(&rig.engine, &id).await;
+        ids.push(id);
+    }
+    let before: Vec<Value> = ids.iter().map(|id| rig.engine.get_plan(id).unwrap()).collect();
+    // p0 and p1 are reverted-able (applied, reversible): roll them back
+    // first so nothing of theirs is in force and they may leave memory.
+    for id in &ids[..2] {
+        rig.engine.rollback(id, "test").await.unwrap();
+        wait_for(|| rig.engine.get_plan(id).unwrap()["rollback"]["finished_at"].is_string(), "rollback").await;
+    }
+    assert_eq!(rig.engine.evict_finished().unwrap(), 2);
+    assert_eq!(rig.engine.list_plans(None, 0).as_array().unwrap().len(), 1, "only the newest stays listed");
+    for (id, old) in ids.iter().zip(&before).take(2) {
+        let archived = rig.engine.get_plan(id).unwrap();
+        assert_eq!(archived["id"], old["id"]);
+        assert_eq!(archived["actions"][0]["state"], "reverted");
+        assert!(rig.dir.path().join(format!("state/plans/{id}.json")).exists());
+    }
+    // The newest plan keeps an applied reversible action, so it stayed.
+    assert_eq!(rig.engine.get_plan(&ids[2]).unwrap(), before[2]);
+}

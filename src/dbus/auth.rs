@@ -83,7 +83,7 @@ impl Authorizer {
         }
         let proxy = DBusProxy::new(conn).await?;
         let creds = proxy
-            .get_connection_credentials(sender.as_str().try_into().map_err(zbus::Error::from)?)
+            .get_connection_credentials(sender.as_str().try_into()?)
             .await
             .map_err(|e| Error::AccessDenied(format!("cannot learn who {sender} is: {e}")))?;
         let uid = creds

@@ -24,6 +24,7 @@ pub mod backoff;
 pub mod replay;
 mod runner;
 pub mod state;
+pub mod store;
 
 use state::EngineState;
 
@@ -59,7 +60,15 @@ pub struct Engine {
     storage_ok: AtomicBool,
     stopping: AtomicBool,
     own_unit: Option<String>,
+    from_checkpoint: bool,
+    /// The longest the idle engine loop sleeps between heartbeats (ms).
+    beat_ms: AtomicU64,
 }
+
+/// A start that read at least this many records writes a checkpoint.
+const CHECKPOINT_AFTER_RECORDS: u64 = 10_000;
+/// How often the engine loop archives finished plans.
+const EVICT_EVERY: Duration = Duration::from_secs(5);
 
 /// What [`Engine::open`] needs besides the config.
 pub struct EngineParts {
@@ -74,14 +83,14 @@ impl Engine {
     /// Replays the ledger and opens it for appending. Recovery of in-flight
     /// actions is a separate step ([`Engine::settle_in_flight`]).
     pub fn open(config: Config, parts: EngineParts) -> std::io::Result<Arc<Engine>> {
-        let replayed = replay::replay(&config.ledger.dir)?;
-        let ScanReport {
-            tip,
-            last_segment,
-            broken_at,
-            report,
-            ..
-        } = replayed.scan;
+        let replayed = replay::replay(&config.ledger.dir, &config.state.dir)?;
+        if let Some(note) = &replayed.note {
+            eprintln!("<4>antibodyd: {note}");
+        }
+        let tail_records = replayed.scan.records;
+        let from_checkpoint = replayed.from_checkpoint;
+        let (chain_ok, broken_at, report) = replayed.chain;
+        let ScanReport { tip, last_segment, .. } = replayed.scan;
         let mirror = parts.mirror;
         let ledger = LedgerWriter::start(
             WriterOptions {
@@ -110,15 +119,77 @@ impl Engine {
             heartbeat_ms: AtomicU64::new(now_ms()),
             started: Instant::now(),
             ledger_health: Mutex::new(LedgerHealth {
-                ok: broken_at.is_none(),
+                ok: chain_ok,
                 broken_at,
                 report,
             }),
             storage_ok: AtomicBool::new(true),
             stopping: AtomicBool::new(false),
             own_unit: parts.own_unit,
+            from_checkpoint,
+            beat_ms: AtomicU64::new(1000),
         });
+        // A long replay is not repeated at the next start: archive what
+        // memory need not hold and checkpoint the rest, before any append.
+        if tail_records >= CHECKPOINT_AFTER_RECORDS {
+            engine.evict_finished()?;
+            engine.write_checkpoint()?;
+        }
         Ok(engine)
+    }
+
+    /// Whether the start used a checkpoint (the head of the chain was then
+    /// not re-read; [`Engine::verify_ledger`] re-walks it in the background).
+    pub fn started_from_checkpoint(&self) -> bool {
+        self.from_checkpoint
+    }
+
+    /// Archives finished plans memory need not hold, then forgets them.
+    pub fn evict_finished(&self) -> std::io::Result<usize> {
+        let config = self.config();
+        let plans: Vec<Plan> = {
+            let inner = self.lock();
+            let window_ms = config.queue.dedupe_window_secs.saturating_mul(1000);
+            inner
+                .state
+                .evictable(now_ms(), window_ms, config.state.keep_finished_plans)
+                .iter()
+                .filter_map(|id| inner.state.plans.get(id).cloned())
+                .collect()
+        };
+        if plans.is_empty() {
+            return Ok(0);
+        }
+        store::archive_plans(&config.state.dir, &plans)?;
+        let mut inner = self.lock();
+        for plan in &plans {
+            // Only if nothing touched it meanwhile (e.g. a rollback request).
+            if inner.state.plans.get(&plan.id) == Some(plan) {
+                inner.state.evict(&plan.id);
+            }
+        }
+        Ok(plans.len())
+    }
+
+    /// Writes the live plans and the ledger position they reflect. Only
+    /// called when no plan is mid-step, so the two agree exactly.
+    pub fn write_checkpoint(&self) -> std::io::Result<()> {
+        let config = self.config();
+        let health = self.ledger_health();
+        let (position, plans) = {
+            let inner = self.lock();
+            (self.ledger.position(), inner.state.plans.values().cloned().collect())
+        };
+        let checkpoint = store::new_checkpoint(&position, (health.ok, health.broken_at, health.report), plans);
+        store::save_checkpoint(&config.state.dir, &checkpoint)
+    }
+
+    /// A plan from memory, or taken back from the archive.
+    fn plan_value(&self, id: &str) -> Option<Value> {
+        if let Some(plan) = self.lock().state.plans.get(id) {
+            return Some(serde_json::to_value(plan).expect("plans serialize"));
+        }
+        store::load_archived(&self.config().state.dir, id).map(|p| serde_json::to_value(p).expect("plans serialize"))
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -265,12 +336,7 @@ impl Engine {
     }
 
     pub fn get_plan(&self, id: &str) -> Result<Value, AgentError> {
-        let inner = self.lock();
-        inner
-            .state
-            .plans
-            .get(id)
-            .map(|p| serde_json::to_value(p).expect("plans serialize"))
+        self.plan_value(id)
             .ok_or_else(|| AgentError::new(ErrorName::NotFound, format!("no plan with id {id:?}")))
     }
 
@@ -330,6 +396,12 @@ impl Engine {
     /// `RollbackPlan`: revert a finished plan's reversible actions, newest
     /// first. Answers once the request is durable; the reverts follow.
     pub async fn rollback(&self, id: &str, by: &str) -> Result<(), AgentError> {
+        let in_memory = self.lock().state.plans.contains_key(id);
+        if !in_memory {
+            if let Some(plan) = store::load_archived(&self.config().state.dir, id) {
+                self.lock().state.readmit(plan);
+            }
+        }
         {
             let inner = self.lock();
             let plan = inner
@@ -446,6 +518,13 @@ impl Engine {
         )
     }
 
+    /// Beat at least this often, so a watchdog shorter than the loop's
+    /// default one second still hears a healthy idle engine in time.
+    pub fn set_heartbeat_interval(&self, every: Duration) {
+        let ms = every.as_millis().clamp(10, 1000) as u64;
+        self.beat_ms.store(ms, Ordering::Relaxed);
+    }
+
     /// Milliseconds since the engine loop last proved itself alive.
     pub fn heartbeat_age_ms(&self) -> u64 {
         now_ms().saturating_sub(self.heartbeat_ms.load(Ordering::Relaxed))
@@ -557,6 +636,7 @@ impl Engine {
     /// The engine loop: starts runnable plans, fires due timed reverts and
     /// beats the heart the watchdog listens to. Returns once stopping.
     pub async fn run(self: Arc<Self>) {
+        let mut last_evict = Instant::now();
         loop {
             self.heartbeat_ms.store(now_ms(), Ordering::Relaxed);
             if self.is_stopping() {
@@ -582,7 +662,15 @@ impl Engine {
                 let engine = self.clone();
                 tokio::spawn(async move { runner::timed_revert(&engine, &plan_id, index).await });
             }
-            let mut sleep = Duration::from_secs(1);
+            if last_evict.elapsed() >= EVICT_EVERY {
+                last_evict = Instant::now();
+                let engine = self.clone();
+                let evicted = tokio::task::spawn_blocking(move || engine.evict_finished()).await;
+                if let Ok(Err(e)) = evicted {
+                    eprintln!("<4>antibody: cannot archive finished plans (they stay in memory): {e}");
+                }
+            }
+            let mut sleep = Duration::from_millis(self.beat_ms.load(Ordering::Relaxed));
             if let Some(at) = next_timer {
                 sleep = sleep.min(Duration::from_millis(at.saturating_sub(now_ms())));
             }

@@ -1,25 +1,62 @@
-//! Rebuilding the engine's state from the ledger at start (DESIGN.md §4):
-//! every record is folded, in order, exactly as the running engine folded it.
+//! Rebuilding the engine's state at start (DESIGN.md §4): from the
+//! checkpoint plus the records after it when the checkpoint matches the
+//! ledger, else from every record. Either way each record is folded exactly
+//! as the running engine folded it.
 
 use std::collections::HashMap;
 use std::io;
 use std::path::Path;
 
-use crate::ledger::{scan, ScanReport};
+use super::store::{load_archived, load_checkpoint};
+use crate::ledger::{record_at, scan_from, Position, ScanReport};
 use crate::plan::{Event, Plan};
 use crate::time::parse_rfc3339;
 
 pub struct Replayed {
     pub plans: Vec<Plan>,
+    /// The report of what was read: the tail after the checkpoint, or all.
     pub scan: ScanReport,
+    /// The chain's health: the tail's if it is broken, else the checkpoint's
+    /// last full verification (or this full scan's).
+    pub chain: (bool, Option<u64>, String),
+    pub from_checkpoint: bool,
     /// Records whose kind this build does not know (written by a newer one).
     pub unknown_records: u64,
+    pub note: Option<String>,
 }
 
-pub fn replay(dir: &Path) -> io::Result<Replayed> {
-    let mut plans: HashMap<String, Plan> = HashMap::new();
+pub fn replay(ledger_dir: &Path, state_dir: &Path) -> io::Result<Replayed> {
+    let mut note = None;
+    if let Some(checkpoint) = load_checkpoint(state_dir) {
+        let position = checkpoint.position();
+        if record_at(ledger_dir, &position).unwrap_or(false) {
+            let plans = checkpoint.plans.into_iter().map(|p| (p.id.clone(), p)).collect();
+            let stored = (checkpoint.chain_ok, checkpoint.chain_broken_at, checkpoint.chain_report);
+            let mut replayed = fold(ledger_dir, state_dir, Some(&position), plans)?;
+            if replayed.scan.ok() {
+                replayed.chain = stored;
+            }
+            replayed.from_checkpoint = true;
+            return Ok(replayed);
+        }
+        note = Some(format!(
+            "the checkpoint (seq {}) does not match the ledger; replaying the whole ledger",
+            checkpoint.seq
+        ));
+    }
+    let mut replayed = fold(ledger_dir, state_dir, None, HashMap::new())?;
+    replayed.note = note;
+    Ok(replayed)
+}
+
+fn fold(
+    ledger_dir: &Path,
+    state_dir: &Path,
+    start: Option<&Position>,
+    mut plans: HashMap<String, Plan>,
+) -> io::Result<Replayed> {
     let mut unknown_records = 0;
-    let scan = scan(dir, |record| {
+    let scan = scan_from(ledger_dir, start, |record| {
         let Ok(event) = Event::from_parts(&record.kind, &record.payload) else {
             unknown_records += 1;
             return;
@@ -30,6 +67,13 @@ pub fn replay(dir: &Path) -> io::Result<Replayed> {
                 plans.insert(plan.id.clone(), Plan::from_seed(plan, record.seq, ts_ms));
             }
             (event, Some(id)) => {
+                // A plan archived before the checkpoint may have been taken
+                // back into memory (for a rollback) after it.
+                if !plans.contains_key(id) {
+                    if let Some(plan) = load_archived(state_dir, id) {
+                        plans.insert(id.clone(), plan);
+                    }
+                }
                 if let Some(plan) = plans.get_mut(id) {
                     plan.apply_event(&event, ts_ms);
                 }
@@ -37,9 +81,13 @@ pub fn replay(dir: &Path) -> io::Result<Replayed> {
             (_, None) => {}
         }
     })?;
+    let chain = (scan.ok(), scan.broken_at, scan.report.clone());
     Ok(Replayed {
         plans: plans.into_values().collect(),
         scan,
+        chain,
+        from_checkpoint: false,
         unknown_records,
+        note: None,
     })
 }

@@ -276,17 +276,22 @@ async fn revert_action(engine: &Arc<Engine>, plan_id: &str, index: usize, reason
 
 /// A timed action's time ran out: put things back, once.
 pub(super) async fn timed_revert(engine: &Arc<Engine>, plan_id: &str, index: usize) {
-    let busy = engine.lock().state.running.contains(plan_id);
-    if busy {
-        // Its plan is still running (or rolling back): look again shortly.
-        engine.lock().state.defer_timer(now_ms() + 1000, plan_id.to_string(), index);
-        return;
+    {
+        let mut inner = engine.lock();
+        if inner.state.running.contains(plan_id) {
+            // Its plan is still running (or rolling back): look again shortly.
+            inner.state.defer_timer(now_ms() + 1000, plan_id.to_string(), index);
+            return;
+        }
+        // Held like a running plan, so nothing else steps it meanwhile and
+        // a stop waits for it.
+        inner.state.running.insert(plan_id.to_string());
     }
-    let Some(job) = engine.action_job(plan_id, index) else {
-        return;
-    };
-    if job.state != ActionState::Applied || job.revert_at_ms.is_none() {
-        return;
+    if let Some(job) = engine.action_job(plan_id, index) {
+        if job.state == ActionState::Applied && job.revert_at_ms.is_some() {
+            revert_action(engine, plan_id, index, RevertReason::Expired).await;
+        }
     }
-    revert_action(engine, plan_id, index, RevertReason::Expired).await;
+    engine.lock().state.finish_running(plan_id);
+    engine.wake.notify_one();
 }

@@ -116,6 +116,45 @@ impl EngineState {
         self.running.remove(id);
     }
 
+    /// Finished plans memory need not hold: nothing left to run or revert,
+    /// out of the dedupe window, and older than the newest `keep` finished.
+    pub fn evictable(&self, now_ms: u64, window_ms: u64, keep: usize) -> Vec<String> {
+        let waiting: HashSet<&String> = self.waiting.values().collect();
+        let timed: HashSet<&String> = self.timers.iter().map(|(_, id, _)| id).collect();
+        self.by_seq
+            .values()
+            .rev()
+            .filter_map(|id| self.plans.get(id))
+            .filter(|p| p.status.is_finished())
+            .skip(keep)
+            .filter(|p| {
+                let done = p.finished_ms.unwrap_or(u64::MAX);
+                now_ms >= done.saturating_add(window_ms)
+                    && !self.running.contains(&p.id)
+                    && !waiting.contains(&p.id)
+                    && !timed.contains(&p.id)
+                    && p.revertible_indexes().next().is_none()
+                    && p.rollback.as_ref().is_none_or(|r| r.finished_at.is_some())
+            })
+            .map(|p| p.id.clone())
+            .collect()
+    }
+
+    /// Forgets a plan (after it was archived).
+    pub fn evict(&mut self, id: &str) {
+        if let Some(plan) = self.plans.remove(id) {
+            self.by_seq.remove(&plan.seq);
+            if self.dedupe.get(&plan.alert_sha256).map(String::as_str) == Some(id) {
+                self.dedupe.remove(&plan.alert_sha256);
+            }
+        }
+    }
+
+    /// Takes an archived plan back (e.g. to roll it back).
+    pub fn readmit(&mut self, plan: Plan) {
+        self.insert(plan);
+    }
+
     /// Newest first, optionally only one status.
     pub fn list(&self, status: Option<PlanStatus>, limit: usize) -> Vec<&Plan> {
         self.by_seq
@@ -249,6 +288,42 @@ mod tests {
         assert_eq!(ids, vec!["b", "a"]);
         assert_eq!(s.list(Some(PlanStatus::Success), 10).len(), 0);
         assert_eq!(s.list(None, 1).len(), 1);
+    }
+
+    #[test]
+    fn eviction_keeps_live_recent_and_active_plans() {
+        let mut s = EngineState::default();
+        for i in 0..6u64 {
+            s.accept(plan(&format!("p{i}"), i + 1, &format!("h{i}"), &[]));
+        }
+        assert_eq!(s.take_runnable(8).len(), 6);
+        for i in 0..5u64 {
+            let id = format!("p{i}");
+            s.finish_running(&id);
+            let p = s.plans.get_mut(&id).unwrap();
+            p.apply_event(&Event::PlanStarted {}, 1_000);
+            if i == 1 {
+                // p1 keeps an applied reversible action: still in force.
+                p.apply_event(
+                    &Event::ActionApplied { index: 0, attempt: 1, summary: "s".into(), changes: json!({}), revert_at_ms: None },
+                    1_000,
+                );
+            } else {
+                p.apply_event(&Event::ActionSkipped { index: 0, reason: "r".into() }, 1_000);
+            }
+            p.apply_event(&Event::PlanFinished { status: PlanStatus::Success }, 2_000);
+        }
+        // p5 still runs; the newest finished (p4) is kept; p1 is active.
+        assert!(s.evictable(2_500, 60_000, 1).is_empty(), "inside the dedupe window");
+        let mut gone = s.evictable(70_000, 60_000, 1);
+        gone.sort();
+        assert_eq!(gone, vec!["p0", "p2", "p3"]);
+        for id in &gone {
+            s.evict(id);
+        }
+        assert_eq!(s.plans.len(), 3);
+        assert_eq!(s.dedupe_hit("h0", 0, u64::MAX), None);
+        assert_eq!(s.list(None, 10).len(), 3);
     }
 
     #[test]

@@ -7,5 +7,5 @@ pub mod segments;
 pub mod writer;
 
 pub use record::{Record, GENESIS};
-pub use scan::{scan, ScanReport, Tip};
+pub use scan::{record_at, scan, scan_from, Position, ScanReport, Tip};
 pub use writer::{Durable, JournalFields, LedgerWriter, WriterOptions};

@@ -51,14 +51,39 @@ impl ScanReport {
     }
 }
 
-pub fn scan(dir: &Path, mut visit: impl FnMut(&Record)) -> io::Result<ScanReport> {
+/// Where a scan starts: just past a record already known (a checkpoint's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    pub segment: u64,
+    /// Byte offset just past the record `tip` names.
+    pub offset: u64,
+    pub tip: Tip,
+}
+
+pub fn scan(dir: &Path, visit: impl FnMut(&Record)) -> io::Result<ScanReport> {
+    scan_from(dir, None, visit)
+}
+
+/// Scans from `start` (or the beginning): records before it are neither
+/// read nor checked, so the report speaks of the tail only.
+pub fn scan_from(dir: &Path, start: Option<&Position>, mut visit: impl FnMut(&Record)) -> io::Result<ScanReport> {
     let segments = list_segments(dir)?;
     let mut out = ScanReport::default();
+    if let Some(start) = start {
+        out.tip = start.tip.clone();
+    }
     let last_index = segments.len().saturating_sub(1);
     for (i, (number, path)) in segments.iter().enumerate() {
-        let mut reader = BufReader::new(File::open(path)?);
+        let skip_to = match start {
+            Some(start) if *number < start.segment => continue,
+            Some(start) if *number == start.segment => start.offset,
+            _ => 0,
+        };
+        let mut file = File::open(path)?;
+        std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(skip_to))?;
+        let mut reader = BufReader::new(file);
         let name = path.file_name().unwrap_or_default().to_string_lossy().to_string();
-        let mut offset = 0u64;
+        let mut offset = skip_to;
         let mut line_no = 0u64;
         let mut line = Vec::new();
         loop {
@@ -68,15 +93,14 @@ pub fn scan(dir: &Path, mut visit: impl FnMut(&Record)) -> io::Result<ScanReport
                 break;
             }
             line_no += 1;
-            if line.last() != Some(&b'\n') {
-                if i == last_index {
-                    out.torn_tail = Some(TornTail {
-                        path: path.clone(),
-                        valid_len: offset,
-                    });
-                    break;
-                }
-                // A short line inside the chain is damage like any other.
+            // A short last line is a torn write; anywhere else it is damage
+            // like any other, and the check below reports it.
+            if line.last() != Some(&b'\n') && i == last_index {
+                out.torn_tail = Some(TornTail {
+                    path: path.clone(),
+                    valid_len: offset,
+                });
+                break;
             }
             offset += n as u64;
             check_line(&mut out, &name, line_no, &line, &mut visit);
@@ -84,9 +108,34 @@ pub fn scan(dir: &Path, mut visit: impl FnMut(&Record)) -> io::Result<ScanReport
         out.last_segment = Some((*number, path.clone(), offset));
     }
     if out.ok() {
-        out.report = format!("chain intact: {} record(s)", out.records);
+        out.report = format!("chain intact: {} record(s)", out.tip.seq);
     }
     Ok(out)
+}
+
+/// Reads the record that ends at `position.offset` and checks it is the one
+/// `position.tip` names (and that its hash matches its content).
+pub fn record_at(dir: &Path, position: &Position) -> io::Result<bool> {
+    let path = dir.join(super::segments::segment_name(position.segment));
+    let mut file = File::open(path)?;
+    // A record is well under 128 KiB (alerts are capped at 64 KiB).
+    let window = position.offset.min(256 * 1024);
+    std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(position.offset - window))?;
+    let mut buf = vec![0u8; window as usize];
+    std::io::Read::read_exact(&mut file, &mut buf)?;
+    if buf.last() != Some(&b'\n') {
+        return Ok(false);
+    }
+    let body = &buf[..buf.len() - 1];
+    let line = match body.iter().rposition(|b| *b == b'\n') {
+        Some(i) => &body[i + 1..],
+        None if window == position.offset => body,
+        None => return Ok(false),
+    };
+    let Ok(record) = serde_json::from_slice::<Record>(line) else {
+        return Ok(false);
+    };
+    Ok(record.seq == position.tip.seq && record.hash == position.tip.hash && record.expected_hash() == record.hash)
 }
 
 fn check_line(

@@ -15,7 +15,7 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 use super::record::Record;
-use super::scan::Tip;
+use super::scan::{Position, Tip};
 use super::segments::{segment_name, sync_dir};
 use crate::time::{now_ms, rfc3339};
 
@@ -60,6 +60,7 @@ pub struct WriterOptions {
 pub struct LedgerWriter {
     tx: mpsc::Sender<Append>,
     records: Arc<AtomicU64>,
+    position: Arc<std::sync::Mutex<Position>>,
 }
 
 impl LedgerWriter {
@@ -67,11 +68,17 @@ impl LedgerWriter {
         std::fs::create_dir_all(&options.dir)?;
         let records = Arc::new(AtomicU64::new(options.tip.seq));
         let mut state = WriterState::open(options, records.clone())?;
+        let position = Arc::new(std::sync::Mutex::new(state.position()));
+        state.shared_position = Some(position.clone());
         let (tx, rx) = mpsc::channel::<Append>();
         std::thread::Builder::new()
             .name("ledger-writer".into())
             .spawn(move || state.run(rx, observer))?;
-        Ok(LedgerWriter { tx, records })
+        Ok(LedgerWriter {
+            tx,
+            records,
+            position,
+        })
     }
 
     /// Queues an append; the receiver answers once it is durable (or failed).
@@ -102,6 +109,11 @@ impl LedgerWriter {
     pub fn records(&self) -> u64 {
         self.records.load(Ordering::Relaxed)
     }
+
+    /// Where the newest durable record ends (for checkpoints).
+    pub fn position(&self) -> Position {
+        self.position.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 struct WriterState {
@@ -116,9 +128,18 @@ struct WriterState {
     /// length is unknown until a later `set_len` succeeds, and nothing may
     /// be appended after bytes no one acknowledged.
     needs_truncate: bool,
+    shared_position: Option<Arc<std::sync::Mutex<Position>>>,
 }
 
 impl WriterState {
+    fn position(&self) -> Position {
+        Position {
+            segment: self.segment_number,
+            offset: self.file_len,
+            tip: self.tip.clone(),
+        }
+    }
+
     fn open(options: WriterOptions, records: Arc<AtomicU64>) -> io::Result<WriterState> {
         let (number, path, len) = match options.last_segment {
             Some(last) => last,
@@ -139,6 +160,7 @@ impl WriterState {
             tip: options.tip,
             records,
             needs_truncate: false,
+            shared_position: None,
         })
     }
 
@@ -203,6 +225,9 @@ impl WriterState {
         match self.write_durably(&buf) {
             Ok(()) => {
                 self.records.store(self.tip.seq, Ordering::Relaxed);
+                if let Some(shared) = &self.shared_position {
+                    *shared.lock().unwrap_or_else(|p| p.into_inner()) = self.position();
+                }
                 // The records are durable whatever an observer does: a panic
                 // there must not cost the callers their answers or the writer.
                 let observed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| observer(&sealed)));

@@ -146,6 +146,17 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// Recomputes the fields kept out of JSON, after reading a stored plan
+    /// (checkpoint or archive) instead of folding its events.
+    pub fn restore_derived(&mut self) {
+        use crate::time::parse_rfc3339;
+        self.created_ms = parse_rfc3339(&self.timestamp).unwrap_or(0);
+        self.finished_ms = self.finished_at.as_deref().and_then(parse_rfc3339);
+        for action in &mut self.actions {
+            action.revert_at_ms = action.revert_at.as_deref().and_then(parse_rfc3339);
+        }
+    }
+
     pub fn targets(&self) -> impl Iterator<Item = &str> {
         self.actions
             .iter()
