@@ -35,8 +35,10 @@ impl PrivateBus {
     pub fn start_with_extra(extra: &str) -> PrivateBus {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("system_bus_socket");
-        let template = std::fs::read_to_string(Path::new(ROOT).join("tests/support/private-system-bus.conf.in"))
-            .expect("bus config template");
+        let template = std::fs::read_to_string(
+            Path::new(ROOT).join("tests/support/private-system-bus.conf.in"),
+        )
+        .expect("bus config template");
         let config = template
             .replace("@SOCKET@", socket.to_str().unwrap())
             .replace("@POLICY@", &format!("{ROOT}/dbus/org.vael.Antibody.conf"))
@@ -51,7 +53,11 @@ impl PrivateBus {
             .stderr(Stdio::null())
             .spawn()
             .expect("dbus-daemon must be installed (apt-get install dbus-daemon)");
-        wait_until(Duration::from_secs(10), || socket.exists(), "dbus-daemon socket");
+        wait_until(
+            Duration::from_secs(10),
+            || socket.exists(),
+            "dbus-daemon socket",
+        );
         PrivateBus { dir, socket, child }
     }
 
@@ -109,9 +115,18 @@ impl Agent {
     }
 
     /// Starts the agent with an existing config file and extra environment.
-    pub fn start_with_config(bus: &PrivateBus, home: &Path, config: &Path, env: &[(&str, &str)]) -> Agent {
+    pub fn start_with_config(
+        bus: &PrivateBus,
+        home: &Path,
+        config: &Path,
+        env: &[(&str, &str)],
+    ) -> Agent {
         let log = home.join("agent.log");
-        let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_antibodyd"));
         cmd.arg("--config")
             .arg(config)
@@ -196,18 +211,27 @@ pub fn busctl(bus: &PrivateBus, args: &[&str]) -> (bool, String, String) {
 
 /// Runs a command on `bus`, optionally as `uid` (via setpriv, no groups
 /// unless `gids` given).
-pub fn run_on_bus(bus: &PrivateBus, program: &str, args: &[&str], as_user: Option<(u32, &[u32])>) -> (bool, String, String) {
+pub fn run_on_bus(
+    bus: &PrivateBus,
+    program: &str,
+    args: &[&str],
+    as_user: Option<(u32, &[u32])>,
+) -> (bool, String, String) {
     let mut cmd = match as_user {
         None => Command::new(program),
         Some((uid, gids)) => {
             let mut c = Command::new("setpriv");
-            c.arg(format!("--reuid={uid}")).arg(format!("--regid={}", gids.first().copied().unwrap_or(uid)));
+            c.arg(format!("--reuid={uid}"))
+                .arg(format!("--regid={}", gids.first().copied().unwrap_or(uid)));
             if gids.is_empty() {
                 c.arg("--clear-groups");
             } else {
                 c.arg(format!(
                     "--groups={}",
-                    gids.iter().map(|g| g.to_string()).collect::<Vec<_>>().join(",")
+                    gids.iter()
+                        .map(|g| g.to_string())
+                        .collect::<Vec<_>>()
+                        .join(",")
                 ));
             }
             c.arg(program);
@@ -229,5 +253,7 @@ pub fn run_on_bus(bus: &PrivateBus, program: &str, args: &[&str], as_user: Optio
 
 /// A minimal alert JSON with the given actions (a JSON array text).
 pub fn alert(actions: &str) -> String {
-    format!(r#"{{"source":"Manual","severity":"high","description":"test alert","actions":{actions}}}"#)
+    format!(
+        r#"{{"source":"Manual","severity":"high","description":"test alert","actions":{actions}}}"#
+    )
 }
