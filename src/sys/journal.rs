@@ -168,3 +168,35 @@ impl JournalMirror {
         let _ = self.tx.send(batch.iter().map(record_entry).collect());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_message_id_has_a_catalog_entry() {
+        let catalog = include_str!("../../systemd/antibody.catalog");
+        for (kind, id) in MESSAGE_IDS {
+            assert!(catalog.contains(&format!("-- {id}\n")), "no catalog entry for {kind} ({id})");
+            assert!(catalog.contains(&format!("kind: {kind}.")), "catalog entry for {id} does not name {kind}");
+        }
+        let entries = catalog.lines().filter(|l| l.starts_with("-- ")).count();
+        assert_eq!(entries, MESSAGE_IDS.len(), "catalog entries without a MESSAGE_ID in the code");
+    }
+
+    #[test]
+    fn every_ledger_kind_has_a_message_id() {
+        use crate::plan::Event;
+        let samples = [
+            Event::AgentStarted { version: String::new(), pid: 0 },
+            Event::PlanStarted {},
+            Event::RollbackFinished {},
+            Event::ChainBroken { broken_at: 1, report: String::new() },
+        ];
+        for event in samples {
+            assert!(message_id(event.kind()).is_some(), "{}", event.kind());
+        }
+        assert_eq!(priority_for(Some(Severity::Critical)), 2);
+        assert_eq!(priority_for(None), 6);
+    }
+}
