@@ -45,7 +45,11 @@ fn alert(n: usize, channel: &str) -> String {
 /// A ~300-byte append with fdatasync, in the same directory as the ledger.
 fn fsync_baseline(dir: &Path) -> Duration {
     let path = dir.join("fsync-baseline.bin");
-    let mut file = OpenOptions::new().create(true).append(true).open(&path).unwrap();
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .unwrap();
     let line = [b'x'; 300];
     let samples = (0..SAMPLES)
         .map(|_| {
@@ -99,7 +103,10 @@ async fn throughput(bus: &PrivateBus, clients: usize, per_client: usize) -> f64 
     for (c, proxy) in proxies.into_iter().enumerate() {
         tasks.push(tokio::spawn(async move {
             for n in 0..per_client {
-                let (_, created) = proxy.submit_alert(&alert(1_000_000 + c * per_client + n, "journal")).await.unwrap();
+                let (_, created) = proxy
+                    .submit_alert(&alert(1_000_000 + c * per_client + n, "journal"))
+                    .await
+                    .unwrap();
                 assert!(created);
             }
         }));
@@ -134,9 +141,15 @@ fn time_to_ready(bus: &PrivateBus, home: &Path) -> Duration {
     let sock_path = home.join("notify.sock");
     let _ = std::fs::remove_file(&sock_path);
     let sock = UnixDatagram::bind(&sock_path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(600))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(600)))
+        .unwrap();
     let start = Instant::now();
-    let mut agent = Agent::start_with_config(bus, home, &home.join("antibody.toml"), &[("NOTIFY_SOCKET", sock_path.to_str().unwrap())]);
+    let mut agent = Agent::start_with_config(
+        bus,
+        home,
+        &home.join("antibody.toml"),
+        &[("NOTIFY_SOCKET", sock_path.to_str().unwrap())],
+    );
     let mut buf = [0u8; 4096];
     let elapsed = loop {
         let n = sock.recv(&mut buf).unwrap();
@@ -153,17 +166,29 @@ async fn big_ledger(home: &Path, records: u64) {
     std::fs::create_dir_all(home).unwrap();
     std::fs::write(
         home.join("antibody.toml"),
-        format!("[ledger]\ndir = \"{}/ledger\"\n[state]\ndir = \"{}/state\"\n", home.display(), home.display()),
+        format!(
+            "[ledger]\ndir = \"{}/ledger\"\n[state]\ndir = \"{}/state\"\n",
+            home.display(),
+            home.display()
+        ),
     )
     .unwrap();
     let writer = LedgerWriter::start(
-        WriterOptions { dir: home.join("ledger"), segment_bytes: 64 << 20, tip: Tip::default(), last_segment: None },
+        WriterOptions {
+            dir: home.join("ledger"),
+            segment_bytes: 64 << 20,
+            tip: Tip::default(),
+            last_segment: None,
+        },
         Box::new(|_| {}),
     )
     .unwrap();
     let mut pending = Vec::new();
     for n in 0..records {
-        let event = antibody::plan::Event::ConfigReloaded { ok: true, detail: format!("filler {n}") };
+        let event = antibody::plan::Event::ConfigReloaded {
+            ok: true,
+            detail: format!("filler {n}"),
+        };
         let (kind, payload) = event.to_parts();
         pending.push(writer.append(kind, None, payload, vec![]));
         if pending.len() == 50_000 {
@@ -181,7 +206,9 @@ async fn big_ledger(home: &Path, records: u64) {
 async fn main() {
     support::require_root();
     let bus = PrivateBus::start();
-    let home = tempfile::tempdir_in(std::env::var("BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into())).unwrap();
+    let home =
+        tempfile::tempdir_in(std::env::var("BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into()))
+            .unwrap();
     let agent = Agent::start(&bus, home.path(), "[queue]\nmax = 200000\n");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle_rss = rss_kib(agent.pid());

@@ -424,15 +424,18 @@ timeout_secs = 5
 
     #[test]
     fn unknown_key_is_refused_by_name() {
-        let err = Config::from_toml("[queue]\nmaxx = 3\n").unwrap_err().to_string();
+        let err = Config::from_toml("[queue]\nmaxx = 3\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("maxx"), "{err}");
     }
 
     #[test]
     fn builtin_channel_cannot_be_redefined() {
-        let err = Config::from_toml("[notify.channels.journal]\nkind=\"webhook\"\nurl=\"http://x\"\n")
-            .unwrap_err()
-            .to_string();
+        let err =
+            Config::from_toml("[notify.channels.journal]\nkind=\"webhook\"\nurl=\"http://x\"\n")
+                .unwrap_err()
+                .to_string();
         assert!(err.contains("notify.channels.journal"), "{err}");
     }
 
@@ -442,8 +445,16 @@ timeout_secs = 5
         let main = dir.path().join("antibody.toml");
         std::fs::write(&main, "[queue]\nmax = 10\ndedupe_window_secs = 5\n").unwrap();
         std::fs::create_dir(dir.path().join("antibody.toml.d")).unwrap();
-        std::fs::write(dir.path().join("antibody.toml.d/20-b.toml"), "[queue]\nmax = 30\n").unwrap();
-        std::fs::write(dir.path().join("antibody.toml.d/10-a.toml"), "[queue]\nmax = 20\n").unwrap();
+        std::fs::write(
+            dir.path().join("antibody.toml.d/20-b.toml"),
+            "[queue]\nmax = 30\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("antibody.toml.d/10-a.toml"),
+            "[queue]\nmax = 20\n",
+        )
+        .unwrap();
         std::fs::write(dir.path().join("antibody.toml.d/ignored.conf"), "garbage").unwrap();
         let c = Config::load(&main, false).unwrap();
         assert_eq!(c.queue.max, 30);

@@ -24,7 +24,11 @@ use antibody::{dbus, events};
 const STOP_GRACE: Duration = Duration::from_secs(20);
 
 #[derive(Parser)]
-#[command(name = "antibodyd", version, about = "Antibody agent: turns alerts into audited, reversible mitigations")]
+#[command(
+    name = "antibodyd",
+    version,
+    about = "Antibody agent: turns alerts into audited, reversible mitigations"
+)]
 struct Args {
     /// Configuration file; drop-ins are read from FILE.d/*.toml.
     #[arg(long, value_name = "FILE", default_value = DEFAULT_CONFIG_PATH)]
@@ -52,7 +56,10 @@ fn main() -> ExitCode {
         print!("{}", toml::to_string(&config).unwrap_or_default());
         return ExitCode::SUCCESS;
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("<3>antibodyd: cannot start the runtime: {e}");
@@ -74,7 +81,9 @@ fn own_unit() -> Option<String> {
     cgroup
         .lines()
         .filter_map(|line| line.rsplit('/').next())
-        .find(|name| antibody::actions::unit_name::has_unit_suffix(name) && !name.ends_with(".slice"))
+        .find(|name| {
+            antibody::actions::unit_name::has_unit_suffix(name) && !name.ends_with(".slice")
+        })
         .map(str::to_string)
 }
 
@@ -110,12 +119,16 @@ async fn run(args: Args, config: Config) -> Result<(), String> {
         .await;
     let health = engine.ledger_health();
     if !health.ok {
-        eprintln!("<2>antibodyd: ledger {}; the agent keeps appending", health.report);
+        eprintln!(
+            "<2>antibodyd: ledger {}; the agent keeps appending",
+            health.report
+        );
         engine.note_chain_broken().await;
     }
     engine.settle_in_flight().await;
 
-    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(|e| format!("signals: {e}"))?;
+    let mut signals =
+        Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(|e| format!("signals: {e}"))?;
     let connection = dbus::serve(engine.clone())
         .await
         .map_err(|e| format!("cannot serve {} on the system bus: {e}", dbus::BUS_NAME))?;
@@ -136,32 +149,38 @@ async fn run(args: Args, config: Config) -> Result<(), String> {
         });
     }
 
-    while let Some(signal) = signals.next().await {
-        match signal {
-            SIGHUP => {
-                sdnotify::reloading();
-                match load_config(&args) {
-                    Ok(config) => engine.reload(config).await,
-                    Err(e) => {
-                        eprintln!("<3>antibodyd: reload refused, the running configuration stays: {e}");
-                        engine
-                            .record_agent(Event::ConfigReloaded { ok: false, detail: e })
-                            .await;
+    let outcome = loop {
+        tokio::select! {
+            signal = signals.next() => match signal {
+                Some(SIGHUP) => {
+                    sdnotify::reloading();
+                    match load_config(&args) {
+                        Ok(config) => engine.reload(config).await,
+                        Err(e) => {
+                            eprintln!("<3>antibodyd: reload refused, the running configuration stays: {e}");
+                            engine.record_agent(Event::ConfigReloaded { ok: false, detail: e }).await;
+                        }
                     }
+                    sdnotify::ready(&engine.status_line());
                 }
-                sdnotify::ready(&engine.status_line());
-            }
-            _ => break,
+                _ => break Ok("SIGTERM".to_string()),
+            },
+            // Without the bus no alert can reach the agent: exit non-zero so
+            // systemd (Restart=on-failure) starts it again on a fresh bus.
+            _ = connection.closed() => break Err("lost its system bus connection".to_string()),
         }
-    }
+    };
+    let reason = match &outcome {
+        Ok(reason) => reason.clone(),
+        Err(reason) => {
+            eprintln!("<2>antibodyd: {reason}; stopping");
+            reason.clone()
+        }
+    };
 
     sdnotify::stopping();
     engine.begin_stop();
-    engine
-        .record_agent(Event::AgentStopping {
-            reason: "SIGTERM".into(),
-        })
-        .await;
+    engine.record_agent(Event::AgentStopping { reason }).await;
     let deadline = Instant::now() + STOP_GRACE;
     while engine.running_plans() > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -169,20 +188,27 @@ async fn run(args: Args, config: Config) -> Result<(), String> {
     let _ = engine_loop.await;
     if engine.running_plans() == 0 {
         if let Err(e) = engine.write_checkpoint() {
-            eprintln!("<4>antibodyd: cannot write the checkpoint; the next start replays the ledger: {e}");
+            eprintln!(
+                "<4>antibodyd: cannot write the checkpoint; the next start replays the ledger: {e}"
+            );
         }
     } else {
         eprintln!("<4>antibodyd: steps still under way at stop; the next start recovers them from the ledger");
     }
-    let _ = connection.release_name(dbus::BUS_NAME).await;
-    Ok(())
+    if !connection.is_closed() {
+        let _ = connection.release_name(dbus::BUS_NAME).await;
+    }
+    outcome.map(|_| ())
 }
 
 /// `WATCHDOG=1` only while the engine loop proves itself alive: a stalled
 /// engine stops the pings and systemd restarts the agent.
 async fn watchdog(engine: Arc<Engine>, interval: Option<Duration>) {
     let tick = interval.map(|i| i / 3).unwrap_or(Duration::from_secs(5));
-    let max_age_ms = interval.map(|i| i.as_millis() as u64).unwrap_or(u64::MAX).min(10_000);
+    let max_age_ms = interval
+        .map(|i| i.as_millis() as u64)
+        .unwrap_or(u64::MAX)
+        .min(10_000);
     loop {
         tokio::time::sleep(tick).await;
         if engine.is_stopping() {

@@ -1049,7 +1049,10 @@ async fn write_failure_answers_err_and_keeps_the_chain() {
 #[tokio::test]
 async fn a_full_device_answers_err_every_time() {
     let full = Path::new("/dev/full");
-    assert!(full.exists(), "/dev/full is needed by this test; it must not be skipped");
+    assert!(
+        full.exists(),
+        "/dev/full is needed by this test; it must not be skipped"
+    );
     let tmp = tempfile::tempdir().unwrap();
     std::os::unix::fs::symlink(full, tmp.path().join(seg_name(1))).unwrap();
     let writer = start(tmp.path(), BIG_SEGMENT, None);

@@ -1063,3 +1063,31 @@ fn config_errors_exit_78_and_check_config_prints_defaults() {
     let read = antibody::config::Config::load(&good, false).unwrap();
     assert_eq!(printed, read);
 }
+
+/// Losing the bus must not leave a deaf agent running: it records why and
+/// exits non-zero, so systemd's Restart=on-failure brings it back.
+#[test]
+fn losing_the_bus_stops_the_agent_with_a_failure() {
+    require_root();
+    let bus = PrivateBus::start();
+    let home = tempfile::tempdir().unwrap();
+    let mut agent = Agent::start(&bus, home.path(), "");
+    drop(bus);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let status = agent.wait();
+        let _ = tx.send((status, agent.log_text()));
+    });
+    let (status, log) = rx
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("the agent exits once its bus is gone");
+    assert!(!status.success(), "exit status {status:?}; log:\n{log}");
+    assert!(log.contains("lost its system bus connection"), "{log}");
+    let ledger = std::fs::read_to_string(home.path().join("ledger/ledger-00000001.jsonl")).unwrap();
+    let last = ledger.lines().last().unwrap();
+    assert!(
+        last.contains("\"kind\":\"agent_stopping\"")
+            && last.contains("lost its system bus connection"),
+        "{last}"
+    );
+}

@@ -9,7 +9,10 @@ use std::path::Path;
 use async_trait::async_trait;
 use serde_json::{json, Value};
 
-use super::{not_available, ActionCtx, ActionError, ActionHandler, Applied, Recovered, ValidateCtx, Validated};
+use super::{
+    not_available, ActionCtx, ActionError, ActionHandler, Applied, Recovered, ValidateCtx,
+    Validated,
+};
 use crate::error::{AgentError, ErrorName};
 use crate::plan::fields::Fields;
 
@@ -18,7 +21,10 @@ pub const MAX_DIFF_BYTES: usize = 60 * 1024;
 pub struct HotPatch;
 
 fn is_sha256_hex(text: &str) -> bool {
-    text.len() == 64 && text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    text.len() == 64
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 #[async_trait]
@@ -31,7 +37,11 @@ impl ActionHandler for HotPatch {
         true
     }
 
-    fn validate(&self, params: &Fields<'_>, ctx: &ValidateCtx<'_>) -> Result<Validated, AgentError> {
+    fn validate(
+        &self,
+        params: &Fields<'_>,
+        ctx: &ValidateCtx<'_>,
+    ) -> Result<Validated, AgentError> {
         params.deny_unknown(&["file", "diff", "sha256"])?;
         let file = params.string("file")?;
         let path = Path::new(file);
@@ -40,9 +50,14 @@ impl ActionHandler for HotPatch {
         // two scheduling targets.
         let plain = file.len() > 1
             && file.starts_with('/')
-            && file[1..].split('/').all(|part| !matches!(part, "" | "." | ".."));
+            && file[1..]
+                .split('/')
+                .all(|part| !matches!(part, "" | "." | ".."));
         if !plain {
-            return Err(params.error("file", format!("{file:?} must be an absolute path without \".\" or \"..\"")));
+            return Err(params.error(
+                "file",
+                format!("{file:?} must be an absolute path without \".\" or \"..\""),
+            ));
         }
         let roots = &ctx.config.hot_patch.allowed_paths;
         if roots.is_empty() {
@@ -52,7 +67,10 @@ impl ActionHandler for HotPatch {
                 "hot_patch is off: hot_patch.allowed_paths names no root",
             ));
         }
-        if !roots.iter().any(|root| path.starts_with(root) && path != root) {
+        if !roots
+            .iter()
+            .any(|root| path.starts_with(root) && path != root)
+        {
             return Err(params.error_named(
                 ErrorName::ProtectedTarget,
                 "file",
@@ -93,6 +111,8 @@ impl ActionHandler for HotPatch {
     }
 
     async fn recover(&self, _ctx: &ActionCtx<'_>) -> Result<Recovered, ActionError> {
-        Ok(Recovered::DidNotTakeEffect("no backend on this build".into()))
+        Ok(Recovered::DidNotTakeEffect(
+            "no backend on this build".into(),
+        ))
     }
 }

@@ -8,7 +8,10 @@ use serde_json::{json, Value};
 
 use super::net::{protected_address, protected_port, Sid};
 use super::throttle_entity::MAX_SECONDS;
-use super::{not_available, ActionCtx, ActionError, ActionHandler, Applied, Recovered, ValidateCtx, Validated};
+use super::{
+    not_available, ActionCtx, ActionError, ActionHandler, Applied, Recovered, ValidateCtx,
+    Validated,
+};
 use crate::error::{AgentError, ErrorName};
 use crate::plan::fields::Fields;
 
@@ -24,7 +27,11 @@ impl ActionHandler for IsolateSocket {
         true
     }
 
-    fn validate(&self, params: &Fields<'_>, ctx: &ValidateCtx<'_>) -> Result<Validated, AgentError> {
+    fn validate(
+        &self,
+        params: &Fields<'_>,
+        ctx: &ValidateCtx<'_>,
+    ) -> Result<Validated, AgentError> {
         params.deny_unknown(&["sid", "seconds"])?;
         let text = params.string("sid")?;
         let sid: Sid = text.parse().map_err(|why| params.error("sid", why))?;
@@ -46,7 +53,9 @@ impl ActionHandler for IsolateSocket {
     }
 
     async fn dry_run(&self, ctx: &ActionCtx<'_>) -> Result<Value, ActionError> {
-        Ok(json!({"sid": ctx.params["sid"], "seconds": ctx.params["seconds"], "table": "inet antibody", "available": false}))
+        Ok(
+            json!({"sid": ctx.params["sid"], "seconds": ctx.params["seconds"], "table": "inet antibody", "available": false}),
+        )
     }
 
     async fn apply(&self, _ctx: &ActionCtx<'_>) -> Result<Applied, ActionError> {
@@ -58,6 +67,8 @@ impl ActionHandler for IsolateSocket {
     }
 
     async fn recover(&self, _ctx: &ActionCtx<'_>) -> Result<Recovered, ActionError> {
-        Ok(Recovered::DidNotTakeEffect("no backend on this build".into()))
+        Ok(Recovered::DidNotTakeEffect(
+            "no backend on this build".into(),
+        ))
     }
 }

@@ -97,7 +97,8 @@ pub trait ActionHandler: Send + Sync {
     fn reversible(&self) -> bool;
 
     /// Checks parameters; errors name the field through `params.path`.
-    fn validate(&self, params: &Fields<'_>, ctx: &ValidateCtx<'_>) -> Result<Validated, AgentError>;
+    fn validate(&self, params: &Fields<'_>, ctx: &ValidateCtx<'_>)
+        -> Result<Validated, AgentError>;
 
     /// The exact change `apply` would make now, without making it.
     async fn dry_run(&self, ctx: &ActionCtx<'_>) -> Result<Value, ActionError>;
@@ -179,7 +180,9 @@ impl Registry {
 /// they validate again unchanged when the guards are re-checked at apply.
 fn without_nulls(params: Value) -> Value {
     match params {
-        Value::Object(map) => Value::Object(map.into_iter().filter(|(_, v)| !v.is_null()).collect()),
+        Value::Object(map) => {
+            Value::Object(map.into_iter().filter(|(_, v)| !v.is_null()).collect())
+        }
         other => other,
     }
 }

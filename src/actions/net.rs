@@ -50,7 +50,9 @@ impl FromStr for Sid {
         let bad = || format!("{text:?} is not a socket id; expected {SID_FORMS}");
         for (prefix, proto) in [("tcp:", Proto::Tcp), ("udp:", Proto::Udp)] {
             if let Some(port) = text.strip_prefix(prefix) {
-                return parse_port(port).map(|p| Sid::Port(proto, p)).ok_or_else(bad);
+                return parse_port(port)
+                    .map(|p| Sid::Port(proto, p))
+                    .ok_or_else(bad);
             }
         }
         if let Some(rest) = text.strip_prefix('[') {
@@ -138,14 +140,29 @@ mod tests {
         assert_eq!("10.0.0.1".parse::<Sid>().unwrap().target(), "addr:10.0.0.1");
         assert_eq!("10.0.0.1:443".parse::<Sid>().unwrap().port(), Some(443));
         assert_eq!("fd00::1".parse::<Sid>().unwrap().target(), "addr:fd00::1");
-        assert_eq!("[fd00::1]:443".parse::<Sid>().unwrap().target(), "addr:fd00::1:443");
+        assert_eq!(
+            "[fd00::1]:443".parse::<Sid>().unwrap().target(),
+            "addr:fd00::1:443"
+        );
     }
 
     #[test]
     fn refuses_near_misses() {
         for bad in [
-            "", "tcp:", "tcp:0", "tcp:65536", "tcp:080", "tcp:+80", "sctp:80", "10.0.0.1:",
-            "10.0.0.256", "fd00::1:443:x", "[fd00::1]", "[10.0.0.1]:80", "host:80", "tcp: 80",
+            "",
+            "tcp:",
+            "tcp:0",
+            "tcp:65536",
+            "tcp:080",
+            "tcp:+80",
+            "sctp:80",
+            "10.0.0.1:",
+            "10.0.0.256",
+            "fd00::1:443:x",
+            "[fd00::1]",
+            "[10.0.0.1]:80",
+            "host:80",
+            "tcp: 80",
             "10.0.0.1:80:1",
         ] {
             assert!(bad.parse::<Sid>().is_err(), "{bad:?} accepted");

@@ -45,7 +45,10 @@ fn notice(ctx: &ActionCtx<'_>) -> Result<(Channel, Notice), ActionError> {
         severity: ctx.severity,
         description: ctx.description.to_string(),
         channel: channel_name.to_string(),
-        message: ctx.params["message"].as_str().unwrap_or_default().to_string(),
+        message: ctx.params["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
     };
     Ok((channel, notice))
 }
@@ -60,7 +63,11 @@ impl ActionHandler for NotifyOperator {
         false
     }
 
-    fn validate(&self, params: &Fields<'_>, ctx: &ValidateCtx<'_>) -> Result<Validated, AgentError> {
+    fn validate(
+        &self,
+        params: &Fields<'_>,
+        ctx: &ValidateCtx<'_>,
+    ) -> Result<Validated, AgentError> {
         params.deny_unknown(&["channel", "message"])?;
         let channel = params.string("channel")?;
         if resolve_channel(channel, ctx.config).is_none() {

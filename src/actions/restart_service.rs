@@ -7,14 +7,22 @@ use async_trait::async_trait;
 use serde_json::{json, Value};
 
 use super::unit_name::{normalize_unit_name, protected_reason};
-use super::{not_available, ActionCtx, ActionError, ActionHandler, Applied, Recovered, ValidateCtx, Validated};
+use super::{
+    not_available, ActionCtx, ActionError, ActionHandler, Applied, Recovered, ValidateCtx,
+    Validated,
+};
 use crate::error::{AgentError, ErrorName};
 use crate::plan::fields::Fields;
 
 pub struct RestartService;
 
 /// Validates and normalizes a unit field, refusing protected units.
-pub fn unit_param(params: &Fields<'_>, field: &str, given: &str, ctx: &ValidateCtx<'_>) -> Result<String, AgentError> {
+pub fn unit_param(
+    params: &Fields<'_>,
+    field: &str,
+    given: &str,
+    ctx: &ValidateCtx<'_>,
+) -> Result<String, AgentError> {
     let unit = normalize_unit_name(given).map_err(|why| params.error(field, why))?;
     if let Some(why) = protected_reason(&unit, ctx.own_unit, &ctx.config.protect.units) {
         return Err(params.error_named(ErrorName::ProtectedTarget, field, why));
@@ -32,7 +40,11 @@ impl ActionHandler for RestartService {
         false
     }
 
-    fn validate(&self, params: &Fields<'_>, ctx: &ValidateCtx<'_>) -> Result<Validated, AgentError> {
+    fn validate(
+        &self,
+        params: &Fields<'_>,
+        ctx: &ValidateCtx<'_>,
+    ) -> Result<Validated, AgentError> {
         params.deny_unknown(&["name"])?;
         let unit = unit_param(params, "name", params.string("name")?, ctx)?;
         Ok(Validated {

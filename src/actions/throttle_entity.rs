@@ -11,7 +11,10 @@ use serde_json::{json, Value};
 use super::net::{parse_address_entity, protected_address};
 use super::restart_service::unit_param;
 use super::unit_name::has_unit_suffix;
-use super::{not_available, ActionCtx, ActionError, ActionHandler, Applied, Recovered, ValidateCtx, Validated};
+use super::{
+    not_available, ActionCtx, ActionError, ActionHandler, Applied, Recovered, ValidateCtx,
+    Validated,
+};
 use crate::error::{AgentError, ErrorName};
 use crate::plan::fields::Fields;
 
@@ -52,21 +55,42 @@ impl ActionHandler for ThrottleEntity {
         true
     }
 
-    fn validate(&self, params: &Fields<'_>, ctx: &ValidateCtx<'_>) -> Result<Validated, AgentError> {
-        params.deny_unknown(&["entity", "seconds", "cpu_percent", "memory_high", "rate_per_sec"])?;
+    fn validate(
+        &self,
+        params: &Fields<'_>,
+        ctx: &ValidateCtx<'_>,
+    ) -> Result<Validated, AgentError> {
+        params.deny_unknown(&[
+            "entity",
+            "seconds",
+            "cpu_percent",
+            "memory_high",
+            "rate_per_sec",
+        ])?;
         let entity = params.string("entity")?;
         let seconds = params.integer("seconds", 1, MAX_SECONDS)?;
-        let is_unit = entity.starts_with("unit:") || (has_unit_suffix(entity) && parse_address_entity(entity).is_none());
+        let is_unit = entity.starts_with("unit:")
+            || (has_unit_suffix(entity) && parse_address_entity(entity).is_none());
         if is_unit {
-            let unit = unit_param(params, "entity", entity.strip_prefix("unit:").unwrap_or(entity), ctx)?;
+            let unit = unit_param(
+                params,
+                "entity",
+                entity.strip_prefix("unit:").unwrap_or(entity),
+                ctx,
+            )?;
             if params.get("rate_per_sec").is_some() {
                 return Err(params.error("rate_per_sec", "applies to address entities only"));
             }
-            let cpu = params.opt_integer("cpu_percent", 1, 10_000)?.unwrap_or(DEFAULT_CPU_PERCENT);
+            let cpu = params
+                .opt_integer("cpu_percent", 1, 10_000)?
+                .unwrap_or(DEFAULT_CPU_PERCENT);
             let memory_high = match params.get("memory_high") {
                 None => None,
                 Some(v) => Some(parse_bytes(v).filter(|n| *n >= 1 << 20).ok_or_else(|| {
-                    params.error("memory_high", "must be bytes (at least 1048576) or a size such as \"512M\"")
+                    params.error(
+                        "memory_high",
+                        "must be bytes (at least 1048576) or a size such as \"512M\"",
+                    )
                 })?),
             };
             return Ok(Validated {
@@ -109,7 +133,9 @@ impl ActionHandler for ThrottleEntity {
     }
 
     async fn recover(&self, _ctx: &ActionCtx<'_>) -> Result<Recovered, ActionError> {
-        Ok(Recovered::DidNotTakeEffect("no backend on this build".into()))
+        Ok(Recovered::DidNotTakeEffect(
+            "no backend on this build".into(),
+        ))
     }
 }
 

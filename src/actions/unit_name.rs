@@ -2,8 +2,17 @@
 //! action may touch.
 
 pub const UNIT_SUFFIXES: [&str; 11] = [
-    "service", "socket", "device", "mount", "automount", "swap", "target", "path", "timer",
-    "slice", "scope",
+    "service",
+    "socket",
+    "device",
+    "mount",
+    "automount",
+    "swap",
+    "target",
+    "path",
+    "timer",
+    "slice",
+    "scope",
 ];
 
 const MAX_UNIT_NAME: usize = 255;
@@ -70,7 +79,11 @@ pub fn normalize_unit_name(given: &str) -> Result<String, String> {
 }
 
 /// Why `unit` may never be restarted, throttled or frozen, if it may not.
-pub fn protected_reason(unit: &str, own_unit: Option<&str>, configured: &[String]) -> Option<String> {
+pub fn protected_reason(
+    unit: &str,
+    own_unit: Option<&str>,
+    configured: &[String],
+) -> Option<String> {
     if own_unit == Some(unit) || unit == "antibody.service" {
         return Some(format!("{unit} is the agent's own unit"));
     }
@@ -93,13 +106,24 @@ mod tests {
     fn bare_names_get_service() {
         assert_eq!(normalize_unit_name("vael").unwrap(), "vael.service");
         assert_eq!(normalize_unit_name("user.slice").unwrap(), "user.slice");
-        assert_eq!(normalize_unit_name("getty@tty1.service").unwrap(), "getty@tty1.service");
+        assert_eq!(
+            normalize_unit_name("getty@tty1.service").unwrap(),
+            "getty@tty1.service"
+        );
         assert_eq!(normalize_unit_name("a.b").unwrap(), "a.b.service");
     }
 
     #[test]
     fn refuses_what_systemd_refuses() {
-        for bad in ["", "foo bar", "a/b", "getty@.service", "@x.service", "x\u{e9}", ".service"] {
+        for bad in [
+            "",
+            "foo bar",
+            "a/b",
+            "getty@.service",
+            "@x.service",
+            "x\u{e9}",
+            ".service",
+        ] {
             assert!(normalize_unit_name(bad).is_err(), "{bad:?} accepted");
         }
         assert!(normalize_unit_name(&"a".repeat(250)).is_err());

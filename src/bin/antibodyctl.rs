@@ -20,7 +20,11 @@ Operator CLI for the Antibody agent (org.vael.Antibody on the system D-Bus).
 The bus is the system bus, or the one DBUS_SYSTEM_BUS_ADDRESS names. The agent
 decides everything (validation, authorization, deduplication); antibodyctl only
 builds the alert, calls the agent and prints its answers. With --json every
-command prints the JSON the agent returned (watch: one JSON object per line).
+command prints the JSON the agent returned; where the agent returns plain
+values they are wrapped: submit {\"plan_id\",\"created\"} (with --wait also
+\"plan\": the finished plan), verify {\"ok\",\"report\"}, rollback
+{\"plan_id\",\"rollback\":\"requested\"}; watch prints one object per signal,
+{\"event\":\"antibody_event\",\"signal\":NAME,...the signal's arguments,\"ts\"}.
 
 Exit codes:
   0  success
@@ -79,7 +83,8 @@ enum Command {
     Submit {
         #[command(flatten)]
         alert: AlertInput,
-        /// Wait until the plan is finished; exit 0 on success, 4 on failed.
+        /// Wait until the plan is finished (signals, and GetPlan every 500 ms);
+        /// exit 0 on success, 4 on failed.
         #[arg(long)]
         wait: bool,
     },
@@ -650,7 +655,7 @@ fn emit_event(json_out: bool, signal: &str, fields: Value, human: String) {
     }
 }
 
-async fn cmd_watch(proxy: &AntibodyProxy<'_>, json_out: bool) -> Outcome {
+async fn cmd_watch(conn: &zbus::Connection, proxy: &AntibodyProxy<'_>, json_out: bool) -> Outcome {
     let mut queued = proxy.receive_plan_queued().await.map_err(call_failure)?;
     let mut status = proxy
         .receive_plan_status_changed()
@@ -673,6 +678,9 @@ async fn cmd_watch(proxy: &AntibodyProxy<'_>, json_out: bool) -> Outcome {
     loop {
         tokio::select! {
             _ = &mut ctrl_c => return Ok(()),
+            _ = conn.closed() => {
+                return Err(Failure::Unreachable("lost the connection to the bus".into()))
+            }
             Some(sig) = queued.next() => {
                 let Ok(a) = sig.args() else { continue };
                 emit_event(json_out, "PlanQueued",
@@ -712,7 +720,7 @@ async fn run(cli: Cli, matches: &ArgMatches) -> Outcome {
         }
         _ => None,
     };
-    let (_conn, proxy) = connect(timeout).await?;
+    let (conn, proxy) = connect(timeout).await?;
     match cli.command {
         Command::Submit { wait, .. } => {
             cmd_submit(&proxy, alert.unwrap_or_default(), wait, json_out).await
@@ -767,7 +775,7 @@ async fn run(cli: Cli, matches: &ArgMatches) -> Outcome {
             }
             Ok(())
         }
-        Command::Watch => cmd_watch(&proxy, json_out).await,
+        Command::Watch => cmd_watch(&conn, &proxy, json_out).await,
         Command::Verify => {
             let (ok, report) = proxy.verify_ledger().await.map_err(call_failure)?;
             if json_out {
@@ -795,11 +803,29 @@ async fn run(cli: Cli, matches: &ArgMatches) -> Outcome {
     }
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // Die quietly on a closed pipe (`antibodyctl watch | head -1`), as Unix
+    // tools do, instead of panicking on the failed write.
+    // SAFETY: restores the default disposition before any thread exists.
+    unsafe {
+        let _ = nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGPIPE,
+            nix::sys::signal::SigHandler::SigDfl,
+        );
+    }
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    match run(cli, &matches).await {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("antibodyctl: cannot start the async runtime: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    match runtime.block_on(run(cli, &matches)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
             failure.report();

@@ -44,7 +44,12 @@ impl Caller {
 }
 
 /// The pure rule: root always; otherwise membership of a configured group.
-pub fn allowed(caller: &Caller, permission: Permission, auth: &AuthConfig, gid_of: impl Fn(&str) -> Option<u32>) -> bool {
+pub fn allowed(
+    caller: &Caller,
+    permission: Permission,
+    auth: &AuthConfig,
+    gid_of: impl Fn(&str) -> Option<u32>,
+) -> bool {
     if caller.uid == 0 {
         return true;
     }
@@ -60,7 +65,10 @@ pub fn allowed(caller: &Caller, permission: Permission, auth: &AuthConfig, gid_o
 }
 
 fn gid_by_name(name: &str) -> Option<u32> {
-    Group::from_name(name).ok().flatten().map(|g| g.gid.as_raw())
+    Group::from_name(name)
+        .ok()
+        .flatten()
+        .map(|g| g.gid.as_raw())
 }
 
 /// Unique bus names are never reused while the bus runs, so a caller's
@@ -78,7 +86,12 @@ impl Authorizer {
             .sender()
             .ok_or_else(|| Error::AccessDenied("the call carries no sender".into()))?
             .to_string();
-        if let Some(caller) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(&sender) {
+        if let Some(caller) = self
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&sender)
+        {
             return Ok(caller.clone());
         }
         let proxy = DBusProxy::new(conn).await?;
@@ -86,11 +99,15 @@ impl Authorizer {
             .get_connection_credentials(sender.as_str().try_into()?)
             .await
             .map_err(|e| Error::AccessDenied(format!("cannot learn who {sender} is: {e}")))?;
-        let uid = creds
-            .unix_user_id()
-            .ok_or_else(|| Error::AccessDenied(format!("the bus did not tell the uid of {sender}")))?;
+        let uid = creds.unix_user_id().ok_or_else(|| {
+            Error::AccessDenied(format!("the bus did not tell the uid of {sender}"))
+        })?;
         let gids = creds.unix_group_ids().cloned().unwrap_or_default();
-        let caller = Caller { uid, gids, sender: sender.clone() };
+        let caller = Caller {
+            uid,
+            gids,
+            sender: sender.clone(),
+        };
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= CACHE_LIMIT {
             cache.clear();
@@ -124,7 +141,11 @@ mod tests {
     use super::*;
 
     fn caller(uid: u32, gids: &[u32]) -> Caller {
-        Caller { uid, gids: gids.to_vec(), sender: ":1.1".into() }
+        Caller {
+            uid,
+            gids: gids.to_vec(),
+            sender: ":1.1".into(),
+        }
     }
 
     fn gid_of(name: &str) -> Option<u32> {
@@ -145,17 +166,55 @@ mod tests {
 
     #[test]
     fn group_membership_decides_for_others() {
-        let auth = AuthConfig { submit_groups: vec!["antibody".into()], read_groups: vec!["ops".into()], polkit: false };
-        assert!(allowed(&caller(1000, &[900]), Permission::Submit, &auth, gid_of));
-        assert!(!allowed(&caller(1000, &[900]), Permission::Read, &auth, gid_of));
-        assert!(allowed(&caller(1000, &[901]), Permission::Read, &auth, gid_of));
-        assert!(!allowed(&caller(1000, &[900, 901]), Permission::Rollback, &auth, gid_of));
-        assert!(!allowed(&caller(1000, &[]), Permission::Submit, &auth, gid_of));
+        let auth = AuthConfig {
+            submit_groups: vec!["antibody".into()],
+            read_groups: vec!["ops".into()],
+            polkit: false,
+        };
+        assert!(allowed(
+            &caller(1000, &[900]),
+            Permission::Submit,
+            &auth,
+            gid_of
+        ));
+        assert!(!allowed(
+            &caller(1000, &[900]),
+            Permission::Read,
+            &auth,
+            gid_of
+        ));
+        assert!(allowed(
+            &caller(1000, &[901]),
+            Permission::Read,
+            &auth,
+            gid_of
+        ));
+        assert!(!allowed(
+            &caller(1000, &[900, 901]),
+            Permission::Rollback,
+            &auth,
+            gid_of
+        ));
+        assert!(!allowed(
+            &caller(1000, &[]),
+            Permission::Submit,
+            &auth,
+            gid_of
+        ));
     }
 
     #[test]
     fn unknown_group_names_grant_nothing() {
-        let auth = AuthConfig { submit_groups: vec!["nosuch".into()], read_groups: vec![], polkit: false };
-        assert!(!allowed(&caller(1000, &[0, 1, 2]), Permission::Submit, &auth, gid_of));
+        let auth = AuthConfig {
+            submit_groups: vec!["nosuch".into()],
+            read_groups: vec![],
+            polkit: false,
+        };
+        assert!(!allowed(
+            &caller(1000, &[0, 1, 2]),
+            Permission::Submit,
+            &auth,
+            gid_of
+        ));
     }
 }

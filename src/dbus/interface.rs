@@ -29,7 +29,12 @@ impl Antibody {
         }
     }
 
-    async fn require(&self, conn: &Connection, header: &Header<'_>, permission: Permission) -> Result<super::auth::Caller, Error> {
+    async fn require(
+        &self,
+        conn: &Connection,
+        header: &Header<'_>,
+        permission: Permission,
+    ) -> Result<super::auth::Caller, Error> {
         let auth = self.engine.config().auth.clone();
         self.auth.require(conn, header, permission, &auth).await
     }
@@ -143,10 +148,19 @@ impl Antibody {
     }
 
     #[zbus(signal)]
-    pub async fn plan_queued(emitter: &SignalEmitter<'_>, plan_id: &str, source: &str, severity: &str) -> zbus::Result<()>;
+    pub async fn plan_queued(
+        emitter: &SignalEmitter<'_>,
+        plan_id: &str,
+        source: &str,
+        severity: &str,
+    ) -> zbus::Result<()>;
 
     #[zbus(signal)]
-    pub async fn plan_status_changed(emitter: &SignalEmitter<'_>, plan_id: &str, status: &str) -> zbus::Result<()>;
+    pub async fn plan_status_changed(
+        emitter: &SignalEmitter<'_>,
+        plan_id: &str,
+        status: &str,
+    ) -> zbus::Result<()>;
 
     #[zbus(signal)]
     pub async fn action_finished(
@@ -158,5 +172,10 @@ impl Antibody {
     ) -> zbus::Result<()>;
 
     #[zbus(signal)]
-    pub async fn operator_notice(emitter: &SignalEmitter<'_>, channel: &str, severity: &str, message: &str) -> zbus::Result<()>;
+    pub async fn operator_notice(
+        emitter: &SignalEmitter<'_>,
+        channel: &str,
+        severity: &str,
+        message: &str,
+    ) -> zbus::Result<()>;
 }

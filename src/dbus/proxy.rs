@@ -30,7 +30,13 @@ pub trait Antibody {
     #[zbus(signal)]
     fn plan_status_changed(&self, plan_id: &str, status: &str) -> zbus::Result<()>;
     #[zbus(signal)]
-    fn action_finished(&self, plan_id: &str, index: u32, r#type: &str, outcome: &str) -> zbus::Result<()>;
+    fn action_finished(
+        &self,
+        plan_id: &str,
+        index: u32,
+        r#type: &str,
+        outcome: &str,
+    ) -> zbus::Result<()>;
     #[zbus(signal)]
     fn operator_notice(&self, channel: &str, severity: &str, message: &str) -> zbus::Result<()>;
 }

@@ -29,18 +29,25 @@ pub async fn pump(engine: Arc<Engine>, iface: InterfaceRef<Antibody>) {
         };
         let emitter = iface.signal_emitter();
         let sent = match &event {
-            AgentEvent::PlanQueued { plan_id, source, severity } => {
-                Antibody::plan_queued(emitter, plan_id, source, severity).await
-            }
+            AgentEvent::PlanQueued {
+                plan_id,
+                source,
+                severity,
+            } => Antibody::plan_queued(emitter, plan_id, source, severity).await,
             AgentEvent::PlanStatusChanged { plan_id, status } => {
                 Antibody::plan_status_changed(emitter, plan_id, status).await
             }
-            AgentEvent::ActionFinished { plan_id, index, kind, outcome } => {
-                Antibody::action_finished(emitter, plan_id, *index, kind, outcome).await
-            }
-            AgentEvent::OperatorNotice { channel, severity, message } => {
-                Antibody::operator_notice(emitter, channel, severity, message).await
-            }
+            AgentEvent::ActionFinished {
+                plan_id,
+                index,
+                kind,
+                outcome,
+            } => Antibody::action_finished(emitter, plan_id, *index, kind, outcome).await,
+            AgentEvent::OperatorNotice {
+                channel,
+                severity,
+                message,
+            } => Antibody::operator_notice(emitter, channel, severity, message).await,
             AgentEvent::CountersChanged => Ok(()),
         };
         if let Err(e) = sent {

@@ -18,7 +18,11 @@ mod tests {
 
     #[test]
     fn grows_exponentially_within_jitter() {
-        let r = RetryConfig { base_ms: 200, factor: 2, max_attempts: 4 };
+        let r = RetryConfig {
+            base_ms: 200,
+            factor: 2,
+            max_attempts: 4,
+        };
         assert_eq!(retry_delay_ms(&r, 1, 0.5), 200);
         assert_eq!(retry_delay_ms(&r, 2, 0.5), 400);
         assert_eq!(retry_delay_ms(&r, 3, 0.5), 800);

@@ -90,7 +90,9 @@ impl Engine {
         let tail_records = replayed.scan.records;
         let from_checkpoint = replayed.from_checkpoint;
         let (chain_ok, broken_at, report) = replayed.chain;
-        let ScanReport { tip, last_segment, .. } = replayed.scan;
+        let ScanReport {
+            tip, last_segment, ..
+        } = replayed.scan;
         let mirror = parts.mirror;
         let ledger = LedgerWriter::start(
             WriterOptions {
@@ -178,9 +180,16 @@ impl Engine {
         let health = self.ledger_health();
         let (position, plans) = {
             let inner = self.lock();
-            (self.ledger.position(), inner.state.plans.values().cloned().collect())
+            (
+                self.ledger.position(),
+                inner.state.plans.values().cloned().collect(),
+            )
         };
-        let checkpoint = store::new_checkpoint(&position, (health.ok, health.broken_at, health.report), plans);
+        let checkpoint = store::new_checkpoint(
+            &position,
+            (health.ok, health.broken_at, health.report),
+            plans,
+        );
         store::save_checkpoint(&config.state.dir, &checkpoint)
     }
 
@@ -189,15 +198,21 @@ impl Engine {
         if let Some(plan) = self.lock().state.plans.get(id) {
             return Some(serde_json::to_value(plan).expect("plans serialize"));
         }
-        store::load_archived(&self.config().state.dir, id).map(|p| serde_json::to_value(p).expect("plans serialize"))
+        store::load_archived(&self.config().state.dir, id)
+            .map(|p| serde_json::to_value(p).expect("plans serialize"))
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub fn config(&self) -> Arc<Config> {
-        self.config.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Swaps in a reloaded config. The ledger directory is read at start only.
@@ -264,7 +279,10 @@ impl Engine {
         enum Admission {
             Existing(String),
             Joining(Creation),
-            New(watch::Sender<Option<Result<String, AgentError>>>, tokio::sync::oneshot::Receiver<ledger::writer::AppendResult>),
+            New(
+                watch::Sender<Option<Result<String, AgentError>>>,
+                tokio::sync::oneshot::Receiver<ledger::writer::AppendResult>,
+            ),
         }
         let admission = {
             let mut inner = self.lock();
@@ -277,7 +295,10 @@ impl Engine {
             } else if open >= config.queue.max {
                 return Err(AgentError::new(
                     ErrorName::QueueFull,
-                    format!("{open} plans are queued or running (queue.max = {})", config.queue.max),
+                    format!(
+                        "{open} plans are queued or running (queue.max = {})",
+                        config.queue.max
+                    ),
                 ));
             } else {
                 let (tx, rx) = watch::channel(None);
@@ -285,7 +306,11 @@ impl Engine {
                 let event = Event::PlanCreated { plan: seed.clone() };
                 let (kind, payload) = event.to_parts();
                 let fields = plan_journal_fields(seed.source.as_str(), seed.severity, None);
-                Admission::New(tx, self.ledger.append(kind, Some(seed.id.clone()), payload, fields))
+                Admission::New(
+                    tx,
+                    self.ledger
+                        .append(kind, Some(seed.id.clone()), payload, fields),
+                )
             }
         };
         let (tx, durable) = match admission {
@@ -294,13 +319,17 @@ impl Engine {
                 let outcome = creation
                     .wait_for(Option::is_some)
                     .await
-                    .map_err(|_| AgentError::new(ErrorName::StorageFailure, "plan creation was abandoned"))?
+                    .map_err(|_| {
+                        AgentError::new(ErrorName::StorageFailure, "plan creation was abandoned")
+                    })?
                     .clone();
                 return outcome.expect("waited for Some").map(|id| (id, false));
             }
             Admission::New(tx, durable) => (tx, durable),
         };
-        let written = durable.await.unwrap_or_else(|_| Err("the ledger writer stopped".into()));
+        let written = durable
+            .await
+            .unwrap_or_else(|_| Err("the ledger writer stopped".into()));
         let mut inner = self.lock();
         inner.creating.remove(&hash);
         match written {
@@ -404,18 +433,23 @@ impl Engine {
         }
         {
             let inner = self.lock();
-            let plan = inner
-                .state
-                .plans
-                .get(id)
-                .ok_or_else(|| AgentError::new(ErrorName::NotFound, format!("no plan with id {id:?}")))?;
+            let plan = inner.state.plans.get(id).ok_or_else(|| {
+                AgentError::new(ErrorName::NotFound, format!("no plan with id {id:?}"))
+            })?;
             if !plan.status.is_finished() {
                 return Err(AgentError::new(
                     ErrorName::PlanNotFinished,
-                    format!("plan {id} is {}; only a finished plan can be rolled back", plan.status.as_str()),
+                    format!(
+                        "plan {id} is {}; only a finished plan can be rolled back",
+                        plan.status.as_str()
+                    ),
                 ));
             }
-            if plan.rollback.as_ref().is_some_and(|r| r.finished_at.is_none()) {
+            if plan
+                .rollback
+                .as_ref()
+                .is_some_and(|r| r.finished_at.is_none())
+            {
                 return Ok(());
             }
         }
@@ -467,7 +501,10 @@ impl Engine {
     }
 
     pub fn ledger_health(&self) -> LedgerHealth {
-        self.ledger_health.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.ledger_health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn queue_depth(&self) -> u32 {
@@ -577,7 +614,10 @@ impl Engine {
             match self.try_record(plan_id, event.clone()).await {
                 Ok(durable) => return durable,
                 Err(e) => {
-                    eprintln!("<2>antibody: cannot record {} of plan {plan_id}: {e}; retrying", event.kind());
+                    eprintln!(
+                        "<2>antibody: cannot record {} of plan {plan_id}: {e}; retrying",
+                        event.kind()
+                    );
                     self.emit(AgentEvent::CountersChanged);
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
@@ -589,7 +629,11 @@ impl Engine {
     /// Appends an agent-level record (no plan). Failures are logged only.
     pub async fn record_agent(&self, event: Event) {
         let (kind, payload) = event.to_parts();
-        let priority = if matches!(event, Event::ChainBroken { .. }) { 2 } else { 6 };
+        let priority = if matches!(event, Event::ChainBroken { .. }) {
+            2
+        } else {
+            6
+        };
         let fields = vec![("PRIORITY", priority.to_string())];
         let written = self
             .ledger
@@ -625,7 +669,12 @@ impl Engine {
                 .state
                 .plans
                 .values()
-                .filter_map(|p| p.actions.iter().position(|a| a.in_flight).map(|i| (p.id.clone(), i)))
+                .filter_map(|p| {
+                    p.actions
+                        .iter()
+                        .position(|a| a.in_flight)
+                        .map(|i| (p.id.clone(), i))
+                })
                 .collect()
         };
         for (plan_id, index) in interrupted {
@@ -667,7 +716,9 @@ impl Engine {
                 let engine = self.clone();
                 let evicted = tokio::task::spawn_blocking(move || engine.evict_finished()).await;
                 if let Ok(Err(e)) = evicted {
-                    eprintln!("<4>antibody: cannot archive finished plans (they stay in memory): {e}");
+                    eprintln!(
+                        "<4>antibody: cannot archive finished plans (they stay in memory): {e}"
+                    );
                 }
             }
             let mut sleep = Duration::from_millis(self.beat_ms.load(Ordering::Relaxed));

@@ -30,8 +30,16 @@ pub fn replay(ledger_dir: &Path, state_dir: &Path) -> io::Result<Replayed> {
     if let Some(checkpoint) = load_checkpoint(state_dir) {
         let position = checkpoint.position();
         if record_at(ledger_dir, &position).unwrap_or(false) {
-            let plans = checkpoint.plans.into_iter().map(|p| (p.id.clone(), p)).collect();
-            let stored = (checkpoint.chain_ok, checkpoint.chain_broken_at, checkpoint.chain_report);
+            let plans = checkpoint
+                .plans
+                .into_iter()
+                .map(|p| (p.id.clone(), p))
+                .collect();
+            let stored = (
+                checkpoint.chain_ok,
+                checkpoint.chain_broken_at,
+                checkpoint.chain_report,
+            );
             let mut replayed = fold(ledger_dir, state_dir, Some(&position), plans)?;
             if replayed.scan.ok() {
                 replayed.chain = stored;

@@ -102,7 +102,9 @@ pub(super) async fn run_plan(engine: &Arc<Engine>, plan_id: &str) {
             Step::Revert { index, reason } => revert_action(engine, plan_id, index, reason).await,
             Step::Skip { index } => {
                 let reason = "an earlier action failed".to_string();
-                engine.record(plan_id, Event::ActionSkipped { index, reason }).await;
+                engine
+                    .record(plan_id, Event::ActionSkipped { index, reason })
+                    .await;
                 if let Some(job) = engine.action_job(plan_id, index) {
                     engine.action_finished(plan_id, index, &job.kind, "skipped");
                 }
@@ -124,16 +126,35 @@ pub(super) async fn run_plan(engine: &Arc<Engine>, plan_id: &str) {
     }
 }
 
-async fn fail_action(engine: &Engine, plan_id: &str, index: usize, kind: &str, attempt: u32, error: String) {
+async fn fail_action(
+    engine: &Engine,
+    plan_id: &str,
+    index: usize,
+    kind: &str,
+    attempt: u32,
+    error: String,
+) {
     engine
-        .record(plan_id, Event::ActionFailed { index, attempt, error })
+        .record(
+            plan_id,
+            Event::ActionFailed {
+                index,
+                attempt,
+                error,
+            },
+        )
         .await;
     engine.action_finished(plan_id, index, kind, "failed");
 }
 
 /// Re-checks the guards under the config in force now (DESIGN.md §3:
 /// enforced at validation and again at apply).
-fn recheck_guards(engine: &Engine, handler: &dyn ActionHandler, index: usize, job: &ActionJob) -> Result<(), String> {
+fn recheck_guards(
+    engine: &Engine,
+    handler: &dyn ActionHandler,
+    index: usize,
+    job: &ActionJob,
+) -> Result<(), String> {
     let config = engine.config();
     let empty = serde_json::Map::new();
     let fields = Fields {
@@ -170,7 +191,9 @@ async fn apply_action(engine: &Arc<Engine>, plan_id: &str, index: usize, attempt
     engine
         .record(plan_id, Event::ActionStarted { index, attempt })
         .await;
-    let result = handler.apply(&ctx(engine, &config, plan_id, index, &job)).await;
+    let result = handler
+        .apply(&ctx(engine, &config, plan_id, index, &job))
+        .await;
     match result {
         Ok(applied) => record_applied(engine, plan_id, index, attempt, &job.kind, applied).await,
         Err(e) if e.transient && attempt < max_attempts => {
@@ -192,7 +215,14 @@ async fn apply_action(engine: &Arc<Engine>, plan_id: &str, index: usize, attempt
     }
 }
 
-async fn record_applied(engine: &Arc<Engine>, plan_id: &str, index: usize, attempt: u32, kind: &str, applied: Applied) {
+async fn record_applied(
+    engine: &Arc<Engine>,
+    plan_id: &str,
+    index: usize,
+    attempt: u32,
+    kind: &str,
+    applied: Applied,
+) {
     let revert_at_ms = applied
         .revert_after_secs
         .map(|secs| now_ms().saturating_add(secs.saturating_mul(1000)));
@@ -209,7 +239,10 @@ async fn record_applied(engine: &Arc<Engine>, plan_id: &str, index: usize, attem
         )
         .await;
     if let Some(at) = revert_at_ms {
-        engine.lock().state.defer_timer(at, plan_id.to_string(), index);
+        engine
+            .lock()
+            .state
+            .defer_timer(at, plan_id.to_string(), index);
         engine.wake.notify_one();
     }
     engine.action_finished(plan_id, index, kind, "applied");
@@ -223,24 +256,50 @@ pub(super) async fn recover_action(engine: &Arc<Engine>, plan_id: &str, index: u
     let Some(handler) = engine.registry.get(&job.kind).cloned() else {
         return;
     };
-    let outcome = handler.recover(&ctx(engine, &config, plan_id, index, &job)).await;
+    let outcome = handler
+        .recover(&ctx(engine, &config, plan_id, index, &job))
+        .await;
     match outcome {
         Ok(Recovered::TookEffect(applied)) => {
             let detail = applied.summary.clone();
             engine
-                .record(plan_id, Event::ActionRecovered { index, took_effect: true, detail })
+                .record(
+                    plan_id,
+                    Event::ActionRecovered {
+                        index,
+                        took_effect: true,
+                        detail,
+                    },
+                )
                 .await;
             record_applied(engine, plan_id, index, job.attempts, &job.kind, applied).await;
         }
         Ok(Recovered::DidNotTakeEffect(detail)) => {
             engine
-                .record(plan_id, Event::ActionRecovered { index, took_effect: false, detail })
+                .record(
+                    plan_id,
+                    Event::ActionRecovered {
+                        index,
+                        took_effect: false,
+                        detail,
+                    },
+                )
                 .await;
         }
         Err(e) => {
-            let detail = format!("could not tell ({}); the action will be tried again", e.message);
+            let detail = format!(
+                "could not tell ({}); the action will be tried again",
+                e.message
+            );
             engine
-                .record(plan_id, Event::ActionRecovered { index, took_effect: false, detail })
+                .record(
+                    plan_id,
+                    Event::ActionRecovered {
+                        index,
+                        took_effect: false,
+                        detail,
+                    },
+                )
                 .await;
         }
     }
@@ -261,13 +320,27 @@ async fn revert_action(engine: &Arc<Engine>, plan_id: &str, index: usize, reason
     match result {
         Ok(summary) => {
             engine
-                .record(plan_id, Event::ActionReverted { index, reason, summary })
+                .record(
+                    plan_id,
+                    Event::ActionReverted {
+                        index,
+                        reason,
+                        summary,
+                    },
+                )
                 .await;
             engine.action_finished(plan_id, index, &job.kind, "reverted");
         }
         Err(e) => {
             engine
-                .record(plan_id, Event::ActionRevertFailed { index, reason, error: e.message })
+                .record(
+                    plan_id,
+                    Event::ActionRevertFailed {
+                        index,
+                        reason,
+                        error: e.message,
+                    },
+                )
                 .await;
             engine.emit(AgentEvent::CountersChanged);
         }
@@ -280,7 +353,9 @@ pub(super) async fn timed_revert(engine: &Arc<Engine>, plan_id: &str, index: usi
         let mut inner = engine.lock();
         if inner.state.running.contains(plan_id) {
             // Its plan is still running (or rolling back): look again shortly.
-            inner.state.defer_timer(now_ms() + 1000, plan_id.to_string(), index);
+            inner
+                .state
+                .defer_timer(now_ms() + 1000, plan_id.to_string(), index);
             return;
         }
         // Held like a running plan, so nothing else steps it meanwhile and

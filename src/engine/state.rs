@@ -28,7 +28,10 @@ impl EngineState {
         plans.sort_by_key(|p| p.seq);
         for plan in plans {
             let needs_work = !plan.status.is_finished()
-                || plan.rollback.as_ref().is_some_and(|r| r.finished_at.is_none());
+                || plan
+                    .rollback
+                    .as_ref()
+                    .is_some_and(|r| r.finished_at.is_none());
             let id = plan.id.clone();
             let seq = plan.seq;
             state.add_timers(&plan);
@@ -48,7 +51,8 @@ impl EngineState {
 
     fn insert(&mut self, plan: Plan) {
         self.by_seq.insert(plan.seq, plan.id.clone());
-        self.dedupe.insert(plan.alert_sha256.clone(), plan.id.clone());
+        self.dedupe
+            .insert(plan.alert_sha256.clone(), plan.id.clone());
         self.plans.insert(plan.id.clone(), plan);
     }
 
@@ -273,7 +277,12 @@ mod tests {
         assert_eq!(s.dedupe_hit("h", 5_000, 60_000), Some("a"));
         let p = s.plans.get_mut("a").unwrap();
         p.apply_event(&Event::PlanStarted {}, 1_000);
-        p.apply_event(&Event::PlanFinished { status: PlanStatus::Success }, 2_000);
+        p.apply_event(
+            &Event::PlanFinished {
+                status: PlanStatus::Success,
+            },
+            2_000,
+        );
         assert_eq!(s.dedupe_hit("h", 61_999, 60_000), Some("a"));
         assert_eq!(s.dedupe_hit("h", 62_000, 60_000), None);
         assert_eq!(s.dedupe_hit("other", 0, 60_000), None);
@@ -305,16 +314,36 @@ mod tests {
             if i == 1 {
                 // p1 keeps an applied reversible action: still in force.
                 p.apply_event(
-                    &Event::ActionApplied { index: 0, attempt: 1, summary: "s".into(), changes: json!({}), revert_at_ms: None },
+                    &Event::ActionApplied {
+                        index: 0,
+                        attempt: 1,
+                        summary: "s".into(),
+                        changes: json!({}),
+                        revert_at_ms: None,
+                    },
                     1_000,
                 );
             } else {
-                p.apply_event(&Event::ActionSkipped { index: 0, reason: "r".into() }, 1_000);
+                p.apply_event(
+                    &Event::ActionSkipped {
+                        index: 0,
+                        reason: "r".into(),
+                    },
+                    1_000,
+                );
             }
-            p.apply_event(&Event::PlanFinished { status: PlanStatus::Success }, 2_000);
+            p.apply_event(
+                &Event::PlanFinished {
+                    status: PlanStatus::Success,
+                },
+                2_000,
+            );
         }
         // p5 still runs; the newest finished (p4) is kept; p1 is active.
-        assert!(s.evictable(2_500, 60_000, 1).is_empty(), "inside the dedupe window");
+        assert!(
+            s.evictable(2_500, 60_000, 1).is_empty(),
+            "inside the dedupe window"
+        );
         let mut gone = s.evictable(70_000, 60_000, 1);
         gone.sort();
         assert_eq!(gone, vec!["p0", "p2", "p3"]);

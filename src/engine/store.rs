@@ -86,7 +86,10 @@ impl Checkpoint {
 }
 
 pub fn save_checkpoint(state_dir: &Path, checkpoint: &Checkpoint) -> io::Result<()> {
-    write_atomic(&state_dir.join(CHECKPOINT), &serde_json::to_vec(checkpoint)?)
+    write_atomic(
+        &state_dir.join(CHECKPOINT),
+        &serde_json::to_vec(checkpoint)?,
+    )
 }
 
 /// The checkpoint, if there is a readable one of this version.
@@ -102,7 +105,11 @@ pub fn load_checkpoint(state_dir: &Path) -> Option<Checkpoint> {
     Some(checkpoint)
 }
 
-pub fn new_checkpoint(position: &Position, chain: (bool, Option<u64>, String), plans: Vec<Plan>) -> Checkpoint {
+pub fn new_checkpoint(
+    position: &Position,
+    chain: (bool, Option<u64>, String),
+    plans: Vec<Plan>,
+) -> Checkpoint {
     Checkpoint {
         version: CHECKPOINT_VERSION,
         segment: position.segment,

@@ -73,7 +73,14 @@ mod tests {
 
     #[test]
     fn hash_covers_every_field_but_itself() {
-        let r = Record::seal(1, "t".into(), "k".into(), Some("p".into()), json!({"a":1}), GENESIS.into());
+        let r = Record::seal(
+            1,
+            "t".into(),
+            "k".into(),
+            Some("p".into()),
+            json!({"a":1}),
+            GENESIS.into(),
+        );
         assert_eq!(r.hash, r.expected_hash());
         let mut edited = r.clone();
         edited.payload = json!({"a": 2});

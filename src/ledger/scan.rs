@@ -66,7 +66,11 @@ pub fn scan(dir: &Path, visit: impl FnMut(&Record)) -> io::Result<ScanReport> {
 
 /// Scans from `start` (or the beginning): records before it are neither
 /// read nor checked, so the report speaks of the tail only.
-pub fn scan_from(dir: &Path, start: Option<&Position>, mut visit: impl FnMut(&Record)) -> io::Result<ScanReport> {
+pub fn scan_from(
+    dir: &Path,
+    start: Option<&Position>,
+    mut visit: impl FnMut(&Record),
+) -> io::Result<ScanReport> {
     let segments = list_segments(dir)?;
     let mut out = ScanReport::default();
     if let Some(start) = start {
@@ -82,7 +86,11 @@ pub fn scan_from(dir: &Path, start: Option<&Position>, mut visit: impl FnMut(&Re
         let mut file = File::open(path)?;
         std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(skip_to))?;
         let mut reader = BufReader::new(file);
-        let name = path.file_name().unwrap_or_default().to_string_lossy().to_string();
+        let name = path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .to_string();
         let mut offset = skip_to;
         let mut line_no = 0u64;
         let mut line = Vec::new();
@@ -120,7 +128,10 @@ pub fn record_at(dir: &Path, position: &Position) -> io::Result<bool> {
     let mut file = File::open(path)?;
     // A record is well under 128 KiB (alerts are capped at 64 KiB).
     let window = position.offset.min(256 * 1024);
-    std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(position.offset - window))?;
+    std::io::Seek::seek(
+        &mut file,
+        std::io::SeekFrom::Start(position.offset - window),
+    )?;
     let mut buf = vec![0u8; window as usize];
     std::io::Read::read_exact(&mut file, &mut buf)?;
     if buf.last() != Some(&b'\n') {
@@ -135,7 +146,9 @@ pub fn record_at(dir: &Path, position: &Position) -> io::Result<bool> {
     let Ok(record) = serde_json::from_slice::<Record>(line) else {
         return Ok(false);
     };
-    Ok(record.seq == position.tip.seq && record.hash == position.tip.hash && record.expected_hash() == record.hash)
+    Ok(record.seq == position.tip.seq
+        && record.hash == position.tip.hash
+        && record.expected_hash() == record.hash)
 }
 
 fn check_line(
@@ -159,7 +172,11 @@ fn check_line(
     };
     let place = format!("record seq {} ({segment} line {line_no})", record.seq);
     if record.hash != record.expected_hash() {
-        note_break(out, record.seq, format!("{place}: hash does not match its content (the record was altered)"));
+        note_break(
+            out,
+            record.seq,
+            format!("{place}: hash does not match its content (the record was altered)"),
+        );
     } else if record.seq != expected_seq {
         note_break(
             out,
@@ -170,7 +187,10 @@ fn check_line(
         note_break(
             out,
             record.seq,
-            format!("{place}: prev does not match the hash of record seq {}", out.tip.seq),
+            format!(
+                "{place}: prev does not match the hash of record seq {}",
+                out.tip.seq
+            ),
         );
     }
     out.records += 1;

@@ -112,7 +112,10 @@ impl LedgerWriter {
 
     /// Where the newest durable record ends (for checkpoints).
     pub fn position(&self) -> Position {
-        self.position.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.position
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -182,7 +185,8 @@ impl WriterState {
             match self.file.set_len(self.file_len) {
                 Ok(()) => self.needs_truncate = false,
                 Err(e) => {
-                    let message = format!("ledger write failed: cannot cut back a failed write: {e}");
+                    let message =
+                        format!("ledger write failed: cannot cut back a failed write: {e}");
                     for append in batch {
                         let _ = append.reply.send(Err(message.clone()));
                     }
@@ -230,7 +234,8 @@ impl WriterState {
                 }
                 // The records are durable whatever an observer does: a panic
                 // there must not cost the callers their answers or the writer.
-                let observed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| observer(&sealed)));
+                let observed =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| observer(&sealed)));
                 if observed.is_err() {
                     eprintln!("antibody: ledger: a durable-record observer panicked");
                 }

@@ -210,7 +210,10 @@ mod tests {
     #[test]
     fn hash_ignores_key_order_and_whitespace() {
         let b = r#"{"actions":[{"name":"vael.service","type":"restart_service"}],"context":{"payload":{"rss":1},"entity":"vael"},"description":"vael stalled","severity":"high","source":"Watchdog"}"#;
-        assert_eq!(parse_alert(GOOD).unwrap().sha256, parse_alert(b).unwrap().sha256);
+        assert_eq!(
+            parse_alert(GOOD).unwrap().sha256,
+            parse_alert(b).unwrap().sha256
+        );
     }
 
     #[test]

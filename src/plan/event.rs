@@ -293,7 +293,9 @@ impl Plan {
                 } else {
                     "had not taken effect"
                 };
-                format!("{label}: after an agent restart the interrupted attempt {verdict}: {detail}")
+                format!(
+                    "{label}: after an agent restart the interrupted attempt {verdict}: {detail}"
+                )
             }
             Event::ActionReverted {
                 index,

@@ -121,7 +121,10 @@ pub fn check_text(s: &str, max_bytes: usize) -> Result<(), String> {
         return Err("must not be empty".into());
     }
     if s.len() > max_bytes {
-        return Err(format!("is {} bytes; at most {max_bytes} are allowed", s.len()));
+        return Err(format!(
+            "is {} bytes; at most {max_bytes} are allowed",
+            s.len()
+        ));
     }
     if s.contains('\0') {
         return Err("must not contain NUL characters".into());

@@ -9,12 +9,22 @@ pub enum Step {
     /// Mark the plan in progress.
     Start,
     /// Run attempt `attempt` (1-based) of an action.
-    Apply { index: usize, attempt: u32 },
+    Apply {
+        index: usize,
+        attempt: u32,
+    },
     /// An attempt was interrupted by a crash: ask the handler what happened.
-    Recover { index: usize },
-    Revert { index: usize, reason: RevertReason },
+    Recover {
+        index: usize,
+    },
+    Revert {
+        index: usize,
+        reason: RevertReason,
+    },
     /// An action that will not run because an earlier one failed.
-    Skip { index: usize },
+    Skip {
+        index: usize,
+    },
     Finish(PlanStatus),
     FinishRollback,
     /// Nothing left to do.
@@ -120,12 +130,36 @@ mod tests {
         let mut p = plan(&[true, true]);
         assert_eq!(next_step(&p), Step::Start);
         p.apply_event(&Event::PlanStarted {}, 1);
-        assert_eq!(next_step(&p), Step::Apply { index: 0, attempt: 1 });
-        p.apply_event(&Event::ActionStarted { index: 0, attempt: 1 }, 2);
+        assert_eq!(
+            next_step(&p),
+            Step::Apply {
+                index: 0,
+                attempt: 1
+            }
+        );
+        p.apply_event(
+            &Event::ActionStarted {
+                index: 0,
+                attempt: 1,
+            },
+            2,
+        );
         assert_eq!(next_step(&p), Step::Recover { index: 0 });
         p.apply_event(&applied(0), 3);
-        assert_eq!(next_step(&p), Step::Apply { index: 1, attempt: 1 });
-        p.apply_event(&Event::ActionStarted { index: 1, attempt: 1 }, 4);
+        assert_eq!(
+            next_step(&p),
+            Step::Apply {
+                index: 1,
+                attempt: 1
+            }
+        );
+        p.apply_event(
+            &Event::ActionStarted {
+                index: 1,
+                attempt: 1,
+            },
+            4,
+        );
         p.apply_event(&applied(1), 5);
         assert_eq!(next_step(&p), Step::Finish(PlanStatus::Success));
     }
@@ -134,7 +168,13 @@ mod tests {
     fn transient_failure_asks_for_the_next_attempt() {
         let mut p = plan(&[true]);
         p.apply_event(&Event::PlanStarted {}, 1);
-        p.apply_event(&Event::ActionStarted { index: 0, attempt: 1 }, 2);
+        p.apply_event(
+            &Event::ActionStarted {
+                index: 0,
+                attempt: 1,
+            },
+            2,
+        );
         p.apply_event(
             &Event::ActionAttemptFailed {
                 index: 0,
@@ -144,7 +184,13 @@ mod tests {
             },
             3,
         );
-        assert_eq!(next_step(&p), Step::Apply { index: 0, attempt: 2 });
+        assert_eq!(
+            next_step(&p),
+            Step::Apply {
+                index: 0,
+                attempt: 2
+            }
+        );
     }
 
     #[test]
@@ -164,7 +210,10 @@ mod tests {
         );
         assert_eq!(
             next_step(&p),
-            Step::Revert { index: 2, reason: RevertReason::Rollback }
+            Step::Revert {
+                index: 2,
+                reason: RevertReason::Rollback
+            }
         );
         let reverted = |i| Event::ActionReverted {
             index: i,
@@ -175,15 +224,32 @@ mod tests {
         // Action 1 is not reversible: it is passed over.
         assert_eq!(
             next_step(&p),
-            Step::Revert { index: 0, reason: RevertReason::Rollback }
+            Step::Revert {
+                index: 0,
+                reason: RevertReason::Rollback
+            }
         );
         p.apply_event(&reverted(0), 5);
         assert_eq!(next_step(&p), Step::Skip { index: 4 });
-        p.apply_event(&Event::ActionSkipped { index: 4, reason: "x".into() }, 6);
+        p.apply_event(
+            &Event::ActionSkipped {
+                index: 4,
+                reason: "x".into(),
+            },
+            6,
+        );
         assert_eq!(next_step(&p), Step::Finish(PlanStatus::Failed));
-        p.apply_event(&Event::PlanFinished { status: PlanStatus::Failed }, 7);
+        p.apply_event(
+            &Event::PlanFinished {
+                status: PlanStatus::Failed,
+            },
+            7,
+        );
         assert_eq!(next_step(&p), Step::Done);
-        assert!(p.log.iter().any(|l| l.message.contains("rolled back after a later failure")));
+        assert!(p
+            .log
+            .iter()
+            .any(|l| l.message.contains("rolled back after a later failure")));
     }
 
     #[test]
@@ -192,16 +258,28 @@ mod tests {
         p.apply_event(&Event::PlanStarted {}, 1);
         p.apply_event(&applied(0), 2);
         p.apply_event(&applied(1), 3);
-        p.apply_event(&Event::PlanFinished { status: PlanStatus::Success }, 4);
+        p.apply_event(
+            &Event::PlanFinished {
+                status: PlanStatus::Success,
+            },
+            4,
+        );
         assert_eq!(next_step(&p), Step::Done);
         p.apply_event(&Event::RollbackRequested { by: "uid 0".into() }, 5);
         assert_eq!(
             next_step(&p),
-            Step::Revert { index: 1, reason: RevertReason::Operator }
+            Step::Revert {
+                index: 1,
+                reason: RevertReason::Operator
+            }
         );
         for i in [1, 0] {
             p.apply_event(
-                &Event::ActionReverted { index: i, reason: RevertReason::Operator, summary: "u".into() },
+                &Event::ActionReverted {
+                    index: i,
+                    reason: RevertReason::Operator,
+                    summary: "u".into(),
+                },
                 6,
             );
         }
@@ -224,6 +302,9 @@ mod tests {
         assert_eq!(kind, "action_applied");
         assert_eq!(Event::from_parts(&kind, &payload).unwrap(), e);
         let (kind, payload) = Event::PlanStarted {}.to_parts();
-        assert_eq!(Event::from_parts(&kind, &payload).unwrap(), Event::PlanStarted {});
+        assert_eq!(
+            Event::from_parts(&kind, &payload).unwrap(),
+            Event::PlanStarted {}
+        );
     }
 }

@@ -88,7 +88,9 @@ mod tests {
 
     #[test]
     fn refuses_duplicate_keys_at_any_depth() {
-        let err = parse_strict(r#"{"a":{"b":1,"b":2}}"#).unwrap_err().to_string();
+        let err = parse_strict(r#"{"a":{"b":1,"b":2}}"#)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("duplicate key \"b\""), "{err}");
     }
 

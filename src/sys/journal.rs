@@ -38,7 +38,10 @@ pub const MESSAGE_IDS: [(&str, &str); 18] = [
 ];
 
 pub fn message_id(kind: &str) -> Option<&'static str> {
-    MESSAGE_IDS.iter().find(|(k, _)| *k == kind).map(|(_, id)| *id)
+    MESSAGE_IDS
+        .iter()
+        .find(|(k, _)| *k == kind)
+        .map(|(_, id)| *id)
 }
 
 /// syslog priority for a plan's records: the alert's severity decides.
@@ -130,11 +133,18 @@ pub fn record_entry(durable: &Durable) -> JournalEntry {
     }
     let mut payload = r.payload.to_string();
     if payload.len() > 400 {
-        let cut = (0..=400).rev().find(|i| payload.is_char_boundary(*i)).unwrap_or(0);
+        let cut = (0..=400)
+            .rev()
+            .find(|i| payload.is_char_boundary(*i))
+            .unwrap_or(0);
         payload.truncate(cut);
         payload.push('…');
     }
-    let plan = r.plan_id.as_deref().map(|p| format!(" plan {p}")).unwrap_or_default();
+    let plan = r
+        .plan_id
+        .as_deref()
+        .map(|p| format!(" plan {p}"))
+        .unwrap_or_default();
     JournalEntry {
         priority,
         message: format!("antibody: {}{plan} #{}: {payload}", r.kind, r.seq),
@@ -177,21 +187,37 @@ mod tests {
     fn every_message_id_has_a_catalog_entry() {
         let catalog = include_str!("../../systemd/antibody.catalog");
         for (kind, id) in MESSAGE_IDS {
-            assert!(catalog.contains(&format!("-- {id}\n")), "no catalog entry for {kind} ({id})");
-            assert!(catalog.contains(&format!("kind: {kind}.")), "catalog entry for {id} does not name {kind}");
+            assert!(
+                catalog.contains(&format!("-- {id}\n")),
+                "no catalog entry for {kind} ({id})"
+            );
+            assert!(
+                catalog.contains(&format!("kind: {kind}.")),
+                "catalog entry for {id} does not name {kind}"
+            );
         }
         let entries = catalog.lines().filter(|l| l.starts_with("-- ")).count();
-        assert_eq!(entries, MESSAGE_IDS.len(), "catalog entries without a MESSAGE_ID in the code");
+        assert_eq!(
+            entries,
+            MESSAGE_IDS.len(),
+            "catalog entries without a MESSAGE_ID in the code"
+        );
     }
 
     #[test]
     fn every_ledger_kind_has_a_message_id() {
         use crate::plan::Event;
         let samples = [
-            Event::AgentStarted { version: String::new(), pid: 0 },
+            Event::AgentStarted {
+                version: String::new(),
+                pid: 0,
+            },
             Event::PlanStarted {},
             Event::RollbackFinished {},
-            Event::ChainBroken { broken_at: 1, report: String::new() },
+            Event::ChainBroken {
+                broken_at: 1,
+                report: String::new(),
+            },
         ];
         for event in samples {
             assert!(message_id(event.kind()).is_some(), "{}", event.kind());

@@ -27,7 +27,9 @@ impl Channel {
         match self {
             Channel::Journal => "journald entry (MESSAGE_ID operator_notice)".into(),
             Channel::Dbus => "D-Bus signal org.vael.Antibody.OperatorNotice".into(),
-            Channel::Webhook { url, timeout_secs, .. } => {
+            Channel::Webhook {
+                url, timeout_secs, ..
+            } => {
                 format!("HTTP POST of JSON to {url} (timeout {timeout_secs} s)")
             }
         }
@@ -79,7 +81,10 @@ impl Notifier for SystemNotifier {
                     priority: priority_for(Some(notice.severity)),
                     message: format!("antibody: operator notice: {}", notice.message),
                     fields: vec![
-                        ("MESSAGE_ID", message_id("operator_notice").unwrap_or_default().into()),
+                        (
+                            "MESSAGE_ID",
+                            message_id("operator_notice").unwrap_or_default().into(),
+                        ),
                         ("ANTIBODY_PLAN_ID", notice.plan_id.clone()),
                         ("ANTIBODY_ACTION", "notify_operator".into()),
                         ("ANTIBODY_SOURCE", notice.source.as_str().into()),
@@ -116,7 +121,10 @@ pub async fn post_json(url: &str, timeout_secs: u64, body: Value) -> Result<(), 
         agent
             .post(&url)
             .header("Content-Type", "application/json")
-            .header("User-Agent", concat!("antibody/", env!("CARGO_PKG_VERSION")))
+            .header(
+                "User-Agent",
+                concat!("antibody/", env!("CARGO_PKG_VERSION")),
+            )
             .send(body.to_string())
             .map(|response| response.status().as_u16())
             .map_err(|e| format!("POST {url}: {e}"))
@@ -125,10 +133,12 @@ pub async fn post_json(url: &str, timeout_secs: u64, body: Value) -> Result<(), 
     .map_err(|e| ActionError::transient(format!("webhook task: {e}")))?;
     match outcome {
         Ok(status) if (200..300).contains(&status) => Ok(()),
-        Ok(status) if status >= 500 || status == 429 => {
-            Err(ActionError::transient(format!("webhook answered HTTP {status}")))
-        }
-        Ok(status) => Err(ActionError::permanent(format!("webhook answered HTTP {status}"))),
+        Ok(status) if status >= 500 || status == 429 => Err(ActionError::transient(format!(
+            "webhook answered HTTP {status}"
+        ))),
+        Ok(status) => Err(ActionError::permanent(format!(
+            "webhook answered HTTP {status}"
+        ))),
         Err(e) => Err(ActionError::transient(e)),
     }
 }
