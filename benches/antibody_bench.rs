@@ -163,16 +163,7 @@ fn time_to_ready(bus: &PrivateBus, home: &Path) -> Duration {
 }
 
 async fn big_ledger(home: &Path, records: u64) {
-    std::fs::create_dir_all(home).unwrap();
-    std::fs::write(
-        home.join("antibody.toml"),
-        format!(
-            "[ledger]\ndir = \"{}/ledger\"\n[state]\ndir = \"{}/state\"\n",
-            home.display(),
-            home.display()
-        ),
-    )
-    .unwrap();
+    support::write_config(home, "");
     let writer = LedgerWriter::start(
         WriterOptions {
             dir: home.join("ledger"),
@@ -215,12 +206,12 @@ async fn main() {
 
     let conn = bus.connect().await;
     let proxy = AntibodyProxy::new(&conn).await.unwrap();
+    let (rss_before, rss_after, storm_plans) = storm_rss(&proxy, agent.pid()).await;
     let ping = ping_baseline(&conn).await;
     let fsync = fsync_baseline(&agent.ledger_dir());
     let submit = submit_latency(&proxy).await;
     let single_rate = 1.0 / submit.as_secs_f64();
     let rate = throughput(&bus, 16, 1250).await;
-    let (rss_before, rss_after, storm_plans) = storm_rss(&proxy, agent.pid()).await;
     drop(agent);
 
     let empty_home = tempfile::tempdir_in(home.path()).unwrap();
@@ -228,6 +219,9 @@ async fn main() {
     let ready_empty = time_to_ready(&bus, empty_home.path());
     let big_home = tempfile::tempdir_in(home.path()).unwrap();
     big_ledger(big_home.path(), 1_000_000).await;
+    // The first start replays every record and writes a checkpoint; the
+    // second starts from it, as every later start does.
+    let ready_replay = time_to_ready(&bus, big_home.path());
     let ready_big = time_to_ready(&bus, big_home.path());
 
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
@@ -247,7 +241,11 @@ async fn main() {
     );
     println!("| idle RSS after start | {idle_rss} KiB | | | ≤ 10 MB |");
     println!(
-        "| start → READY=1, 1 000 000-record ledger | {:.1} ms | empty ledger {:.1} ms | {:.1}× | ≤ 100 ms |",
+        "| start → READY=1, 1 000 000-record ledger, from its checkpoint | {:.1} ms | empty ledger {:.1} ms | {:.1}× | ≤ 100 ms |",
         ms(ready_big), ms(ready_empty), ready_big.as_secs_f64() / ready_empty.as_secs_f64()
+    );
+    println!(
+        "| first start on that ledger (no checkpoint yet: full replay, then writes one) | {:.1} ms | empty ledger {:.1} ms | {:.1}× | |",
+        ms(ready_replay), ms(ready_empty), ready_replay.as_secs_f64() / ready_empty.as_secs_f64()
     );
 }

@@ -113,22 +113,6 @@ fn notify_alert(channel: &str, message: &str) -> String {
     ))
 }
 
-/// Writes `home/antibody.toml` exactly as `Agent::start` does.
-fn write_config(home: &Path, extra_toml: &str) -> PathBuf {
-    std::fs::create_dir_all(home).unwrap();
-    let config = home.join("antibody.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[ledger]\ndir = \"{}\"\n[state]\ndir = \"{}\"\n{extra_toml}\n",
-            home.join("ledger").display(),
-            home.join("state").display()
-        ),
-    )
-    .unwrap();
-    config
-}
-
 fn webhook_channel(name: &str, url: &str, timeout_secs: u64) -> String {
     format!("[notify.channels.{name}]\nkind = \"webhook\"\nurl = \"{url}\"\ntimeout_secs = {timeout_secs}\n")
 }

@@ -53,6 +53,11 @@ pub async fn pump(engine: Arc<Engine>, iface: InterfaceRef<Antibody>) {
         if let Err(e) = sent {
             eprintln!("<4>antibody: cannot emit a D-Bus signal: {e}");
         }
+        // Under load many events queue up: emit their signals, then read the
+        // counters (a walk over the plans) once for the lot, not per event.
+        if !rx.is_empty() {
+            continue;
+        }
         let now = Counters {
             queue_depth: engine.queue_depth(),
             healthy: engine.healthy(),

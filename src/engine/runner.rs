@@ -275,34 +275,30 @@ pub(super) async fn recover_action(engine: &Arc<Engine>, plan_id: &str, index: u
             record_applied(engine, plan_id, index, job.attempts, &job.kind, applied).await;
         }
         Ok(Recovered::DidNotTakeEffect(detail)) => {
-            engine
-                .record(
-                    plan_id,
-                    Event::ActionRecovered {
-                        index,
-                        took_effect: false,
-                        detail,
-                    },
-                )
-                .await;
+            not_taken_effect(engine, plan_id, index, detail).await
         }
         Err(e) => {
             let detail = format!(
                 "could not tell ({}); the action will be tried again",
                 e.message
             );
-            engine
-                .record(
-                    plan_id,
-                    Event::ActionRecovered {
-                        index,
-                        took_effect: false,
-                        detail,
-                    },
-                )
-                .await;
+            not_taken_effect(engine, plan_id, index, detail).await;
         }
     }
+}
+
+/// The interrupted attempt left nothing behind: the next step tries again.
+async fn not_taken_effect(engine: &Engine, plan_id: &str, index: usize, detail: String) {
+    engine
+        .record(
+            plan_id,
+            Event::ActionRecovered {
+                index,
+                took_effect: false,
+                detail,
+            },
+        )
+        .await;
 }
 
 async fn revert_action(engine: &Arc<Engine>, plan_id: &str, index: usize, reason: RevertReason) {

@@ -88,6 +88,22 @@ pub fn wait_until(timeout: Duration, mut ready: impl FnMut() -> bool, what: &str
     }
 }
 
+/// Writes `home/antibody.toml`: ledger and state under `home`, plus `extra_toml`.
+pub fn write_config(home: &Path, extra_toml: &str) -> PathBuf {
+    std::fs::create_dir_all(home).unwrap();
+    let config = home.join("antibody.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[ledger]\ndir = \"{}\"\n[state]\ndir = \"{}\"\n{extra_toml}\n",
+            home.join("ledger").display(),
+            home.join("state").display()
+        ),
+    )
+    .unwrap();
+    config
+}
+
 /// A running `antibodyd` with its own ledger/state directories.
 pub struct Agent {
     pub home: PathBuf,
@@ -97,20 +113,10 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Writes `home/antibody.toml` (ledger and state under `home`, plus
-    /// `extra_toml`) and starts the agent on `bus`; returns once it owns its name.
+    /// Writes `home/antibody.toml` (see [`write_config`]) and starts the
+    /// agent on `bus`; returns once it owns its name.
     pub fn start(bus: &PrivateBus, home: &Path, extra_toml: &str) -> Agent {
-        let config = home.join("antibody.toml");
-        std::fs::create_dir_all(home).unwrap();
-        std::fs::write(
-            &config,
-            format!(
-                "[ledger]\ndir = \"{}\"\n[state]\ndir = \"{}\"\n{extra_toml}\n",
-                home.join("ledger").display(),
-                home.join("state").display()
-            ),
-        )
-        .unwrap();
+        let config = write_config(home, extra_toml);
         Agent::start_with_config(bus, home, &config, &[])
     }
 
