@@ -655,18 +655,17 @@ fn emit_event(json_out: bool, signal: &str, fields: Value, human: String) {
     }
 }
 
-async fn cmd_watch(conn: &zbus::Connection, proxy: &AntibodyProxy<'_>, json_out: bool) -> Outcome {
-    let mut queued = proxy.receive_plan_queued().await.map_err(call_failure)?;
-    let mut status = proxy
-        .receive_plan_status_changed()
-        .await
+async fn cmd_watch(conn: &zbus::Connection, json_out: bool) -> Outcome {
+    use antibody::dbus::proxy::{ActionFinished, OperatorNotice, PlanQueued, PlanStatusChanged};
+    // One stream for every signal of the interface, so lines come out in the
+    // order the agent sent them (separate per-signal streams may interleave).
+    let rule = zbus::MatchRule::builder()
+        .msg_type(zbus::message::Type::Signal)
+        .interface(antibody::dbus::INTERFACE)
+        .path(antibody::dbus::OBJECT_PATH)
+        .build()
         .map_err(call_failure)?;
-    let mut finished = proxy
-        .receive_action_finished()
-        .await
-        .map_err(call_failure)?;
-    let mut notices = proxy
-        .receive_operator_notice()
+    let mut signals = zbus::MessageStream::for_match_rule(rule, conn, None)
         .await
         .map_err(call_failure)?;
     eprintln!(
@@ -676,36 +675,85 @@ async fn cmd_watch(conn: &zbus::Connection, proxy: &AntibodyProxy<'_>, json_out:
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     loop {
-        tokio::select! {
+        let msg = tokio::select! {
             _ = &mut ctrl_c => return Ok(()),
-            _ = conn.closed() => {
-                return Err(Failure::Unreachable("lost the connection to the bus".into()))
-            }
-            Some(sig) = queued.next() => {
+            next = signals.next() => match next {
+                Some(Ok(msg)) => msg,
+                Some(Err(_)) => continue,
+                None => return Err(Failure::Unreachable("lost the connection to the bus".into())),
+            },
+        };
+        let member = msg
+            .header()
+            .member()
+            .map(|m| m.to_string())
+            .unwrap_or_default();
+        match member.as_str() {
+            "PlanQueued" => {
+                let Some(sig) = PlanQueued::from_message(msg) else {
+                    continue;
+                };
                 let Ok(a) = sig.args() else { continue };
-                emit_event(json_out, "PlanQueued",
+                emit_event(
+                    json_out,
+                    "PlanQueued",
                     json!({"plan_id": a.plan_id(), "source": a.source(), "severity": a.severity()}),
-                    format!("{} source={} severity={}", a.plan_id(), clean(a.source()), clean(a.severity())));
+                    format!(
+                        "{} source={} severity={}",
+                        a.plan_id(),
+                        clean(a.source()),
+                        clean(a.severity())
+                    ),
+                );
             }
-            Some(sig) = status.next() => {
+            "PlanStatusChanged" => {
+                let Some(sig) = PlanStatusChanged::from_message(msg) else {
+                    continue;
+                };
                 let Ok(a) = sig.args() else { continue };
-                emit_event(json_out, "PlanStatusChanged",
+                emit_event(
+                    json_out,
+                    "PlanStatusChanged",
                     json!({"plan_id": a.plan_id(), "status": a.status()}),
-                    format!("{} status={}", a.plan_id(), clean(a.status())));
+                    format!("{} status={}", a.plan_id(), clean(a.status())),
+                );
             }
-            Some(sig) = finished.next() => {
+            "ActionFinished" => {
+                let Some(sig) = ActionFinished::from_message(msg) else {
+                    continue;
+                };
                 let Ok(a) = sig.args() else { continue };
-                emit_event(json_out, "ActionFinished",
+                emit_event(
+                    json_out,
+                    "ActionFinished",
                     json!({"plan_id": a.plan_id(), "index": a.index(), "type": a.r#type(), "outcome": a.outcome()}),
-                    format!("{} index={} type={} outcome={}", a.plan_id(), a.index(), clean(a.r#type()), clean(a.outcome())));
+                    format!(
+                        "{} index={} type={} outcome={}",
+                        a.plan_id(),
+                        a.index(),
+                        clean(a.r#type()),
+                        clean(a.outcome())
+                    ),
+                );
             }
-            Some(sig) = notices.next() => {
+            "OperatorNotice" => {
+                let Some(sig) = OperatorNotice::from_message(msg) else {
+                    continue;
+                };
                 let Ok(a) = sig.args() else { continue };
-                emit_event(json_out, "OperatorNotice",
+                emit_event(
+                    json_out,
+                    "OperatorNotice",
                     json!({"channel": a.channel(), "severity": a.severity(), "message": a.message()}),
-                    format!("channel={} severity={} message={:?}", clean(a.channel()), clean(a.severity()), a.message()));
+                    format!(
+                        "channel={} severity={} message={:?}",
+                        clean(a.channel()),
+                        clean(a.severity()),
+                        a.message()
+                    ),
+                );
             }
-            else => return Err(Failure::Unreachable("lost the connection to the bus".into())),
+            _ => {}
         }
     }
 }
@@ -775,7 +823,7 @@ async fn run(cli: Cli, matches: &ArgMatches) -> Outcome {
             }
             Ok(())
         }
-        Command::Watch => cmd_watch(&conn, &proxy, json_out).await,
+        Command::Watch => cmd_watch(&conn, json_out).await,
         Command::Verify => {
             let (ok, report) = proxy.verify_ledger().await.map_err(call_failure)?;
             if json_out {
