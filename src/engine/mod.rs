@@ -327,9 +327,7 @@ impl Engine {
             }
             Admission::New(tx, durable) => (tx, durable),
         };
-        let written = durable
-            .await
-            .unwrap_or_else(|_| Err("the ledger writer stopped".into()));
+        let written = ledger::settle(durable).await;
         let mut inner = self.lock();
         inner.creating.remove(&hash);
         match written {
@@ -584,11 +582,12 @@ impl Engine {
                 None => Vec::new(),
             }
         };
-        let written = self
-            .ledger
-            .append(kind, Some(plan_id.to_string()), payload, fields)
-            .await
-            .unwrap_or_else(|_| Err("the ledger writer stopped".into()));
+        let written =
+            ledger::settle(
+                self.ledger
+                    .append(kind, Some(plan_id.to_string()), payload, fields),
+            )
+            .await;
         match written {
             Ok(durable) => {
                 self.storage_ok.store(true, Ordering::Relaxed);
@@ -635,11 +634,7 @@ impl Engine {
             6
         };
         let fields = vec![("PRIORITY", priority.to_string())];
-        let written = self
-            .ledger
-            .append(kind, None, payload, fields)
-            .await
-            .unwrap_or_else(|_| Err("the ledger writer stopped".into()));
+        let written = ledger::settle(self.ledger.append(kind, None, payload, fields)).await;
         if let Err(e) = written {
             self.storage_ok.store(false, Ordering::Relaxed);
             eprintln!("<2>antibody: cannot record {}: {e}", event.kind());

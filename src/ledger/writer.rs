@@ -36,6 +36,16 @@ pub type JournalFields = Vec<(&'static str, String)>;
 
 pub type AppendResult = Result<Durable, String>;
 
+const WRITER_STOPPED: &str = "the ledger writer has stopped";
+
+/// Waits for an append's answer; a writer that went away is an error like
+/// any other failed write, never a hang or a panic.
+pub async fn settle(reply: oneshot::Receiver<AppendResult>) -> AppendResult {
+    reply
+        .await
+        .unwrap_or_else(|_| Err(WRITER_STOPPED.to_string()))
+}
+
 /// Called on the writer thread with every batch once it is durable.
 pub type DurableObserver = Box<dyn Fn(&[Durable]) + Send>;
 
@@ -98,9 +108,7 @@ impl LedgerWriter {
             reply,
         };
         if let Err(mpsc::SendError(request)) = self.tx.send(request) {
-            let _ = request
-                .reply
-                .send(Err("the ledger writer has stopped".to_string()));
+            let _ = request.reply.send(Err(WRITER_STOPPED.to_string()));
         }
         rx
     }
