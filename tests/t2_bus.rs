@@ -79,6 +79,24 @@ fn first_quoted(text: &str) -> String {
 }
 
 /// Waits (as root) until the plan has finished; returns its final status.
+/// Submits a journal-notice alert as root through busctl; returns the plan id.
+fn submit_as_root(bus: &PrivateBus, description: &str) -> String {
+    let (ok, out, err) = busctl(
+        bus,
+        &[
+            "call",
+            NAME,
+            PATH,
+            IFACE,
+            "SubmitAlert",
+            "s",
+            &journal_alert(description),
+        ],
+    );
+    assert!(ok, "SubmitAlert as root: {err}");
+    first_quoted(&out)
+}
+
 fn wait_plan_finished(bus: &PrivateBus, plan_id: &str) -> String {
     let deadline = Instant::now() + SIGNAL_TIMEOUT;
     loop {
@@ -274,20 +292,7 @@ async fn bus_policy_for_an_unprivileged_uid() {
     let nobody: Option<(u32, &[u32])> = Some((NOBODY, &[]));
 
     // A finished plan, so that the denied calls have a real id to name.
-    let (ok, out, err) = busctl(
-        &bus,
-        &[
-            "call",
-            NAME,
-            PATH,
-            IFACE,
-            "SubmitAlert",
-            "s",
-            &journal_alert("policy"),
-        ],
-    );
-    assert!(ok, "SubmitAlert as root: {err}");
-    let plan_id = first_quoted(&out);
+    let plan_id = submit_as_root(&bus, "policy");
 
     // Allowed to everyone.
     let status = run_on_bus(
@@ -440,20 +445,7 @@ async fn agent_denies_callers_outside_its_groups() {
     let _agent = Agent::start(&bus, home.path(), "");
     let nobody: Option<(u32, &[u32])> = Some((NOBODY, &[]));
 
-    let (ok, out, err) = busctl(
-        &bus,
-        &[
-            "call",
-            NAME,
-            PATH,
-            IFACE,
-            "SubmitAlert",
-            "s",
-            &journal_alert("agent check"),
-        ],
-    );
-    assert!(ok, "SubmitAlert as root: {err}");
-    let plan_id = first_quoted(&out);
+    let plan_id = submit_as_root(&bus, "agent check");
     assert_eq!(wait_plan_finished(&bus, &plan_id), "success");
 
     // The bus lets uid 65534 through now ...
