@@ -21,7 +21,9 @@ pub mod isolate_socket;
 pub mod net;
 pub mod notify_operator;
 pub mod restart_service;
+pub mod throttle_address;
 pub mod throttle_entity;
+pub mod throttle_unit;
 pub mod unit_name;
 
 /// What validation needs besides the parameters: the config's guards.
@@ -48,6 +50,8 @@ pub struct ActionCtx<'a> {
     pub params: &'a Value,
     pub config: &'a Config,
     pub sys: &'a Sys,
+    /// What `prepare` returned for the current attempt, once it is durable.
+    pub prepared: Option<&'a Value>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -102,6 +106,13 @@ pub trait ActionHandler: Send + Sync {
 
     /// The exact change `apply` would make now, without making it.
     async fn dry_run(&self, ctx: &ActionCtx<'_>) -> Result<Value, ActionError>;
+
+    /// Reads the state `apply` is about to change, when `revert` or `recover`
+    /// will need it. The engine makes it durable before calling `apply`, so a
+    /// crash between the change and its record cannot lose the old values.
+    async fn prepare(&self, _ctx: &ActionCtx<'_>) -> Result<Option<Value>, ActionError> {
+        Ok(None)
+    }
 
     async fn apply(&self, ctx: &ActionCtx<'_>) -> Result<Applied, ActionError>;
 

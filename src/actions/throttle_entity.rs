@@ -2,8 +2,9 @@
 //! a unit (`NAME.service`, any unit suffix, or `unit:NAME`) gets runtime
 //! resource limits through systemd; an address (`ip:ADDR` or a bare address)
 //! gets an nftables rate limit. Both are put back after `seconds`.
-//! This build validates and describes it; the systemd and nftables backends
-//! come with their issues, and until then `apply` fails plainly.
+//! This file validates and dispatches; the unit half lives in
+//! `throttle_unit.rs` (systemd) and the address half in `throttle_address.rs`
+//! (nftables).
 
 use async_trait::async_trait;
 use serde_json::{json, Value};
@@ -12,8 +13,8 @@ use super::net::{parse_address_entity, protected_address};
 use super::restart_service::unit_param;
 use super::unit_name::has_unit_suffix;
 use super::{
-    not_available, ActionCtx, ActionError, ActionHandler, Applied, Recovered, ValidateCtx,
-    Validated,
+    throttle_address, throttle_unit, ActionCtx, ActionError, ActionHandler, Applied, Recovered,
+    ValidateCtx, Validated,
 };
 use crate::error::{AgentError, ErrorName};
 use crate::plan::fields::Fields;
@@ -121,21 +122,54 @@ impl ActionHandler for ThrottleEntity {
     }
 
     async fn dry_run(&self, ctx: &ActionCtx<'_>) -> Result<Value, ActionError> {
-        Ok(json!({"entity": ctx.params["entity"], "would_apply": ctx.params, "available": false}))
+        match Kind::of(ctx.params) {
+            Kind::Unit(unit) => throttle_unit::dry_run(ctx, unit).await,
+            Kind::Address(addr) => throttle_address::dry_run(ctx, addr).await,
+        }
     }
 
-    async fn apply(&self, _ctx: &ActionCtx<'_>) -> Result<Applied, ActionError> {
-        Err(not_available("throttle_entity"))
+    async fn prepare(&self, ctx: &ActionCtx<'_>) -> Result<Option<Value>, ActionError> {
+        match Kind::of(ctx.params) {
+            Kind::Unit(unit) => throttle_unit::prepare(ctx, unit).await.map(Some),
+            Kind::Address(_) => Ok(None),
+        }
     }
 
-    async fn revert(&self, _ctx: &ActionCtx<'_>, _changes: &Value) -> Result<String, ActionError> {
-        Err(not_available("throttle_entity"))
+    async fn apply(&self, ctx: &ActionCtx<'_>) -> Result<Applied, ActionError> {
+        match Kind::of(ctx.params) {
+            Kind::Unit(unit) => throttle_unit::apply(ctx, unit).await,
+            Kind::Address(addr) => throttle_address::apply(ctx, addr).await,
+        }
     }
 
-    async fn recover(&self, _ctx: &ActionCtx<'_>) -> Result<Recovered, ActionError> {
-        Ok(Recovered::DidNotTakeEffect(
-            "no backend on this build".into(),
-        ))
+    async fn revert(&self, ctx: &ActionCtx<'_>, changes: &Value) -> Result<String, ActionError> {
+        match Kind::of(ctx.params) {
+            Kind::Unit(unit) => throttle_unit::revert(ctx, unit, changes).await,
+            Kind::Address(addr) => throttle_address::revert(ctx, addr, changes).await,
+        }
+    }
+
+    async fn recover(&self, ctx: &ActionCtx<'_>) -> Result<Recovered, ActionError> {
+        match Kind::of(ctx.params) {
+            Kind::Unit(unit) => throttle_unit::recover(ctx, unit).await,
+            Kind::Address(addr) => throttle_address::recover(ctx, addr).await,
+        }
+    }
+}
+
+/// Validated parameters name their entity as `unit:NAME` or `ip:ADDR`.
+enum Kind<'a> {
+    Unit(&'a str),
+    Address(&'a str),
+}
+
+impl<'a> Kind<'a> {
+    fn of(params: &'a Value) -> Kind<'a> {
+        let entity = params["entity"].as_str().unwrap_or_default();
+        match entity.strip_prefix("unit:") {
+            Some(unit) => Kind::Unit(unit),
+            None => Kind::Address(entity.strip_prefix("ip:").unwrap_or(entity)),
+        }
     }
 }
 

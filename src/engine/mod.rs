@@ -405,6 +405,7 @@ impl Engine {
                 params: &action.params,
                 config: &config,
                 sys: &self.sys,
+                prepared: None,
             };
             let change = match handler.dry_run(&ctx).await {
                 Ok(change) => change,

@@ -16,10 +16,12 @@ use crate::plan::{next_step, ActionState, Event, RevertReason, Severity, Source,
 use crate::time::now_ms;
 
 /// What an action step needs from its plan, copied out of the lock.
+#[derive(Clone)]
 struct ActionJob {
     kind: String,
     params: Value,
     changes: Option<Value>,
+    prepared: Option<Value>,
     state: ActionState,
     attempts: u32,
     revert_at_ms: Option<u64>,
@@ -41,6 +43,7 @@ impl Engine {
             kind: action.seed.kind.clone(),
             params: action.seed.params.clone(),
             changes: action.changes.clone(),
+            prepared: action.prepared.clone(),
             state: action.state,
             attempts: action.attempts,
             revert_at_ms: action.revert_at_ms,
@@ -77,6 +80,7 @@ fn ctx<'a>(
         params: &job.params,
         config,
         sys: &engine.sys,
+        prepared: job.prepared.as_ref(),
     }
 }
 
@@ -191,9 +195,15 @@ async fn apply_action(engine: &Arc<Engine>, plan_id: &str, index: usize, attempt
     engine
         .record(plan_id, Event::ActionStarted { index, attempt })
         .await;
-    let result = handler
-        .apply(&ctx(engine, &config, plan_id, index, &job))
-        .await;
+    let result = prepare_and_apply(
+        engine,
+        handler.as_ref(),
+        plan_id,
+        index,
+        attempt,
+        job.clone(),
+    )
+    .await;
     match result {
         Ok(applied) => record_applied(engine, plan_id, index, attempt, &job.kind, applied).await,
         Err(e) if e.transient && attempt < max_attempts => {
@@ -213,6 +223,33 @@ async fn apply_action(engine: &Arc<Engine>, plan_id: &str, index: usize, attempt
         }
         Err(e) => fail_action(engine, plan_id, index, &job.kind, attempt, e.message).await,
     }
+}
+
+/// `prepare`, its record made durable, then `apply` with what it read.
+async fn prepare_and_apply(
+    engine: &Arc<Engine>,
+    handler: &dyn ActionHandler,
+    plan_id: &str,
+    index: usize,
+    attempt: u32,
+    mut job: ActionJob,
+) -> Result<Applied, crate::actions::ActionError> {
+    let config = engine.config();
+    if let Some(before) = handler
+        .prepare(&ctx(engine, &config, plan_id, index, &job))
+        .await?
+    {
+        let event = Event::ActionPrepared {
+            index,
+            attempt,
+            before: before.clone(),
+        };
+        engine.record(plan_id, event).await;
+        job.prepared = Some(before);
+    }
+    handler
+        .apply(&ctx(engine, &config, plan_id, index, &job))
+        .await
 }
 
 async fn record_applied(

@@ -57,6 +57,13 @@ pub enum Event {
         index: usize,
         attempt: u32,
     },
+    /// What the system looked like just before `apply`, written before the
+    /// change so recovery after a crash can still put it back.
+    ActionPrepared {
+        index: usize,
+        attempt: u32,
+        before: Value,
+    },
     ActionApplied {
         index: usize,
         attempt: u32,
@@ -117,6 +124,7 @@ impl Event {
             Event::PlanCreated { .. } => "plan_created",
             Event::PlanStarted {} => "plan_started",
             Event::ActionStarted { .. } => "action_started",
+            Event::ActionPrepared { .. } => "action_prepared",
             Event::ActionApplied { .. } => "action_applied",
             Event::ActionAttemptFailed { .. } => "action_attempt_failed",
             Event::ActionFailed { .. } => "action_failed",
@@ -148,6 +156,7 @@ impl Event {
     pub fn action_index(&self) -> Option<usize> {
         match self {
             Event::ActionStarted { index, .. }
+            | Event::ActionPrepared { index, .. }
             | Event::ActionApplied { index, .. }
             | Event::ActionAttemptFailed { index, .. }
             | Event::ActionFailed { index, .. }
@@ -179,6 +188,7 @@ impl Plan {
                 revert_at_ms: None,
                 error: None,
                 revert_failed: false,
+                prepared: None,
             })
             .collect::<Vec<_>>();
         let mut plan = Plan {
@@ -239,8 +249,17 @@ impl Plan {
                 let a = &mut self.actions[*index];
                 a.attempts = a.attempts.max(*attempt);
                 a.in_flight = true;
+                a.prepared = None;
                 a.started_at.get_or_insert_with(|| ts.clone());
                 format!("{label}: attempt {attempt} started")
+            }
+            Event::ActionPrepared {
+                index,
+                attempt,
+                before,
+            } => {
+                self.actions[*index].prepared = Some(before.clone());
+                format!("{label}: attempt {attempt}: state before the change recorded")
             }
             Event::ActionApplied {
                 index,

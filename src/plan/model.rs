@@ -109,6 +109,9 @@ pub struct PlanAction {
     /// `RollbackPlan` tries again.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub revert_failed: bool,
+    /// The state `prepare` read before the latest attempt changed anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prepared: Option<Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
