@@ -17,6 +17,7 @@ use antibody::engine::{Engine, EngineParts, VERSION};
 use antibody::plan::Event;
 use antibody::sys::journal::{Journal, JournalMirror};
 use antibody::sys::notifier::SystemNotifier;
+use antibody::sys::systemd::SystemdManager;
 use antibody::sys::{sdnotify, Sys};
 use antibody::{dbus, events};
 
@@ -98,6 +99,7 @@ async fn run(args: Args, config: Config) -> Result<(), String> {
             journal,
             events: events.clone(),
         }),
+        systemd: Arc::new(SystemdManager::new()),
     };
     let engine = Engine::open(
         config,

@@ -1,272 +1,15 @@
 //! T1: the engine's behaviour with a scripted action handler and a
 //! recording notifier (DESIGN.md §7). Real ledger files in a temp dir; no bus.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+mod rig;
+
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 
-use antibody::actions::{
-    ActionCtx, ActionError, ActionHandler, Applied, Recovered, Registry, ValidateCtx, Validated,
-};
-use antibody::config::Config;
-use antibody::engine::{Engine, EngineParts};
-use antibody::error::{AgentError, ErrorName};
-use antibody::events::{self, AgentEvent};
-use antibody::ledger::{self, LedgerWriter, Tip, WriterOptions};
-use antibody::plan::fields::Fields;
-use antibody::plan::{Event, PlanSeed};
-use antibody::sys::notifier::{Channel, Notice, Notifier};
-use antibody::sys::Sys;
-
-/// What one apply of a `step` action does.
-#[derive(Clone)]
-enum Outcome {
-    Ok,
-    Transient,
-    Permanent,
-    /// Waits until the script's gate is opened, then succeeds.
-    Gate(Arc<Notify>),
-}
-
-#[derive(Default)]
-struct Script {
-    outcomes: HashMap<String, VecDeque<Outcome>>,
-    /// (call, key) in call order: "apply", "revert", "recover".
-    calls: Vec<(String, String)>,
-    recover_answer: Option<bool>,
-}
-
-/// `{"type": "step", "key": K, "target"?: T, "seconds"?: N}`: does what the
-/// script says for K; reversible; timed when `seconds` is given.
-#[derive(Clone, Default)]
-struct Step(Arc<Mutex<Script>>);
-
-impl Step {
-    fn script(&self, key: &str, outcomes: Vec<Outcome>) {
-        self.0
-            .lock()
-            .unwrap()
-            .outcomes
-            .insert(key.into(), outcomes.into());
-    }
-    fn calls(&self) -> Vec<(String, String)> {
-        self.0.lock().unwrap().calls.clone()
-    }
-    fn count(&self, call: &str, key: &str) -> usize {
-        self.calls()
-            .iter()
-            .filter(|(c, k)| c == call && k == key)
-            .count()
-    }
-}
-
-fn key_of(params: &Value) -> String {
-    params["key"].as_str().unwrap_or_default().to_string()
-}
-
-#[async_trait]
-impl ActionHandler for Step {
-    fn name(&self) -> &'static str {
-        "step"
-    }
-    fn reversible(&self) -> bool {
-        true
-    }
-    fn validate(
-        &self,
-        params: &Fields<'_>,
-        _ctx: &ValidateCtx<'_>,
-    ) -> Result<Validated, AgentError> {
-        params.deny_unknown(&["key", "target", "seconds"])?;
-        let key = params.string("key")?;
-        let targets = params
-            .opt_string("target")?
-            .map(|t| vec![t.to_string()])
-            .unwrap_or_default();
-        let mut out = json!({"key": key});
-        if let Some(t) = params.opt_string("target")? {
-            out["target"] = json!(t);
-        }
-        if let Some(s) = params.opt_integer("seconds", 1, 100)? {
-            out["seconds"] = json!(s);
-        }
-        Ok(Validated {
-            params: out,
-            targets,
-        })
-    }
-    async fn dry_run(&self, ctx: &ActionCtx<'_>) -> Result<Value, ActionError> {
-        Ok(json!({"would": key_of(ctx.params)}))
-    }
-    async fn apply(&self, ctx: &ActionCtx<'_>) -> Result<Applied, ActionError> {
-        let key = key_of(ctx.params);
-        let outcome = {
-            let mut s = self.0.lock().unwrap();
-            s.calls.push(("apply".into(), key.clone()));
-            s.outcomes.get_mut(&key).and_then(|q| {
-                if q.len() > 1 {
-                    q.pop_front()
-                } else {
-                    q.front().cloned()
-                }
-            })
-        };
-        match outcome.unwrap_or(Outcome::Ok) {
-            Outcome::Ok => {}
-            Outcome::Transient => return Err(ActionError::transient(format!("{key}: busy"))),
-            Outcome::Permanent => return Err(ActionError::permanent(format!("{key}: broken"))),
-            Outcome::Gate(gate) => gate.notified().await,
-        }
-        Ok(Applied {
-            summary: format!("{key} done"),
-            changes: json!({"key": key}),
-            revert_after_secs: ctx.params["seconds"].as_u64(),
-        })
-    }
-    async fn revert(&self, _ctx: &ActionCtx<'_>, changes: &Value) -> Result<String, ActionError> {
-        let key = key_of(changes);
-        self.0
-            .lock()
-            .unwrap()
-            .calls
-            .push(("revert".into(), key.clone()));
-        Ok(format!("{key} undone"))
-    }
-    async fn recover(&self, ctx: &ActionCtx<'_>) -> Result<Recovered, ActionError> {
-        let key = key_of(ctx.params);
-        let answer = {
-            let mut s = self.0.lock().unwrap();
-            s.calls.push(("recover".into(), key.clone()));
-            s.recover_answer
-        };
-        Ok(match answer {
-            Some(true) => Recovered::TookEffect(Applied {
-                summary: format!("{key} found in place"),
-                changes: json!({"key": key}),
-                revert_after_secs: None,
-            }),
-            _ => Recovered::DidNotTakeEffect(format!("{key} not in place")),
-        })
-    }
-}
-
-#[derive(Default)]
-struct RecordingNotifier(Mutex<Vec<(Channel, Notice)>>);
-
-#[async_trait]
-impl Notifier for RecordingNotifier {
-    async fn notify(&self, channel: &Channel, notice: &Notice) -> Result<(), ActionError> {
-        self.0
-            .lock()
-            .unwrap()
-            .push((channel.clone(), notice.clone()));
-        Ok(())
-    }
-}
-
-struct Rig {
-    engine: Arc<Engine>,
-    step: Step,
-    notifier: Arc<RecordingNotifier>,
-    dir: tempfile::TempDir,
-}
-
-fn config_in(dir: &std::path::Path, extra: &str) -> Config {
-    let mut c = Config::from_toml(&format!(
-        "[retry]\nbase_ms = 5\nfactor = 2\nmax_attempts = 4\n{extra}"
-    ))
-    .unwrap();
-    c.ledger.dir = dir.join("ledger");
-    c.state.dir = dir.join("state");
-    c
-}
-
-fn open(dir: tempfile::TempDir, step: Step, extra: &str) -> Rig {
-    let notifier = Arc::new(RecordingNotifier::default());
-    let mut registry = Registry::builtin();
-    registry.register(Arc::new(step.clone()));
-    let engine = Engine::open(
-        config_in(dir.path(), extra),
-        EngineParts {
-            registry,
-            sys: Sys {
-                notifier: notifier.clone(),
-            },
-            events: events::channel(),
-            mirror: None,
-            own_unit: None,
-        },
-    )
-    .unwrap();
-    Rig {
-        engine,
-        step,
-        notifier,
-        dir,
-    }
-}
-
-async fn start(extra: &str) -> Rig {
-    let rig = open(tempfile::tempdir().unwrap(), Step::default(), extra);
-    tokio::spawn(rig.engine.clone().run());
-    rig
-}
-
-fn alert(description: &str, actions: Value) -> String {
-    json!({"source": "Watchdog", "severity": "high", "description": description, "actions": actions}).to_string()
-}
-
-fn step(key: &str) -> Value {
-    json!({"type": "step", "key": key})
-}
-
-fn step_on(key: &str, target: &str) -> Value {
-    json!({"type": "step", "key": key, "target": target})
-}
-
-async fn wait_finished(engine: &Engine, id: &str) -> Value {
-    for _ in 0..2000 {
-        let plan = engine.get_plan(id).unwrap();
-        if plan["status"] == "success" || plan["status"] == "failed" {
-            return plan;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("plan {id} did not finish: {}", engine.get_plan(id).unwrap());
-}
-
-async fn wait_for(mut done: impl FnMut() -> bool, what: &str) {
-    for _ in 0..2000 {
-        if done() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
-
-fn states(plan: &Value) -> Vec<String> {
-    plan["actions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["state"].as_str().unwrap().to_string())
-        .collect()
-}
-
-fn ledger_kinds(rig: &Rig) -> Vec<String> {
-    let mut kinds = Vec::new();
-    let report = ledger::scan(&rig.dir.path().join("ledger"), |r| {
-        kinds.push(r.kind.clone())
-    })
-    .unwrap();
-    assert!(report.ok(), "{}", report.report);
-    kinds
-}
+use rig::*;
 
 #[tokio::test]
 async fn a_plan_runs_its_actions_in_order_and_succeeds() {
@@ -636,13 +379,20 @@ async fn guards_are_checked_again_at_apply() {
 
 #[tokio::test]
 async fn unimplemented_system_actions_fail_plainly() {
-    let rig = start("").await;
+    // hot_patch has no file backend yet: its apply must fail, never pretend.
+    let files = tempfile::tempdir().unwrap();
+    let target = files.path().join("app.conf");
+    std::fs::write(&target, "a\n").unwrap();
+    let rig = start(&format!(
+        "[hot_patch]\nallowed_paths = [{:?}]\n",
+        files.path()
+    ))
+    .await;
+    let patch = json!({"type": "hot_patch", "file": target,
+                       "diff": "--- a\n+++ b\n@@ -1 +1 @@\n-a\n+b\n"});
     let (id, _) = rig
         .engine
-        .submit(&alert(
-            "restart",
-            json!([step("before"), {"type": "restart_service", "name": "vael"}]),
-        ))
+        .submit(&alert("patch", json!([step("before"), patch])))
         .await
         .unwrap();
     let plan = wait_finished(&rig.engine, &id).await;

@@ -100,6 +100,12 @@ pub trait ActionHandler: Send + Sync {
     /// Whether `revert` can undo `apply`.
     fn reversible(&self) -> bool;
 
+    /// Whether the flap limiter (`restart.burst` in `restart.interval_secs`)
+    /// counts this action against its first target.
+    fn flap_limited(&self) -> bool {
+        false
+    }
+
     /// Checks parameters; errors name the field through `params.path`.
     fn validate(&self, params: &Fields<'_>, ctx: &ValidateCtx<'_>)
         -> Result<Validated, AgentError>;

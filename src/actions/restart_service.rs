@@ -1,18 +1,17 @@
 //! `restart_service {name}`: systemd `RestartUnit(name, "replace")` and wait
 //! for its job. Not reversible: a restart cannot be undone.
-//! This build validates and describes it; the systemd backend comes with the
-//! systemd-actions issue, and until then `apply` fails plainly.
+//! The unit's InvocationID and MainPID are recorded before (`prepare`) and
+//! after; after a crash, a changed InvocationID tells that the restart
+//! happened.
 
 use async_trait::async_trait;
 use serde_json::{json, Value};
 
 use super::unit_name::{normalize_unit_name, protected_reason};
-use super::{
-    not_available, ActionCtx, ActionError, ActionHandler, Applied, Recovered, ValidateCtx,
-    Validated,
-};
+use super::{ActionCtx, ActionError, ActionHandler, Applied, Recovered, ValidateCtx, Validated};
 use crate::error::{AgentError, ErrorName};
 use crate::plan::fields::Fields;
+use crate::sys::systemd::{job_result_is_transient, SystemdError, UnitStatus};
 
 pub struct RestartService;
 
@@ -40,6 +39,10 @@ impl ActionHandler for RestartService {
         false
     }
 
+    fn flap_limited(&self) -> bool {
+        true
+    }
+
     fn validate(
         &self,
         params: &Fields<'_>,
@@ -54,24 +57,144 @@ impl ActionHandler for RestartService {
     }
 
     async fn dry_run(&self, ctx: &ActionCtx<'_>) -> Result<Value, ActionError> {
+        let unit = unit_of(ctx);
+        let current = ctx
+            .sys
+            .systemd
+            .unit_status(unit)
+            .await
+            .map_err(action_error)?;
         Ok(json!({
-            "unit": ctx.params["name"],
-            "change": "RestartUnit(mode=replace), then wait for the job's JobRemoved result",
-            "available": false,
+            "unit": unit,
+            "current": current,
+            "change": "RestartUnit(mode=replace), then wait for that job's JobRemoved; success only if its result is \"done\"",
+            "timeout_secs": ctx.config.restart.timeout_secs,
         }))
     }
 
-    async fn apply(&self, _ctx: &ActionCtx<'_>) -> Result<Applied, ActionError> {
-        Err(not_available("restart_service"))
+    async fn prepare(&self, ctx: &ActionCtx<'_>) -> Result<Option<Value>, ActionError> {
+        let before = ctx
+            .sys
+            .systemd
+            .unit_status(unit_of(ctx))
+            .await
+            .map_err(action_error)?;
+        Ok(Some(json!(before)))
+    }
+
+    async fn apply(&self, ctx: &ActionCtx<'_>) -> Result<Applied, ActionError> {
+        let unit = unit_of(ctx);
+        let timeout = std::time::Duration::from_secs(ctx.config.restart.timeout_secs);
+        let job = ctx
+            .sys
+            .systemd
+            .restart_unit(unit, timeout)
+            .await
+            .map_err(action_error)?;
+        if job.result != "done" {
+            let message = format!(
+                "systemd job {} restarting {unit} ended with result \"{}\"",
+                job.job_id, job.result
+            );
+            return Err(if job_result_is_transient(&job.result) {
+                ActionError::transient(message)
+            } else {
+                ActionError::permanent(message)
+            });
+        }
+        let before = prepared_status(ctx);
+        let after = ctx
+            .sys
+            .systemd
+            .unit_status(unit)
+            .await
+            .map_err(action_error)?;
+        Ok(Applied {
+            summary: format!(
+                "restarted {unit}: job {} done; {}",
+                job.job_id,
+                describe_change(before.as_ref(), &after)
+            ),
+            changes: json!({"unit": unit, "job_id": job.job_id, "result": job.result,
+                            "before": before, "after": after}),
+            revert_after_secs: None,
+        })
     }
 
     async fn revert(&self, _ctx: &ActionCtx<'_>, _changes: &Value) -> Result<String, ActionError> {
         Err(ActionError::permanent("a restart cannot be undone"))
     }
 
-    async fn recover(&self, _ctx: &ActionCtx<'_>) -> Result<Recovered, ActionError> {
-        Ok(Recovered::DidNotTakeEffect(
-            "no systemd backend on this build".into(),
-        ))
+    async fn recover(&self, ctx: &ActionCtx<'_>) -> Result<Recovered, ActionError> {
+        let unit = unit_of(ctx);
+        let Some(before) = prepared_status(ctx) else {
+            return Ok(Recovered::DidNotTakeEffect(format!(
+                "the agent stopped before asking systemd to restart {unit}"
+            )));
+        };
+        let now = ctx
+            .sys
+            .systemd
+            .unit_status(unit)
+            .await
+            .map_err(action_error)?;
+        if now.invocation_id != before.invocation_id && !now.invocation_id.is_empty() {
+            Ok(Recovered::TookEffect(Applied {
+                summary: format!(
+                    "{unit} was restarted before the agent stopped: {}",
+                    describe_change(Some(&before), &now)
+                ),
+                changes: json!({"unit": unit, "before": before, "after": now}),
+                revert_after_secs: None,
+            }))
+        } else {
+            Ok(Recovered::DidNotTakeEffect(format!(
+                "{unit} still has InvocationID {}: the restart did not happen",
+                before.invocation_id
+            )))
+        }
+    }
+}
+
+fn unit_of<'a>(ctx: &ActionCtx<'a>) -> &'a str {
+    ctx.params["name"].as_str().unwrap_or_default()
+}
+
+fn prepared_status(ctx: &ActionCtx<'_>) -> Option<UnitStatus> {
+    ctx.prepared
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+}
+
+fn describe_change(before: Option<&UnitStatus>, after: &UnitStatus) -> String {
+    let pid = |s: &UnitStatus| s.main_pid.map(|p| p.to_string()).unwrap_or("-".into());
+    match before {
+        Some(b) => format!(
+            "InvocationID {} -> {}, MainPID {} -> {}, now {}/{}",
+            b.invocation_id,
+            after.invocation_id,
+            pid(b),
+            pid(after),
+            after.active_state,
+            after.sub_state
+        ),
+        None => format!(
+            "InvocationID {}, MainPID {}, now {}/{}",
+            after.invocation_id,
+            pid(after),
+            after.active_state,
+            after.sub_state
+        ),
+    }
+}
+
+/// systemd errors as action failures: an unreachable bus may come back;
+/// a missing unit, a refusal or a job that outlived its timeout will not be
+/// mended by asking again.
+pub fn action_error(e: SystemdError) -> ActionError {
+    match e {
+        SystemdError::Unreachable(m) => ActionError::transient(m),
+        SystemdError::NoSuchUnit(m) | SystemdError::Refused(m) | SystemdError::Timeout(m) => {
+            ActionError::permanent(m)
+        }
     }
 }

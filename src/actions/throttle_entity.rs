@@ -79,6 +79,12 @@ impl ActionHandler for ThrottleEntity {
                 entity.strip_prefix("unit:").unwrap_or(entity),
                 ctx,
             )?;
+            if crate::sys::systemd::cgroup_interface(&unit).is_none() {
+                return Err(params.error(
+                    "entity",
+                    format!("{unit} has no cgroup to throttle; expected a service, socket, mount, swap, slice or scope unit"),
+                ));
+            }
             if params.get("rate_per_sec").is_some() {
                 return Err(params.error("rate_per_sec", "applies to address entities only"));
             }

@@ -1,32 +1,203 @@
-//! The unit half of `throttle_entity`: runtime resource limits set
-//! through systemd. Until the systemd backend lands it fails plainly.
+//! The unit half of `throttle_entity`: runtime resource limits through
+//! systemd's `SetUnitProperties(runtime=true)`. `prepare` reads the current
+//! `CPUQuotaPerSecUSec`, `MemoryHigh` and `IOWeight` and the engine makes them
+//! durable before the change; the timed revert (or a rollback) puts exactly
+//! those back. A runtime property also ends with a reboot, the backstop.
 
 use serde_json::{json, Value};
 
-use super::{not_available, ActionCtx, ActionError, Applied, Recovered};
+use super::restart_service::action_error;
+use super::{ActionCtx, ActionError, Applied, Recovered};
+use crate::sys::systemd::ResourceLimits;
 
-pub async fn dry_run(ctx: &ActionCtx<'_>, _unit: &str) -> Result<Value, ActionError> {
-    Ok(json!({"entity": ctx.params["entity"], "would_apply": ctx.params, "available": false}))
+/// IOWeight while throttled (systemd's default is 100, its range 1..=10000).
+pub const THROTTLED_IO_WEIGHT: u64 = 10;
+
+/// The limits a throttle sets, from the validated parameters and what the
+/// unit had: CPU and IO are lowered; memory only when `memory_high` is given.
+pub fn throttled_limits(params: &Value, before: &ResourceLimits) -> ResourceLimits {
+    let cpu_percent = params["cpu_percent"].as_u64().unwrap_or(20);
+    ResourceLimits {
+        // systemd counts CPUQuota in µs of CPU time per second: 1 % = 10 000.
+        cpu_quota_per_sec_usec: cpu_percent.saturating_mul(10_000),
+        memory_high: params["memory_high"].as_u64().unwrap_or(before.memory_high),
+        io_weight: THROTTLED_IO_WEIGHT,
+    }
 }
 
-pub async fn apply(_ctx: &ActionCtx<'_>, _unit: &str) -> Result<Applied, ActionError> {
-    Err(not_available("throttle_entity (unit)"))
+/// systemd's way of showing a limit: `infinity` for none.
+pub fn show_limit(value: u64) -> String {
+    if value == u64::MAX {
+        "infinity".into()
+    } else {
+        value.to_string()
+    }
+}
+
+/// `CPUQuotaPerSecUSec: infinity -> 200000` for each property that changes.
+pub fn describe_change(before: &ResourceLimits, after: &ResourceLimits) -> Vec<String> {
+    [
+        (
+            "CPUQuotaPerSecUSec",
+            before.cpu_quota_per_sec_usec,
+            after.cpu_quota_per_sec_usec,
+        ),
+        ("MemoryHigh", before.memory_high, after.memory_high),
+        ("IOWeight", before.io_weight, after.io_weight),
+    ]
+    .into_iter()
+    .filter(|(_, b, a)| b != a)
+    .map(|(name, b, a)| format!("{name}: {} -> {}", show_limit(b), show_limit(a)))
+    .collect()
+}
+
+fn seconds(ctx: &ActionCtx<'_>) -> u64 {
+    ctx.params["seconds"].as_u64().unwrap_or(0)
+}
+
+fn prepared_limits(ctx: &ActionCtx<'_>) -> Option<ResourceLimits> {
+    ctx.prepared
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+}
+
+pub async fn dry_run(ctx: &ActionCtx<'_>, unit: &str) -> Result<Value, ActionError> {
+    let systemd = &ctx.sys.systemd;
+    let status = systemd.unit_status(unit).await.map_err(action_error)?;
+    let before = systemd.resource_limits(unit).await.map_err(action_error)?;
+    let after = throttled_limits(ctx.params, &before);
+    Ok(json!({
+        "unit": unit,
+        "current": status,
+        "call": "SetUnitProperties(runtime=true)",
+        "before": before,
+        "after": after,
+        "changes": describe_change(&before, &after),
+        "restore_after_secs": seconds(ctx),
+    }))
+}
+
+pub async fn prepare(ctx: &ActionCtx<'_>, unit: &str) -> Result<Value, ActionError> {
+    let before = ctx
+        .sys
+        .systemd
+        .resource_limits(unit)
+        .await
+        .map_err(action_error)?;
+    Ok(json!(before))
+}
+
+pub async fn apply(ctx: &ActionCtx<'_>, unit: &str) -> Result<Applied, ActionError> {
+    let before = prepared_limits(ctx)
+        .ok_or_else(|| ActionError::permanent("the unit's previous limits were not recorded"))?;
+    let after = throttled_limits(ctx.params, &before);
+    ctx.sys
+        .systemd
+        .set_resource_limits(unit, &after)
+        .await
+        .map_err(action_error)?;
+    let secs = seconds(ctx);
+    Ok(Applied {
+        summary: format!(
+            "throttled {unit} for {secs} s ({})",
+            describe_change(&before, &after).join(", ")
+        ),
+        changes: json!({"unit": unit, "before": before, "after": after}),
+        revert_after_secs: Some(secs),
+    })
 }
 
 pub async fn revert(
-    _ctx: &ActionCtx<'_>,
-    _unit: &str,
-    _changes: &Value,
+    ctx: &ActionCtx<'_>,
+    unit: &str,
+    changes: &Value,
 ) -> Result<String, ActionError> {
-    Err(not_available("throttle_entity (unit)"))
+    let before: ResourceLimits =
+        serde_json::from_value(changes["before"].clone()).map_err(|e| {
+            ActionError::permanent(format!("the recorded previous limits are unreadable: {e}"))
+        })?;
+    let systemd = &ctx.sys.systemd;
+    let now = systemd.resource_limits(unit).await.map_err(action_error)?;
+    systemd
+        .set_resource_limits(unit, &before)
+        .await
+        .map_err(action_error)?;
+    let restored = describe_change(&now, &before);
+    Ok(if restored.is_empty() {
+        format!("{unit} already had its previous limits")
+    } else {
+        format!("restored {unit} ({})", restored.join(", "))
+    })
 }
 
-pub async fn recover(_ctx: &ActionCtx<'_>, _unit: &str) -> Result<Recovered, ActionError> {
-    Ok(Recovered::DidNotTakeEffect(
-        "no systemd backend on this build".into(),
-    ))
+/// After a crash mid-apply: the limits are in force when the unit shows
+/// exactly the throttle's values.
+pub async fn recover(ctx: &ActionCtx<'_>, unit: &str) -> Result<Recovered, ActionError> {
+    let Some(before) = prepared_limits(ctx) else {
+        return Ok(Recovered::DidNotTakeEffect(format!(
+            "the agent stopped before changing {unit}"
+        )));
+    };
+    let after = throttled_limits(ctx.params, &before);
+    let now = ctx
+        .sys
+        .systemd
+        .resource_limits(unit)
+        .await
+        .map_err(action_error)?;
+    if now == after {
+        Ok(Recovered::TookEffect(Applied {
+            summary: format!(
+                "{unit} was throttled before the agent stopped ({})",
+                describe_change(&before, &after).join(", ")
+            ),
+            changes: json!({"unit": unit, "before": before, "after": after}),
+            revert_after_secs: Some(seconds(ctx)),
+        }))
+    } else {
+        Ok(Recovered::DidNotTakeEffect(format!(
+            "{unit} does not show the throttle's limits: it was not applied"
+        )))
+    }
 }
 
-pub async fn prepare(_ctx: &ActionCtx<'_>, _unit: &str) -> Result<Value, ActionError> {
-    Err(not_available("throttle_entity (unit)"))
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UNLIMITED: ResourceLimits = ResourceLimits {
+        cpu_quota_per_sec_usec: u64::MAX,
+        memory_high: u64::MAX,
+        io_weight: u64::MAX,
+    };
+
+    #[test]
+    fn default_throttle_is_twenty_percent_cpu_and_low_io() {
+        let after = throttled_limits(&json!({"cpu_percent": 20}), &UNLIMITED);
+        assert_eq!(after.cpu_quota_per_sec_usec, 200_000);
+        assert_eq!(after.memory_high, u64::MAX);
+        assert_eq!(after.io_weight, THROTTLED_IO_WEIGHT);
+    }
+
+    #[test]
+    fn memory_high_only_when_given() {
+        let after = throttled_limits(
+            &json!({"cpu_percent": 150, "memory_high": 536870912u64}),
+            &UNLIMITED,
+        );
+        assert_eq!(after.cpu_quota_per_sec_usec, 1_500_000);
+        assert_eq!(after.memory_high, 512 << 20);
+    }
+
+    #[test]
+    fn change_lines_name_each_property_before_and_after() {
+        let after = throttled_limits(&json!({"cpu_percent": 20}), &UNLIMITED);
+        assert_eq!(
+            describe_change(&UNLIMITED, &after),
+            [
+                "CPUQuotaPerSecUSec: infinity -> 200000",
+                "IOWeight: infinity -> 10"
+            ]
+        );
+        assert!(describe_change(&after, &after).is_empty());
+    }
 }

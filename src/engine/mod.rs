@@ -21,6 +21,8 @@ use crate::sys::Sys;
 use crate::time::{now_ms, rfc3339};
 
 pub mod backoff;
+pub mod flap;
+mod flap_guard;
 pub mod replay;
 mod runner;
 pub mod state;
@@ -152,11 +154,19 @@ impl Engine {
         let plans: Vec<Plan> = {
             let inner = self.lock();
             let window_ms = config.queue.dedupe_window_secs.saturating_mul(1000);
+            // Restarts stay in memory while the flap limiter counts them.
+            let flap_window_ms = config.restart.interval_secs.saturating_mul(1000);
+            let now = now_ms();
             inner
                 .state
-                .evictable(now_ms(), window_ms, config.state.keep_finished_plans)
+                .evictable(now, window_ms, config.state.keep_finished_plans)
                 .iter()
-                .filter_map(|id| inner.state.plans.get(id).cloned())
+                .filter_map(|id| inner.state.plans.get(id))
+                .filter(|p| {
+                    let finished = p.finished_ms.unwrap_or(u64::MAX);
+                    now >= finished.saturating_add(flap_window_ms) || !self.has_flap_limited(p)
+                })
+                .cloned()
                 .collect()
         };
         if plans.is_empty() {
@@ -292,6 +302,10 @@ impl Engine {
                 Admission::Joining(creation.clone())
             } else if let Some(id) = inner.state.dedupe_hit(&hash, now_ms(), window_ms) {
                 Admission::Existing(id.to_string())
+            } else if let Err(refusal) = self.flap_check_seed(&inner.state, &seed, &config) {
+                drop(inner);
+                self.notify_rate_limited("", (seed.source, seed.severity), &refusal.message);
+                return Err(refusal);
             } else if open >= config.queue.max {
                 return Err(AgentError::new(
                     ErrorName::QueueFull,

@@ -22,6 +22,7 @@ struct ActionJob {
     params: Value,
     changes: Option<Value>,
     prepared: Option<Value>,
+    targets: Vec<String>,
     state: ActionState,
     attempts: u32,
     revert_at_ms: Option<u64>,
@@ -44,6 +45,7 @@ impl Engine {
             params: action.seed.params.clone(),
             changes: action.changes.clone(),
             prepared: action.prepared.clone(),
+            targets: action.seed.targets.clone(),
             state: action.state,
             attempts: action.attempts,
             revert_at_ms: action.revert_at_ms,
@@ -191,6 +193,17 @@ async fn apply_action(engine: &Arc<Engine>, plan_id: &str, index: usize, attempt
     }
     if let Err(error) = recheck_guards(engine, handler.as_ref(), index, &job) {
         return fail_action(engine, plan_id, index, &job.kind, attempt, error).await;
+    }
+    // Retries are one restart: the limiter counts actions, at their first attempt.
+    if let Some(target) = job
+        .targets
+        .first()
+        .filter(|_| handler.flap_limited() && attempt == 1)
+    {
+        let alert = (job.source, job.severity);
+        if let Err(error) = engine.flap_check_action(plan_id, index, &job.kind, target, alert) {
+            return fail_action(engine, plan_id, index, &job.kind, attempt, error).await;
+        }
     }
     engine
         .record(plan_id, Event::ActionStarted { index, attempt })

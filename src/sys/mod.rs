@@ -7,9 +7,11 @@ use std::sync::Arc;
 pub mod journal;
 pub mod notifier;
 pub mod sdnotify;
+pub mod systemd;
 
 /// The system interfaces actions use.
 #[derive(Clone)]
 pub struct Sys {
     pub notifier: Arc<dyn notifier::Notifier>,
+    pub systemd: Arc<dyn systemd::Systemd>,
 }

@@ -1,0 +1,139 @@
+//! The flap limiter applied: at `SubmitAlert` (counting restarts already made
+//! and those still queued) and again just before each restart, where it is
+//! the backstop for alerts accepted at the same moment. A refusal notifies
+//! the operator on the journal and the `OperatorNotice` signal.
+
+use super::flap::{restarts_counted, Counting};
+use super::state::EngineState;
+use super::Engine;
+use crate::config::Config;
+use crate::error::{AgentError, ErrorName};
+use crate::plan::{Plan, PlanSeed, Severity, Source};
+use crate::sys::notifier::{Channel, Notice};
+use crate::time::now_ms;
+
+impl Engine {
+    pub(super) fn has_flap_limited(&self, plan: &Plan) -> bool {
+        plan.actions.iter().any(|a| {
+            self.registry
+                .get(&a.seed.kind)
+                .is_some_and(|h| h.flap_limited())
+        })
+    }
+
+    fn flap_refusal(&self, target: &str, counted: usize, config: &Config) -> Option<String> {
+        let burst = config.restart.burst as usize;
+        (counted >= burst).then(|| {
+            format!(
+                "{target} already has {counted} restart(s) made or queued within {} s (restart.burst = {burst}); refusing another until the window passes",
+                config.restart.interval_secs
+            )
+        })
+    }
+
+    /// Refuses a new plan whose restarts would pass the limit, counting the
+    /// plan's own earlier actions on the same unit too.
+    pub(super) fn flap_check_seed(
+        &self,
+        state: &EngineState,
+        seed: &PlanSeed,
+        config: &Config,
+    ) -> Result<(), AgentError> {
+        let window_ms = config.restart.interval_secs.saturating_mul(1000);
+        let now = now_ms();
+        for (index, action) in seed.actions.iter().enumerate() {
+            let flap_limited = self
+                .registry
+                .get(&action.kind)
+                .is_some_and(|h| h.flap_limited());
+            let Some(target) = action.targets.first().filter(|_| flap_limited) else {
+                continue;
+            };
+            let earlier_in_seed = seed.actions[..index]
+                .iter()
+                .filter(|a| a.kind == action.kind && a.targets.first() == Some(target))
+                .count();
+            let counted = earlier_in_seed
+                + restarts_counted(
+                    state.plans.values(),
+                    &action.kind,
+                    target,
+                    now,
+                    window_ms,
+                    Counting::StartedAndQueued,
+                    None,
+                );
+            if let Some(why) = self.flap_refusal(target, counted, config) {
+                return Err(AgentError::at(
+                    ErrorName::RateLimited,
+                    &format!("actions[{index}].name"),
+                    why,
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Just before a flap-limited action's first attempt: `Err` says why it
+    /// may not run.
+    pub(super) fn flap_check_action(
+        &self,
+        plan_id: &str,
+        index: usize,
+        kind: &str,
+        target: &str,
+        alert: (Source, Severity),
+    ) -> Result<(), String> {
+        let config = self.config();
+        let window_ms = config.restart.interval_secs.saturating_mul(1000);
+        let counted = {
+            let inner = self.lock();
+            restarts_counted(
+                inner.state.plans.values(),
+                kind,
+                target,
+                now_ms(),
+                window_ms,
+                Counting::Started,
+                Some((plan_id, index)),
+            )
+        };
+        match self.flap_refusal(target, counted, &config) {
+            Some(why) => {
+                let message = format!("RateLimited: {why}");
+                self.notify_rate_limited(plan_id, alert, &message);
+                Err(message)
+            }
+            None => Ok(()),
+        }
+    }
+
+    pub(super) fn notify_rate_limited(
+        &self,
+        plan_id: &str,
+        (source, severity): (Source, Severity),
+        message: &str,
+    ) {
+        let notice = Notice {
+            plan_id: plan_id.to_string(),
+            source,
+            severity,
+            description: "flap limit".into(),
+            channel: "journal".into(),
+            message: format!("flap limit reached: {message}"),
+        };
+        let notifier = self.sys.notifier.clone();
+        tokio::spawn(async move {
+            for channel in [Channel::Journal, Channel::Dbus] {
+                let notice = Notice {
+                    channel: match channel {
+                        Channel::Dbus => "dbus".into(),
+                        _ => "journal".into(),
+                    },
+                    ..notice.clone()
+                };
+                let _ = notifier.notify(&channel, &notice).await;
+            }
+        });
+    }
+}

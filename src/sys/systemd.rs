@@ -1,0 +1,396 @@
+//! systemd's Manager over D-Bus (`org.freedesktop.systemd1`), never
+//! `systemctl`: restart a unit and wait for exactly its job, read a unit's
+//! state, read and set its runtime resource limits. The real implementation
+//! keeps one long-lived system-bus connection of its own and opens a new one
+//! when the bus went away (a restarted dbus-daemon).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+use zbus::{OwnedObjectPath, OwnedVariant, Variant};
+use zbus_systemd::systemd1::{ManagerProxy, UnitProxy};
+
+/// What went wrong talking to systemd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SystemdError {
+    /// systemd knows no such unit: retrying will not help.
+    NoSuchUnit(String),
+    /// systemd refused the request (a bad property, a masked unit, …).
+    Refused(String),
+    /// The bus or systemd could not be reached; a later attempt may work.
+    Unreachable(String),
+    /// The job did not finish in time; it may still be queued in systemd.
+    Timeout(String),
+}
+
+impl SystemdError {
+    pub fn message(&self) -> &str {
+        match self {
+            SystemdError::NoSuchUnit(m)
+            | SystemdError::Refused(m)
+            | SystemdError::Unreachable(m)
+            | SystemdError::Timeout(m) => m,
+        }
+    }
+}
+
+impl std::fmt::Display for SystemdError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.message())
+    }
+}
+
+/// A unit as systemd reports it now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitStatus {
+    pub unit: String,
+    pub load_state: String,
+    pub active_state: String,
+    pub sub_state: String,
+    /// 32 hex digits; empty while the unit has never run.
+    pub invocation_id: String,
+    /// For services: the main process, 0 when none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub main_pid: Option<u32>,
+}
+
+/// How a job ended: `result` is systemd's word (`done`, `failed`, …).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobOutcome {
+    pub job_id: u32,
+    pub result: String,
+}
+
+/// The runtime limits a throttle changes, in systemd's own units;
+/// `u64::MAX` is systemd's "infinity" / "not set".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceLimits {
+    #[serde(rename = "CPUQuotaPerSecUSec")]
+    pub cpu_quota_per_sec_usec: u64,
+    #[serde(rename = "MemoryHigh")]
+    pub memory_high: u64,
+    #[serde(rename = "IOWeight")]
+    pub io_weight: u64,
+}
+
+#[async_trait]
+pub trait Systemd: Send + Sync {
+    /// `RestartUnit(unit, "replace")`, then the `JobRemoved` of exactly that
+    /// job, within `timeout`.
+    async fn restart_unit(&self, unit: &str, timeout: Duration)
+        -> Result<JobOutcome, SystemdError>;
+
+    async fn unit_status(&self, unit: &str) -> Result<UnitStatus, SystemdError>;
+
+    async fn resource_limits(&self, unit: &str) -> Result<ResourceLimits, SystemdError>;
+
+    /// `SetUnitProperties(unit, runtime=true, …)`: gone at reboot at the latest.
+    async fn set_resource_limits(
+        &self,
+        unit: &str,
+        limits: &ResourceLimits,
+    ) -> Result<(), SystemdError>;
+}
+
+/// The D-Bus interface that carries a unit type's cgroup properties.
+pub fn cgroup_interface(unit: &str) -> Option<&'static str> {
+    let suffix = unit.rsplit_once('.')?.1;
+    Some(match suffix {
+        "service" => "org.freedesktop.systemd1.Service",
+        "socket" => "org.freedesktop.systemd1.Socket",
+        "mount" => "org.freedesktop.systemd1.Mount",
+        "swap" => "org.freedesktop.systemd1.Swap",
+        "slice" => "org.freedesktop.systemd1.Slice",
+        "scope" => "org.freedesktop.systemd1.Scope",
+        _ => return None,
+    })
+}
+
+/// Transient job results: the next attempt may succeed. `done` is success;
+/// anything else not listed here (`invalid`, `unsupported`) is permanent.
+pub fn job_result_is_transient(result: &str) -> bool {
+    matches!(
+        result,
+        "failed" | "timeout" | "dependency" | "canceled" | "skipped"
+    )
+}
+
+/// Hex of systemd's 16-byte InvocationID.
+pub fn invocation_hex(bytes: &[u8]) -> String {
+    hex::encode(bytes)
+}
+
+fn classify(e: zbus::Error, what: &str) -> SystemdError {
+    if let zbus::Error::MethodError(name, detail, _) = &e {
+        let detail = detail.clone().unwrap_or_default();
+        return match name.as_str() {
+            "org.freedesktop.systemd1.NoSuchUnit" | "org.freedesktop.systemd1.LoadFailed" => {
+                SystemdError::NoSuchUnit(format!("{what}: {detail}"))
+            }
+            "org.freedesktop.DBus.Error.ServiceUnknown"
+            | "org.freedesktop.DBus.Error.NoReply"
+            | "org.freedesktop.DBus.Error.Disconnected"
+            | "org.freedesktop.DBus.Error.Timeout"
+            | "org.freedesktop.DBus.Error.NameHasNoOwner" => {
+                SystemdError::Unreachable(format!("{what}: systemd is not reachable: {detail}"))
+            }
+            _ => SystemdError::Refused(format!("{what}: {name}: {detail}")),
+        };
+    }
+    SystemdError::Unreachable(format!("{what}: system bus: {e}"))
+}
+
+/// The real Manager, over one system-bus connection of its own.
+#[derive(Default)]
+pub struct SystemdManager {
+    connection: Mutex<Option<zbus::Connection>>,
+}
+
+impl SystemdManager {
+    pub fn new() -> SystemdManager {
+        SystemdManager::default()
+    }
+
+    /// The live connection, opened (and subscribed to Manager signals) on
+    /// first use and again after the bus dropped it.
+    async fn connection(&self) -> Result<zbus::Connection, SystemdError> {
+        let mut slot = self.connection.lock().await;
+        if let Some(conn) = slot.as_ref() {
+            // A closed socket shows as a failed Ping; cheaper than a
+            // reconnect on every call.
+            let peer = zbus::fdo::PeerProxy::builder(conn)
+                .destination("org.freedesktop.DBus")
+                .path("/org/freedesktop/DBus")
+                .build()
+                .await;
+            if let Ok(peer) = peer {
+                if peer.ping().await.is_ok() {
+                    return Ok(conn.clone());
+                }
+            }
+            *slot = None;
+        }
+        let conn = zbus::Connection::system()
+            .await
+            .map_err(|e| SystemdError::Unreachable(format!("system bus: {e}")))?;
+        // systemd sends JobRemoved only to subscribed clients.
+        ManagerProxy::new(&conn)
+            .await
+            .map_err(|e| classify(e, "Manager"))?
+            .subscribe()
+            .await
+            .map_err(|e| classify(e, "Manager.Subscribe"))?;
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+
+    async fn manager(&self) -> Result<ManagerProxy<'static>, SystemdError> {
+        let conn = self.connection().await?;
+        ManagerProxy::new(&conn)
+            .await
+            .map_err(|e| classify(e, "Manager"))
+    }
+
+    /// The unit's object path, loading the unit if systemd has not yet.
+    async fn unit_path(
+        &self,
+        unit: &str,
+    ) -> Result<(zbus::Connection, OwnedObjectPath), SystemdError> {
+        let conn = self.connection().await?;
+        let manager = ManagerProxy::new(&conn)
+            .await
+            .map_err(|e| classify(e, "Manager"))?;
+        let path = manager
+            .load_unit(unit.to_string())
+            .await
+            .map_err(|e| classify(e, &format!("LoadUnit({unit})")))?;
+        // LoadUnit answers even for a name with no unit file behind it.
+        let load_state = UnitProxy::new(&conn, path.clone())
+            .await
+            .map_err(|e| classify(e, "Unit"))?
+            .load_state()
+            .await
+            .map_err(|e| classify(e, &format!("{unit} LoadState")))?;
+        if load_state == "not-found" {
+            return Err(SystemdError::NoSuchUnit(format!(
+                "unit {unit} does not exist (LoadState=not-found)"
+            )));
+        }
+        Ok((conn, path))
+    }
+
+    async fn unit_property(
+        &self,
+        unit: &str,
+        interface: &str,
+        name: &str,
+    ) -> Result<OwnedVariant, SystemdError> {
+        let (conn, path) = self.unit_path(unit).await?;
+        let props = zbus::fdo::PropertiesProxy::builder(&conn)
+            .destination("org.freedesktop.systemd1")
+            .path(path)
+            .build()
+            .await
+            .map_err(|e| classify(e, "Properties"))?;
+        let iface = zbus::names::InterfaceName::try_from(interface.to_string())
+            .map_err(|e| SystemdError::Refused(format!("{interface}: {e}")))?;
+        props
+            .get(iface, name)
+            .await
+            .map_err(|e| classify(e.into(), &format!("{unit} {name}")))
+    }
+}
+
+fn as_u64(value: OwnedVariant, what: &str) -> Result<u64, SystemdError> {
+    u64::try_from(value).map_err(|e| SystemdError::Refused(format!("{what}: not a u64: {e}")))
+}
+
+#[async_trait]
+impl Systemd for SystemdManager {
+    async fn restart_unit(
+        &self,
+        unit: &str,
+        timeout: Duration,
+    ) -> Result<JobOutcome, SystemdError> {
+        let manager = self.manager().await?;
+        // Subscribe to JobRemoved before asking, so a quick job cannot end
+        // before we listen.
+        let mut removed = manager
+            .receive_job_removed()
+            .await
+            .map_err(|e| classify(e, "JobRemoved match"))?;
+        let job = manager
+            .restart_unit(unit.to_string(), "replace".into())
+            .await
+            .map_err(|e| classify(e, &format!("RestartUnit({unit})")))?;
+        let wait = async {
+            while let Some(signal) = removed.next().await {
+                let Ok(args) = signal.args() else { continue };
+                if args.job.as_str() == job.as_str() {
+                    return Ok(JobOutcome {
+                        job_id: args.id,
+                        result: args.result.to_string(),
+                    });
+                }
+            }
+            Err(SystemdError::Unreachable(format!(
+                "the bus closed while waiting for the restart job of {unit}"
+            )))
+        };
+        tokio::time::timeout(timeout, wait).await.unwrap_or_else(|_| {
+            Err(SystemdError::Timeout(format!(
+                "the restart job {} of {unit} did not finish within {} s (restart.timeout_secs); it may still be queued in systemd",
+                job.as_str(),
+                timeout.as_secs()
+            )))
+        })
+    }
+
+    async fn unit_status(&self, unit: &str) -> Result<UnitStatus, SystemdError> {
+        let (conn, path) = self.unit_path(unit).await?;
+        let proxy = UnitProxy::new(&conn, path)
+            .await
+            .map_err(|e| classify(e, "Unit"))?;
+        let read = |e| classify(e, &format!("{unit} properties"));
+        let load_state = proxy.load_state().await.map_err(read)?;
+        let main_pid = if unit.ends_with(".service") {
+            let value = self
+                .unit_property(unit, "org.freedesktop.systemd1.Service", "MainPID")
+                .await?;
+            Some(u32::try_from(value).map_err(|e| SystemdError::Refused(format!("MainPID: {e}")))?)
+        } else {
+            None
+        };
+        Ok(UnitStatus {
+            unit: unit.to_string(),
+            active_state: proxy.active_state().await.map_err(read)?,
+            sub_state: proxy.sub_state().await.map_err(read)?,
+            invocation_id: invocation_hex(&proxy.invocation_id().await.map_err(read)?),
+            load_state,
+            main_pid,
+        })
+    }
+
+    async fn resource_limits(&self, unit: &str) -> Result<ResourceLimits, SystemdError> {
+        let interface = cgroup_interface(unit).ok_or_else(|| {
+            SystemdError::Refused(format!("{unit} has no cgroup: it cannot be throttled"))
+        })?;
+        let read = |name: &'static str| async move {
+            as_u64(self.unit_property(unit, interface, name).await?, name)
+        };
+        Ok(ResourceLimits {
+            cpu_quota_per_sec_usec: read("CPUQuotaPerSecUSec").await?,
+            memory_high: read("MemoryHigh").await?,
+            io_weight: read("IOWeight").await?,
+        })
+    }
+
+    async fn set_resource_limits(
+        &self,
+        unit: &str,
+        limits: &ResourceLimits,
+    ) -> Result<(), SystemdError> {
+        let manager = self.manager().await?;
+        let properties = [
+            ("CPUQuotaPerSecUSec", limits.cpu_quota_per_sec_usec),
+            ("MemoryHigh", limits.memory_high),
+            ("IOWeight", limits.io_weight),
+        ]
+        .into_iter()
+        .map(|(name, value)| {
+            (
+                name.to_string(),
+                Variant::from(value).try_into().expect("u64 variant"),
+            )
+        })
+        .collect();
+        manager
+            .set_unit_properties(unit.to_string(), true, properties)
+            .await
+            .map_err(|e| classify(e, &format!("SetUnitProperties({unit})")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cgroup_interfaces_by_suffix() {
+        assert_eq!(
+            cgroup_interface("nginx.service"),
+            Some("org.freedesktop.systemd1.Service")
+        );
+        assert_eq!(
+            cgroup_interface("user.slice"),
+            Some("org.freedesktop.systemd1.Slice")
+        );
+        assert_eq!(cgroup_interface("multi-user.target"), None);
+        assert_eq!(cgroup_interface("x.timer"), None);
+    }
+
+    #[test]
+    fn job_results() {
+        assert!(job_result_is_transient("failed"));
+        assert!(job_result_is_transient("dependency"));
+        assert!(!job_result_is_transient("invalid"));
+        assert!(!job_result_is_transient("unsupported"));
+    }
+
+    #[test]
+    fn limits_serialize_with_systemd_names() {
+        let limits = ResourceLimits {
+            cpu_quota_per_sec_usec: 200_000,
+            memory_high: u64::MAX,
+            io_weight: u64::MAX,
+        };
+        let json = serde_json::to_value(limits).unwrap();
+        assert_eq!(json["CPUQuotaPerSecUSec"], 200_000);
+        assert_eq!(json["MemoryHigh"], u64::MAX);
+        let back: ResourceLimits = serde_json::from_value(json).unwrap();
+        assert_eq!(back, limits);
+    }
+}

@@ -1,0 +1,141 @@
+//! A recording fake of the `Systemd` trait for logic tests: units with an
+//! InvocationID that changes on each successful restart, scripted job
+//! results, and resource limits that read back what was set.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use antibody::sys::systemd::{JobOutcome, ResourceLimits, Systemd, SystemdError, UnitStatus};
+
+pub const UNLIMITED: ResourceLimits = ResourceLimits {
+    cpu_quota_per_sec_usec: u64::MAX,
+    memory_high: u64::MAX,
+    io_weight: u64::MAX,
+};
+
+#[derive(Debug, Clone)]
+pub struct FakeUnit {
+    pub invocation: u32,
+    pub main_pid: u32,
+    pub limits: ResourceLimits,
+    /// Results of the next restarts; `done` when empty.
+    pub results: VecDeque<String>,
+}
+
+#[derive(Default)]
+pub struct FakeSystemd {
+    pub units: Mutex<HashMap<String, FakeUnit>>,
+    /// `restart UNIT`, `set UNIT CPU/MEM/IO` in call order.
+    pub calls: Mutex<Vec<String>>,
+    next_job: Mutex<u32>,
+}
+
+impl FakeSystemd {
+    pub fn with_units(names: &[&str]) -> FakeSystemd {
+        let fake = FakeSystemd::default();
+        for (i, name) in names.iter().enumerate() {
+            fake.units.lock().unwrap().insert(
+                name.to_string(),
+                FakeUnit {
+                    invocation: 1,
+                    main_pid: 100 + i as u32,
+                    limits: UNLIMITED,
+                    results: VecDeque::new(),
+                },
+            );
+        }
+        fake
+    }
+
+    pub fn script_results(&self, unit: &str, results: &[&str]) {
+        let mut units = self.units.lock().unwrap();
+        let u = units.get_mut(unit).expect("a fake unit");
+        u.results = results.iter().map(|r| r.to_string()).collect();
+    }
+
+    pub fn unit(&self, name: &str) -> FakeUnit {
+        self.units.lock().unwrap()[name].clone()
+    }
+
+    pub fn calls(&self) -> Vec<String> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    pub fn count(&self, prefix: &str) -> usize {
+        self.calls()
+            .iter()
+            .filter(|c| c.starts_with(prefix))
+            .count()
+    }
+
+    fn with_unit<T>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&mut FakeUnit) -> T,
+    ) -> Result<T, SystemdError> {
+        let mut units = self.units.lock().unwrap();
+        units
+            .get_mut(name)
+            .map(f)
+            .ok_or_else(|| SystemdError::NoSuchUnit(format!("unit {name} does not exist")))
+    }
+}
+
+fn status(name: &str, u: &FakeUnit) -> UnitStatus {
+    UnitStatus {
+        unit: name.into(),
+        load_state: "loaded".into(),
+        active_state: "active".into(),
+        sub_state: "running".into(),
+        invocation_id: format!("{:032x}", u.invocation),
+        main_pid: Some(u.main_pid),
+    }
+}
+
+#[async_trait]
+impl Systemd for FakeSystemd {
+    async fn restart_unit(
+        &self,
+        unit: &str,
+        _timeout: Duration,
+    ) -> Result<JobOutcome, SystemdError> {
+        self.calls.lock().unwrap().push(format!("restart {unit}"));
+        let job_id = {
+            let mut next = self.next_job.lock().unwrap();
+            *next += 1;
+            *next
+        };
+        let result = self.with_unit(unit, |u| {
+            let result = u.results.pop_front().unwrap_or_else(|| "done".into());
+            if result == "done" {
+                u.invocation += 1;
+                u.main_pid += 1000;
+            }
+            result
+        })?;
+        Ok(JobOutcome { job_id, result })
+    }
+
+    async fn unit_status(&self, unit: &str) -> Result<UnitStatus, SystemdError> {
+        self.with_unit(unit, |u| status(unit, u))
+    }
+
+    async fn resource_limits(&self, unit: &str) -> Result<ResourceLimits, SystemdError> {
+        self.with_unit(unit, |u| u.limits)
+    }
+
+    async fn set_resource_limits(
+        &self,
+        unit: &str,
+        limits: &ResourceLimits,
+    ) -> Result<(), SystemdError> {
+        self.calls.lock().unwrap().push(format!(
+            "set {unit} {}/{}/{}",
+            limits.cpu_quota_per_sec_usec, limits.memory_high, limits.io_weight
+        ));
+        self.with_unit(unit, |u| u.limits = *limits)
+    }
+}
