@@ -513,28 +513,6 @@ fn seed(id: &str, keys: &[&str]) -> PlanSeed {
     }
 }
 
-/// Writes `events` to a fresh ledger, as an agent that then died would have.
-async fn write_ledger(dir: &std::path::Path, events: Vec<(Option<&str>, Event)>) {
-    let writer = LedgerWriter::start(
-        WriterOptions {
-            dir: dir.join("ledger"),
-            segment_bytes: 1 << 20,
-            tip: Tip::default(),
-            last_segment: None,
-        },
-        Box::new(|_| {}),
-    )
-    .unwrap();
-    for (plan, event) in events {
-        let (kind, payload) = event.to_parts();
-        writer
-            .append(kind, plan.map(str::to_string), payload, vec![])
-            .await
-            .unwrap()
-            .unwrap();
-    }
-}
-
 #[tokio::test]
 async fn after_a_crash_the_interrupted_action_is_settled_and_the_plan_resumes() {
     for took_effect in [true, false] {
@@ -675,20 +653,6 @@ async fn an_overdue_timed_revert_runs_once_across_restarts() {
 }
 
 // ----------------------------------------------------- checkpoint, archive
-
-async fn stop(rig: Rig) -> tempfile::TempDir {
-    rig.engine.begin_stop();
-    let Rig { engine, dir, .. } = rig;
-    for _ in 0..200 {
-        if Arc::strong_count(&engine) == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    drop(engine);
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    dir
-}
 
 #[tokio::test]
 async fn a_start_from_a_checkpoint_replays_only_the_tail_and_loses_nothing() {

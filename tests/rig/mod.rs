@@ -1,7 +1,7 @@
 //! The T1 rig shared by the engine tests: an engine on real ledger files in
 //! a temp dir, a scripted `step` action, a recording notifier and a fake
 //! systemd. Logic tests only; real systemd is proven in the T4 testbed.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 pub use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -285,4 +285,41 @@ pub fn ledger_kinds(rig: &Rig) -> Vec<String> {
     .unwrap();
     assert!(report.ok(), "{}", report.report);
     kinds
+}
+
+/// Writes `events` to a fresh ledger, as an agent that then died would have.
+pub async fn write_ledger(dir: &std::path::Path, events: Vec<(Option<&str>, Event)>) {
+    let writer = LedgerWriter::start(
+        WriterOptions {
+            dir: dir.join("ledger"),
+            segment_bytes: 1 << 20,
+            tip: Tip::default(),
+            last_segment: None,
+        },
+        Box::new(|_| {}),
+    )
+    .unwrap();
+    for (plan, event) in events {
+        let (kind, payload) = event.to_parts();
+        writer
+            .append(kind, plan.map(str::to_string), payload, vec![])
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}
+
+/// Stops the engine as a clean stop would and gives its directory back.
+pub async fn stop(rig: Rig) -> tempfile::TempDir {
+    rig.engine.begin_stop();
+    let Rig { engine, dir, .. } = rig;
+    for _ in 0..200 {
+        if Arc::strong_count(&engine) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(engine);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    dir
 }

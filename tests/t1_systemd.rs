@@ -1,0 +1,460 @@
+//! T1: the logic of the systemd actions (restart_service, unit throttling)
+//! and the flap limiter, with a fake systemd (DESIGN.md §7). That the real
+//! Manager does what these assume is proven in the T4 testbed (t4_systemd).
+
+mod rig;
+
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+use tokio::sync::Notify;
+
+use rig::fake_systemd::UNLIMITED;
+use rig::*;
+
+fn restart(unit: &str) -> Value {
+    json!({"type": "restart_service", "name": unit})
+}
+
+fn throttle(unit: &str, seconds: u64) -> Value {
+    json!({"type": "throttle_entity", "entity": unit, "seconds": seconds})
+}
+
+async fn start_with(units: &[&str], extra: &str) -> Rig {
+    let systemd = Arc::new(FakeSystemd::with_units(units));
+    let rig = open_with_systemd(
+        tempfile::tempdir().unwrap(),
+        Step::default(),
+        systemd,
+        extra,
+    );
+    tokio::spawn(rig.engine.clone().run());
+    rig
+}
+
+fn kinds_in_order(rig: &Rig) -> Vec<String> {
+    ledger_kinds(rig)
+        .into_iter()
+        .filter(|k| k.starts_with("action_"))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_restart_records_the_invocation_before_and_after() {
+    let rig = start_with(&["web.service"], "").await;
+    let (id, _) = rig
+        .engine
+        .submit(&alert("stalled", json!([restart("web")])))
+        .await
+        .unwrap();
+    let plan = wait_finished(&rig.engine, &id).await;
+    assert_eq!(plan["status"], "success", "{plan}");
+    let changes = &plan["actions"][0]["changes"];
+    assert_eq!(changes["before"]["invocation_id"], format!("{:032x}", 1));
+    assert_eq!(changes["after"]["invocation_id"], format!("{:032x}", 2));
+    assert_eq!(changes["result"], "done");
+    assert_eq!(rig.systemd.calls(), ["restart web.service"]);
+    // The state before is durable before systemd is asked.
+    assert_eq!(
+        kinds_in_order(&rig),
+        ["action_started", "action_prepared", "action_applied"]
+    );
+    let log = plan["log"].to_string();
+    assert!(log.contains("InvocationID 000"), "{log}");
+}
+
+#[tokio::test]
+async fn a_failing_job_is_retried_then_fails_with_systemds_result() {
+    let rig = start_with(&["broken.service"], "").await;
+    rig.systemd
+        .script_results("broken.service", &["failed", "failed", "failed", "failed"]);
+    let (id, _) = rig
+        .engine
+        .submit(&alert("broken", json!([restart("broken.service")])))
+        .await
+        .unwrap();
+    let plan = wait_finished(&rig.engine, &id).await;
+    assert_eq!(plan["status"], "failed");
+    assert_eq!(plan["actions"][0]["attempts"], 4);
+    assert_eq!(rig.systemd.count("restart broken.service"), 4);
+    let error = plan["actions"][0]["error"].as_str().unwrap();
+    assert!(
+        error.contains("restarting broken.service ended with result \"failed\""),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn a_unit_that_does_not_exist_fails_at_once() {
+    let rig = start_with(&[], "").await;
+    let (id, _) = rig
+        .engine
+        .submit(&alert("ghost", json!([restart("ghost")])))
+        .await
+        .unwrap();
+    let plan = wait_finished(&rig.engine, &id).await;
+    assert_eq!(plan["status"], "failed");
+    assert_eq!(plan["actions"][0]["attempts"], 1);
+    assert!(plan["actions"][0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("ghost.service does not exist"));
+    assert!(rig.systemd.calls().is_empty(), "prepare found no unit");
+}
+
+#[tokio::test]
+async fn the_fourth_restart_in_the_window_is_refused_and_the_operator_told() {
+    let rig = start_with(&["web.service", "db.service"], "").await;
+    for n in 0..3 {
+        let (id, _) = rig
+            .engine
+            .submit(&alert(&format!("r{n}"), json!([restart("web")])))
+            .await
+            .unwrap();
+        wait_finished(&rig.engine, &id).await;
+    }
+    let err = rig
+        .engine
+        .submit(&alert("r3", json!([restart("web")])))
+        .await
+        .unwrap_err();
+    assert_eq!(err.name, ErrorName::RateLimited);
+    assert!(
+        err.message
+            .starts_with("actions[0].name: unit:web.service already has 3 restart(s)"),
+        "{}",
+        err.message
+    );
+    // Another unit is not affected.
+    let (other, _) = rig
+        .engine
+        .submit(&alert("db", json!([restart("db")])))
+        .await
+        .unwrap();
+    assert_eq!(
+        wait_finished(&rig.engine, &other).await["status"],
+        "success"
+    );
+    assert_eq!(rig.systemd.count("restart web.service"), 3);
+    wait_for(
+        || rig.notifier.0.lock().unwrap().len() == 2,
+        "journal and dbus notices",
+    )
+    .await;
+    let notices = rig.notifier.0.lock().unwrap();
+    assert!(notices
+        .iter()
+        .all(|(_, n)| n.message.contains("flap limit reached")));
+}
+
+#[tokio::test]
+async fn one_plan_cannot_pass_the_limit_by_itself_and_queued_restarts_count() {
+    let rig = start_with(&["web.service"], "[restart]\nburst = 2\n").await;
+    let err = rig
+        .engine
+        .submit(&alert(
+            "three",
+            json!([restart("web"), restart("web"), restart("web")]),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.name, ErrorName::RateLimited);
+    assert!(
+        err.message.starts_with("actions[2].name:"),
+        "{}",
+        err.message
+    );
+    // Two queued behind a held plan on the same unit count before they run.
+    let gate = Arc::new(Notify::new());
+    rig.step.script("hold", vec![Outcome::Gate(gate.clone())]);
+    rig.engine
+        .submit(&alert("hold", json!([step_on("hold", "unit:web.service")])))
+        .await
+        .unwrap();
+    for n in 0..2 {
+        rig.engine
+            .submit(&alert(&format!("q{n}"), json!([restart("web")])))
+            .await
+            .unwrap();
+    }
+    let err = rig
+        .engine
+        .submit(&alert("q2", json!([restart("web")])))
+        .await
+        .unwrap_err();
+    assert_eq!(err.name, ErrorName::RateLimited);
+    gate.notify_one();
+}
+
+#[tokio::test]
+async fn the_limit_is_counted_from_the_ledger_across_an_agent_restart() {
+    let systemd = Arc::new(FakeSystemd::with_units(&["web.service"]));
+    let rig = open_with_systemd(
+        tempfile::tempdir().unwrap(),
+        Step::default(),
+        systemd.clone(),
+        "",
+    );
+    tokio::spawn(rig.engine.clone().run());
+    for n in 0..3 {
+        let (id, _) = rig
+            .engine
+            .submit(&alert(&format!("r{n}"), json!([restart("web")])))
+            .await
+            .unwrap();
+        wait_finished(&rig.engine, &id).await;
+    }
+    let dir = stop(rig).await;
+    let again = open_with_systemd(dir, Step::default(), systemd.clone(), "");
+    tokio::spawn(again.engine.clone().run());
+    let err = again
+        .engine
+        .submit(&alert("r3", json!([restart("web")])))
+        .await
+        .unwrap_err();
+    assert_eq!(err.name, ErrorName::RateLimited);
+    assert_eq!(systemd.count("restart web.service"), 3);
+}
+
+#[tokio::test]
+async fn the_limit_is_checked_again_just_before_a_restart() {
+    // Two restarts accepted under burst 3, then the limit drops to 1: the
+    // second finds one restart already made and is refused at apply.
+    let rig = start_with(&["web.service"], "").await;
+    let gate = Arc::new(Notify::new());
+    rig.step.script("hold", vec![Outcome::Gate(gate.clone())]);
+    rig.engine
+        .submit(&alert("hold", json!([step_on("hold", "unit:web.service")])))
+        .await
+        .unwrap();
+    let (first, _) = rig
+        .engine
+        .submit(&alert("a", json!([restart("web")])))
+        .await
+        .unwrap();
+    let (second, _) = rig
+        .engine
+        .submit(&alert("b", json!([restart("web")])))
+        .await
+        .unwrap();
+    let mut lower = (*rig.engine.config()).clone();
+    lower.restart.burst = 1;
+    rig.engine.reload(lower).await;
+    gate.notify_one();
+    assert_eq!(
+        wait_finished(&rig.engine, &first).await["status"],
+        "success"
+    );
+    let plan = wait_finished(&rig.engine, &second).await;
+    assert_eq!(plan["status"], "failed");
+    let error = plan["actions"][0]["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("RateLimited: unit:web.service already has 1 restart(s)"),
+        "{error}"
+    );
+    assert_eq!(rig.systemd.count("restart web.service"), 1);
+}
+
+#[tokio::test]
+async fn a_throttle_is_undone_to_the_exact_previous_values_when_its_time_is_up() {
+    let rig = start_with(&["web.service"], "").await;
+    let before = antibody::sys::systemd::ResourceLimits {
+        cpu_quota_per_sec_usec: 500_000,
+        memory_high: 1 << 30,
+        io_weight: 50,
+    };
+    rig.systemd
+        .units
+        .lock()
+        .unwrap()
+        .get_mut("web.service")
+        .unwrap()
+        .limits = before;
+    let (id, _) = rig
+        .engine
+        .submit(&alert("hog", json!([throttle("web.service", 1)])))
+        .await
+        .unwrap();
+    let plan = wait_finished(&rig.engine, &id).await;
+    assert_eq!(plan["status"], "success");
+    assert_eq!(
+        rig.systemd
+            .unit("web.service")
+            .limits
+            .cpu_quota_per_sec_usec,
+        200_000
+    );
+    let summary = plan["log"].to_string();
+    assert!(
+        summary.contains("CPUQuotaPerSecUSec: 500000 -> 200000"),
+        "{summary}"
+    );
+    wait_for(
+        || rig.engine.get_plan(&id).unwrap()["actions"][0]["state"] == "reverted",
+        "the timed revert",
+    )
+    .await;
+    assert_eq!(rig.systemd.unit("web.service").limits, before);
+    assert_eq!(
+        rig.systemd.calls(),
+        [
+            "set web.service 200000/1073741824/10",
+            "set web.service 500000/1073741824/50"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_rollback_restores_a_throttle_early() {
+    let rig = start_with(&["web.service"], "").await;
+    let (id, _) = rig
+        .engine
+        .submit(&alert(
+            "hog",
+            json!([{"type": "throttle_entity", "entity": "unit:web.service", "seconds": 3600,
+                    "cpu_percent": 5, "memory_high": "256M"}]),
+        ))
+        .await
+        .unwrap();
+    wait_finished(&rig.engine, &id).await;
+    let throttled = rig.systemd.unit("web.service").limits;
+    assert_eq!(
+        (throttled.cpu_quota_per_sec_usec, throttled.memory_high),
+        (50_000, 256 << 20)
+    );
+    rig.engine.rollback(&id, "test").await.unwrap();
+    wait_for(
+        || rig.engine.get_plan(&id).unwrap()["actions"][0]["state"] == "reverted",
+        "the rollback",
+    )
+    .await;
+    assert_eq!(rig.systemd.unit("web.service").limits, UNLIMITED);
+}
+
+/// A ledger as an agent leaves it when SIGKILLed between changing a unit's
+/// limits and recording that it did.
+async fn crashed_mid_throttle(prepared: bool) -> (tempfile::TempDir, Arc<FakeSystemd>) {
+    let dir = tempfile::tempdir().unwrap();
+    let before = json!({"CPUQuotaPerSecUSec": 700_000u64, "MemoryHigh": u64::MAX, "IOWeight": 100});
+    let seed = PlanSeed {
+        id: "p".into(),
+        timestamp: "2026-01-01T00:00:00.000Z".into(),
+        source: antibody::plan::Source::Manual,
+        severity: antibody::plan::Severity::High,
+        description: "crash".into(),
+        alert_sha256: "hash-p".into(),
+        context: None,
+        actions: vec![antibody::plan::ActionSeed {
+            kind: "throttle_entity".into(),
+            params: json!({"entity": "unit:web.service", "seconds": 1, "cpu_percent": 20}),
+            targets: vec!["unit:web.service".into()],
+            reversible: true,
+        }],
+    };
+    let mut events = vec![
+        (Some("p"), Event::PlanCreated { plan: seed }),
+        (Some("p"), Event::PlanStarted {}),
+        (
+            Some("p"),
+            Event::ActionStarted {
+                index: 0,
+                attempt: 1,
+            },
+        ),
+    ];
+    if prepared {
+        events.push((
+            Some("p"),
+            Event::ActionPrepared {
+                index: 0,
+                attempt: 1,
+                before,
+            },
+        ));
+    }
+    write_ledger(dir.path(), events).await;
+    let systemd = Arc::new(FakeSystemd::with_units(&["web.service"]));
+    systemd
+        .units
+        .lock()
+        .unwrap()
+        .get_mut("web.service")
+        .unwrap()
+        .limits = antibody::sys::systemd::ResourceLimits {
+        cpu_quota_per_sec_usec: if prepared { 200_000 } else { 700_000 },
+        memory_high: u64::MAX,
+        io_weight: if prepared { 10 } else { 100 },
+    };
+    (dir, systemd)
+}
+
+#[tokio::test]
+async fn after_a_crash_a_throttle_in_force_is_still_undone_to_the_recorded_values() {
+    let (dir, systemd) = crashed_mid_throttle(true).await;
+    let rig = open_with_systemd(dir, Step::default(), systemd.clone(), "");
+    rig.engine.settle_in_flight().await;
+    tokio::spawn(rig.engine.clone().run());
+    wait_for(
+        || rig.engine.get_plan("p").unwrap()["actions"][0]["state"] == "reverted",
+        "the revert after recovery",
+    )
+    .await;
+    let limits = systemd.unit("web.service").limits;
+    assert_eq!(
+        (limits.cpu_quota_per_sec_usec, limits.io_weight),
+        (700_000, 100)
+    );
+    // Recovered, not applied a second time.
+    assert_eq!(
+        systemd.calls(),
+        ["set web.service 700000/18446744073709551615/100"]
+    );
+    let kinds = ledger_kinds(&rig);
+    assert_eq!(kinds.iter().filter(|k| *k == "action_recovered").count(), 1);
+    assert_eq!(kinds.iter().filter(|k| *k == "action_reverted").count(), 1);
+}
+
+#[tokio::test]
+async fn after_a_crash_before_the_change_the_throttle_is_applied_afresh() {
+    let (dir, systemd) = crashed_mid_throttle(false).await;
+    let rig = open_with_systemd(dir, Step::default(), systemd.clone(), "");
+    rig.engine.settle_in_flight().await;
+    tokio::spawn(rig.engine.clone().run());
+    wait_for(
+        || rig.engine.get_plan("p").unwrap()["actions"][0]["state"] == "reverted",
+        "apply then the timed revert",
+    )
+    .await;
+    assert_eq!(
+        systemd.calls(),
+        [
+            "set web.service 200000/18446744073709551615/10",
+            "set web.service 700000/18446744073709551615/100"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn dry_run_shows_the_unit_and_each_property_before_and_after() {
+    let rig = start_with(&["web.service"], "").await;
+    let preview = rig
+        .engine
+        .dry_run(&alert(
+            "preview",
+            json!([restart("web"), throttle("web.service", 60)]),
+        ))
+        .await
+        .unwrap();
+    let restart = &preview["actions"][0]["change"];
+    assert_eq!(restart["current"]["active_state"], "active");
+    assert_eq!(restart["current"]["invocation_id"], format!("{:032x}", 1));
+    let throttle = &preview["actions"][1]["change"];
+    assert_eq!(
+        throttle["changes"],
+        json!([
+            "CPUQuotaPerSecUSec: infinity -> 200000",
+            "IOWeight: infinity -> 10"
+        ])
+    );
+    assert!(rig.systemd.calls().is_empty(), "a dry run changes nothing");
+}
