@@ -1,85 +1,86 @@
 #!/usr/bin/env bash
-# The demo: Antibody's main job end to end on a private system bus, without
-# touching the host's own bus or services.
-#   1. starts dbus-daemon with Debian's default-deny system policy plus the
-#      shipped dbus/org.vael.Antibody.conf,
-#   2. starts antibodyd with a config under a temporary directory,
-#   3. watches its signals, submits a Watchdog alert with antibodyctl,
-#   4. shows the plan, the signals, the ledger and its verification.
-# Needs root (the shipped policy lets only root own the name) and Debian 12.
+# The demo: Antibody's main job end to end on a real systemd, without touching
+# the host's own services.
+#   1. boots a throwaway Debian 12 with systemd-nspawn (tests/testbed/; the
+#      root filesystem is built once with debootstrap and cached),
+#   2. installs this build's antibodyd as a Type=notify service there, with
+#      the shipped bus policy and unit,
+#   3. watches the agent's signals, fires a Watchdog alert with busctl that
+#      restarts a real unit (sleeper.service),
+#   4. prints the unit before and after, the plan, the signals, the journal
+#      lines of the plan and the ledger's verification; then powers it off.
+# Needs root and Debian 12. Without systemd-nspawn support, see
+# scripts/demo-private-bus.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [ "$(id -u)" -ne 0 ]; then
-    echo "demo.sh: run as root: the shipped bus policy lets only root own org.vael.Antibody" >&2
+    echo "demo.sh: run as root (it boots a container with systemd-nspawn)" >&2
     exit 1
 fi
-command -v dbus-daemon >/dev/null && command -v busctl >/dev/null || scripts/install-deps.sh
+scripts/install-deps.sh
 echo "== building antibodyd and antibodyctl"
 cargo build --quiet --bins
 
-demo=$(mktemp -d /tmp/antibody-demo.XXXXXX)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    echo "(demo files kept in $demo)"
-}
-trap cleanup EXIT
+tb=tests/testbed/testbed.sh
+machine=antibody-demo
+trap '$tb stop $machine' EXIT
+inside() { $tb exec $machine "$@"; }
 
-sed -e "s#@SOCKET@#$demo/system_bus_socket#" \
-    -e "s#@POLICY@#$PWD/dbus/org.vael.Antibody.conf#" \
-    -e "s#@EXTRA@##" tests/support/private-system-bus.conf.in > "$demo/bus.conf"
-dbus-daemon --config-file="$demo/bus.conf" --nofork --nopidfile </dev/null 2>"$demo/dbus.log" &
-pids+=($!)
-export DBUS_SYSTEM_BUS_ADDRESS="unix:path=$demo/system_bus_socket"
-for _ in $(seq 100); do [ -S "$demo/system_bus_socket" ] && break; sleep 0.05; done
+echo "== booting a throwaway Debian 12 (systemd-nspawn --boot --private-network)"
+$tb boot $machine >/dev/null
+$tb install $machine
+inside systemctl --no-pager status antibody.service | head -n 6
 
-cat > "$demo/antibody.toml" <<TOML
-[ledger]
-dir = "$demo/ledger"
-[state]
-dir = "$demo/state"
-TOML
-target/debug/antibodyd --config "$demo/antibody.toml" </dev/null 2>"$demo/agent.log" &
-pids+=($!)
-for _ in $(seq 200); do busctl --system status org.vael.Antibody >/dev/null 2>&1 && break; sleep 0.05; done
-echo "== antibodyd is up on a private bus ($DBUS_SYSTEM_BUS_ADDRESS)"
-target/debug/antibodyctl status
-
-target/debug/antibodyctl watch >"$demo/signals.txt" 2>&1 &
-pids+=($!)
+inside sh -c 'antibodyctl watch > /run/antibody-signals.txt 2>&1 &'
 sleep 0.3
 
-alert='{"source":"Watchdog","severity":"high","description":"vael stopped answering health checks",
- "actions":[
-   {"type":"notify_operator","channel":"dbus","message":"vael is unhealthy; Antibody is on it"},
-   {"type":"notify_operator","channel":"journal","message":"vael health check failed 3 times"}
- ],
- "context":{"entity":"vael.service","payload":{"failed_checks":3}}}'
+echo
+echo "== sleeper.service before"
+inside systemctl show -p MainPID -p InvocationID sleeper.service
 
 echo
-echo "== what it would do (DryRun)"
-echo "$alert" | target/debug/antibodyctl dry-run -
+echo "== DryRun: what restarting it would do"
+inside busctl call org.vael.Antibody /org/vael/Antibody org.vael.Antibody DryRun s \
+    '{"source":"Watchdog","severity":"high","description":"sleeper stalled","actions":[{"type":"restart_service","name":"sleeper"}]}' \
+    | head -c 600
 echo
-echo "== submitting the alert"
-echo "$alert" | target/debug/antibodyctl submit --wait -
-plan_id=$(target/debug/antibodyctl list --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["id"])')
+
 echo
-echo "== the plan"
-target/debug/antibodyctl plan "$plan_id"
+echo "== a Watchdog alert, with busctl"
+echo "\$ busctl call org.vael.Antibody /org/vael/Antibody org.vael.Antibody SubmitAlert s '{\"source\":\"Watchdog\",...restart_service sleeper...}'"
+reply=$(inside busctl --json=short call org.vael.Antibody /org/vael/Antibody org.vael.Antibody SubmitAlert s \
+    '{"source":"Watchdog","severity":"high","description":"sleeper stalled","actions":[{"type":"restart_service","name":"sleeper"}]}')
+echo "$reply"
+plan=$(echo "$reply" | sed -E 's/.*"data":\["([^"]+)".*/\1/')
+for _ in $(seq 100); do
+    status=$(inside antibodyctl --json plan "$plan" | sed -E 's/.*"status":"([a-z_]+)".*/\1/')
+    [[ $status == success || $status == failed ]] && break
+    sleep 0.1
+done
+
 echo
-echo "== a bad alert is refused with a named error, and the agent stays up"
-busctl --system call org.vael.Antibody /org/vael/Antibody org.vael.Antibody SubmitAlert s \
-    '{"source":"Manual","severity":"high","description":"typo","actions":[{"type":"restart_service","name":"foo bar"}]}' || true
-target/debug/antibodyctl status
+echo "== sleeper.service after (a new MainPID and InvocationID)"
+inside systemctl show -p MainPID -p InvocationID sleeper.service
+
+echo
+echo "== the plan (antibodyctl plan $plan)"
+inside antibodyctl plan "$plan"
+
+echo
+echo "== a refused alert: dbus.service is protected"
+inside busctl call org.vael.Antibody /org/vael/Antibody org.vael.Antibody SubmitAlert s \
+    '{"source":"Manual","severity":"high","description":"never","actions":[{"type":"restart_service","name":"dbus.service"}]}' || true
+
 sleep 0.3
 echo
-echo "== signals seen by 'antibodyctl watch'"
-cat "$demo/signals.txt"
+echo "== the signals (antibodyctl watch)"
+inside cat /run/antibody-signals.txt
+
 echo
-echo "== the ledger ($demo/ledger), hash-chained JSON lines"
-cut -c1-160 "$demo"/ledger/ledger-*.jsonl
+echo "== the audit trail: journalctl -u antibody ANTIBODY_PLAN_ID=$plan"
+inside journalctl -u antibody "ANTIBODY_PLAN_ID=$plan" --no-pager -o short-iso | cut -c1-220
+
 echo
-echo "== VerifyLedger"
-target/debug/antibodyctl verify
+echo "== the ledger's hash chain (antibodyctl verify)"
+inside antibodyctl verify

@@ -1,0 +1,265 @@
+//! T4: the systemd actions against a real systemd — a Debian 12 booted with
+//! systemd-nspawn (tests/testbed/), the agent running there as a
+//! `Type=notify` service on the machine's own system bus. Needs root; fails
+//! (never skips) without it or without the testbed.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use support::testbed::Testbed;
+
+fn alert(description: &str, actions: Value) -> Value {
+    json!({"source": "Watchdog", "severity": "high", "description": description, "actions": actions})
+}
+
+/// The README's command that restarts a unit through Antibody, run verbatim.
+const README_RESTART: &str = r#"busctl call org.vael.Antibody /org/vael/Antibody org.vael.Antibody SubmitAlert s '{"source":"Watchdog","severity":"high","description":"sleeper stalled","actions":[{"type":"restart_service","name":"sleeper"}]}'"#;
+
+#[test]
+fn the_readme_shows_this_restart_command() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    assert!(
+        readme.contains(README_RESTART),
+        "README.md lacks:\n{README_RESTART}"
+    );
+}
+
+fn log_text(plan: &Value) -> String {
+    plan["log"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["message"].as_str().unwrap().to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn restart_service_restarts_the_sleeper_and_the_journal_has_the_audit_trail() {
+    let tb = Testbed::boot("restart");
+    let invocation = tb.show("sleeper.service", "InvocationID");
+    let pid = tb.show("sleeper.service", "MainPID");
+    // As an IDS or the README does it: busctl on the system bus.
+    let reply = tb.sh(&format!(
+        "busctl --json=short {}",
+        README_RESTART.trim_start_matches("busctl ")
+    ));
+    let reply: Value = serde_json::from_str(reply.trim()).unwrap();
+    let id = reply["data"][0].as_str().unwrap().to_string();
+    assert_eq!(reply["data"][1], true);
+    let plan = tb.finished_plan(&id);
+    assert_eq!(plan["status"], "success", "{plan}");
+    let new_invocation = tb.show("sleeper.service", "InvocationID");
+    let new_pid = tb.show("sleeper.service", "MainPID");
+    assert_ne!(new_invocation, invocation);
+    assert_ne!(new_pid, pid);
+    assert_eq!(tb.show("sleeper.service", "ActiveState"), "active");
+    let changes = &plan["actions"][0]["changes"];
+    assert_eq!(changes["before"]["invocation_id"], invocation);
+    assert_eq!(changes["after"]["invocation_id"], new_invocation);
+    assert_eq!(changes["result"], "done");
+    // The operator's audit trail: journalctl by plan id, in ledger order.
+    assert_eq!(
+        tb.journal_kinds(&id),
+        [
+            "plan_created",
+            "plan_started",
+            "action_started",
+            "action_prepared",
+            "action_applied",
+            "plan_finished"
+        ]
+    );
+}
+
+#[test]
+fn a_restart_waits_for_a_slow_stop_and_a_missing_unit_fails_plainly() {
+    let tb = Testbed::boot("slow");
+    let before = tb.show("slow-stop.service", "InvocationID");
+    let id = tb
+        .submit(&alert(
+            "slow",
+            json!([{"type": "restart_service", "name": "slow-stop"}]),
+        ))
+        .unwrap();
+    let plan = tb.finished_plan(&id);
+    assert_eq!(plan["status"], "success", "{plan}");
+    // Success means the job ended: the new invocation is already running.
+    assert_ne!(
+        plan["actions"][0]["changes"]["after"]["invocation_id"],
+        before
+    );
+    assert_eq!(
+        plan["actions"][0]["changes"]["after"]["active_state"],
+        "active"
+    );
+
+    let id = tb
+        .submit(&alert(
+            "ghost",
+            json!([{"type": "restart_service", "name": "no-such-unit"}]),
+        ))
+        .unwrap();
+    let plan = tb.finished_plan(&id);
+    assert_eq!(plan["status"], "failed");
+    assert_eq!(plan["actions"][0]["attempts"], 1);
+    let error = plan["actions"][0]["error"].as_str().unwrap();
+    assert!(
+        error.contains("no-such-unit.service does not exist"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_unit_that_fails_to_start_fails_the_plan_with_systemds_job_result_after_the_retries() {
+    let tb = Testbed::boot("failing");
+    let id = tb
+        .submit(&alert(
+            "failing",
+            json!([{"type": "restart_service", "name": "failing"}]),
+        ))
+        .unwrap();
+    let plan = tb.finished_plan(&id);
+    assert_eq!(plan["status"], "failed", "{plan}");
+    // tests/testbed/antibody.toml: retry.max_attempts = 3.
+    assert_eq!(plan["actions"][0]["attempts"], 3);
+    let log = log_text(&plan);
+    assert_eq!(
+        log.matches("ended with result \"failed\"").count(),
+        3,
+        "{log}"
+    );
+    assert_eq!(tb.show("failing.service", "Result"), "exit-code");
+}
+
+#[test]
+fn a_throttle_shows_in_systemd_and_is_undone_exactly_once_across_a_sigkill() {
+    let tb = Testbed::boot("throttle");
+    let original = tb.show("sleeper.service", "CPUQuotaPerSecUSec");
+    assert_eq!(original, "infinity");
+    let id = tb
+        .submit(&alert(
+            "hog",
+            json!([{"type": "throttle_entity", "entity": "sleeper.service", "seconds": 4, "memory_high": "256M"}]),
+        ))
+        .unwrap();
+    let plan = tb.finished_plan(&id);
+    assert_eq!(plan["status"], "success", "{plan}");
+    assert_eq!(tb.show("sleeper.service", "CPUQuotaPerSecUSec"), "200ms");
+    assert_eq!(tb.show("sleeper.service", "MemoryHigh"), "268435456");
+    assert_eq!(tb.show("sleeper.service", "IOWeight"), "10");
+
+    // SIGKILL the agent while the throttle holds; systemd starts it again
+    // (Restart=on-failure) and the revert still happens, once.
+    let agent_pid = tb.show("antibody.service", "MainPID");
+    tb.sh("systemctl kill -s SIGKILL antibody.service");
+    tb.wait_until("the agent to come back", Duration::from_secs(30), || {
+        let pid = tb.show("antibody.service", "MainPID");
+        pid != agent_pid && pid != "0" && tb.show("antibody.service", "ActiveState") == "active"
+    });
+    tb.wait_until("the throttle to be undone", Duration::from_secs(30), || {
+        tb.plan(&id)["actions"][0]["state"] == "reverted"
+    });
+    assert_eq!(tb.show("sleeper.service", "CPUQuotaPerSecUSec"), original);
+    assert_eq!(tb.show("sleeper.service", "MemoryHigh"), "infinity");
+    assert_eq!(tb.show("sleeper.service", "IOWeight"), "[not set]");
+    // Give a wrongly repeated revert the time to show, then count.
+    std::thread::sleep(Duration::from_secs(2));
+    let kinds = tb.journal_kinds(&id);
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "action_reverted").count(),
+        1,
+        "{kinds:?}"
+    );
+    tb.sh("antibodyctl verify");
+}
+
+#[test]
+fn protected_units_and_the_flap_limit_are_refused_with_named_errors() {
+    let tb = Testbed::boot("guards");
+    for unit in [
+        "dbus.service",
+        "antibody.service",
+        "systemd-journald",
+        "ssh",
+    ] {
+        let err = tb
+            .submit(&alert(
+                "never",
+                json!([{"type": "restart_service", "name": unit}]),
+            ))
+            .unwrap_err();
+        assert!(
+            err.starts_with("antibodyctl: ProtectedTarget: "),
+            "{unit}: {err}"
+        );
+    }
+    let err = tb
+        .submit(&alert(
+            "never",
+            json!([{"type": "throttle_entity", "entity": "unit:antibody.service", "seconds": 5}]),
+        ))
+        .unwrap_err();
+    assert!(
+        err.starts_with("antibodyctl: ProtectedTarget: ") && err.contains("the agent's own unit"),
+        "{err}"
+    );
+    // Three restarts of one unit in the window are fine; the fourth is not.
+    for n in 0..3 {
+        let id = tb
+            .submit(&alert(
+                &format!("flap {n}"),
+                json!([{"type": "restart_service", "name": "sleeper"}]),
+            ))
+            .unwrap();
+        assert_eq!(tb.finished_plan(&id)["status"], "success");
+    }
+    let invocation = tb.show("sleeper.service", "InvocationID");
+    let err = tb
+        .submit(&alert(
+            "flap 3",
+            json!([{"type": "restart_service", "name": "sleeper"}]),
+        ))
+        .unwrap_err();
+    assert!(
+        err.starts_with("antibodyctl: RateLimited: actions[0].name: unit:sleeper.service already has 3 restart(s)"),
+        "{err}"
+    );
+    assert_eq!(tb.show("sleeper.service", "InvocationID"), invocation);
+    // The operator was told, in the journal.
+    let notices = tb
+        .sh("journalctl -u antibody MESSAGE_ID=32269a156c5b4cb899fa933daa2dcd78 -o cat --no-pager");
+    assert!(notices.contains("flap limit reached"), "{notices}");
+}
+
+#[test]
+fn a_stalled_agent_is_restarted_by_systemds_watchdog() {
+    let tb = Testbed::boot("watchdog");
+    tb.sh(
+        "mkdir -p /run/systemd/system/antibody.service.d && \
+         printf '[Service]\\nWatchdogSec=1s\\nTimeoutAbortSec=2s\\n' > /run/systemd/system/antibody.service.d/watchdog.conf && \
+         systemctl daemon-reload && systemctl restart antibody.service",
+    );
+    tb.wait_active("antibody.service");
+    let pid = tb.show("antibody.service", "MainPID");
+    // Alive and pinging: a few watchdog periods pass without a restart.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(tb.show("antibody.service", "MainPID"), pid);
+    tb.sh("systemctl kill -s SIGSTOP antibody.service");
+    tb.wait_until(
+        "systemd to restart the stalled agent",
+        Duration::from_secs(30),
+        || {
+            let now = tb.show("antibody.service", "MainPID");
+            now != pid && now != "0" && tb.show("antibody.service", "ActiveState") == "active"
+        },
+    );
+    let log = tb.sh("journalctl -u antibody.service -o cat --no-pager");
+    assert!(log.contains("Watchdog timeout"), "{log}");
+    // The restarted agent answers.
+    tb.sh("antibodyctl status");
+}
