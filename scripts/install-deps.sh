@@ -8,7 +8,9 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 export DEBIAN_FRONTEND=noninteractive
 # dbus-daemon: the private test bus; dbus-bin: dbus-send; systemd: busctl;
-# util-linux: setpriv (unprivileged callers); procps, iproute2: test plumbing.
+# util-linux: setpriv (unprivileged callers), nsenter; procps, iproute2: test
+# plumbing; systemd-container, debootstrap: the T4 testbed (tests/testbed/).
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
-    dbus-daemon dbus-bin systemd util-linux procps iproute2 ca-certificates >/dev/null
+    dbus-daemon dbus-bin systemd util-linux procps iproute2 ca-certificates \
+    systemd-container debootstrap >/dev/null

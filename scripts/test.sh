@@ -12,7 +12,9 @@ echo "== cargo fmt --check"
 cargo fmt --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings
-echo "== cargo test (T0 pure, T1 engine, T2 private dbus-daemon)"
+echo "== T4 testbed: the Debian 12 root filesystem (built once, then cached)"
+tests/testbed/rootfs.sh
+echo "== cargo test (T0 pure, T1 engine, T2 private dbus-daemon, T4 booted systemd)"
 cargo test --lib --bins --tests --no-fail-fast 2>&1 | tee target/test-output.txt
 # A summary line scripts and CI can read.
 awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed\n", p, f }' target/test-output.txt

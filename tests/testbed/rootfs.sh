@@ -17,6 +17,11 @@ if ! need systemd-nspawn || ! need debootstrap; then
     apt-get install -y -qq systemd-container debootstrap >/dev/null
 fi
 
+# One builder at a time: tests may ask for the root at once.
+mkdir -p "$CACHE"
+exec 9>"$CACHE/.lock"
+flock 9
+
 if [[ -f $ROOT/.antibody-testbed && "$(cat "$ROOT/.antibody-testbed")" == "$STAMP_VALUE" ]]; then
     echo "$ROOT"
     exit 0
