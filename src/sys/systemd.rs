@@ -10,8 +10,9 @@ use async_trait::async_trait;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
+use zbus::proxy::CacheProperties;
 use zbus::{OwnedObjectPath, OwnedVariant, Variant};
-use zbus_systemd::systemd1::{ManagerProxy, UnitProxy};
+use zbus_systemd::systemd1::ManagerProxy;
 
 /// What went wrong talking to systemd.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -159,17 +160,10 @@ impl SystemdManager {
     async fn connection(&self) -> Result<zbus::Connection, SystemdError> {
         let mut slot = self.connection.lock().await;
         if let Some(conn) = slot.as_ref() {
-            // A closed socket shows as a failed Ping; cheaper than a
-            // reconnect on every call.
-            let peer = zbus::fdo::PeerProxy::builder(conn)
-                .destination("org.freedesktop.DBus")
-                .path("/org/freedesktop/DBus")
-                .build()
-                .await;
-            if let Ok(peer) = peer {
-                if peer.ping().await.is_ok() {
-                    return Ok(conn.clone());
-                }
+            // zbus marks a connection closed when its socket ends (a
+            // restarted dbus-daemon); then a new one is opened below.
+            if !conn.is_closed() {
+                return Ok(conn.clone());
             }
             *slot = None;
         }
@@ -177,9 +171,8 @@ impl SystemdManager {
             .await
             .map_err(|e| SystemdError::Unreachable(format!("system bus: {e}")))?;
         // systemd sends JobRemoved only to subscribed clients.
-        ManagerProxy::new(&conn)
-            .await
-            .map_err(|e| classify(e, "Manager"))?
+        manager_on(&conn)
+            .await?
             .subscribe()
             .await
             .map_err(|e| classify(e, "Manager.Subscribe"))?;
@@ -188,64 +181,85 @@ impl SystemdManager {
     }
 
     async fn manager(&self) -> Result<ManagerProxy<'static>, SystemdError> {
-        let conn = self.connection().await?;
-        ManagerProxy::new(&conn)
-            .await
-            .map_err(|e| classify(e, "Manager"))
+        manager_on(&self.connection().await?).await
     }
 
     /// The unit's object path, loading the unit if systemd has not yet.
+    /// `LoadUnit` answers even for a name with no unit file behind it; the
+    /// callers check `LoadState`.
     async fn unit_path(
         &self,
         unit: &str,
     ) -> Result<(zbus::Connection, OwnedObjectPath), SystemdError> {
         let conn = self.connection().await?;
-        let manager = ManagerProxy::new(&conn)
-            .await
-            .map_err(|e| classify(e, "Manager"))?;
-        let path = manager
+        let path = manager_on(&conn)
+            .await?
             .load_unit(unit.to_string())
             .await
             .map_err(|e| classify(e, &format!("LoadUnit({unit})")))?;
-        // LoadUnit answers even for a name with no unit file behind it.
-        let load_state = UnitProxy::new(&conn, path.clone())
-            .await
-            .map_err(|e| classify(e, "Unit"))?
-            .load_state()
-            .await
-            .map_err(|e| classify(e, &format!("{unit} LoadState")))?;
-        if load_state == "not-found" {
-            return Err(SystemdError::NoSuchUnit(format!(
-                "unit {unit} does not exist (LoadState=not-found)"
-            )));
-        }
         Ok((conn, path))
-    }
-
-    async fn unit_property(
-        &self,
-        unit: &str,
-        interface: &str,
-        name: &str,
-    ) -> Result<OwnedVariant, SystemdError> {
-        let (conn, path) = self.unit_path(unit).await?;
-        let props = zbus::fdo::PropertiesProxy::builder(&conn)
-            .destination("org.freedesktop.systemd1")
-            .path(path)
-            .build()
-            .await
-            .map_err(|e| classify(e, "Properties"))?;
-        let iface = zbus::names::InterfaceName::try_from(interface.to_string())
-            .map_err(|e| SystemdError::Refused(format!("{interface}: {e}")))?;
-        props
-            .get(iface, name)
-            .await
-            .map_err(|e| classify(e.into(), &format!("{unit} {name}")))
     }
 }
 
-fn as_u64(value: OwnedVariant, what: &str) -> Result<u64, SystemdError> {
-    u64::try_from(value).map_err(|e| SystemdError::Refused(format!("{what}: not a u64: {e}")))
+async fn manager_on(conn: &zbus::Connection) -> Result<ManagerProxy<'static>, SystemdError> {
+    ManagerProxy::builder(conn)
+        .cache_properties(CacheProperties::No)
+        .build()
+        .await
+        .map_err(|e| classify(e, "Manager"))
+}
+
+/// The properties of one interface of a unit, in one call and without a
+/// proxy's property cache (which would cost a match rule per unit).
+async fn properties(
+    conn: &zbus::Connection,
+    path: &OwnedObjectPath,
+    interface: &'static str,
+) -> Result<Properties, SystemdError> {
+    let proxy = zbus::fdo::PropertiesProxy::builder(conn)
+        .destination("org.freedesktop.systemd1")
+        .path(path.clone())
+        .cache_properties(CacheProperties::No)
+        .build()
+        .await
+        .map_err(|e| classify(e, "Properties"))?;
+    let name = zbus::names::InterfaceName::from_static_str_unchecked(interface);
+    let values = proxy
+        .get_all(name)
+        .await
+        .map_err(|e| classify(e.into(), &format!("{} properties", path.as_str())))?;
+    Ok(Properties {
+        what: path.as_str().to_string(),
+        values,
+    })
+}
+
+struct Properties {
+    what: String,
+    values: std::collections::HashMap<String, OwnedVariant>,
+}
+
+impl Properties {
+    fn take<T>(&mut self, name: &str) -> Result<T, SystemdError>
+    where
+        T: TryFrom<OwnedVariant>,
+        T::Error: std::fmt::Display,
+    {
+        let value = self.values.remove(name).ok_or_else(|| {
+            SystemdError::Refused(format!("{} has no property {name}", self.what))
+        })?;
+        T::try_from(value).map_err(|e| SystemdError::Refused(format!("{} {name}: {e}", self.what)))
+    }
+}
+
+fn require_loaded(unit: &str, unit_props: &mut Properties) -> Result<String, SystemdError> {
+    let load_state: String = unit_props.take("LoadState")?;
+    if load_state == "not-found" {
+        return Err(SystemdError::NoSuchUnit(format!(
+            "unit {unit} does not exist (LoadState=not-found)"
+        )));
+    }
+    Ok(load_state)
 }
 
 #[async_trait]
@@ -291,25 +305,21 @@ impl Systemd for SystemdManager {
 
     async fn unit_status(&self, unit: &str) -> Result<UnitStatus, SystemdError> {
         let (conn, path) = self.unit_path(unit).await?;
-        let proxy = UnitProxy::new(&conn, path)
-            .await
-            .map_err(|e| classify(e, "Unit"))?;
-        let read = |e| classify(e, &format!("{unit} properties"));
-        let load_state = proxy.load_state().await.map_err(read)?;
+        let mut props = properties(&conn, &path, "org.freedesktop.systemd1.Unit").await?;
+        let load_state = require_loaded(unit, &mut props)?;
+        let invocation: Vec<u8> = props.take("InvocationID")?;
         let main_pid = if unit.ends_with(".service") {
-            let value = self
-                .unit_property(unit, "org.freedesktop.systemd1.Service", "MainPID")
-                .await?;
-            Some(u32::try_from(value).map_err(|e| SystemdError::Refused(format!("MainPID: {e}")))?)
+            let mut service = properties(&conn, &path, "org.freedesktop.systemd1.Service").await?;
+            Some(service.take::<u32>("MainPID")?)
         } else {
             None
         };
         Ok(UnitStatus {
             unit: unit.to_string(),
-            active_state: proxy.active_state().await.map_err(read)?,
-            sub_state: proxy.sub_state().await.map_err(read)?,
-            invocation_id: invocation_hex(&proxy.invocation_id().await.map_err(read)?),
             load_state,
+            active_state: props.take("ActiveState")?,
+            sub_state: props.take("SubState")?,
+            invocation_id: invocation_hex(&invocation),
             main_pid,
         })
     }
@@ -318,13 +328,14 @@ impl Systemd for SystemdManager {
         let interface = cgroup_interface(unit).ok_or_else(|| {
             SystemdError::Refused(format!("{unit} has no cgroup: it cannot be throttled"))
         })?;
-        let read = |name: &'static str| async move {
-            as_u64(self.unit_property(unit, interface, name).await?, name)
-        };
+        let (conn, path) = self.unit_path(unit).await?;
+        let mut unit_props = properties(&conn, &path, "org.freedesktop.systemd1.Unit").await?;
+        require_loaded(unit, &mut unit_props)?;
+        let mut props = properties(&conn, &path, interface).await?;
         Ok(ResourceLimits {
-            cpu_quota_per_sec_usec: read("CPUQuotaPerSecUSec").await?,
-            memory_high: read("MemoryHigh").await?,
-            io_weight: read("IOWeight").await?,
+            cpu_quota_per_sec_usec: props.take("CPUQuotaPerSecUSec")?,
+            memory_high: props.take("MemoryHigh")?,
+            io_weight: props.take("IOWeight")?,
         })
     }
 
