@@ -50,7 +50,14 @@ fn main() {
         "[restart]\nburst = 1000000\n",
     )
     .unwrap();
-    tb.sh("systemctl restart antibody.service");
+    // systemd's own start limit (5 starts in 10 s) would fail the unit.
+    std::fs::create_dir_all(host_root.join("etc/systemd/system/sleeper.service.d")).unwrap();
+    std::fs::write(
+        host_root.join("etc/systemd/system/sleeper.service.d/bench.conf"),
+        "[Unit]\nStartLimitIntervalSec=0\n",
+    )
+    .unwrap();
+    tb.sh("systemctl daemon-reload && systemctl restart antibody.service sleeper.service");
     print!("{}", tb.sh("/usr/local/bin/restart-bench --inside"));
 }
 
@@ -70,6 +77,8 @@ async fn inside() {
     let agent = AntibodyProxy::new(&conn).await.unwrap();
     let mut direct = Vec::new();
     let mut through_agent = Vec::new();
+    // Unique alerts per run: identical ones would be deduplicated.
+    let run = std::process::id();
     for n in 0..SAMPLES {
         // Baseline: RestartUnit and wait for that job.
         let mut removed = manager.receive_job_removed().await.unwrap();
@@ -92,7 +101,7 @@ async fn inside() {
         // Antibody: SubmitAlert until the restart job of the unit is removed.
         let mut removed = manager.receive_job_removed().await.unwrap();
         let alert = format!(
-            r#"{{"source":"Watchdog","severity":"high","description":"bench {n}","actions":[{{"type":"restart_service","name":"sleeper"}}]}}"#
+            r#"{{"source":"Watchdog","severity":"high","description":"bench {run} {n}","actions":[{{"type":"restart_service","name":"sleeper"}}]}}"#
         );
         let start = Instant::now();
         let (plan_id, created) = agent.submit_alert(&alert).await.unwrap();

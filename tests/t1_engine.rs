@@ -532,6 +532,7 @@ async fn after_a_crash_the_interrupted_action_is_settled_and_the_plan_resumes() 
                     Event::ActionStarted {
                         index: 0,
                         attempt: 1,
+                        prepared: None,
                     },
                 ),
                 (
@@ -605,6 +606,7 @@ async fn an_overdue_timed_revert_runs_once_across_restarts() {
                 Event::ActionStarted {
                     index: 0,
                     attempt: 1,
+                    prepared: None,
                 },
             ),
             (

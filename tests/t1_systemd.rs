@@ -54,10 +54,12 @@ async fn a_restart_records_the_invocation_before_and_after() {
     assert_eq!(changes["after"]["invocation_id"], format!("{:032x}", 2));
     assert_eq!(changes["result"], "done");
     assert_eq!(rig.systemd.calls(), ["restart web.service"]);
-    // The state before is durable before systemd is asked.
+    // The state before is durable, in action_started, before systemd is asked.
+    assert_eq!(kinds_in_order(&rig), ["action_started", "action_applied"]);
+    let started = ledger_payloads(&rig, "action_started");
     assert_eq!(
-        kinds_in_order(&rig),
-        ["action_started", "action_prepared", "action_applied"]
+        started[0]["prepared"]["invocation_id"],
+        format!("{:032x}", 1)
     );
     let log = plan["log"].to_string();
     assert!(log.contains("InvocationID 000"), "{log}");
@@ -331,9 +333,10 @@ async fn a_rollback_restores_a_throttle_early() {
     assert_eq!(rig.systemd.unit("web.service").limits, UNLIMITED);
 }
 
-/// A ledger as an agent leaves it when SIGKILLed between changing a unit's
-/// limits and recording that it did.
-async fn crashed_mid_throttle(prepared: bool) -> (tempfile::TempDir, Arc<FakeSystemd>) {
+/// A ledger as an agent leaves it when SIGKILLed after recording that a
+/// throttle starts (with the limits it found) and before recording its
+/// outcome; `changed` says whether the limits had been set by then.
+async fn crashed_mid_throttle(changed: bool) -> (tempfile::TempDir, Arc<FakeSystemd>) {
     let dir = tempfile::tempdir().unwrap();
     let before = json!({"CPUQuotaPerSecUSec": 700_000u64, "MemoryHigh": u64::MAX, "IOWeight": 100});
     let seed = PlanSeed {
@@ -351,7 +354,7 @@ async fn crashed_mid_throttle(prepared: bool) -> (tempfile::TempDir, Arc<FakeSys
             reversible: true,
         }],
     };
-    let mut events = vec![
+    let events = vec![
         (Some("p"), Event::PlanCreated { plan: seed }),
         (Some("p"), Event::PlanStarted {}),
         (
@@ -359,19 +362,10 @@ async fn crashed_mid_throttle(prepared: bool) -> (tempfile::TempDir, Arc<FakeSys
             Event::ActionStarted {
                 index: 0,
                 attempt: 1,
+                prepared: Some(before),
             },
         ),
     ];
-    if prepared {
-        events.push((
-            Some("p"),
-            Event::ActionPrepared {
-                index: 0,
-                attempt: 1,
-                before,
-            },
-        ));
-    }
     write_ledger(dir.path(), events).await;
     let systemd = Arc::new(FakeSystemd::with_units(&["web.service"]));
     systemd
@@ -381,9 +375,9 @@ async fn crashed_mid_throttle(prepared: bool) -> (tempfile::TempDir, Arc<FakeSys
         .get_mut("web.service")
         .unwrap()
         .limits = antibody::sys::systemd::ResourceLimits {
-        cpu_quota_per_sec_usec: if prepared { 200_000 } else { 700_000 },
+        cpu_quota_per_sec_usec: if changed { 200_000 } else { 700_000 },
         memory_high: u64::MAX,
-        io_weight: if prepared { 10 } else { 100 },
+        io_weight: if changed { 10 } else { 100 },
     };
     (dir, systemd)
 }

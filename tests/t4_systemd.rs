@@ -69,7 +69,6 @@ fn restart_service_restarts_the_sleeper_and_the_journal_has_the_audit_trail() {
             "plan_created",
             "plan_started",
             "action_started",
-            "action_prepared",
             "action_applied",
             "plan_finished"
         ]
@@ -156,7 +155,9 @@ fn a_throttle_shows_in_systemd_and_is_undone_exactly_once_across_a_sigkill() {
     // SIGKILL the agent while the throttle holds; systemd starts it again
     // (Restart=on-failure) and the revert still happens, once.
     let agent_pid = tb.show("antibody.service", "MainPID");
-    tb.sh("systemctl kill -s SIGKILL antibody.service");
+    // --kill-who=main: signalling the unit's whole cgroup can fail with EIO
+    // on the cgroup v1 hierarchy the container sees.
+    tb.sh("systemctl kill --kill-who=main -s SIGKILL antibody.service");
     tb.wait_until("the agent to come back", Duration::from_secs(30), || {
         let pid = tb.show("antibody.service", "MainPID");
         pid != agent_pid && pid != "0" && tb.show("antibody.service", "ActiveState") == "active"
@@ -249,7 +250,7 @@ fn a_stalled_agent_is_restarted_by_systemds_watchdog() {
     // Alive and pinging: a few watchdog periods pass without a restart.
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(tb.show("antibody.service", "MainPID"), pid);
-    tb.sh("systemctl kill -s SIGSTOP antibody.service");
+    tb.sh("systemctl kill --kill-who=main -s SIGSTOP antibody.service");
     tb.wait_until(
         "systemd to restart the stalled agent",
         Duration::from_secs(30),
@@ -262,4 +263,46 @@ fn a_stalled_agent_is_restarted_by_systemds_watchdog() {
     assert!(log.contains("Watchdog timeout"), "{log}");
     // The restarted agent answers.
     tb.sh("antibodyctl status");
+}
+
+#[test]
+fn a_restart_job_past_its_timeout_fails_and_never_blocks_the_bus_interface() {
+    let tb = Testbed::boot("timeout");
+    // A reload (SIGHUP through systemctl) brings in a 1 s restart timeout.
+    tb.sh("mkdir -p /etc/antibody/antibody.toml.d && \
+         printf '[restart]\\ntimeout_secs = 1\\n' > /etc/antibody/antibody.toml.d/timeout.toml && \
+         systemctl reload antibody.service");
+    tb.wait_until("the reload to be recorded", Duration::from_secs(30), || {
+        tb.sh("journalctl -u antibody -o cat --no-pager")
+            .contains("config_reloaded")
+    });
+    let id = tb
+        .submit(&alert(
+            "slow",
+            json!([{"type": "restart_service", "name": "slow-stop"}]),
+        ))
+        .unwrap();
+    // While the job waits on the unit's 3 s stop, the agent answers: the
+    // plan is seen mid-flight through Status and GetPlan.
+    tb.wait_until("the restart to start", Duration::from_secs(30), || {
+        tb.plan(&id)["status"] == "in_progress"
+    });
+    let status: Value = serde_json::from_str(&tb.sh("antibodyctl --json status")).unwrap();
+    assert_eq!(status["in_flight"], 1, "{status}");
+    let plan = tb.plan(&id);
+    assert_eq!(
+        plan["status"], "in_progress",
+        "answered while the job waits: {plan}"
+    );
+    let plan = tb.finished_plan(&id);
+    assert_eq!(plan["status"], "failed");
+    assert_eq!(
+        plan["actions"][0]["attempts"], 1,
+        "a timeout is not retried"
+    );
+    let error = plan["actions"][0]["error"].as_str().unwrap();
+    assert!(
+        error.contains("did not finish within 1 s (restart.timeout_secs)"),
+        "{error}"
+    );
 }

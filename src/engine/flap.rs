@@ -83,6 +83,7 @@ mod tests {
             &Event::ActionStarted {
                 index: 0,
                 attempt: 1,
+                prepared: None,
             },
             at_ms,
         );
@@ -135,6 +136,7 @@ mod tests {
             &Event::ActionStarted {
                 index: 0,
                 attempt: 2,
+                prepared: None,
             },
             10 * MIN + 500,
         );

@@ -205,9 +205,6 @@ async fn apply_action(engine: &Arc<Engine>, plan_id: &str, index: usize, attempt
             return fail_action(engine, plan_id, index, &job.kind, attempt, error).await;
         }
     }
-    engine
-        .record(plan_id, Event::ActionStarted { index, attempt })
-        .await;
     let result = prepare_and_apply(
         engine,
         handler.as_ref(),
@@ -238,7 +235,8 @@ async fn apply_action(engine: &Arc<Engine>, plan_id: &str, index: usize, attempt
     }
 }
 
-/// `prepare`, its record made durable, then `apply` with what it read.
+/// `prepare` (a read), then the durable `action_started` record carrying
+/// what it read, then `apply`: one fsync between the decision and the change.
 async fn prepare_and_apply(
     engine: &Arc<Engine>,
     handler: &dyn ActionHandler,
@@ -248,18 +246,16 @@ async fn prepare_and_apply(
     mut job: ActionJob,
 ) -> Result<Applied, crate::actions::ActionError> {
     let config = engine.config();
-    if let Some(before) = handler
+    let prepared = handler
         .prepare(&ctx(engine, &config, plan_id, index, &job))
-        .await?
-    {
-        let event = Event::ActionPrepared {
-            index,
-            attempt,
-            before: before.clone(),
-        };
-        engine.record(plan_id, event).await;
-        job.prepared = Some(before);
-    }
+        .await?;
+    let started = Event::ActionStarted {
+        index,
+        attempt,
+        prepared: prepared.clone(),
+    };
+    engine.record(plan_id, started).await;
+    job.prepared = prepared;
     handler
         .apply(&ctx(engine, &config, plan_id, index, &job))
         .await

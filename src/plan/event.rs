@@ -56,13 +56,10 @@ pub enum Event {
     ActionStarted {
         index: usize,
         attempt: u32,
-    },
-    /// What the system looked like just before `apply`, written before the
-    /// change so recovery after a crash can still put it back.
-    ActionPrepared {
-        index: usize,
-        attempt: u32,
-        before: Value,
+        /// What the handler's `prepare` read just before the change: the
+        /// values a revert or a recovery after a crash puts back.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        prepared: Option<Value>,
     },
     ActionApplied {
         index: usize,
@@ -124,7 +121,6 @@ impl Event {
             Event::PlanCreated { .. } => "plan_created",
             Event::PlanStarted {} => "plan_started",
             Event::ActionStarted { .. } => "action_started",
-            Event::ActionPrepared { .. } => "action_prepared",
             Event::ActionApplied { .. } => "action_applied",
             Event::ActionAttemptFailed { .. } => "action_attempt_failed",
             Event::ActionFailed { .. } => "action_failed",
@@ -156,7 +152,6 @@ impl Event {
     pub fn action_index(&self) -> Option<usize> {
         match self {
             Event::ActionStarted { index, .. }
-            | Event::ActionPrepared { index, .. }
             | Event::ActionApplied { index, .. }
             | Event::ActionAttemptFailed { index, .. }
             | Event::ActionFailed { index, .. }
@@ -245,21 +240,22 @@ impl Plan {
                 self.status = PlanStatus::InProgress;
                 "plan started".to_string()
             }
-            Event::ActionStarted { index, attempt } => {
+            Event::ActionStarted {
+                index,
+                attempt,
+                prepared,
+            } => {
                 let a = &mut self.actions[*index];
                 a.attempts = a.attempts.max(*attempt);
                 a.in_flight = true;
-                a.prepared = None;
+                a.prepared = prepared.clone();
                 a.started_at.get_or_insert_with(|| ts.clone());
-                format!("{label}: attempt {attempt} started")
-            }
-            Event::ActionPrepared {
-                index,
-                attempt,
-                before,
-            } => {
-                self.actions[*index].prepared = Some(before.clone());
-                format!("{label}: attempt {attempt}: state before the change recorded")
+                match prepared {
+                    Some(_) => {
+                        format!("{label}: attempt {attempt} started (state before recorded)")
+                    }
+                    None => format!("{label}: attempt {attempt} started"),
+                }
             }
             Event::ActionApplied {
                 index,
@@ -285,6 +281,9 @@ impl Plan {
                 retry_in_ms,
             } => {
                 let a = &mut self.actions[*index];
+                // An attempt can fail before it starts (its `prepare` could
+                // not read the system): it is used up all the same.
+                a.attempts = a.attempts.max(*attempt);
                 a.in_flight = false;
                 a.error = Some(error.clone());
                 format!("{label}: attempt {attempt} failed: {error}; retrying in {retry_in_ms} ms")
@@ -295,6 +294,7 @@ impl Plan {
                 error,
             } => {
                 let a = &mut self.actions[*index];
+                a.attempts = a.attempts.max(*attempt);
                 a.state = ActionState::Failed;
                 a.in_flight = false;
                 a.finished_at = Some(ts.clone());

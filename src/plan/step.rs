@@ -141,6 +141,7 @@ mod tests {
             &Event::ActionStarted {
                 index: 0,
                 attempt: 1,
+                prepared: None,
             },
             2,
         );
@@ -157,6 +158,7 @@ mod tests {
             &Event::ActionStarted {
                 index: 1,
                 attempt: 1,
+                prepared: None,
             },
             4,
         );
@@ -172,6 +174,7 @@ mod tests {
             &Event::ActionStarted {
                 index: 0,
                 attempt: 1,
+                prepared: None,
             },
             2,
         );

@@ -16,7 +16,7 @@ const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
 
 /// One `MESSAGE_ID` per record kind (and for operator notices); the catalog
 /// in `systemd/antibody.catalog` explains each.
-pub const MESSAGE_IDS: [(&str, &str); 19] = [
+pub const MESSAGE_IDS: [(&str, &str); 18] = [
     ("agent_started", "0bc59538a1434a7c9b4908db0a54d81b"),
     ("agent_stopping", "957285b515b74df4aa921e19261a0e43"),
     ("config_reloaded", "03a7e18b53d84f5e91acd0b0855bd43d"),
@@ -24,7 +24,6 @@ pub const MESSAGE_IDS: [(&str, &str); 19] = [
     ("plan_created", "7c182583cdd54425bc46e824de0464fe"),
     ("plan_started", "7d647cf8ccab4d33812039ff0ac21963"),
     ("action_started", "67d2c12ad10f4981b99b29cbb683cf72"),
-    ("action_prepared", "7f65c92aef284bc18984c8595e04f87c"),
     ("action_applied", "8f1e34c795154eea8331928df49988cc"),
     ("action_attempt_failed", "f7352179c99d44ea9639948567824e1c"),
     ("action_failed", "8de57278c6a24a41988470b8904e8c9e"),

@@ -323,3 +323,15 @@ pub async fn stop(rig: Rig) -> tempfile::TempDir {
     tokio::time::sleep(Duration::from_millis(50)).await;
     dir
 }
+
+/// The payloads of one kind of record, in ledger order.
+pub fn ledger_payloads(rig: &Rig, kind: &str) -> Vec<Value> {
+    let mut payloads = Vec::new();
+    ledger::scan(&rig.dir.path().join("ledger"), |r| {
+        if r.kind == kind {
+            payloads.push(r.payload.clone());
+        }
+    })
+    .unwrap();
+    payloads
+}
