@@ -582,39 +582,69 @@ impl Engine {
 
     /// Appends an event about a plan and folds it in once durable. Returns
     /// the ledger error if the write failed.
-    async fn try_record(&self, plan_id: &str, event: Event) -> Result<Durable, String> {
-        let (kind, payload) = event.to_parts();
-        let fields = {
-            let inner = self.lock();
-            match inner.state.plans.get(plan_id) {
-                Some(plan) => {
-                    let action = event
-                        .action_index()
-                        .and_then(|i| plan.actions.get(i))
-                        .map(|a| a.seed.kind.clone());
-                    plan_journal_fields(plan.source.as_str(), plan.severity, action)
-                }
-                None => Vec::new(),
+    /// The journal fields of a plan's record.
+    fn journal_fields(&self, plan_id: &str, event: &Event) -> JournalFields {
+        let inner = self.lock();
+        match inner.state.plans.get(plan_id) {
+            Some(plan) => {
+                let action = event
+                    .action_index()
+                    .and_then(|i| plan.actions.get(i))
+                    .map(|a| a.seed.kind.clone());
+                plan_journal_fields(plan.source.as_str(), plan.severity, action)
             }
-        };
-        let written =
-            ledger::settle(
-                self.ledger
-                    .append(kind, Some(plan_id.to_string()), payload, fields),
-            )
-            .await;
+            None => Vec::new(),
+        }
+    }
+
+    fn append(
+        &self,
+        plan_id: &str,
+        event: &Event,
+    ) -> tokio::sync::oneshot::Receiver<ledger::writer::AppendResult> {
+        let (kind, payload) = event.to_parts();
+        let fields = self.journal_fields(plan_id, event);
+        self.ledger
+            .append(kind, Some(plan_id.to_string()), payload, fields)
+    }
+
+    /// Folds a durable event into its plan.
+    fn settled(
+        &self,
+        plan_id: &str,
+        event: &Event,
+        written: Result<Durable, String>,
+    ) -> Result<Durable, String> {
         match written {
             Ok(durable) => {
                 self.storage_ok.store(true, Ordering::Relaxed);
                 let mut inner = self.lock();
                 if let Some(plan) = inner.state.plans.get_mut(plan_id) {
-                    plan.apply_event(&event, durable.ts_ms);
+                    plan.apply_event(event, durable.ts_ms);
                 }
                 Ok(durable)
             }
             Err(e) => {
                 self.storage_ok.store(false, Ordering::Relaxed);
                 Err(e)
+            }
+        }
+    }
+
+    async fn try_record(&self, plan_id: &str, event: Event) -> Result<Durable, String> {
+        let written = ledger::settle(self.append(plan_id, &event)).await;
+        self.settled(plan_id, &event, written)
+    }
+
+    /// Records several events of one plan with one wait: all are handed to
+    /// the writer before any is awaited, so they share a group commit. One
+    /// that fails is recorded again, as [`Engine::record`] does.
+    async fn record_all(&self, plan_id: &str, events: Vec<Event>) {
+        let pending: Vec<_> = events.iter().map(|e| self.append(plan_id, e)).collect();
+        for (event, written) in events.into_iter().zip(pending) {
+            let written = ledger::settle(written).await;
+            if self.settled(plan_id, &event, written).is_err() {
+                self.record(plan_id, event).await;
             }
         }
     }

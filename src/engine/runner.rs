@@ -32,8 +32,19 @@ struct ActionJob {
 }
 
 impl Engine {
-    fn plan_step(&self, plan_id: &str) -> Option<Step> {
-        self.lock().state.plans.get(plan_id).map(next_step)
+    /// The plan's next step, as if `carried` events were already folded in.
+    fn plan_step(&self, plan_id: &str, carried: &[Event]) -> Option<Step> {
+        let inner = self.lock();
+        let plan = inner.state.plans.get(plan_id)?;
+        if carried.is_empty() {
+            return Some(next_step(plan));
+        }
+        let mut preview = plan.clone();
+        let now = now_ms();
+        for event in carried {
+            preview.apply_event(event, now);
+        }
+        Some(next_step(&preview))
     }
 
     fn action_job(&self, plan_id: &str, index: usize) -> Option<ActionJob> {
@@ -86,24 +97,51 @@ fn ctx<'a>(
     }
 }
 
+/// Records that gate no change of the system (`plan_started`) wait to be
+/// written with the next record, and share its fsync: the `action_started`
+/// that must be durable before the first change carries the plan's start.
+#[derive(Default)]
+struct Carry(Vec<Event>);
+
+impl Carry {
+    async fn record(&mut self, engine: &Engine, plan_id: &str, event: Event) {
+        let mut events = std::mem::take(&mut self.0);
+        let starts_plan = events.iter().any(|e| matches!(e, Event::PlanStarted {}));
+        events.push(event);
+        engine.record_all(plan_id, events).await;
+        if starts_plan {
+            engine.emit(AgentEvent::PlanStatusChanged {
+                plan_id: plan_id.to_string(),
+                status: "in_progress".into(),
+            });
+        }
+    }
+
+    async fn flush(&mut self, engine: &Engine, plan_id: &str) {
+        if let Some(last) = self.0.pop() {
+            self.record(engine, plan_id, last).await;
+        }
+    }
+}
+
 pub(super) async fn run_plan(engine: &Arc<Engine>, plan_id: &str) {
+    let mut carry = Carry::default();
     loop {
         // On stop the plan is left as the ledger has it; the next start resumes it.
         if engine.is_stopping() {
             return;
         }
-        let Some(step) = engine.plan_step(plan_id) else {
+        let Some(step) = engine.plan_step(plan_id, &carry.0) else {
             return;
         };
+        if !matches!(step, Step::Start | Step::Apply { .. }) {
+            carry.flush(engine, plan_id).await;
+        }
         match step {
-            Step::Start => {
-                engine.record(plan_id, Event::PlanStarted {}).await;
-                engine.emit(AgentEvent::PlanStatusChanged {
-                    plan_id: plan_id.to_string(),
-                    status: "in_progress".into(),
-                });
+            Step::Start => carry.0.push(Event::PlanStarted {}),
+            Step::Apply { index, attempt } => {
+                apply_action(engine, plan_id, index, attempt, &mut carry).await
             }
-            Step::Apply { index, attempt } => apply_action(engine, plan_id, index, attempt).await,
             Step::Recover { index } => recover_action(engine, plan_id, index).await,
             Step::Revert { index, reason } => revert_action(engine, plan_id, index, reason).await,
             Step::Skip { index } => {
@@ -134,22 +172,19 @@ pub(super) async fn run_plan(engine: &Arc<Engine>, plan_id: &str) {
 
 async fn fail_action(
     engine: &Engine,
+    carry: &mut Carry,
     plan_id: &str,
     index: usize,
     kind: &str,
     attempt: u32,
     error: String,
 ) {
-    engine
-        .record(
-            plan_id,
-            Event::ActionFailed {
-                index,
-                attempt,
-                error,
-            },
-        )
-        .await;
+    let failed = Event::ActionFailed {
+        index,
+        attempt,
+        error,
+    };
+    carry.record(engine, plan_id, failed).await;
     engine.action_finished(plan_id, index, kind, "failed");
 }
 
@@ -177,22 +212,28 @@ fn recheck_guards(
         .map_err(|e| format!("refused at apply: {}", e.message))
 }
 
-async fn apply_action(engine: &Arc<Engine>, plan_id: &str, index: usize, attempt: u32) {
+async fn apply_action(
+    engine: &Arc<Engine>,
+    plan_id: &str,
+    index: usize,
+    attempt: u32,
+    carry: &mut Carry,
+) {
     let Some(job) = engine.action_job(plan_id, index) else {
         return;
     };
     let config = engine.config();
     let Some(handler) = engine.registry.get(&job.kind).cloned() else {
         let error = format!("no handler for action type {:?}", job.kind);
-        return fail_action(engine, plan_id, index, &job.kind, attempt, error).await;
+        return fail_action(engine, carry, plan_id, index, &job.kind, attempt, error).await;
     };
     let max_attempts = config.retry.max_attempts;
     if attempt > max_attempts {
         let error = format!("gave up: all {max_attempts} attempt(s) used (the last was interrupted by an agent restart)");
-        return fail_action(engine, plan_id, index, &job.kind, attempt - 1, error).await;
+        return fail_action(engine, carry, plan_id, index, &job.kind, attempt - 1, error).await;
     }
     if let Err(error) = recheck_guards(engine, handler.as_ref(), index, &job) {
-        return fail_action(engine, plan_id, index, &job.kind, attempt, error).await;
+        return fail_action(engine, carry, plan_id, index, &job.kind, attempt, error).await;
     }
     // Retries are one restart: the limiter counts actions, at their first attempt.
     if let Some(target) = job
@@ -202,37 +243,37 @@ async fn apply_action(engine: &Arc<Engine>, plan_id: &str, index: usize, attempt
     {
         let alert = (job.source, job.severity);
         if let Err(error) = engine.flap_check_action(plan_id, index, &job.kind, target, alert) {
-            return fail_action(engine, plan_id, index, &job.kind, attempt, error).await;
+            return fail_action(engine, carry, plan_id, index, &job.kind, attempt, error).await;
         }
     }
-    let result = prepare_and_apply(
-        engine,
-        handler.as_ref(),
+    let step = Attempt {
         plan_id,
         index,
         attempt,
-        job.clone(),
-    )
-    .await;
+    };
+    let result = prepare_and_apply(engine, handler.as_ref(), &step, job.clone(), carry).await;
     match result {
-        Ok(applied) => record_applied(engine, plan_id, index, attempt, &job.kind, applied).await,
+        Ok(applied) => record_applied(engine, &step, &job.kind, applied).await,
         Err(e) if e.transient && attempt < max_attempts => {
             let retry_in_ms = retry_delay_ms(&config.retry, attempt, fastrand::f64());
-            engine
-                .record(
-                    plan_id,
-                    Event::ActionAttemptFailed {
-                        index,
-                        attempt,
-                        error: e.message,
-                        retry_in_ms,
-                    },
-                )
-                .await;
+            let failed = Event::ActionAttemptFailed {
+                index,
+                attempt,
+                error: e.message,
+                retry_in_ms,
+            };
+            carry.record(engine, plan_id, failed).await;
             tokio::time::sleep(Duration::from_millis(retry_in_ms)).await;
         }
-        Err(e) => fail_action(engine, plan_id, index, &job.kind, attempt, e.message).await,
+        Err(e) => fail_action(engine, carry, plan_id, index, &job.kind, attempt, e.message).await,
     }
+}
+
+/// One attempt of one action.
+struct Attempt<'a> {
+    plan_id: &'a str,
+    index: usize,
+    attempt: u32,
 }
 
 /// `prepare` (a read), then the durable `action_started` record carrying
@@ -240,11 +281,15 @@ async fn apply_action(engine: &Arc<Engine>, plan_id: &str, index: usize, attempt
 async fn prepare_and_apply(
     engine: &Arc<Engine>,
     handler: &dyn ActionHandler,
-    plan_id: &str,
-    index: usize,
-    attempt: u32,
+    step: &Attempt<'_>,
     mut job: ActionJob,
+    carry: &mut Carry,
 ) -> Result<Applied, crate::actions::ActionError> {
+    let Attempt {
+        plan_id,
+        index,
+        attempt,
+    } = *step;
     let config = engine.config();
     let prepared = handler
         .prepare(&ctx(engine, &config, plan_id, index, &job))
@@ -254,36 +299,44 @@ async fn prepare_and_apply(
         attempt,
         prepared: prepared.clone(),
     };
-    engine.record(plan_id, started).await;
+    carry.record(engine, plan_id, started).await;
     job.prepared = prepared;
     handler
         .apply(&ctx(engine, &config, plan_id, index, &job))
         .await
 }
 
-async fn record_applied(
-    engine: &Arc<Engine>,
-    plan_id: &str,
-    index: usize,
-    attempt: u32,
-    kind: &str,
-    applied: Applied,
-) {
+/// Records an applied action; when it was the plan's last step, the plan's
+/// end goes in the same write.
+async fn record_applied(engine: &Arc<Engine>, step: &Attempt<'_>, kind: &str, applied: Applied) {
+    let Attempt {
+        plan_id,
+        index,
+        attempt,
+    } = *step;
     let revert_at_ms = applied
         .revert_after_secs
         .map(|secs| now_ms().saturating_add(secs.saturating_mul(1000)));
-    engine
-        .record(
-            plan_id,
-            Event::ActionApplied {
-                index,
-                attempt,
-                summary: applied.summary,
-                changes: applied.changes,
-                revert_at_ms,
-            },
-        )
-        .await;
+    let event = Event::ActionApplied {
+        index,
+        attempt,
+        summary: applied.summary,
+        changes: applied.changes,
+        revert_at_ms,
+    };
+    let finished = match engine.plan_step(plan_id, std::slice::from_ref(&event)) {
+        Some(Step::Finish(status)) => Some(status),
+        _ => None,
+    };
+    match finished {
+        Some(status) => {
+            let end = Event::PlanFinished { status };
+            engine.record_all(plan_id, vec![event, end]).await;
+        }
+        None => {
+            engine.record(plan_id, event).await;
+        }
+    }
     if let Some(at) = revert_at_ms {
         engine
             .lock()
@@ -292,6 +345,12 @@ async fn record_applied(
         engine.wake.notify_one();
     }
     engine.action_finished(plan_id, index, kind, "applied");
+    if let Some(status) = finished {
+        engine.emit(AgentEvent::PlanStatusChanged {
+            plan_id: plan_id.to_string(),
+            status: status.as_str().into(),
+        });
+    }
 }
 
 pub(super) async fn recover_action(engine: &Arc<Engine>, plan_id: &str, index: usize) {
@@ -318,7 +377,12 @@ pub(super) async fn recover_action(engine: &Arc<Engine>, plan_id: &str, index: u
                     },
                 )
                 .await;
-            record_applied(engine, plan_id, index, job.attempts, &job.kind, applied).await;
+            let step = Attempt {
+                plan_id,
+                index,
+                attempt: job.attempts,
+            };
+            record_applied(engine, &step, &job.kind, applied).await;
         }
         Ok(Recovered::DidNotTakeEffect(detail)) => {
             not_taken_effect(engine, plan_id, index, detail).await
