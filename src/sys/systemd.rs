@@ -318,17 +318,27 @@ impl Systemd for SystemdManager {
     async fn unit_status(&self, unit: &str) -> Result<UnitStatus, SystemdError> {
         let (conn, path) = self.unit_object(unit).await?;
         let read = Reader::new(&conn, &path).await?;
-        let (load_state, active_state, sub_state, invocation) = tokio::try_join!(
-            read.get::<String>(UNIT_IFACE, "LoadState"),
-            read.get::<String>(UNIT_IFACE, "ActiveState"),
-            read.get::<String>(UNIT_IFACE, "SubState"),
-            read.get::<Vec<u8>>(UNIT_IFACE, "InvocationID"),
-        )?;
-        require_loaded(unit, &load_state)?;
-        let main_pid = match unit.ends_with(".service") {
-            true => Some(read.get::<u32>(SERVICE_IFACE, "MainPID").await?),
-            false => None,
+        let is_service = unit.ends_with(".service");
+        let main_pid = async {
+            match is_service {
+                true => read.get::<u32>(SERVICE_IFACE, "MainPID").await.map(Some),
+                false => Ok(None),
+            }
         };
+        let unit_props = async {
+            tokio::try_join!(
+                read.get::<String>(UNIT_IFACE, "LoadState"),
+                read.get::<String>(UNIT_IFACE, "ActiveState"),
+                read.get::<String>(UNIT_IFACE, "SubState"),
+                read.get::<Vec<u8>>(UNIT_IFACE, "InvocationID"),
+            )
+        };
+        // All five questions go out at once; a missing unit is told by its
+        // LoadState, whatever the MainPID question answered.
+        let (unit_props, main_pid) = tokio::join!(unit_props, main_pid);
+        let (load_state, active_state, sub_state, invocation) = unit_props?;
+        require_loaded(unit, &load_state)?;
+        let main_pid = main_pid?;
         Ok(UnitStatus {
             unit: unit.to_string(),
             load_state,
