@@ -32,6 +32,17 @@ async fn start_with(units: &[&str], extra: &str) -> Rig {
     rig
 }
 
+/// Submits an alert and waits for its plan to end.
+async fn run_to_end(rig: &Rig, description: &str, actions: Value) -> (String, Value) {
+    let (id, _) = rig
+        .engine
+        .submit(&alert(description, actions))
+        .await
+        .unwrap();
+    let plan = wait_finished(&rig.engine, &id).await;
+    (id, plan)
+}
+
 fn kinds_in_order(rig: &Rig) -> Vec<String> {
     ledger_kinds(rig)
         .into_iter()
@@ -42,12 +53,7 @@ fn kinds_in_order(rig: &Rig) -> Vec<String> {
 #[tokio::test]
 async fn a_restart_records_the_invocation_before_and_after() {
     let rig = start_with(&["web.service"], "").await;
-    let (id, _) = rig
-        .engine
-        .submit(&alert("stalled", json!([restart("web")])))
-        .await
-        .unwrap();
-    let plan = wait_finished(&rig.engine, &id).await;
+    let (_, plan) = run_to_end(&rig, "stalled", json!([restart("web")])).await;
     assert_eq!(plan["status"], "success", "{plan}");
     let changes = &plan["actions"][0]["changes"];
     assert_eq!(changes["before"]["invocation_id"], format!("{:032x}", 1));
@@ -70,12 +76,7 @@ async fn a_failing_job_is_retried_then_fails_with_systemds_result() {
     let rig = start_with(&["broken.service"], "").await;
     rig.systemd
         .script_results("broken.service", &["failed", "failed", "failed", "failed"]);
-    let (id, _) = rig
-        .engine
-        .submit(&alert("broken", json!([restart("broken.service")])))
-        .await
-        .unwrap();
-    let plan = wait_finished(&rig.engine, &id).await;
+    let (_, plan) = run_to_end(&rig, "broken", json!([restart("broken.service")])).await;
     assert_eq!(plan["status"], "failed");
     assert_eq!(plan["actions"][0]["attempts"], 4);
     assert_eq!(rig.systemd.count("restart broken.service"), 4);
@@ -89,12 +90,7 @@ async fn a_failing_job_is_retried_then_fails_with_systemds_result() {
 #[tokio::test]
 async fn a_unit_that_does_not_exist_fails_at_once() {
     let rig = start_with(&[], "").await;
-    let (id, _) = rig
-        .engine
-        .submit(&alert("ghost", json!([restart("ghost")])))
-        .await
-        .unwrap();
-    let plan = wait_finished(&rig.engine, &id).await;
+    let (_, plan) = run_to_end(&rig, "ghost", json!([restart("ghost")])).await;
     assert_eq!(plan["status"], "failed");
     assert_eq!(plan["actions"][0]["attempts"], 1);
     assert!(plan["actions"][0]["error"]
@@ -108,12 +104,7 @@ async fn a_unit_that_does_not_exist_fails_at_once() {
 async fn the_fourth_restart_in_the_window_is_refused_and_the_operator_told() {
     let rig = start_with(&["web.service", "db.service"], "").await;
     for n in 0..3 {
-        let (id, _) = rig
-            .engine
-            .submit(&alert(&format!("r{n}"), json!([restart("web")])))
-            .await
-            .unwrap();
-        wait_finished(&rig.engine, &id).await;
+        run_to_end(&rig, &format!("r{n}"), json!([restart("web")])).await;
     }
     let err = rig
         .engine
@@ -199,12 +190,7 @@ async fn the_limit_is_counted_from_the_ledger_across_an_agent_restart() {
     );
     tokio::spawn(rig.engine.clone().run());
     for n in 0..3 {
-        let (id, _) = rig
-            .engine
-            .submit(&alert(&format!("r{n}"), json!([restart("web")])))
-            .await
-            .unwrap();
-        wait_finished(&rig.engine, &id).await;
+        run_to_end(&rig, &format!("r{n}"), json!([restart("web")])).await;
     }
     let dir = stop(rig).await;
     let again = open_with_systemd(dir, Step::default(), systemd.clone(), "");
@@ -272,12 +258,7 @@ async fn a_throttle_is_undone_to_the_exact_previous_values_when_its_time_is_up()
         .get_mut("web.service")
         .unwrap()
         .limits = before;
-    let (id, _) = rig
-        .engine
-        .submit(&alert("hog", json!([throttle("web.service", 1)])))
-        .await
-        .unwrap();
-    let plan = wait_finished(&rig.engine, &id).await;
+    let (id, plan) = run_to_end(&rig, "hog", json!([throttle("web.service", 1)])).await;
     assert_eq!(plan["status"], "success");
     assert_eq!(
         rig.systemd
@@ -382,17 +363,24 @@ async fn crashed_mid_throttle(changed: bool) -> (tempfile::TempDir, Arc<FakeSyst
     (dir, systemd)
 }
 
-#[tokio::test]
-async fn after_a_crash_a_throttle_in_force_is_still_undone_to_the_recorded_values() {
-    let (dir, systemd) = crashed_mid_throttle(true).await;
+/// Starts the agent again on [`crashed_mid_throttle`]'s ledger and waits
+/// until the throttle has been put back.
+async fn restart_and_wait_for_the_revert(changed: bool) -> (Rig, Arc<FakeSystemd>) {
+    let (dir, systemd) = crashed_mid_throttle(changed).await;
     let rig = open_with_systemd(dir, Step::default(), systemd.clone(), "");
     rig.engine.settle_in_flight().await;
     tokio::spawn(rig.engine.clone().run());
     wait_for(
         || rig.engine.get_plan("p").unwrap()["actions"][0]["state"] == "reverted",
-        "the revert after recovery",
+        "the throttle's revert after the restart",
     )
     .await;
+    (rig, systemd)
+}
+
+#[tokio::test]
+async fn after_a_crash_a_throttle_in_force_is_still_undone_to_the_recorded_values() {
+    let (rig, systemd) = restart_and_wait_for_the_revert(true).await;
     let limits = systemd.unit("web.service").limits;
     assert_eq!(
         (limits.cpu_quota_per_sec_usec, limits.io_weight),
@@ -410,15 +398,7 @@ async fn after_a_crash_a_throttle_in_force_is_still_undone_to_the_recorded_value
 
 #[tokio::test]
 async fn after_a_crash_before_the_change_the_throttle_is_applied_afresh() {
-    let (dir, systemd) = crashed_mid_throttle(false).await;
-    let rig = open_with_systemd(dir, Step::default(), systemd.clone(), "");
-    rig.engine.settle_in_flight().await;
-    tokio::spawn(rig.engine.clone().run());
-    wait_for(
-        || rig.engine.get_plan("p").unwrap()["actions"][0]["state"] == "reverted",
-        "apply then the timed revert",
-    )
-    .await;
+    let (_rig, systemd) = restart_and_wait_for_the_revert(false).await;
     assert_eq!(
         systemd.calls(),
         [

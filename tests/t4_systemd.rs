@@ -28,6 +28,17 @@ fn the_readme_shows_this_restart_command() {
     );
 }
 
+/// Submits a restart of `unit` and waits for the plan to end.
+fn restart_through_antibody(tb: &Testbed, description: &str, unit: &str) -> Value {
+    let id = tb
+        .submit(&alert(
+            description,
+            json!([{"type": "restart_service", "name": unit}]),
+        ))
+        .unwrap();
+    tb.finished_plan(&id)
+}
+
 fn log_text(plan: &Value) -> String {
     plan["log"]
         .as_array()
@@ -79,13 +90,7 @@ fn restart_service_restarts_the_sleeper_and_the_journal_has_the_audit_trail() {
 fn a_restart_waits_for_a_slow_stop_and_a_missing_unit_fails_plainly() {
     let tb = Testbed::boot("slow");
     let before = tb.show("slow-stop.service", "InvocationID");
-    let id = tb
-        .submit(&alert(
-            "slow",
-            json!([{"type": "restart_service", "name": "slow-stop"}]),
-        ))
-        .unwrap();
-    let plan = tb.finished_plan(&id);
+    let plan = restart_through_antibody(&tb, "slow", "slow-stop");
     assert_eq!(plan["status"], "success", "{plan}");
     // Success means the job ended: the new invocation is already running.
     assert_ne!(
@@ -97,13 +102,7 @@ fn a_restart_waits_for_a_slow_stop_and_a_missing_unit_fails_plainly() {
         "active"
     );
 
-    let id = tb
-        .submit(&alert(
-            "ghost",
-            json!([{"type": "restart_service", "name": "no-such-unit"}]),
-        ))
-        .unwrap();
-    let plan = tb.finished_plan(&id);
+    let plan = restart_through_antibody(&tb, "ghost", "no-such-unit");
     assert_eq!(plan["status"], "failed");
     assert_eq!(plan["actions"][0]["attempts"], 1);
     let error = plan["actions"][0]["error"].as_str().unwrap();
@@ -116,13 +115,7 @@ fn a_restart_waits_for_a_slow_stop_and_a_missing_unit_fails_plainly() {
 #[test]
 fn a_unit_that_fails_to_start_fails_the_plan_with_systemds_job_result_after_the_retries() {
     let tb = Testbed::boot("failing");
-    let id = tb
-        .submit(&alert(
-            "failing",
-            json!([{"type": "restart_service", "name": "failing"}]),
-        ))
-        .unwrap();
-    let plan = tb.finished_plan(&id);
+    let plan = restart_through_antibody(&tb, "failing", "failing");
     assert_eq!(plan["status"], "failed", "{plan}");
     // tests/testbed/antibody.toml: retry.max_attempts = 3.
     assert_eq!(plan["actions"][0]["attempts"], 3);
