@@ -114,24 +114,22 @@ impl Engine {
         (source, severity): (Source, Severity),
         message: &str,
     ) {
-        let notice = Notice {
+        let notice = |channel: &str| Notice {
             plan_id: plan_id.to_string(),
             source,
             severity,
             description: "flap limit".into(),
-            channel: "journal".into(),
+            channel: channel.into(),
             message: format!("flap limit reached: {message}"),
         };
+        let deliveries = [
+            (Channel::Journal, notice("journal")),
+            (Channel::Dbus, notice("dbus")),
+        ];
         let notifier = self.sys.notifier.clone();
+        // The refusal is answered at once; the notices follow.
         tokio::spawn(async move {
-            for channel in [Channel::Journal, Channel::Dbus] {
-                let notice = Notice {
-                    channel: match channel {
-                        Channel::Dbus => "dbus".into(),
-                        _ => "journal".into(),
-                    },
-                    ..notice.clone()
-                };
+            for (channel, notice) in deliveries {
                 let _ = notifier.notify(&channel, &notice).await;
             }
         });
