@@ -92,7 +92,7 @@ async fn run(args: Args, config: Config) -> Result<(), String> {
     let journal = Journal::detect();
     let events = events::channel();
     if config.auth.polkit {
-        eprintln!("<4>antibodyd: auth.polkit = true is not supported by this build; the group rules apply");
+        eprintln!("<6>antibodyd: auth.polkit = true: polkit decides for every caller but root");
     }
     let sys = Sys {
         notifier: Arc::new(SystemNotifier {

@@ -1,6 +1,12 @@
 //! Who may call what, judged from the caller's own credentials as the bus
 //! daemon reports them (`GetConnectionCredentials` of the sender) — never
 //! from the agent's pid. This is the second check after the bus policy.
+//!
+//! Root may always do everything. Other callers are judged by the group
+//! rule ([`allowed`]) or, with `auth.polkit = true`, by polkit alone (the
+//! groups are then not consulted, so polkit's rules are the one place that
+//! says who may do what). [`decide`] and [`polkit_verdict`] are pure; the
+//! polkit call itself is [`super::polkit::check`].
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -11,6 +17,7 @@ use zbus::message::Header;
 use zbus::Connection;
 
 use super::errors::Error;
+use super::polkit;
 use crate::config::AuthConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,6 +33,16 @@ impl Permission {
             Permission::Submit => "submit alerts (auth.submit_groups)",
             Permission::Read => "read plans (auth.read_groups)",
             Permission::Rollback => "roll back plans (root only)",
+        }
+    }
+
+    /// The polkit action that guards this permission
+    /// (`packaging/polkit/org.vael.antibody.policy`).
+    pub fn polkit_action(self) -> &'static str {
+        match self {
+            Permission::Submit => "org.vael.antibody.submit",
+            Permission::Read => "org.vael.antibody.read",
+            Permission::Rollback => "org.vael.antibody.rollback",
         }
     }
 }
@@ -62,6 +79,55 @@ pub fn allowed(
         .iter()
         .filter_map(|name| gid_of(name))
         .any(|gid| caller.gids.contains(&gid))
+}
+
+/// What to do with a call, before any polkit round trip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Allow,
+    Deny,
+    /// Ask polkit about this action for the caller's unique name.
+    AskPolkit(&'static str),
+}
+
+/// The pure routing: root always; with `auth.polkit` polkit decides for
+/// everyone else; otherwise the group rule.
+pub fn decide(
+    caller: &Caller,
+    permission: Permission,
+    auth: &AuthConfig,
+    gid_of: impl Fn(&str) -> Option<u32>,
+) -> Decision {
+    if caller.uid == 0 {
+        Decision::Allow
+    } else if auth.polkit {
+        Decision::AskPolkit(permission.polkit_action())
+    } else if allowed(caller, permission, auth, gid_of) {
+        Decision::Allow
+    } else {
+        Decision::Deny
+    }
+}
+
+/// polkit's answer as the call's outcome: only `Authorized` lets it through.
+pub fn polkit_verdict(answer: polkit::Answer, caller: &Caller, action: &str) -> Result<(), Error> {
+    let who = caller.label();
+    match answer {
+        polkit::Answer::Authorized => Ok(()),
+        polkit::Answer::NotAuthorized { challenge: false } => Err(Error::AccessDenied(format!(
+            "polkit does not authorize {who} for {action}"
+        ))),
+        polkit::Answer::NotAuthorized { challenge: true } => Err(Error::AccessDenied(format!(
+            "polkit would authorize {who} for {action} only after authentication, \
+             which a call to a system service cannot give"
+        ))),
+        polkit::Answer::Failed(why) => Err(Error::AccessDenied(format!(
+            "polkit refused to decide on {action} for {who}: {why}"
+        ))),
+        polkit::Answer::Unreachable(why) => Err(Error::AccessDenied(format!(
+            "polkit is unreachable ({why}), so {action} is denied to {who} (auth.polkit = true)"
+        ))),
+    }
 }
 
 fn gid_by_name(name: &str) -> Option<u32> {
@@ -124,14 +190,19 @@ impl Authorizer {
         auth: &AuthConfig,
     ) -> Result<Caller, Error> {
         let caller = self.caller(conn, header).await?;
-        if allowed(&caller, permission, auth, gid_by_name) {
-            Ok(caller)
-        } else {
-            Err(Error::AccessDenied(format!(
+        match decide(&caller, permission, auth, gid_by_name) {
+            Decision::Allow => Ok(caller),
+            Decision::Deny => Err(Error::AccessDenied(format!(
                 "uid {} may not {}",
                 caller.uid,
                 permission.describe()
-            )))
+            ))),
+            Decision::AskPolkit(action) => {
+                // Not cached: polkit's rules (and its temporary
+                // authorizations) may change between two calls.
+                let answer = polkit::check(conn, &caller.sender, action).await;
+                polkit_verdict(answer, &caller, action).map(|()| caller)
+            }
         }
     }
 }
@@ -201,6 +272,79 @@ mod tests {
             &auth,
             gid_of
         ));
+    }
+
+    fn polkit_auth() -> AuthConfig {
+        AuthConfig {
+            polkit: true,
+            ..AuthConfig::default()
+        }
+    }
+
+    #[test]
+    fn without_polkit_decide_follows_the_group_rule() {
+        let auth = AuthConfig::default();
+        assert_eq!(
+            decide(&caller(1000, &[900]), Permission::Submit, &auth, gid_of),
+            Decision::Allow
+        );
+        assert_eq!(
+            decide(&caller(1000, &[]), Permission::Read, &auth, gid_of),
+            Decision::Deny
+        );
+        assert_eq!(
+            decide(&caller(1000, &[900]), Permission::Rollback, &auth, gid_of),
+            Decision::Deny
+        );
+    }
+
+    #[test]
+    fn with_polkit_root_is_allowed_and_everyone_else_is_asked() {
+        let auth = polkit_auth();
+        for p in [Permission::Submit, Permission::Read, Permission::Rollback] {
+            assert_eq!(decide(&caller(0, &[]), p, &auth, gid_of), Decision::Allow);
+            // Group members too: polkit alone decides for them.
+            assert_eq!(
+                decide(&caller(1000, &[900]), p, &auth, gid_of),
+                Decision::AskPolkit(p.polkit_action())
+            );
+        }
+        assert_eq!(
+            Permission::Submit.polkit_action(),
+            "org.vael.antibody.submit"
+        );
+        assert_eq!(Permission::Read.polkit_action(), "org.vael.antibody.read");
+        assert_eq!(
+            Permission::Rollback.polkit_action(),
+            "org.vael.antibody.rollback"
+        );
+    }
+
+    fn denial(answer: polkit::Answer) -> String {
+        match polkit_verdict(answer, &caller(1000, &[]), "org.vael.antibody.read") {
+            Err(Error::AccessDenied(m)) => m,
+            other => panic!("expected AccessDenied, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn only_an_authorized_polkit_answer_lets_the_call_through() {
+        let who = caller(1000, &[]);
+        assert!(polkit_verdict(polkit::Answer::Authorized, &who, "a").is_ok());
+        let no = denial(polkit::Answer::NotAuthorized { challenge: false });
+        assert!(no.contains("polkit does not authorize uid 1000"), "{no}");
+        let challenge = denial(polkit::Answer::NotAuthorized { challenge: true });
+        assert!(
+            challenge.contains("only after authentication"),
+            "{challenge}"
+        );
+        let failed = denial(polkit::Answer::Failed("Error.Failed: bad action".into()));
+        assert!(failed.contains("refused to decide"), "{failed}");
+        let gone = denial(polkit::Answer::Unreachable("ServiceUnknown".into()));
+        assert!(
+            gone.contains("polkit is unreachable") && gone.contains("ServiceUnknown"),
+            "{gone}"
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod errors;
 pub mod interface;
+pub mod polkit;
 pub mod proxy;
 pub mod signals;
 
