@@ -120,6 +120,39 @@ enum Command {
         /// The plan id (a UUID).
         id: String,
     },
+    /// Print a shell completion script (needs no agent), e.g.
+    /// `antibodyctl completions bash > /etc/bash_completion.d/antibodyctl`.
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages antibodyctl.1 and antibodyctl-COMMAND.1 into DIR
+    /// (the packages' build step; needs no agent).
+    #[command(hide = true)]
+    Man {
+        /// An existing directory.
+        dir: std::path::PathBuf,
+    },
+}
+
+/// Commands answered from the CLI's own definition, without the bus.
+fn offline_command(command: &Command) -> Option<Outcome> {
+    match command {
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "antibodyctl",
+                &mut std::io::stdout(),
+            );
+            Some(Ok(()))
+        }
+        Command::Man { dir } => Some(
+            clap_mangen::generate_to(Cli::command(), dir)
+                .map_err(|e| Failure::Usage(format!("man pages into {}: {e}", dir.display()))),
+        ),
+        _ => None,
+    }
 }
 
 const ACTION_FLAGS: [&str; 4] = ["restart", "notify", "isolate", "throttle"];
@@ -768,8 +801,13 @@ async fn run(cli: Cli, matches: &ArgMatches) -> Outcome {
         }
         _ => None,
     };
+    if let Some(outcome) = offline_command(&cli.command) {
+        return outcome;
+    }
     let (conn, proxy) = connect(timeout).await?;
     match cli.command {
+        // Answered by offline_command above.
+        Command::Completions { .. } | Command::Man { .. } => Ok(()),
         Command::Submit { wait, .. } => {
             cmd_submit(&proxy, alert.unwrap_or_default(), wait, json_out).await
         }
