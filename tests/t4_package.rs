@@ -1,0 +1,445 @@
+//! T4: the .deb that `scripts/package.sh` builds, installed with dpkg into a
+//! booted Debian 12 (systemd-nspawn, tests/testbed/): the service it
+//! enables, what its hardening still lets the agent do, the bus policy and
+//! activation, the watchdog, reload, polkit (the real polkitd), an upgrade
+//! that keeps the ledger, removal and purge. Needs root and the package
+//! (scripts/test.sh builds it first); fails, never skips, without them.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, SystemTime};
+
+use serde_json::{json, Value};
+
+use support::testbed::{shell_quote, Testbed};
+use support::{require_root, ROOT};
+
+const SUBMIT: &str =
+    "busctl call org.vael.Antibody /org/vael/Antibody org.vael.Antibody SubmitAlert s";
+
+fn run_host(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn newest_mtime(path: &Path) -> SystemTime {
+    let meta = std::fs::metadata(path).unwrap();
+    let mut newest = meta.modified().unwrap();
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path).unwrap() {
+            newest = newest.max(newest_mtime(&entry.unwrap().path()));
+        }
+    }
+    newest
+}
+
+/// The package scripts/package.sh built; a missing or stale one fails the
+/// test (it would test other code than this tree's).
+fn deb_path() -> PathBuf {
+    let dir = Path::new(ROOT).join("target/debian");
+    let deb = std::fs::read_dir(&dir)
+        .ok()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .unwrap_or_else(|| {
+            panic!(
+                "no .deb in {}: run scripts/package.sh first (scripts/test.sh does)",
+                dir.display()
+            )
+        });
+    let built = std::fs::metadata(&deb).unwrap().modified().unwrap();
+    for source in ["src", "systemd", "dbus", "packaging", "Cargo.toml"] {
+        assert!(
+            newest_mtime(&Path::new(ROOT).join(source)) <= built,
+            "{} is older than {source}: run scripts/package.sh again",
+            deb.display()
+        );
+    }
+    deb
+}
+
+/// A booted machine without the agent (Testbed::boot installs the debug
+/// build; here the package does it), plus the testbed's test units.
+fn boot_bare(test: &str) -> Testbed {
+    require_root();
+    let tb = Testbed {
+        name: format!("pkg-{test}-{}", std::process::id()),
+    };
+    run_host(
+        &format!("{ROOT}/tests/testbed/testbed.sh"),
+        &["boot", &tb.name],
+    );
+    let root = machine_root(&tb);
+    for unit in ["sleeper.service"] {
+        std::fs::copy(
+            Path::new(ROOT).join("tests/testbed/units").join(unit),
+            root.join("etc/systemd/system").join(unit),
+        )
+        .unwrap();
+    }
+    tb.sh("systemctl daemon-reload && systemctl start sleeper.service");
+    tb
+}
+
+fn machine_root(tb: &Testbed) -> PathBuf {
+    PathBuf::from(
+        run_host(
+            &format!("{ROOT}/tests/testbed/testbed.sh"),
+            &["root", &tb.name],
+        )
+        .trim(),
+    )
+}
+
+/// Copies a host file into the machine's /var/tmp (its /tmp is a tmpfs of
+/// its own); returns the path inside.
+fn copy_in(tb: &Testbed, file: &Path) -> String {
+    let name = file.file_name().unwrap().to_str().unwrap();
+    std::fs::copy(file, machine_root(tb).join("var/tmp").join(name)).unwrap();
+    format!("/var/tmp/{name}")
+}
+
+fn install(tb: &Testbed, deb: &Path) {
+    let inside = copy_in(tb, deb);
+    tb.sh(&format!("dpkg -i {inside}"));
+    tb.wait_active("antibody.service");
+}
+
+fn restart_alert(unit: &str) -> String {
+    shell_quote(
+        &json!({"source": "Watchdog", "severity": "high", "description": "stalled",
+                "actions": [{"type": "restart_service", "name": unit}]})
+        .to_string(),
+    )
+}
+
+fn journal_alert(message: &str) -> Value {
+    json!({"source": "Manual", "severity": "low", "description": message,
+           "actions": [{"type": "notify_operator", "channel": "journal", "message": message}]})
+}
+
+/// `config_reloaded` records in the journal (their MESSAGE text).
+fn reloads(tb: &Testbed) -> Vec<String> {
+    tb.sh("journalctl -u antibody ANTIBODY_KIND=config_reloaded -o cat --no-pager")
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn reload_and_wait(tb: &Testbed) -> String {
+    let before = reloads(tb).len();
+    tb.sh("systemctl reload antibody.service");
+    let mut record = String::new();
+    tb.wait_until("the reload to be recorded", Duration::from_secs(30), || {
+        let now = reloads(tb);
+        if now.len() > before {
+            record = now.last().unwrap().clone();
+            true
+        } else {
+            false
+        }
+    });
+    record
+}
+
+#[test]
+fn the_package_installs_a_hardened_service_that_does_its_job() {
+    let deb = deb_path();
+    let tb = boot_bare("run");
+    install(&tb, &deb);
+    assert_eq!(tb.sh("systemctl is-enabled antibody").trim(), "enabled");
+    // Started by systemd as Type=notify: READY=1 was reached.
+    assert_eq!(tb.show("antibody.service", "Type"), "notify");
+    assert_eq!(tb.show("antibody.service", "SubState"), "running");
+    tb.sh("getent group antibody");
+    assert_eq!(
+        tb.sh("stat -c '%a %U %G' /var/log/antibody /var/lib/antibody /etc/antibody"),
+        "750 root root\n700 root root\n755 root root\n"
+    );
+    // Every installed file is as shipped (the package carries md5sums).
+    assert_eq!(tb.sh("dpkg --verify antibody"), "");
+    // The sandbox: only CAP_NET_ADMIN (bit 12) is left to the agent.
+    let status = tb.sh("grep CapEff /proc/$(systemctl show -p MainPID --value antibody)/status");
+    assert!(status.trim().ends_with("0000000000001000"), "{status}");
+    let security = tb.sh("systemd-analyze security antibody.service --no-pager");
+    let exposure: f64 = security
+        .lines()
+        .find_map(|l| l.split("antibody.service: ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level in:\n{security}"));
+    assert!(exposure <= 2.0, "exposure {exposure} (README records 1.8)");
+
+    // Root restarts a unit through the agent: a new invocation.
+    let invocation = tb.show("sleeper.service", "InvocationID");
+    let reply = tb.sh(&format!("{SUBMIT} {}", restart_alert("sleeper")));
+    let plan_id = reply.split('"').nth(1).expect("plan id").to_string();
+    let plan = tb.finished_plan(&plan_id);
+    assert_eq!(plan["status"], "success", "{plan}");
+    assert_ne!(tb.show("sleeper.service", "InvocationID"), invocation);
+    let kinds = tb.journal_kinds(&plan_id);
+    assert_eq!(kinds.first().map(String::as_str), Some("plan_created"));
+    assert_eq!(kinds.last().map(String::as_str), Some("plan_finished"));
+    // The catalog is installed and indexed (journalctl -x explains records).
+    let catalog = tb.sh("journalctl --list-catalog --no-pager");
+    assert!(catalog.contains("Antibody agent started"), "{catalog}");
+
+    // An unprivileged user is stopped by the shipped bus policy ...
+    let (ok, _, err) = tb.try_sh(&format!(
+        "setpriv --reuid=65534 --regid=65534 --clear-groups {SUBMIT} {}",
+        restart_alert("sleeper")
+    ));
+    assert!(!ok && err.contains("Access denied"), "{err}");
+    // ... a member of the antibody group (sysusers.d made it) may submit.
+    tb.sh("useradd --no-create-home --groups antibody alice");
+    tb.sh(&format!(
+        "setpriv --reuid=alice --regid=alice --init-groups {SUBMIT} {}",
+        restart_alert("sleeper")
+    ));
+
+    // D-Bus activation: a call while the agent is down starts it.
+    tb.sh("systemctl stop antibody.service");
+    tb.sh("busctl call org.vael.Antibody /org/vael/Antibody org.vael.Antibody Status");
+    assert_eq!(tb.show("antibody.service", "ActiveState"), "active");
+
+    // The hardening still lets nft change the host's ruleset: a probe run
+    // in the unit's own sandbox (ExecStartPre= shares it).
+    tb.sh("mkdir -p /run/systemd/system/antibody.service.d && \
+         printf '[Service]\\nExecStartPre=/usr/sbin/nft add table inet antibody_probe\\n' \
+           > /run/systemd/system/antibody.service.d/probe.conf && \
+         systemctl daemon-reload && systemctl restart antibody.service");
+    tb.wait_active("antibody.service");
+    assert!(tb.sh("nft list tables").contains("inet antibody_probe"));
+}
+
+#[test]
+fn the_watchdog_restarts_a_stopped_agent_and_reload_rereads_the_config() {
+    let deb = deb_path();
+    let tb = boot_bare("watchdog");
+    install(&tb, &deb);
+    tb.sh("mkdir -p /run/systemd/system/antibody.service.d && \
+         printf '[Service]\\nWatchdogSec=2s\\nTimeoutAbortSec=2s\\n' \
+           > /run/systemd/system/antibody.service.d/watchdog.conf && \
+         systemctl daemon-reload && systemctl restart antibody.service");
+    tb.wait_active("antibody.service");
+    let pid = tb.show("antibody.service", "MainPID");
+    tb.sh("systemctl kill -s SIGSTOP antibody");
+    tb.wait_until(
+        "systemd's watchdog to restart the stopped agent",
+        Duration::from_secs(30),
+        || {
+            let now = tb.show("antibody.service", "MainPID");
+            now != pid && now != "0" && tb.show("antibody.service", "ActiveState") == "active"
+        },
+    );
+    let log = tb.sh("journalctl -u antibody.service -o cat --no-pager");
+    assert!(log.contains("Watchdog timeout"), "{log}");
+
+    // systemctl reload (ExecReload: SIGHUP) applies a drop-in ...
+    tb.sh("mkdir -p /etc/antibody/antibody.toml.d && \
+           printf '[queue]\\nmax = 7\\n' > /etc/antibody/antibody.toml.d/50-test.toml");
+    let record = reload_and_wait(&tb);
+    assert!(record.contains("\"ok\":true"), "{record}");
+    // ... and refuses a bad one, keeping the running configuration.
+    tb.sh("printf '[queue]\\nmax = 0\\n' > /etc/antibody/antibody.toml.d/50-test.toml");
+    let record = reload_and_wait(&tb);
+    assert!(
+        record.contains("\"ok\":false") && record.contains("queue.max"),
+        "{record}"
+    );
+    assert_eq!(tb.show("antibody.service", "ActiveState"), "active");
+    tb.sh("antibodyctl status");
+}
+
+/// The same package with another version, as a rebuild would make it.
+fn bumped(deb: &Path, version: &str, dir: &Path) -> PathBuf {
+    let tree = dir.join("tree");
+    run_host(
+        "dpkg-deb",
+        &["-R", deb.to_str().unwrap(), tree.to_str().unwrap()],
+    );
+    let control = tree.join("DEBIAN/control");
+    let text = std::fs::read_to_string(&control).unwrap();
+    let text: String = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("Version:") {
+                format!("Version: {version}\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    std::fs::write(&control, text).unwrap();
+    let out = dir.join(format!("antibody_{version}_amd64.deb"));
+    run_host(
+        "dpkg-deb",
+        &[
+            "--root-owner-group",
+            "-b",
+            tree.to_str().unwrap(),
+            out.to_str().unwrap(),
+        ],
+    );
+    out
+}
+
+#[test]
+fn an_upgrade_keeps_the_ledger_and_purge_removes_every_file() {
+    let deb = deb_path();
+    let work = tempfile::tempdir().unwrap();
+    let upgrade = bumped(&deb, "0.1.0-99", work.path());
+    let tb = boot_bare("upgrade");
+    install(&tb, &deb);
+    let id = tb.submit(&journal_alert("before the upgrade")).unwrap();
+    assert_eq!(tb.finished_plan(&id)["status"], "success");
+    tb.sh("echo '# kept by the upgrade' >> /etc/antibody/antibody.toml");
+    let invocation = tb.show("antibody.service", "InvocationID");
+
+    let inside = copy_in(&tb, &upgrade);
+    tb.sh(&format!("dpkg -i {inside}"));
+    assert_eq!(tb.sh("dpkg-query -W -f '${Version}' antibody"), "0.1.0-99");
+    tb.wait_active("antibody.service");
+    assert_ne!(
+        tb.show("antibody.service", "InvocationID"),
+        invocation,
+        "the upgrade restarts the agent"
+    );
+    // The ledger and its chain survive, and the old plan still answers.
+    let verify: Value = serde_json::from_str(&tb.sh("antibodyctl --json verify")).unwrap();
+    assert_eq!(verify["ok"], true, "{verify}");
+    assert_eq!(tb.plan(&id)["status"], "success");
+    let started = tb.sh("journalctl -u antibody ANTIBODY_KIND=agent_started -o cat --no-pager");
+    assert_eq!(started.lines().count(), 2, "{started}");
+    assert!(tb
+        .sh("cat /etc/antibody/antibody.toml")
+        .contains("# kept by the upgrade"));
+
+    // Remove: stopped and disabled; the ledger, state and config stay.
+    tb.sh("dpkg -r antibody");
+    assert_eq!(tb.show("antibody.service", "LoadState"), "not-found");
+    tb.sh("test ! -e /etc/systemd/system/multi-user.target.wants/antibody.service");
+    tb.sh("test ! -L /etc/systemd/system/dbus-org.vael.Antibody.service");
+    tb.sh("ls /var/log/antibody/ledger-*.jsonl && test -d /var/lib/antibody");
+    tb.sh("test -f /etc/antibody/antibody.toml");
+    assert!(!tb.try_sh("pgrep -x antibodyd").0, "antibodyd still runs");
+
+    // Purge: nothing the package installed or made is left.
+    tb.sh("apt-get purge -y antibody");
+    let files = run_host("dpkg-deb", &["-c", deb.to_str().unwrap()]);
+    let paths: Vec<String> = files
+        .lines()
+        .filter(|l| !l.starts_with('d'))
+        .filter_map(|l| l.split_whitespace().last())
+        .map(|p| p.trim_start_matches('.').to_string())
+        .collect();
+    assert!(paths.len() > 15, "{files}");
+    for path in paths.iter().map(String::as_str).chain([
+        "/var/log/antibody",
+        "/var/lib/antibody",
+        "/etc/antibody",
+    ]) {
+        let (present, _, _) = tb.try_sh(&format!("test -e {path} || test -L {path}"));
+        assert!(!present, "{path} is left after purge");
+    }
+    assert!(
+        !tb.try_sh("dpkg -s antibody").0,
+        "dpkg still knows antibody"
+    );
+}
+
+/// polkitd and what it needs beyond the testbed's root, as .debs on the
+/// host (from the machine's own mirror), copied in: the testbed has no
+/// network. The versions are those the machine itself would install.
+fn install_polkitd(tb: &Testbed) {
+    let plan = tb.sh("apt-get -s install --no-install-recommends polkitd");
+    let wanted: Vec<String> = plan
+        .lines()
+        .filter_map(|l| l.strip_prefix("Inst "))
+        .map(|l| {
+            let mut f = l.split_whitespace();
+            let name = f.next().unwrap();
+            let version = f.next().unwrap().trim_start_matches('(');
+            format!("{name}={version}")
+        })
+        .collect();
+    assert!(wanted.iter().any(|w| w.starts_with("polkitd=")), "{plan}");
+    let dir = machine_root(tb).join("var/tmp/polkit");
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = Command::new("apt-get")
+        .arg("download")
+        .args(&wanted)
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("apt-get download");
+    assert!(
+        out.status.success(),
+        "apt-get download {wanted:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    tb.sh("dpkg -i /var/tmp/polkit/*.deb >/dev/null && systemctl start polkit.service");
+    tb.wait_active("polkit.service");
+}
+
+#[test]
+fn with_auth_polkit_the_real_polkitd_decides() {
+    let deb = deb_path();
+    let tb = boot_bare("polkit");
+    install(&tb, &deb);
+    install_polkitd(&tb);
+    tb.sh("useradd --no-create-home --groups antibody alice");
+    let as_alice = |member_call: &str| {
+        tb.try_sh(&format!(
+            "setpriv --reuid=alice --regid=alice --init-groups busctl call \
+             org.vael.Antibody /org/vael/Antibody org.vael.Antibody {member_call}"
+        ))
+    };
+    let submit = format!(
+        "SubmitAlert s {}",
+        shell_quote(&journal_alert("from alice").to_string())
+    );
+    // Without polkit, the antibody group may submit.
+    let (ok, _, err) = as_alice(&submit);
+    assert!(ok, "{err}");
+
+    tb.sh("mkdir -p /etc/antibody/antibody.toml.d && \
+           printf '[auth]\\npolkit = true\\n' > /etc/antibody/antibody.toml.d/polkit.toml");
+    assert!(reload_and_wait(&tb).contains("\"ok\":true"));
+    // polkit on, no rule: the shipped actions grant nothing to alice.
+    let (ok, _, err) = as_alice(&submit);
+    assert!(!ok && err.contains("polkit"), "{err}");
+
+    // The shipped example rule grants the antibody group submit and read.
+    let rules = Path::new(ROOT).join("packaging/examples/50-antibody.rules");
+    std::fs::copy(
+        &rules,
+        machine_root(&tb).join("etc/polkit-1/rules.d/50-antibody.rules"),
+    )
+    .unwrap();
+    tb.wait_until("polkitd to load the rule", Duration::from_secs(30), || {
+        as_alice(&submit).0
+    });
+    let (ok, _, err) = as_alice("ListPlans su '' 5");
+    assert!(ok, "read is granted by the rule: {err}");
+
+    // polkit unreachable (stopped, and not activatable): denied, said so.
+    tb.sh("systemctl mask --runtime polkit.service && systemctl stop polkit.service");
+    let (ok, _, err) = as_alice(&submit);
+    assert!(!ok && err.contains("polkit is unreachable"), "{err}");
+    // Root never depends on polkit.
+    tb.sh(&format!("{SUBMIT} {}", restart_alert("sleeper")));
+}
