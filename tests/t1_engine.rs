@@ -379,20 +379,13 @@ async fn guards_are_checked_again_at_apply() {
 
 #[tokio::test]
 async fn unimplemented_system_actions_fail_plainly() {
-    // hot_patch has no file backend yet: its apply must fail, never pretend.
-    let files = tempfile::tempdir().unwrap();
-    let target = files.path().join("app.conf");
-    std::fs::write(&target, "a\n").unwrap();
-    let rig = start(&format!(
-        "[hot_patch]\nallowed_paths = [{:?}]\n",
-        files.path()
-    ))
-    .await;
-    let patch = json!({"type": "hot_patch", "file": target,
-                       "diff": "--- a\n+++ b\n@@ -1 +1 @@\n-a\n+b\n"});
+    // isolate_socket has no nftables backend on this build: its apply must
+    // fail, never pretend.
+    let rig = start("").await;
+    let isolate = json!({"type": "isolate_socket", "sid": "tcp:8080", "seconds": 60});
     let (id, _) = rig
         .engine
-        .submit(&alert("patch", json!([step("before"), patch])))
+        .submit(&alert("isolate", json!([step("before"), isolate])))
         .await
         .unwrap();
     let plan = wait_finished(&rig.engine, &id).await;

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+pub mod files;
 pub mod journal;
 pub mod notifier;
 pub mod sdnotify;

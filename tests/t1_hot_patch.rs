@@ -1,0 +1,180 @@
+//! T1: `hot_patch` through the engine, on real files in a temporary
+//! directory: the atomic write, the backup, rollback, conflicts and the
+//! guards that are checked on the file itself.
+
+mod rig;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+
+use rig::*;
+
+const DIFF: &str = "--- a/app.conf\n+++ b/app.conf\n@@ -1,3 +1,3 @@\n listen 80\n-debug on\n+debug off\n workers 4\n";
+const ORIGINAL: &str = "listen 80\ndebug on\nworkers 4\n";
+const PATCHED: &str = "listen 80\ndebug off\nworkers 4\n";
+
+struct Files {
+    root: tempfile::TempDir,
+    target: PathBuf,
+}
+
+fn files() -> Files {
+    let root = tempfile::tempdir().unwrap();
+    let target = root.path().join("app.conf");
+    fs::write(&target, ORIGINAL).unwrap();
+    fs::set_permissions(&target, fs::Permissions::from_mode(0o640)).unwrap();
+    Files { root, target }
+}
+
+async fn start_for(files: &Files) -> Rig {
+    start(&format!(
+        "[hot_patch]\nallowed_paths = [{:?}]\n",
+        files.root.path()
+    ))
+    .await
+}
+
+fn patch(file: &Path) -> Value {
+    json!({"type": "hot_patch", "file": file, "diff": DIFF})
+}
+
+async fn run(rig: &Rig, actions: Value) -> (String, Value) {
+    let (id, _) = rig.engine.submit(&alert("patch", actions)).await.unwrap();
+    let plan = wait_finished(&rig.engine, &id).await;
+    (id, plan)
+}
+
+fn mode(path: &Path) -> u32 {
+    fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+#[tokio::test]
+async fn a_patch_is_applied_keeping_the_mode_and_a_rollback_restores_the_file() {
+    let files = files();
+    let rig = start_for(&files).await;
+    let (id, plan) = run(&rig, json!([patch(&files.target)])).await;
+    assert_eq!(plan["status"], "success", "{plan}");
+    assert_eq!(fs::read_to_string(&files.target).unwrap(), PATCHED);
+    assert_eq!(mode(&files.target), 0o640);
+    let changes = &plan["actions"][0]["changes"];
+    let backup = PathBuf::from(changes["backup"].as_str().unwrap());
+    assert_eq!(fs::read_to_string(&backup).unwrap(), ORIGINAL);
+    assert_eq!(mode(&backup), 0o600);
+    // The hashes were durable before the write, in action_started.
+    let started = ledger_payloads(&rig, "action_started");
+    assert_eq!(
+        started[0]["prepared"]["before_sha256"],
+        antibody::sys::files::sha256_hex(ORIGINAL.as_bytes())
+    );
+    assert_eq!(
+        started[0]["prepared"]["after_sha256"],
+        antibody::sys::files::sha256_hex(PATCHED.as_bytes())
+    );
+    // No temporary file is left beside the target.
+    assert_eq!(fs::read_dir(files.root.path()).unwrap().count(), 1);
+
+    rig.engine.rollback(&id, "test").await.unwrap();
+    wait_for(
+        || rig.engine.get_plan(&id).unwrap()["actions"][0]["state"] == "reverted",
+        "the rollback",
+    )
+    .await;
+    assert_eq!(fs::read_to_string(&files.target).unwrap(), ORIGINAL);
+    assert_eq!(mode(&files.target), 0o640);
+}
+
+#[tokio::test]
+async fn a_later_failure_rolls_the_patch_back() {
+    let files = files();
+    let rig = start_for(&files).await;
+    rig.step.script("boom", vec![Outcome::Permanent]);
+    let (_, plan) = run(&rig, json!([patch(&files.target), step("boom")])).await;
+    assert_eq!(plan["status"], "failed");
+    assert_eq!(plan["actions"][0]["state"], "reverted");
+    assert_eq!(fs::read_to_string(&files.target).unwrap(), ORIGINAL);
+}
+
+#[tokio::test]
+async fn a_file_changed_since_the_patch_is_a_conflict_and_left_alone() {
+    let files = files();
+    let rig = start_for(&files).await;
+    let (id, _) = run(&rig, json!([patch(&files.target)])).await;
+    fs::write(&files.target, "edited by hand\n").unwrap();
+    rig.engine.rollback(&id, "test").await.unwrap();
+    wait_for(
+        || rig.engine.get_plan(&id).unwrap()["rollback"]["finished_at"].is_string(),
+        "the rollback to end",
+    )
+    .await;
+    let plan = rig.engine.get_plan(&id).unwrap();
+    assert_eq!(plan["actions"][0]["revert_failed"], true, "{plan}");
+    let log = plan["log"].to_string();
+    assert!(log.contains("conflict: "), "{log}");
+    assert!(log.contains("changed since the patch"), "{log}");
+    assert_eq!(
+        fs::read_to_string(&files.target).unwrap(),
+        "edited by hand\n"
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_expected_hash_or_a_diff_that_does_not_apply_changes_nothing() {
+    let files = files();
+    let rig = start_for(&files).await;
+    let mut wrong_hash = patch(&files.target);
+    wrong_hash["sha256"] = json!("0".repeat(64));
+    let (_, plan) = run(&rig, json!([wrong_hash])).await;
+    assert_eq!(plan["status"], "failed");
+    assert_eq!(plan["actions"][0]["attempts"], 1);
+    let error = plan["actions"][0]["error"].as_str().unwrap();
+    assert!(error.contains("not the 0000"), "{error}");
+
+    let mut right_hash = patch(&files.target);
+    right_hash["sha256"] = json!(antibody::sys::files::sha256_hex(ORIGINAL.as_bytes()));
+    right_hash["diff"] = json!("--- a\n+++ b\n@@ -1 +1 @@\n-no such line\n+x\n");
+    let (_, plan) = run(&rig, json!([right_hash])).await;
+    assert_eq!(plan["status"], "failed");
+    let error = plan["actions"][0]["error"].as_str().unwrap();
+    assert!(error.contains("the diff does not apply"), "{error}");
+    assert_eq!(fs::read_to_string(&files.target).unwrap(), ORIGINAL);
+}
+
+#[tokio::test]
+async fn a_symlink_out_of_the_root_is_refused_at_apply() {
+    let files = files();
+    let outside = tempfile::tempdir().unwrap();
+    let secret = outside.path().join("secret.conf");
+    fs::write(&secret, ORIGINAL).unwrap();
+    let link = files.root.path().join("link.conf");
+    std::os::unix::fs::symlink(&secret, &link).unwrap();
+    let rig = start_for(&files).await;
+    let (_, plan) = run(&rig, json!([patch(&link)])).await;
+    assert_eq!(plan["status"], "failed");
+    let error = plan["actions"][0]["error"].as_str().unwrap();
+    assert!(
+        error.contains("not under any of hot_patch.allowed_paths"),
+        "{error}"
+    );
+    assert_eq!(fs::read_to_string(&secret).unwrap(), ORIGINAL);
+}
+
+#[tokio::test]
+async fn dry_run_shows_the_hashes_and_changes_nothing() {
+    let files = files();
+    let rig = start_for(&files).await;
+    let preview = rig
+        .engine
+        .dry_run(&alert("preview", json!([patch(&files.target)])))
+        .await
+        .unwrap();
+    let change = &preview["actions"][0]["change"];
+    assert_eq!(
+        change["after_sha256"],
+        antibody::sys::files::sha256_hex(PATCHED.as_bytes())
+    );
+    assert_eq!(change["keeps"]["mode"], "640");
+    assert_eq!(fs::read_to_string(&files.target).unwrap(), ORIGINAL);
+}
