@@ -14,6 +14,8 @@ echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings
 echo "== T4 testbed: the Debian 12 root filesystem (built once, then cached)"
 tests/testbed/rootfs.sh
+echo "== packages: .deb and .rpm built and checked (lintian, rpmlint, contents); T4 installs the .deb"
+scripts/package.sh
 echo "== cargo test (T0 pure, T1 engine, T2 private dbus-daemon, T4 booted systemd)"
 cargo test --lib --bins --tests --no-fail-fast 2>&1 | tee target/test-output.txt
 # A summary line scripts and CI can read.

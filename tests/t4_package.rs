@@ -83,13 +83,11 @@ fn boot_bare(test: &str) -> Testbed {
         &["boot", &tb.name],
     );
     let root = machine_root(&tb);
-    for unit in ["sleeper.service"] {
-        std::fs::copy(
-            Path::new(ROOT).join("tests/testbed/units").join(unit),
-            root.join("etc/systemd/system").join(unit),
-        )
-        .unwrap();
-    }
+    std::fs::copy(
+        Path::new(ROOT).join("tests/testbed/units/sleeper.service"),
+        root.join("etc/systemd/system/sleeper.service"),
+    )
+    .unwrap();
     tb.sh("systemctl daemon-reload && systemctl start sleeper.service");
     tb
 }
@@ -181,7 +179,7 @@ fn the_package_installs_a_hardened_service_that_does_its_job() {
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no exposure level in:\n{security}"));
-    assert!(exposure <= 2.0, "exposure {exposure} (README records 1.8)");
+    assert!(exposure <= 2.0, "exposure {exposure} (README records 1.9)");
 
     // Root restarts a unit through the agent: a new invocation.
     let invocation = tb.show("sleeper.service", "InvocationID");
@@ -442,4 +440,66 @@ fn with_auth_polkit_the_real_polkitd_decides() {
     assert!(!ok && err.contains("polkit is unreachable"), "{err}");
     // Root never depends on polkit.
     tb.sh(&format!("{SUBMIT} {}", restart_alert("sleeper")));
+}
+
+const PATCH_DIFF: &str =
+    "--- a/app.conf\n+++ b/app.conf\n@@ -1,2 +1,2 @@\n listen 80\n-debug on\n+debug off\n";
+
+fn patch_alert(description: &str) -> Value {
+    json!({"source": "Manual", "severity": "med", "description": description,
+           "actions": [{"type": "hot_patch", "file": "/srv/vael/conf/app.conf", "diff": PATCH_DIFF}]})
+}
+
+#[test]
+fn hot_patch_needs_the_documented_drop_in_and_then_keeps_owner_and_mode() {
+    let deb = deb_path();
+    let tb = boot_bare("hotpatch");
+    install(&tb, &deb);
+    // A file of another user that root without CAP_DAC_OVERRIDE cannot read.
+    tb.sh(
+        "mkdir -p /srv/vael/conf && printf 'listen 80\\ndebug on\\n' > /srv/vael/conf/app.conf && \
+         chown -R nobody:nogroup /srv/vael/conf && chmod 0750 /srv/vael/conf && \
+         chmod 0640 /srv/vael/conf/app.conf && \
+         mkdir -p /etc/antibody/antibody.toml.d && \
+         printf '[hot_patch]\\nallowed_paths = [\"/srv/vael/conf\"]\\n' \
+           > /etc/antibody/antibody.toml.d/hot-patch.toml && \
+         systemctl restart antibody.service",
+    );
+    tb.wait_active("antibody.service");
+    // The shipped unit alone: the sandbox keeps the agent out.
+    let refused = tb
+        .submit(&patch_alert("without the drop-in"))
+        .map(|id| tb.finished_plan(&id));
+    match &refused {
+        Ok(plan) => assert_eq!(plan["status"], "failed", "{plan}"),
+        Err(refusal) => assert!(refusal.contains("app.conf"), "{refusal}"),
+    }
+    assert_eq!(
+        tb.sh("cat /srv/vael/conf/app.conf"),
+        "listen 80\ndebug on\n"
+    );
+
+    // The example drop-in the package ships, as the operator copies it.
+    tb.sh(
+        "mkdir -p /etc/systemd/system/antibody.service.d && \
+         cp /usr/share/doc/antibody/examples/hot-patch.conf /etc/systemd/system/antibody.service.d/ && \
+         systemctl daemon-reload && systemctl restart antibody.service",
+    );
+    tb.wait_active("antibody.service");
+    let id = tb.submit(&patch_alert("with the drop-in")).unwrap();
+    let plan = tb.finished_plan(&id);
+    assert_eq!(plan["status"], "success", "{plan}");
+    assert_eq!(
+        tb.sh("cat /srv/vael/conf/app.conf"),
+        "listen 80\ndebug off\n"
+    );
+    assert_eq!(
+        tb.sh("stat -c '%a %U %G' /srv/vael/conf/app.conf"),
+        "640 nobody nogroup\n"
+    );
+    // The drop-in opened that root and nothing else.
+    assert_eq!(
+        tb.show("antibody.service", "ReadWritePaths"),
+        "/srv/vael/conf"
+    );
 }
