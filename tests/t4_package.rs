@@ -234,7 +234,9 @@ fn the_watchdog_restarts_a_stopped_agent_and_reload_rereads_the_config() {
          systemctl daemon-reload && systemctl restart antibody.service");
     tb.wait_active("antibody.service");
     let pid = tb.show("antibody.service", "MainPID");
-    tb.sh("systemctl kill -s SIGSTOP antibody");
+    // The main process only: enumerating the whole cgroup races with processes
+    // that exit meanwhile (systemctl then fails with EIO).
+    tb.sh("systemctl kill --kill-who=main -s SIGSTOP antibody");
     tb.wait_until(
         "systemd's watchdog to restart the stopped agent",
         Duration::from_secs(30),
