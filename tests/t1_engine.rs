@@ -19,6 +19,8 @@ use antibody::events::{self, AgentEvent};
 use antibody::ledger::{self, LedgerWriter, Tip, WriterOptions};
 use antibody::plan::fields::Fields;
 use antibody::plan::{Event, PlanSeed};
+use antibody::sys::nft::backend::NftFirewall;
+use antibody::sys::nft::fake::FakeDriver;
 use antibody::sys::notifier::{Channel, Notice, Notifier};
 use antibody::sys::Sys;
 
@@ -195,6 +197,7 @@ fn open(dir: tempfile::TempDir, step: Step, extra: &str) -> Rig {
             registry,
             sys: Sys {
                 notifier: notifier.clone(),
+                firewall: Arc::new(NftFirewall::start(FakeDriver::default())),
             },
             events: events::channel(),
             mirror: None,

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 pub mod journal;
+pub mod nft;
 pub mod notifier;
 pub mod sdnotify;
 
@@ -12,4 +13,5 @@ pub mod sdnotify;
 #[derive(Clone)]
 pub struct Sys {
     pub notifier: Arc<dyn notifier::Notifier>,
+    pub firewall: Arc<dyn nft::Firewall>,
 }
