@@ -197,6 +197,15 @@ pub fn remove_table() -> Vec<Value> {
     ]
 }
 
+/// One set's share of a batch: elements with their timeouts, the same
+/// elements' bare keys, and keys to remove.
+#[derive(Default)]
+struct SetChanges {
+    with_timeout: Vec<Value>,
+    keys: Vec<Value>,
+    gone: Vec<Value>,
+}
+
 fn element_command(verb: &str, set: &str, elems: Vec<Value>) -> Value {
     json!({verb: {"element": {"family": FAMILY, "table": TABLE, "name": set, "elem": elems}}})
 }
@@ -209,22 +218,35 @@ fn element_command(verb: &str, set: &str, elems: Vec<Value>) -> Value {
 /// again with the new timeout, within the one transaction.
 /// `removals` are deleted, after an `add` so a missing one is no error.
 pub fn element_changes(upserts: &[(Element, u64)], removals: &[Element]) -> Vec<Value> {
-    let mut by_set: BTreeMap<String, (Vec<Value>, Vec<Value>, Vec<Value>)> = BTreeMap::new();
+    let mut by_set: BTreeMap<String, SetChanges> = BTreeMap::new();
     let mut sorted_upserts = upserts.to_vec();
     sorted_upserts.sort();
     for (element, timeout) in sorted_upserts {
-        let (with_timeout, keys, _) = by_set.entry(element.set_name()).or_default();
-        with_timeout.push(json!({"elem": {"val": element.key(), "timeout": timeout.max(1)}}));
-        keys.push(element.key());
+        let changes = by_set.entry(element.set_name()).or_default();
+        changes
+            .with_timeout
+            .push(json!({"elem": {"val": element.key(), "timeout": timeout.max(1)}}));
+        changes.keys.push(element.key());
     }
     let mut sorted_removals = removals.to_vec();
     sorted_removals.sort();
     for element in sorted_removals {
-        let (_, _, gone) = by_set.entry(element.set_name()).or_default();
-        gone.push(element.key());
+        by_set
+            .entry(element.set_name())
+            .or_default()
+            .gone
+            .push(element.key());
     }
     let mut commands = Vec::new();
-    for (set, (with_timeout, keys, gone)) in by_set {
+    for (
+        set,
+        SetChanges {
+            with_timeout,
+            keys,
+            gone,
+        },
+    ) in by_set
+    {
         if !with_timeout.is_empty() {
             commands.push(element_command("add", &set, with_timeout.clone()));
             commands.push(element_command("delete", &set, keys));
