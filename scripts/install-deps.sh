@@ -8,7 +8,8 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 export DEBIAN_FRONTEND=noninteractive
 # dbus-daemon: the private test bus; dbus-bin: dbus-send; systemd: busctl;
-# util-linux: setpriv (unprivileged callers); procps, iproute2: test plumbing.
+# util-linux: setpriv (unprivileged callers); procps, iproute2: test plumbing;
+# nftables: nft for the T3 tests (always inside network namespaces they create).
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
-    dbus-daemon dbus-bin systemd util-linux procps iproute2 ca-certificates >/dev/null
+    dbus-daemon dbus-bin systemd util-linux procps iproute2 nftables ca-certificates >/dev/null

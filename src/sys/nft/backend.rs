@@ -4,7 +4,7 @@
 //! a queue and go out together in the next one, so a burst of plans costs
 //! a few `nft` processes, not one each.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
@@ -13,7 +13,7 @@ use serde_json::json;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
-use super::batch::{self, document, element_changes, rebuild_table};
+use super::batch::{self, add_elements, document, element_commands, rebuild_table, ElementChanges};
 use super::claims::{timeout_secs, Claim, Claims};
 use super::listing::Listing;
 use super::{Drift, Element, Firewall, FirewallError};
@@ -175,27 +175,41 @@ impl Shared {
     /// answers each. If the shared batch fails, each job is tried alone so
     /// one bad change cannot sink the others.
     async fn run(&self, jobs: Vec<Job>) {
+        let mut touched: BTreeMap<Element, Touch> = BTreeMap::new();
         let undo: Vec<Option<Undo>> = {
             let mut state = self.lock();
-            state.claims.prune(now_ms());
+            let now = now_ms();
+            state.claims.prune(now);
             jobs.iter()
-                .map(|job| match &job.change {
-                    Change::Claim(c) => Some(Undo::Claim {
-                        owner: c.owner.clone(),
-                        previous: state.claims.insert(c.clone()),
-                    }),
-                    Change::Release { owner, .. } => state.claims.remove(owner).map(Undo::Release),
-                    Change::Sync(_) => None,
+                .map(|job| {
+                    match &job.change {
+                        Change::Sync(elements) => {
+                            for e in elements {
+                                touched.entry(*e).or_default().missing = true;
+                            }
+                        }
+                        other => {
+                            let e = other.element().expect("claims and releases name one");
+                            let before = state.claims.until(&e, now);
+                            touched.entry(e).or_insert(Touch {
+                                before,
+                                missing: false,
+                            });
+                        }
+                    }
+                    match &job.change {
+                        Change::Claim(c) => Some(Undo::Claim {
+                            owner: c.owner.clone(),
+                            previous: state.claims.insert(c.clone()),
+                        }),
+                        Change::Release { owner, .. } => {
+                            state.claims.remove(owner).map(Undo::Release)
+                        }
+                        Change::Sync(_) => None,
+                    }
                 })
                 .collect()
         };
-        let mut touched: BTreeSet<Element> = BTreeSet::new();
-        for job in &jobs {
-            match &job.change {
-                Change::Sync(elements) => touched.extend(elements.iter().copied()),
-                other => touched.extend(other.element()),
-            }
-        }
         match self.send(&touched).await {
             Ok(kept) => {
                 for job in jobs {
@@ -228,7 +242,7 @@ impl Shared {
     /// is rebuilt. Returns the timeout each still-held touched element got.
     async fn send(
         &self,
-        touched: &BTreeSet<Element>,
+        touched: &BTreeMap<Element, Touch>,
     ) -> Result<BTreeMap<Element, u64>, FirewallError> {
         let mut last_error = String::new();
         for _attempt in 0..2 {
@@ -243,6 +257,9 @@ impl Shared {
                 }
             }
             let (commands, kept) = self.plan(touched);
+            if commands.is_empty() {
+                return Ok(kept);
+            }
             match self.driver.apply(&document(commands)).await {
                 Ok(()) => {
                     self.lock().table_ok = true;
@@ -263,22 +280,25 @@ impl Shared {
     }
 
     /// The batch for `touched` as the claims stand now.
-    fn plan(&self, touched: &BTreeSet<Element>) -> (Vec<Value>, BTreeMap<Element, u64>) {
+    fn plan(&self, touched: &BTreeMap<Element, Touch>) -> (Vec<Value>, BTreeMap<Element, u64>) {
         let state = self.lock();
         let now = now_ms();
-        let mut upserts = Vec::new();
-        let mut removals = Vec::new();
+        let mut changes = ElementChanges::default();
         let mut kept = BTreeMap::new();
         let mut commands = Vec::new();
         if state.table_ok {
-            for element in touched {
-                match state.claims.until(element, now) {
-                    Some(until) => {
-                        let secs = timeout_secs(until, now);
-                        upserts.push((*element, secs));
-                        kept.insert(*element, secs);
-                    }
-                    None => removals.push(*element),
+            for (element, touch) in touched {
+                let Some(until) = state.claims.until(element, now) else {
+                    changes.remove.push(*element);
+                    continue;
+                };
+                let secs = timeout_secs(until, now);
+                kept.insert(*element, secs);
+                match touch.before {
+                    // Held before for as long: the kernel already has it right.
+                    Some(before) if before == until && !touch.missing => {}
+                    Some(_) => changes.retime.push((*element, secs)),
+                    None => changes.add.push((*element, secs)),
                 }
             }
         } else {
@@ -286,15 +306,24 @@ impl Shared {
             commands = rebuild_table();
             for (element, until) in state.claims.live(now) {
                 let secs = timeout_secs(until, now);
-                upserts.push((element, secs));
-                if touched.contains(&element) {
+                changes.add.push((element, secs));
+                if touched.contains_key(&element) {
                     kept.insert(element, secs);
                 }
             }
         }
-        commands.extend(element_changes(&upserts, &removals));
+        commands.extend(element_commands(&changes));
         (commands, kept)
     }
+}
+
+/// What a batch knows about an element it touches.
+#[derive(Debug, Clone, Copy, Default)]
+struct Touch {
+    /// Until when claims held it before this batch (none: it is new).
+    before: Option<u64>,
+    /// Reconcile found it missing from the kernel.
+    missing: bool,
 }
 
 enum Undo {
@@ -401,12 +430,12 @@ impl Firewall for NftFirewall {
         let state = self.shared.lock();
         let now = now_ms();
         let until = now.saturating_add(timeout_secs_wanted.saturating_mul(1000));
-        let until = state.claims.until(&element, now).unwrap_or(0).max(until);
-        let mut upserts = vec![(element, timeout_secs(until, now))];
-        let mut commands = Vec::new();
+        let before = state.claims.until(&element, now);
+        let secs = timeout_secs(before.unwrap_or(0).max(until), now);
         if !table_ok {
-            commands = rebuild_table();
-            upserts.extend(
+            let mut commands = rebuild_table();
+            let mut adds = vec![(element, secs)];
+            adds.extend(
                 state
                     .claims
                     .live(now)
@@ -414,9 +443,21 @@ impl Firewall for NftFirewall {
                     .filter(|(e, _)| *e != element)
                     .map(|(e, until)| (e, timeout_secs(until, now))),
             );
+            commands.extend(add_elements(&adds));
+            return Ok(document(commands));
         }
-        commands.extend(element_changes(&upserts, &[]));
-        Ok(document(commands))
+        let changes = match before {
+            Some(before) if before >= until => ElementChanges::default(),
+            Some(_) => ElementChanges {
+                retime: vec![(element, secs)],
+                ..ElementChanges::default()
+            },
+            None => ElementChanges {
+                add: vec![(element, secs)],
+                ..ElementChanges::default()
+            },
+        };
+        Ok(document(element_commands(&changes)))
     }
 
     async fn remove_table(&self) -> Result<bool, FirewallError> {
@@ -471,10 +512,7 @@ mod tests {
             batches[0]["nftables"][1],
             json!({"delete": {"table": {"family": "inet", "name": "antibody"}}})
         );
-        assert_eq!(
-            batches[1],
-            document(element_changes(&[(sid("tcp:8080"), 20)], &[]))
-        );
+        assert_eq!(batches[1], document(add_elements(&[(sid("tcp:8080"), 20)])));
         assert_eq!(timeout_of(&driver, "addr4", "\"10.0.0.1\""), Some(30));
     }
 

@@ -197,12 +197,15 @@ pub fn remove_table() -> Vec<Value> {
     ]
 }
 
-/// One set's share of a batch: elements with their timeouts, the same
-/// elements' bare keys, and keys to remove.
+/// One set's share of a batch.
 #[derive(Default)]
 struct SetChanges {
-    with_timeout: Vec<Value>,
-    keys: Vec<Value>,
+    /// Elements (with timeouts) to add.
+    add: Vec<Value>,
+    /// Elements (with timeouts) whose timeout changes, and their bare keys.
+    retime: Vec<Value>,
+    retime_keys: Vec<Value>,
+    /// Keys to remove.
     gone: Vec<Value>,
 }
 
@@ -210,27 +213,51 @@ fn element_command(verb: &str, set: &str, elems: Vec<Value>) -> Value {
     json!({verb: {"element": {"family": FAMILY, "table": TABLE, "name": set, "elem": elems}}})
 }
 
-/// Element changes as one batch, grouped by set.
-///
-/// `upserts` puts each element in force for its timeout (seconds), whether
-/// or not it is there: the kernel's `add` leaves an existing element's
-/// timeout alone, so it is added (a no-op if present), deleted and added
-/// again with the new timeout, within the one transaction.
-/// `removals` are deleted, after an `add` so a missing one is no error.
-pub fn element_changes(upserts: &[(Element, u64)], removals: &[Element]) -> Vec<Value> {
-    let mut by_set: BTreeMap<String, SetChanges> = BTreeMap::new();
-    let mut sorted_upserts = upserts.to_vec();
-    sorted_upserts.sort();
-    for (element, timeout) in sorted_upserts {
-        let changes = by_set.entry(element.set_name()).or_default();
-        changes
-            .with_timeout
-            .push(json!({"elem": {"val": element.key(), "timeout": timeout.max(1)}}));
-        changes.keys.push(element.key());
+fn with_timeout(element: &Element, timeout: u64) -> Value {
+    json!({"elem": {"val": element.key(), "timeout": timeout.max(1)}})
+}
+
+/// What one batch does to elements (timeouts in seconds).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ElementChanges {
+    /// New elements: a plain `add`.
+    pub add: Vec<(Element, u64)>,
+    /// Elements that may exist and need this timeout: the kernel's `add`
+    /// leaves an existing element's timeout alone, so each is added (a
+    /// no-op if present), deleted and added again, within the one
+    /// transaction. A delete costs the kernel an RCU grace period (≈ 15 ms
+    /// here), which is why new elements take the plain path.
+    pub retime: Vec<(Element, u64)>,
+    /// Elements to delete, after an `add` so a missing one is no error.
+    pub remove: Vec<Element>,
+}
+
+impl ElementChanges {
+    pub fn is_empty(&self) -> bool {
+        self.add.is_empty() && self.retime.is_empty() && self.remove.is_empty()
     }
-    let mut sorted_removals = removals.to_vec();
-    sorted_removals.sort();
-    for element in sorted_removals {
+}
+
+/// Element changes as batch commands, grouped by set, in a stable order.
+pub fn element_commands(changes: &ElementChanges) -> Vec<Value> {
+    let mut by_set: BTreeMap<String, SetChanges> = BTreeMap::new();
+    let sorted = |v: &[(Element, u64)]| {
+        let mut v = v.to_vec();
+        v.sort();
+        v
+    };
+    for (element, timeout) in sorted(&changes.add) {
+        let set = by_set.entry(element.set_name()).or_default();
+        set.add.push(with_timeout(&element, timeout));
+    }
+    for (element, timeout) in sorted(&changes.retime) {
+        let set = by_set.entry(element.set_name()).or_default();
+        set.retime.push(with_timeout(&element, timeout));
+        set.retime_keys.push(element.key());
+    }
+    let mut removals = changes.remove.clone();
+    removals.sort();
+    for element in removals {
         by_set
             .entry(element.set_name())
             .or_default()
@@ -238,30 +265,34 @@ pub fn element_changes(upserts: &[(Element, u64)], removals: &[Element]) -> Vec<
             .push(element.key());
     }
     let mut commands = Vec::new();
-    for (
-        set,
-        SetChanges {
-            with_timeout,
-            keys,
-            gone,
-        },
-    ) in by_set
-    {
-        if !with_timeout.is_empty() {
-            commands.push(element_command("add", &set, with_timeout.clone()));
-            commands.push(element_command("delete", &set, keys));
-            commands.push(element_command("add", &set, with_timeout));
+    for (name, set) in by_set {
+        if !set.add.is_empty() {
+            commands.push(element_command("add", &name, set.add));
         }
-        if !gone.is_empty() {
-            let placeholders = gone
+        if !set.retime.is_empty() {
+            commands.push(element_command("add", &name, set.retime.clone()));
+            commands.push(element_command("delete", &name, set.retime_keys));
+            commands.push(element_command("add", &name, set.retime));
+        }
+        if !set.gone.is_empty() {
+            let placeholders = set
+                .gone
                 .iter()
                 .map(|k| json!({"elem": {"val": k, "timeout": 1}}))
                 .collect();
-            commands.push(element_command("add", &set, placeholders));
-            commands.push(element_command("delete", &set, gone));
+            commands.push(element_command("add", &name, placeholders));
+            commands.push(element_command("delete", &name, set.gone));
         }
     }
     commands
+}
+
+/// New elements only: the common case of an isolation.
+pub fn add_elements(adds: &[(Element, u64)]) -> Vec<Value> {
+    element_commands(&ElementChanges {
+        add: adds.to_vec(),
+        ..ElementChanges::default()
+    })
 }
 
 #[cfg(test)]
@@ -272,24 +303,40 @@ mod tests {
         Element::isolate(text.parse().unwrap())
     }
 
+    fn target(verb: &str, set: &str, elem: Value) -> Value {
+        json!({verb: {"element": {"family": "inet", "table": "antibody", "name": set, "elem": elem}}})
+    }
+
     #[test]
-    fn an_isolation_is_one_atomic_upsert() {
-        let batch = document(element_changes(&[(sid("tcp:8080"), 30)], &[]));
+    fn a_new_isolation_is_one_add() {
+        let batch = document(add_elements(&[(sid("tcp:8080"), 30)]));
         let elem = json!([{"elem": {"val": {"concat": ["tcp", 8080]}, "timeout": 30}}]);
-        let target = |verb: &str, elem: Value| json!({verb: {"element": {"family": "inet", "table": "antibody", "name": "ports", "elem": elem}}});
+        assert_eq!(batch, json!({"nftables": [target("add", "ports", elem)]}));
+    }
+
+    #[test]
+    fn a_new_timeout_is_add_delete_add_in_one_transaction() {
+        let changes = ElementChanges {
+            retime: vec![(sid("tcp:8080"), 90)],
+            ..ElementChanges::default()
+        };
+        let elem = json!([{"elem": {"val": {"concat": ["tcp", 8080]}, "timeout": 90}}]);
         assert_eq!(
-            batch,
-            json!({"nftables": [
-                target("add", elem.clone()),
-                target("delete", json!([{"concat": ["tcp", 8080]}])),
-                target("add", elem),
-            ]})
+            element_commands(&changes),
+            [
+                target("add", "ports", elem.clone()),
+                target("delete", "ports", json!([{"concat": ["tcp", 8080]}])),
+                target("add", "ports", elem),
+            ]
         );
     }
 
     #[test]
     fn a_removal_tolerates_a_missing_element() {
-        let batch = element_changes(&[], &[sid("10.0.0.1")]);
+        let batch = element_commands(&ElementChanges {
+            remove: vec![sid("10.0.0.1")],
+            ..ElementChanges::default()
+        });
         assert_eq!(
             serde_json::to_string(&batch).unwrap(),
             r#"[{"add":{"element":{"elem":[{"elem":{"timeout":1,"val":"10.0.0.1"}}],"family":"inet","name":"addr4","table":"antibody"}}},{"delete":{"element":{"elem":["10.0.0.1"],"family":"inet","name":"addr4","table":"antibody"}}}]"#
@@ -297,30 +344,34 @@ mod tests {
     }
 
     #[test]
-    fn concurrent_changes_share_one_command_per_set() {
-        let batch = element_changes(
-            &[
+    fn concurrent_changes_share_one_command_per_set_and_kind() {
+        let batch = element_commands(&ElementChanges {
+            add: vec![
                 (sid("10.0.0.2"), 5),
                 (sid("10.0.0.1"), 7),
                 (sid("[fd00::1]:443"), 9),
             ],
-            &[sid("10.0.0.3")],
-        );
-        // addr4: add/delete/add for the two upserts, then add/delete for the removal.
-        let sets: Vec<&str> = batch
+            retime: vec![(sid("10.0.0.4"), 11)],
+            remove: vec![sid("10.0.0.3")],
+        });
+        let sets: Vec<String> = batch
             .iter()
             .map(|c| {
-                let (_, body) = c.as_object().unwrap().iter().next().unwrap();
-                body["element"]["name"].as_str().unwrap()
+                let (verb, body) = c.as_object().unwrap().iter().next().unwrap();
+                format!("{verb} {}", body["element"]["name"].as_str().unwrap())
             })
             .collect();
         assert_eq!(
             sets,
-            ["addr4"; 5]
-                .iter()
-                .chain(["peer6"; 3].iter())
-                .copied()
-                .collect::<Vec<_>>()
+            [
+                "add addr4", // the two new ones
+                "add addr4",
+                "delete addr4",
+                "add addr4", // the new timeout
+                "add addr4",
+                "delete addr4", // the removal
+                "add peer6",
+            ]
         );
         assert_eq!(
             batch[0]["add"]["element"]["elem"],
@@ -373,13 +424,11 @@ mod tests {
     #[test]
     fn batches_fit_the_nftables_crate_schema() {
         let mut commands = rebuild_table();
-        commands.extend(element_changes(
-            &[
-                (sid("udp:53"), 3),
-                (Element::throttle("fd00::2".parse().unwrap(), 10), 4),
-            ],
-            &[sid("10.0.0.1:80")],
-        ));
+        commands.extend(element_commands(&ElementChanges {
+            add: vec![(sid("udp:53"), 3)],
+            retime: vec![(Element::throttle("fd00::2".parse().unwrap(), 10), 4)],
+            remove: vec![sid("10.0.0.1:80")],
+        }));
         let doc = document(commands);
         let parsed: nftables::schema::Nftables =
             serde_json::from_value(doc.clone()).expect("the crate's schema accepts the batch");
