@@ -9,8 +9,9 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 # dbus-daemon: the private test bus; dbus-bin: dbus-send; systemd: busctl;
 # util-linux: setpriv (unprivileged callers), nsenter; procps, iproute2: test
-# plumbing; systemd-container, debootstrap: the T4 testbed (tests/testbed/).
+# plumbing; systemd-container, debootstrap: the T4 testbed (tests/testbed/);
+# nftables: nft for the T3 tests (always inside network namespaces they create).
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
-    dbus-daemon dbus-bin systemd util-linux procps iproute2 ca-certificates \
+    dbus-daemon dbus-bin systemd util-linux procps iproute2 nftables ca-certificates \
     systemd-container debootstrap >/dev/null

@@ -20,6 +20,7 @@ pub struct Config {
     pub retry: RetryConfig,
     pub restart: RestartConfig,
     pub isolate: IsolateConfig,
+    pub throttle: ThrottleConfig,
     pub nft: NftConfig,
     pub hot_patch: HotPatchConfig,
     pub protect: ProtectConfig,
@@ -146,6 +147,22 @@ impl Default for IsolateConfig {
     fn default() -> Self {
         IsolateConfig {
             default_seconds: 3600,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ThrottleConfig {
+    /// Packets per second an address entity may send when its
+    /// `throttle_entity` action gives no `rate_per_sec`.
+    pub default_rate_per_sec: u64,
+}
+
+impl Default for ThrottleConfig {
+    fn default() -> Self {
+        ThrottleConfig {
+            default_rate_per_sec: 100,
         }
     }
 }
@@ -291,6 +308,12 @@ impl Config {
         }
         if !(1..=86_400).contains(&self.isolate.default_seconds) {
             return bad("isolate.default_seconds", "must be 1..=86400");
+        }
+        if !(1..=1_000_000).contains(&self.throttle.default_rate_per_sec) {
+            return bad("throttle.default_rate_per_sec", "must be 1..=1000000");
+        }
+        if self.nft.reconcile_interval_secs == 0 {
+            return bad("nft.reconcile_interval_secs", "must be at least 1");
         }
         if self.ledger.segment_bytes < 4096 {
             return bad("ledger.segment_bytes", "must be at least 4096");

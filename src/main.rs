@@ -16,6 +16,7 @@ use antibody::config::{Config, DEFAULT_CONFIG_PATH};
 use antibody::engine::{Engine, EngineParts, VERSION};
 use antibody::plan::Event;
 use antibody::sys::journal::{Journal, JournalMirror};
+use antibody::sys::nft::backend::{NftCli, NftFirewall};
 use antibody::sys::notifier::SystemNotifier;
 use antibody::sys::systemd::SystemdManager;
 use antibody::sys::{sdnotify, Sys};
@@ -94,12 +95,14 @@ async fn run(args: Args, config: Config) -> Result<(), String> {
     if config.auth.polkit {
         eprintln!("<6>antibodyd: auth.polkit = true: polkit decides for every caller but root");
     }
+    let firewall: Arc<dyn antibody::sys::nft::Firewall> = Arc::new(NftFirewall::start(NftCli));
     let sys = Sys {
         notifier: Arc::new(SystemNotifier {
             journal,
             events: events.clone(),
         }),
         systemd: Arc::new(SystemdManager::new()),
+        firewall: firewall.clone(),
     };
     let engine = Engine::open(
         config,
@@ -128,6 +131,11 @@ async fn run(args: Args, config: Config) -> Result<(), String> {
         engine.note_chain_broken().await;
     }
     engine.settle_in_flight().await;
+    // Before READY=1: put back isolations an outside flush (or a reboot of
+    // the network namespace) removed while the agent was down.
+    if let Err(e) = engine.reconcile_firewall().await {
+        eprintln!("<3>antibodyd: reconcile of inet antibody at start failed: {e}");
+    }
 
     let mut signals =
         Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(|e| format!("signals: {e}"))?;
@@ -140,6 +148,7 @@ async fn run(args: Args, config: Config) -> Result<(), String> {
         engine.set_heartbeat_interval(interval / 3);
     }
     let engine_loop = tokio::spawn(engine.clone().run());
+    tokio::spawn(engine.clone().reconcile_loop());
     sdnotify::ready(&engine.status_line());
     tokio::spawn(watchdog(engine.clone(), watchdog_interval));
     if engine.started_from_checkpoint() {
@@ -196,6 +205,13 @@ async fn run(args: Args, config: Config) -> Result<(), String> {
         }
     } else {
         eprintln!("<4>antibodyd: steps still under way at stop; the next start recovers them from the ledger");
+    }
+    // The table normally stays: its elements' kernel timeouts keep the
+    // isolations honest while the agent is down.
+    if engine.config().nft.remove_on_stop {
+        if let Err(e) = firewall.remove_table().await {
+            eprintln!("<4>antibodyd: nft.remove_on_stop: cannot remove inet antibody: {e}");
+        }
     }
     if !connection.is_closed() {
         let _ = connection.release_name(dbus::BUS_NAME).await;

@@ -378,26 +378,6 @@ async fn guards_are_checked_again_at_apply() {
 }
 
 #[tokio::test]
-async fn unimplemented_system_actions_fail_plainly() {
-    // isolate_socket has no nftables backend on this build: its apply must
-    // fail, never pretend.
-    let rig = start("").await;
-    let isolate = json!({"type": "isolate_socket", "sid": "tcp:8080", "seconds": 60});
-    let (id, _) = rig
-        .engine
-        .submit(&alert("isolate", json!([step("before"), isolate])))
-        .await
-        .unwrap();
-    let plan = wait_finished(&rig.engine, &id).await;
-    assert_eq!(plan["status"], "failed");
-    assert!(plan["actions"][1]["error"]
-        .as_str()
-        .unwrap()
-        .contains("not available on this build"));
-    assert_eq!(plan["actions"][0]["state"], "reverted");
-}
-
-#[tokio::test]
 async fn events_are_announced() {
     let rig = start("").await;
     let mut rx = rig.engine.events().subscribe();

@@ -203,11 +203,3 @@ fn without_nulls(params: Value) -> Value {
         other => other,
     }
 }
-
-/// What the four system actions answer until their issue lands: a clear,
-/// permanent failure, never a pretended success.
-pub(crate) fn not_available(action: &str) -> ActionError {
-    ActionError::permanent(format!(
-        "{action} is not available on this build: its system backend is not implemented yet"
-    ))
-}

@@ -104,22 +104,43 @@ pub fn parse_address_entity(text: &str) -> Option<IpAddr> {
     text.strip_prefix("ip:").unwrap_or(text).parse().ok()
 }
 
-/// Why `addr` may never be isolated or throttled, if it may not. The default
-/// gateway is checked at apply, where the routing table can be read.
+/// Why `addr` may never be isolated or throttled, if it may not: loopback,
+/// the unspecified address, `protect.addresses`, and the default gateways
+/// of the network namespace the agent runs in (read from the kernel, cached
+/// for a second; the engine validates again at apply).
 pub fn protected_address(addr: IpAddr, configured: &[String]) -> Option<String> {
-    let addr = match addr {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(addr),
+    protected_address_among(
+        addr,
+        configured,
+        &crate::sys::nft::routes::default_gateways(),
+    )
+}
+
+/// [`protected_address`] with the gateways given: pure.
+pub fn protected_address_among(
+    addr: IpAddr,
+    configured: &[String],
+    gateways: &[IpAddr],
+) -> Option<String> {
+    let canonical = |a: IpAddr| match a {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(a),
         v4 => v4,
     };
+    let addr = canonical(addr);
     if addr.is_loopback() {
         return Some(format!("{addr} is a loopback address"));
     }
     if addr.is_unspecified() {
         return Some(format!("{addr} is the unspecified address"));
     }
+    if gateways.iter().any(|g| canonical(*g) == addr) {
+        return Some(format!(
+            "{addr} is the host's default gateway; cutting it off would cut the host off"
+        ));
+    }
     configured
         .iter()
-        .any(|p| p.parse::<IpAddr>().ok() == Some(addr))
+        .any(|p| p.parse::<IpAddr>().ok().map(canonical) == Some(addr))
         .then(|| format!("{addr} is listed in protect.addresses"))
 }
 
@@ -177,5 +198,13 @@ mod tests {
         assert!(protected_address("10.1.1.1".parse().unwrap(), &["10.1.1.1".into()]).is_some());
         assert!(protected_address("10.1.1.2".parse().unwrap(), &["10.1.1.1".into()]).is_none());
         assert!(protected_port(22, &[22]).is_some());
+        let gw: IpAddr = "192.168.2.1".parse().unwrap();
+        assert!(protected_address_among(gw, &[], &[gw])
+            .unwrap()
+            .contains("default gateway"));
+        assert!(
+            protected_address_among("::ffff:192.168.2.1".parse().unwrap(), &[], &[gw]).is_some()
+        );
+        assert!(protected_address_among("192.168.2.2".parse().unwrap(), &[], &[gw]).is_none());
     }
 }

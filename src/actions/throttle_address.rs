@@ -1,28 +1,80 @@
-//! The address half of `throttle_entity`: an nftables rate-limit set element
-//! with a kernel timeout. Until the nftables backend lands it fails plainly.
+//! The address half of `throttle_entity`: packets from the address above
+//! `rate_per_sec` (default `throttle.default_rate_per_sec`) are dropped for
+//! `seconds`, through one element with a kernel timeout in the rate-class
+//! set of `inet antibody` (see `sys::nft::element::RATE_CLASSES`: the rate
+//! enforced is the largest class not above the one asked for).
 
-use serde_json::{json, Value};
+use std::net::IpAddr;
 
-use super::{not_available, ActionCtx, ActionError, Applied, Recovered};
+use serde_json::Value;
 
-pub async fn dry_run(ctx: &ActionCtx<'_>, _addr: &str) -> Result<Value, ActionError> {
-    Ok(json!({"entity": ctx.params["entity"], "would_apply": ctx.params, "available": false}))
+use super::isolate_socket::{find, hold, let_go, preview};
+use super::{ActionCtx, ActionError, Applied, Recovered};
+use crate::sys::nft::Element;
+
+fn address(addr: &str) -> Result<IpAddr, ActionError> {
+    addr.parse()
+        .map_err(|_| ActionError::permanent(format!("{addr:?} is not an address")))
 }
 
-pub async fn apply(_ctx: &ActionCtx<'_>, _addr: &str) -> Result<Applied, ActionError> {
-    Err(not_available("throttle_entity (address)"))
+fn requested_rate(ctx: &ActionCtx<'_>) -> u64 {
+    ctx.params["rate_per_sec"]
+        .as_u64()
+        .unwrap_or(ctx.config.throttle.default_rate_per_sec)
+}
+
+/// The element for this action now. After apply, the recorded one wins: a
+/// reload may have changed the default rate since.
+fn element(
+    ctx: &ActionCtx<'_>,
+    addr: &str,
+    changes: Option<&Value>,
+) -> Result<Element, ActionError> {
+    if let Some(recorded) = changes.and_then(|c| Element::from_record(&c["element"])) {
+        return Ok(recorded);
+    }
+    Ok(Element::throttle(address(addr)?, requested_rate(ctx)))
+}
+
+fn describe(element: &Element) -> String {
+    match element {
+        Element::Throttle { addr, rate } => format!("throttled {addr} to {rate} packets/s"),
+        other => format!("throttled {other}"),
+    }
+}
+
+fn seconds(ctx: &ActionCtx<'_>) -> u64 {
+    ctx.params["seconds"].as_u64().unwrap_or(1)
+}
+
+pub async fn dry_run(ctx: &ActionCtx<'_>, addr: &str) -> Result<Value, ActionError> {
+    let element = element(ctx, addr, None)?;
+    let mut change = preview(ctx, element, seconds(ctx)).await?;
+    change["entity"] = ctx.params["entity"].clone();
+    change["rate_per_sec_requested"] = requested_rate(ctx).into();
+    if let Element::Throttle { rate, .. } = element {
+        change["rate_per_sec_enforced"] = rate.into();
+    }
+    Ok(change)
+}
+
+pub async fn apply(ctx: &ActionCtx<'_>, addr: &str) -> Result<Applied, ActionError> {
+    let element = element(ctx, addr, None)?;
+    let mut applied = hold(ctx, element, seconds(ctx), &describe(&element)).await?;
+    applied.changes["rate_per_sec_requested"] = requested_rate(ctx).into();
+    Ok(applied)
 }
 
 pub async fn revert(
-    _ctx: &ActionCtx<'_>,
-    _addr: &str,
-    _changes: &Value,
+    ctx: &ActionCtx<'_>,
+    addr: &str,
+    changes: &Value,
 ) -> Result<String, ActionError> {
-    Err(not_available("throttle_entity (address)"))
+    let element = element(ctx, addr, Some(changes))?;
+    let_go(ctx, element, &describe(&element)).await
 }
 
-pub async fn recover(_ctx: &ActionCtx<'_>, _addr: &str) -> Result<Recovered, ActionError> {
-    Ok(Recovered::DidNotTakeEffect(
-        "no nftables backend on this build".into(),
-    ))
+pub async fn recover(ctx: &ActionCtx<'_>, addr: &str) -> Result<Recovered, ActionError> {
+    let element = element(ctx, addr, None)?;
+    find(ctx, element, &describe(&element)).await
 }

@@ -23,6 +23,7 @@ use crate::time::{now_ms, rfc3339};
 pub mod backoff;
 pub mod flap;
 mod flap_guard;
+mod mitigations;
 pub mod replay;
 mod runner;
 pub mod state;
@@ -673,10 +674,10 @@ impl Engine {
     /// Appends an agent-level record (no plan). Failures are logged only.
     pub async fn record_agent(&self, event: Event) {
         let (kind, payload) = event.to_parts();
-        let priority = if matches!(event, Event::ChainBroken { .. }) {
-            2
-        } else {
-            6
+        let priority = match event {
+            Event::ChainBroken { .. } => 2,
+            Event::NftDrift { .. } => 4,
+            _ => 6,
         };
         let fields = vec![("PRIORITY", priority.to_string())];
         let written = ledger::settle(self.ledger.append(kind, None, payload, fields)).await;

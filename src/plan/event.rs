@@ -108,6 +108,14 @@ pub enum Event {
         by: String,
     },
     RollbackFinished {},
+    /// Reconcile found the agent's nftables table missing what the ledger
+    /// says is in force (someone ran `nft flush ruleset`, say), and put it
+    /// back with the time each mitigation had left.
+    NftDrift {
+        table_rebuilt: bool,
+        restored: Vec<Value>,
+        detail: String,
+    },
 }
 
 impl Event {
@@ -131,6 +139,7 @@ impl Event {
             Event::PlanFinished { .. } => "plan_finished",
             Event::RollbackRequested { .. } => "rollback_requested",
             Event::RollbackFinished {} => "rollback_finished",
+            Event::NftDrift { .. } => "nft_drift",
         }
     }
 
@@ -371,7 +380,8 @@ impl Plan {
             | Event::AgentStarted { .. }
             | Event::AgentStopping { .. }
             | Event::ConfigReloaded { .. }
-            | Event::ChainBroken { .. } => return,
+            | Event::ChainBroken { .. }
+            | Event::NftDrift { .. } => return,
         };
         self.log_line(&ts, line);
     }

@@ -16,7 +16,7 @@ const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
 
 /// One `MESSAGE_ID` per record kind (and for operator notices); the catalog
 /// in `systemd/antibody.catalog` explains each.
-pub const MESSAGE_IDS: [(&str, &str); 18] = [
+pub const MESSAGE_IDS: [(&str, &str); 19] = [
     ("agent_started", "0bc59538a1434a7c9b4908db0a54d81b"),
     ("agent_stopping", "957285b515b74df4aa921e19261a0e43"),
     ("config_reloaded", "03a7e18b53d84f5e91acd0b0855bd43d"),
@@ -35,6 +35,7 @@ pub const MESSAGE_IDS: [(&str, &str); 18] = [
     ("rollback_requested", "03182c2a8b5f4140855a92eb691799a9"),
     ("rollback_finished", "4ce41db967ba4f4b916b310a858d7724"),
     ("operator_notice", "32269a156c5b4cb899fa933daa2dcd78"),
+    ("nft_drift", "5d0f3b8e2a6c4f41b7e9c1d24a8f6e03"),
 ];
 
 pub fn message_id(kind: &str) -> Option<&'static str> {

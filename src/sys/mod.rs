@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 pub mod files;
 pub mod journal;
+pub mod nft;
 pub mod notifier;
 pub mod sdnotify;
 pub mod systemd;
@@ -15,4 +16,5 @@ pub mod systemd;
 pub struct Sys {
     pub notifier: Arc<dyn notifier::Notifier>,
     pub systemd: Arc<dyn systemd::Systemd>,
+    pub firewall: Arc<dyn nft::Firewall>,
 }

@@ -21,6 +21,8 @@ pub use antibody::events::{self, AgentEvent};
 pub use antibody::ledger::{self, LedgerWriter, Tip, WriterOptions};
 pub use antibody::plan::fields::Fields;
 pub use antibody::plan::{Event, PlanSeed};
+pub use antibody::sys::nft::backend::NftFirewall;
+pub use antibody::sys::nft::fake::FakeDriver;
 pub use antibody::sys::notifier::{Channel, Notice, Notifier};
 pub use antibody::sys::Sys;
 
@@ -213,6 +215,7 @@ pub fn open_with_systemd(
             sys: Sys {
                 notifier: notifier.clone(),
                 systemd: systemd.clone(),
+                firewall: Arc::new(NftFirewall::start(FakeDriver::default())),
             },
             events: events::channel(),
             mirror: None,

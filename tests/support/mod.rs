@@ -129,13 +129,34 @@ impl Agent {
         config: &Path,
         env: &[(&str, &str)],
     ) -> Agent {
+        Agent::start_wrapped(bus, home, config, env, &[])
+    }
+
+    /// Like [`Agent::start_with_config`], run through `wrapper` (e.g.
+    /// `["ip", "netns", "exec", NS]`, which execs the agent in place, so
+    /// the pid is still the agent's).
+    pub fn start_wrapped(
+        bus: &PrivateBus,
+        home: &Path,
+        config: &Path,
+        env: &[(&str, &str)],
+        wrapper: &[&str],
+    ) -> Agent {
         let log = home.join("agent.log");
         let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)
             .unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_antibodyd"));
+        let agent_bin = env!("CARGO_BIN_EXE_antibodyd");
+        let mut cmd = match wrapper.split_first() {
+            None => Command::new(agent_bin),
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(agent_bin);
+                c
+            }
+        };
         cmd.arg("--config")
             .arg(config)
             .env("DBUS_SYSTEM_BUS_ADDRESS", bus.address())
