@@ -37,6 +37,15 @@ fn ms(d: Duration) -> f64 {
 
 struct Netns(String);
 
+impl Netns {
+    fn add(prefix: &str) -> Netns {
+        let ns = Netns(format!("{prefix}{}", std::process::id()));
+        let added = Command::new("ip").args(["netns", "add", &ns.0]).status();
+        assert!(added.unwrap().success(), "ip netns add {}", ns.0);
+        ns
+    }
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
@@ -70,12 +79,7 @@ fn addr(i: usize) -> std::net::IpAddr {
 /// Baselines: one `nft` process for a 1-element batch, and for a
 /// 1 000-element batch, in a scratch namespace with the agent's table.
 fn nft_baselines() -> (Duration, Duration) {
-    let ns = Netns(format!("abnb{}", std::process::id()));
-    assert!(Command::new("ip")
-        .args(["netns", "add", &ns.0])
-        .status()
-        .unwrap()
-        .success());
+    let ns = Netns::add("abnb");
     let path = format!("/run/netns/{}", ns.0);
     std::thread::spawn(move || {
         use std::os::fd::AsFd;
@@ -185,12 +189,7 @@ async fn main() {
     support::require_root();
     let (nft_one, nft_thousand) = nft_baselines();
 
-    let ns = Netns(format!("abna{}", std::process::id()));
-    assert!(Command::new("ip")
-        .args(["netns", "add", &ns.0])
-        .status()
-        .unwrap()
-        .success());
+    let ns = Netns::add("abna");
     let bus = PrivateBus::start();
     let home =
         tempfile::tempdir_in(std::env::var("BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into()))

@@ -14,7 +14,7 @@ use super::throttle_entity::MAX_SECONDS;
 use super::{ActionCtx, ActionError, ActionHandler, Applied, Recovered, ValidateCtx, Validated};
 use crate::error::{AgentError, ErrorName};
 use crate::plan::fields::Fields;
-use crate::sys::nft::{owner, Claim, Element};
+use crate::sys::nft::{owner, Claim, Element, FirewallError};
 use crate::time::now_ms;
 
 pub struct IsolateSocket;
@@ -35,6 +35,11 @@ fn seconds(ctx: &ActionCtx<'_>) -> u64 {
         .unwrap_or(ctx.config.isolate.default_seconds)
 }
 
+/// A failed nft call (a busy netlink, a racing flush) may pass: retried.
+fn retried(e: FirewallError) -> ActionError {
+    ActionError::transient(e.to_string())
+}
+
 /// Puts `element` in force for `seconds` on behalf of this action.
 pub(super) async fn hold(
     ctx: &ActionCtx<'_>,
@@ -48,13 +53,7 @@ pub(super) async fn hold(
         element,
         until_ms,
     };
-    // A failed nft call (a busy netlink, a racing flush) may pass: retried.
-    let granted = ctx
-        .sys
-        .firewall
-        .claim(claim)
-        .await
-        .map_err(|e| ActionError::transient(e.to_string()))?;
+    let granted = ctx.sys.firewall.claim(claim).await.map_err(retried)?;
     let longer = if granted > seconds {
         format!(" (the element stays {granted} s: another plan holds it longer)")
     } else {
@@ -76,12 +75,9 @@ pub(super) async fn let_go(
     element: Element,
     what: &str,
 ) -> Result<String, ActionError> {
-    let kept = ctx
-        .sys
-        .firewall
-        .release(&owner(ctx.plan_id, ctx.index), element)
-        .await
-        .map_err(|e| ActionError::transient(e.to_string()))?;
+    let owner = owner(ctx.plan_id, ctx.index);
+    let kept = ctx.sys.firewall.release(&owner, element).await;
+    let kept = kept.map_err(retried)?;
     Ok(match kept {
         None => format!(
             "{what} ended: element removed from {TABLE} set {}",
@@ -104,7 +100,7 @@ pub(super) async fn find(
         .firewall
         .expires_in(element)
         .await
-        .map_err(|e| ActionError::transient(e.to_string()))?;
+        .map_err(retried)?;
     Ok(match left {
         Some(secs) => Recovered::TookEffect(Applied {
             summary: format!("{what}: the element is in {TABLE} with {secs} s left"),
@@ -129,7 +125,7 @@ pub(super) async fn preview(
         .firewall
         .preview_claim(element, seconds)
         .await
-        .map_err(|e| ActionError::transient(e.to_string()))?;
+        .map_err(retried)?;
     Ok(
         json!({"table": TABLE, "element": element.to_record(), "seconds": seconds, "nft_batch": batch}),
     )
