@@ -667,3 +667,88 @@ async fn readme_isolation_example_works_verbatim() {
 fn first_quoted(text: &str) -> String {
     text.split('"').nth(1).expect("a quoted id").to_string()
 }
+
+/// DryRun shows the exact batch: the table build the first time, then a
+/// single `add element`; nothing reaches the kernel.
+#[tokio::test(flavor = "multi_thread")]
+async fn dry_run_shows_the_exact_nft_batch() {
+    let s = start("");
+    let conn = s.bus.connect().await;
+    let p = proxy(&conn).await;
+    let isolate = |port: u16| {
+        alert(&format!(
+            r#"[{{"type":"isolate_socket","sid":"udp:{port}","seconds":60}}]"#
+        ))
+    };
+    let batch_of = |dry: String| -> Vec<Value> {
+        let dry: Value = serde_json::from_str(&dry).unwrap();
+        dry["actions"][0]["change"]["nft_batch"]["nftables"]
+            .as_array()
+            .cloned()
+            .unwrap()
+    };
+    let element = |port: u16| {
+        serde_json::json!({"add": {"element": {"family": "inet", "table": "antibody", "name": "ports",
+            "elem": [{"elem": {"val": {"concat": ["udp", port]}, "timeout": 60}}]}}})
+    };
+    let first = batch_of(p.dry_run(&isolate(5000)).await.unwrap());
+    assert_eq!(
+        first[0],
+        serde_json::json!({"add": {"table": {"family": "inet", "name": "antibody"}}})
+    );
+    assert_eq!(first.last(), Some(&element(5000)));
+    let (exists, _, _) = run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &s.pair.server,
+            "nft",
+            "list",
+            "table",
+            "inet",
+            "antibody",
+        ],
+    );
+    assert!(!exists, "a dry run builds nothing");
+
+    applied(
+        &p,
+        r#"{"type":"isolate_socket","sid":"udp:5001","seconds":60}"#,
+    )
+    .await;
+    assert_eq!(
+        batch_of(p.dry_run(&isolate(5002)).await.unwrap()),
+        [element(5002)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_table_stays_on_stop_unless_remove_on_stop() {
+    for (remove, stays) in [("false", true), ("true", false)] {
+        let mut s = start(&format!("remove_on_stop = {remove}\n"));
+        let conn = s.bus.connect().await;
+        let p = proxy(&conn).await;
+        applied(
+            &p,
+            r#"{"type":"isolate_socket","sid":"udp:5003","seconds":60}"#,
+        )
+        .await;
+        s.agent.signal(nix::sys::signal::Signal::SIGTERM);
+        assert!(s.agent.wait().success());
+        let (exists, _, _) = run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &s.pair.server,
+                "nft",
+                "list",
+                "table",
+                "inet",
+                "antibody",
+            ],
+        );
+        assert_eq!(exists, stays, "nft.remove_on_stop = {remove}");
+    }
+}
