@@ -237,14 +237,7 @@ fn the_watchdog_restarts_a_stopped_agent_and_reload_rereads_the_config() {
     // The main process only: enumerating the whole cgroup races with processes
     // that exit meanwhile (systemctl then fails with EIO).
     tb.sh("systemctl kill --kill-who=main -s SIGSTOP antibody");
-    tb.wait_until(
-        "systemd's watchdog to restart the stopped agent",
-        Duration::from_secs(30),
-        || {
-            let now = tb.show("antibody.service", "MainPID");
-            now != pid && now != "0" && tb.show("antibody.service", "ActiveState") == "active"
-        },
-    );
+    tb.wait_for_new_agent("systemd's watchdog to restart the stopped agent", &pid);
     let log = tb.sh("journalctl -u antibody.service -o cat --no-pager");
     assert!(log.contains("Watchdog timeout"), "{log}");
 

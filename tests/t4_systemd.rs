@@ -151,10 +151,7 @@ fn a_throttle_shows_in_systemd_and_is_undone_exactly_once_across_a_sigkill() {
     // --kill-who=main: signalling the unit's whole cgroup can fail with EIO
     // on the cgroup v1 hierarchy the container sees.
     tb.sh("systemctl kill --kill-who=main -s SIGKILL antibody.service");
-    tb.wait_until("the agent to come back", Duration::from_secs(30), || {
-        let pid = tb.show("antibody.service", "MainPID");
-        pid != agent_pid && pid != "0" && tb.show("antibody.service", "ActiveState") == "active"
-    });
+    tb.wait_for_new_agent("the agent to come back", &agent_pid);
     tb.wait_until("the throttle to be undone", Duration::from_secs(30), || {
         tb.plan(&id)["actions"][0]["state"] == "reverted"
     });
@@ -244,14 +241,7 @@ fn a_stalled_agent_is_restarted_by_systemds_watchdog() {
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(tb.show("antibody.service", "MainPID"), pid);
     tb.sh("systemctl kill --kill-who=main -s SIGSTOP antibody.service");
-    tb.wait_until(
-        "systemd to restart the stalled agent",
-        Duration::from_secs(30),
-        || {
-            let now = tb.show("antibody.service", "MainPID");
-            now != pid && now != "0" && tb.show("antibody.service", "ActiveState") == "active"
-        },
-    );
+    tb.wait_for_new_agent("systemd to restart the stalled agent", &pid);
     let log = tb.sh("journalctl -u antibody.service -o cat --no-pager");
     assert!(log.contains("Watchdog timeout"), "{log}");
     // The restarted agent answers.

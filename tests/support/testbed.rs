@@ -99,6 +99,15 @@ impl Testbed {
         );
     }
 
+    /// Waits until systemd has started the agent again: a new main PID,
+    /// and active.
+    pub fn wait_for_new_agent(&self, what: &str, old_pid: &str) {
+        self.wait_until(what, Duration::from_secs(30), || {
+            let now = self.show("antibody.service", "MainPID");
+            now != old_pid && now != "0" && self.show("antibody.service", "ActiveState") == "active"
+        });
+    }
+
     pub fn wait_active(&self, unit: &str) {
         self.wait_until(
             &format!("{unit} to be active"),
