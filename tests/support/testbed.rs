@@ -73,7 +73,15 @@ impl Testbed {
     /// the command fails.
     pub fn sh(&self, script: &str) -> String {
         let (ok, out, err) = self.try_sh(script);
-        assert!(ok, "in the testbed, `{script}` failed:\n{out}\n{err}");
+        if !ok {
+            // What the agent's unit said: the usual reason a command failed.
+            let journal = self
+                .try_sh("journalctl -u antibody.service --no-pager -o short-monotonic | tail -n 30")
+                .1;
+            panic!(
+                "in the testbed, `{script}` failed:\n{out}\n{err}\nthe agent's journal:\n{journal}"
+            );
+        }
         out
     }
 
