@@ -238,8 +238,7 @@ struct Prepared {
 }
 
 fn prepared(ctx: &ActionCtx<'_>) -> Result<Prepared, ActionError> {
-    ctx.prepared
-        .and_then(|v| serde_json::from_value(v.clone()).ok())
+    ctx.prepared_as()
         .ok_or_else(|| ActionError::permanent("the file's state before the patch was not recorded"))
 }
 

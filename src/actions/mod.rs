@@ -54,6 +54,15 @@ pub struct ActionCtx<'a> {
     pub prepared: Option<&'a Value>,
 }
 
+impl ActionCtx<'_> {
+    /// What `prepare` recorded for this attempt, read back as `T`; `None`
+    /// when nothing was recorded (the attempt never got that far).
+    pub fn prepared_as<T: serde::de::DeserializeOwned>(&self) -> Option<T> {
+        self.prepared
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Applied {
     /// One line for the plan's log.

@@ -102,7 +102,7 @@ impl ActionHandler for RestartService {
                 ActionError::permanent(message)
             });
         }
-        let before = prepared_status(ctx);
+        let before = ctx.prepared_as::<UnitStatus>();
         let after = ctx
             .sys
             .systemd
@@ -127,7 +127,7 @@ impl ActionHandler for RestartService {
 
     async fn recover(&self, ctx: &ActionCtx<'_>) -> Result<Recovered, ActionError> {
         let unit = unit_of(ctx);
-        let Some(before) = prepared_status(ctx) else {
+        let Some(before) = ctx.prepared_as::<UnitStatus>() else {
             return Ok(Recovered::DidNotTakeEffect(format!(
                 "the agent stopped before asking systemd to restart {unit}"
             )));
@@ -158,11 +158,6 @@ impl ActionHandler for RestartService {
 
 fn unit_of<'a>(ctx: &ActionCtx<'a>) -> &'a str {
     ctx.params["name"].as_str().unwrap_or_default()
-}
-
-fn prepared_status(ctx: &ActionCtx<'_>) -> Option<UnitStatus> {
-    ctx.prepared
-        .and_then(|v| serde_json::from_value(v.clone()).ok())
 }
 
 fn describe_change(before: Option<&UnitStatus>, after: &UnitStatus) -> String {

@@ -55,11 +55,6 @@ fn seconds(ctx: &ActionCtx<'_>) -> u64 {
     ctx.params["seconds"].as_u64().unwrap_or(0)
 }
 
-fn prepared_limits(ctx: &ActionCtx<'_>) -> Option<ResourceLimits> {
-    ctx.prepared
-        .and_then(|v| serde_json::from_value(v.clone()).ok())
-}
-
 pub async fn dry_run(ctx: &ActionCtx<'_>, unit: &str) -> Result<Value, ActionError> {
     let systemd = &ctx.sys.systemd;
     let status = systemd.unit_status(unit).await.map_err(action_error)?;
@@ -87,7 +82,8 @@ pub async fn prepare(ctx: &ActionCtx<'_>, unit: &str) -> Result<Value, ActionErr
 }
 
 pub async fn apply(ctx: &ActionCtx<'_>, unit: &str) -> Result<Applied, ActionError> {
-    let before = prepared_limits(ctx)
+    let before = ctx
+        .prepared_as::<ResourceLimits>()
         .ok_or_else(|| ActionError::permanent("the unit's previous limits were not recorded"))?;
     let after = throttled_limits(ctx.params, &before);
     ctx.sys
@@ -132,7 +128,7 @@ pub async fn revert(
 /// After a crash mid-apply: the limits are in force when the unit shows
 /// exactly the throttle's values.
 pub async fn recover(ctx: &ActionCtx<'_>, unit: &str) -> Result<Recovered, ActionError> {
-    let Some(before) = prepared_limits(ctx) else {
+    let Some(before) = ctx.prepared_as::<ResourceLimits>() else {
         return Ok(Recovered::DidNotTakeEffect(format!(
             "the agent stopped before changing {unit}"
         )));
