@@ -2,7 +2,7 @@
 //! unit within `restart.interval_secs`. It counts from the plans, which are
 //! the fold of the ledger, so restarting the agent does not reset it. Pure.
 
-use crate::plan::{ActionState, Plan};
+use crate::plan::{actions_of, ActionState, Plan};
 use crate::time::parse_rfc3339;
 
 /// One action of a plan: `(plan id, action index)`.
@@ -30,13 +30,7 @@ pub fn restarts_counted<'a>(
     except: Option<ActionRef<'_>>,
 ) -> usize {
     let since = now_ms.saturating_sub(window_ms);
-    plans
-        .flat_map(|plan| {
-            plan.actions
-                .iter()
-                .enumerate()
-                .map(move |(index, action)| (plan, index, action))
-        })
+    actions_of(plans)
         .filter(|(plan, index, action)| {
             action.seed.kind == kind
                 && action.seed.targets.iter().any(|t| t == target)

@@ -13,12 +13,15 @@ use crate::sys::notifier::{Channel, Notice};
 use crate::time::now_ms;
 
 impl Engine {
+    /// Whether the flap limiter counts actions of this type.
+    fn is_flap_limited(&self, kind: &str) -> bool {
+        self.registry.get(kind).is_some_and(|h| h.flap_limited())
+    }
+
     pub(super) fn has_flap_limited(&self, plan: &Plan) -> bool {
-        plan.actions.iter().any(|a| {
-            self.registry
-                .get(&a.seed.kind)
-                .is_some_and(|h| h.flap_limited())
-        })
+        plan.actions
+            .iter()
+            .any(|a| self.is_flap_limited(&a.seed.kind))
     }
 
     fn flap_refusal(&self, target: &str, counted: usize, config: &Config) -> Option<String> {
@@ -42,10 +45,7 @@ impl Engine {
         let window_ms = config.restart.interval_secs.saturating_mul(1000);
         let now = now_ms();
         for (index, action) in seed.actions.iter().enumerate() {
-            let flap_limited = self
-                .registry
-                .get(&action.kind)
-                .is_some_and(|h| h.flap_limited());
+            let flap_limited = self.is_flap_limited(&action.kind);
             let Some(target) = action.targets.first().filter(|_| flap_limited) else {
                 continue;
             };

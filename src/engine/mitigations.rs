@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::Engine;
-use crate::plan::{ActionState, Event};
+use crate::plan::{actions_of, ActionState, Event};
 use crate::sys::nft::{owner, Claim, Drift, Element, FirewallError};
 use crate::time::now_ms;
 
@@ -22,16 +22,7 @@ impl Engine {
     pub fn active_network_claims(&self) -> Vec<Claim> {
         let now = now_ms();
         let inner = self.lock();
-        inner
-            .state
-            .plans
-            .values()
-            .flat_map(|plan| {
-                plan.actions
-                    .iter()
-                    .enumerate()
-                    .map(move |(index, action)| (plan, index, action))
-            })
+        actions_of(inner.state.plans.values())
             .filter(|(_, _, a)| {
                 a.state == ActionState::Applied && NETWORK_ACTIONS.contains(&a.seed.kind.as_str())
             })

@@ -11,5 +11,5 @@ pub mod strict_json;
 
 pub use alert::{parse_alert, Alert, RawAction, Severity, Source};
 pub use event::{Event, RevertReason};
-pub use model::{ActionSeed, ActionState, Plan, PlanSeed, PlanStatus};
+pub use model::{actions_of, ActionSeed, ActionState, Plan, PlanSeed, PlanStatus};
 pub use step::{next_step, Step};

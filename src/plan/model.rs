@@ -148,6 +148,18 @@ pub struct Plan {
     pub finished_ms: Option<u64>,
 }
 
+/// Every action of every plan, with its plan and its index.
+pub fn actions_of<'a>(
+    plans: impl Iterator<Item = &'a Plan>,
+) -> impl Iterator<Item = (&'a Plan, usize, &'a PlanAction)> {
+    plans.flat_map(|plan| {
+        plan.actions
+            .iter()
+            .enumerate()
+            .map(move |(index, action)| (plan, index, action))
+    })
+}
+
 impl Plan {
     /// Recomputes the fields kept out of JSON, after reading a stored plan
     /// (checkpoint or archive) instead of folding its events.
