@@ -101,6 +101,18 @@ impl NetPair {
         must("ip", &full)
     }
 
+    /// Like `exec_server`, for commands that may fail: (success, stdout, stderr).
+    fn try_exec_server(&self, args: &[&str]) -> (bool, String, String) {
+        let full = [&["netns", "exec", &self.server], args].concat();
+        run("ip", &full)
+    }
+
+    /// Whether the agent's table exists in the server's namespace.
+    fn has_table(&self) -> bool {
+        self.try_exec_server(&["nft", "list", "table", "inet", "antibody"])
+            .0
+    }
+
     fn nft_json(&self, what: &[&str]) -> Value {
         let out = self.exec_server(&[&["nft", "-j", "list"], what].concat());
         serde_json::from_str(&out).expect("nft -j prints JSON")
@@ -367,22 +379,10 @@ async fn an_outside_flush_is_undone_by_reconcile() {
     assert!(!connects(&s.pair), "{peer} isolated");
     s.pair.exec_server(&["nft", "flush", "ruleset"]);
     wait_for("reconcile to restore the isolation", || {
-        run(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &s.pair.server,
-                "nft",
-                "list",
-                "set",
-                "inet",
-                "antibody",
-                "peer4",
-            ],
-        )
-        .1
-        .contains(&peer.replace(':', " . "))
+        s.pair
+            .try_exec_server(&["nft", "list", "set", "inet", "antibody", "peer4"])
+            .1
+            .contains(&peer.replace(':', " . "))
     });
     assert!(!connects(&s.pair), "the isolation is back after the flush");
     wait_for("an nft_drift record in the ledger", || {
@@ -556,19 +556,7 @@ async fn loopback_port_22_and_the_default_gateway_are_refused() {
         assert!(err.to_string().contains(why), "{action}: {err}");
     }
     // Nothing was applied, so the agent never built its table.
-    let (exists, _, _) = run(
-        "ip",
-        &[
-            "netns",
-            "exec",
-            &pair.server,
-            "nft",
-            "list",
-            "table",
-            "inet",
-            "antibody",
-        ],
-    );
+    let exists = pair.has_table();
     assert!(!exists, "no table without a mitigation");
 }
 
@@ -697,19 +685,7 @@ async fn dry_run_shows_the_exact_nft_batch() {
         serde_json::json!({"add": {"table": {"family": "inet", "name": "antibody"}}})
     );
     assert_eq!(first.last(), Some(&element(5000)));
-    let (exists, _, _) = run(
-        "ip",
-        &[
-            "netns",
-            "exec",
-            &s.pair.server,
-            "nft",
-            "list",
-            "table",
-            "inet",
-            "antibody",
-        ],
-    );
+    let exists = s.pair.has_table();
     assert!(!exists, "a dry run builds nothing");
 
     applied(
@@ -736,19 +712,7 @@ async fn the_table_stays_on_stop_unless_remove_on_stop() {
         .await;
         s.agent.signal(nix::sys::signal::Signal::SIGTERM);
         assert!(s.agent.wait().success());
-        let (exists, _, _) = run(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &s.pair.server,
-                "nft",
-                "list",
-                "table",
-                "inet",
-                "antibody",
-            ],
-        );
+        let exists = s.pair.has_table();
         assert_eq!(exists, stays, "nft.remove_on_stop = {remove}");
     }
 }
