@@ -21,10 +21,7 @@ struct Fixture {
 }
 
 fn up() -> Fixture {
-    require_root();
-    let bus = PrivateBus::start();
-    let home = tempfile::tempdir().unwrap();
-    let agent = Agent::start(&bus, home.path(), "");
+    let (bus, home, agent) = bus_and_agent();
     Fixture {
         agent,
         _home: home,

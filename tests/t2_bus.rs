@@ -204,10 +204,7 @@ async fn live_introspection(bus: &PrivateBus) -> String {
 
 #[tokio::test]
 async fn introspection_equals_shipped_xml() {
-    require_root();
-    let bus = PrivateBus::start();
-    let home = tempfile::tempdir().unwrap();
-    let _agent = Agent::start(&bus, home.path(), "");
+    let (bus, _home, _agent) = bus_and_agent();
 
     let file_path = Path::new(ROOT).join("dbus/org.vael.Antibody.xml");
     let file = std::fs::read_to_string(&file_path).expect("dbus/org.vael.Antibody.xml must exist");
@@ -285,10 +282,7 @@ async fn introspection_equals_shipped_xml() {
 
 #[tokio::test]
 async fn bus_policy_for_an_unprivileged_uid() {
-    require_root();
-    let bus = PrivateBus::start();
-    let home = tempfile::tempdir().unwrap();
-    let _agent = Agent::start(&bus, home.path(), "");
+    let (bus, _home, _agent) = bus_and_agent();
     let nobody: Option<(u32, &[u32])> = Some((NOBODY, &[]));
 
     // A finished plan, so that the denied calls have a real id to name.
@@ -651,10 +645,7 @@ fn readme_busctl_lines() -> Vec<(String, Option<String>)> {
 
 #[tokio::test]
 async fn readme_busctl_examples_work_verbatim() {
-    require_root();
-    let bus = PrivateBus::start();
-    let home = tempfile::tempdir().unwrap();
-    let _agent = Agent::start(&bus, home.path(), "");
+    let (bus, _home, _agent) = bus_and_agent();
 
     let commands = readme_busctl_lines();
     let mut plan_id: Option<String> = None;
@@ -730,10 +721,7 @@ async fn root_proxy(conn: &zbus::Connection) -> AntibodyProxy<'static> {
 
 #[tokio::test]
 async fn signals_and_properties() {
-    require_root();
-    let bus = PrivateBus::start();
-    let home = tempfile::tempdir().unwrap();
-    let _agent = Agent::start(&bus, home.path(), "");
+    let (bus, _home, _agent) = bus_and_agent();
     let conn = bus.connect().await;
     let proxy = root_proxy(&conn).await;
 
@@ -993,10 +981,7 @@ fn method_error<T: std::fmt::Debug>(result: zbus::Result<T>, what: &str) -> (Str
 
 #[tokio::test]
 async fn named_errors_over_the_proxy() {
-    require_root();
-    let bus = PrivateBus::start();
-    let home = tempfile::tempdir().unwrap();
-    let _agent = Agent::start(&bus, home.path(), "");
+    let (bus, _home, _agent) = bus_and_agent();
     let conn = bus.connect().await;
     let proxy = root_proxy(&conn).await;
 
@@ -1077,10 +1062,7 @@ async fn named_errors_over_the_proxy() {
 
 #[tokio::test]
 async fn second_agent_cannot_take_the_name() {
-    require_root();
-    let bus = PrivateBus::start();
-    let home = tempfile::tempdir().unwrap();
-    let _agent = Agent::start(&bus, home.path(), "");
+    let (bus, _home, _agent) = bus_and_agent();
     let owner = |bus: &PrivateBus| {
         let (ok, out, err) = busctl(
             bus,

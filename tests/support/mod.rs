@@ -106,6 +106,17 @@ pub fn write_config(home: &Path, extra_toml: &str) -> PathBuf {
     config
 }
 
+/// The usual T2 start (root required): a private bus and an agent with the
+/// default test config in a fresh directory. Bind all three: the tuple
+/// drops the agent first, then its directory, then the bus.
+pub fn bus_and_agent() -> (PrivateBus, tempfile::TempDir, Agent) {
+    require_root();
+    let bus = PrivateBus::start();
+    let home = tempfile::tempdir().unwrap();
+    let agent = Agent::start(&bus, home.path(), "");
+    (bus, home, agent)
+}
+
 /// A running `antibodyd` with its own ledger/state directories.
 pub struct Agent {
     pub home: PathBuf,
