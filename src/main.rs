@@ -58,7 +58,12 @@ fn main() -> ExitCode {
         print!("{}", toml::to_string(&config).unwrap_or_default());
         return ExitCode::SUCCESS;
     }
+    // At least two workers: a ledger write (and its fdatasync) can run on
+    // the worker of the task that asked for it (ledger::writer), and the
+    // bus must still be served meanwhile, even on a one-CPU machine.
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
         .enable_all()
         .build()
     {

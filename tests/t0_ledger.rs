@@ -13,7 +13,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use antibody::ledger::scan::TornTail;
 use antibody::ledger::writer::AppendResult;
 use antibody::ledger::{
-    scan, Durable, LedgerWriter, Record, ScanReport, Tip, WriterOptions, GENESIS,
+    scan, Durable, Entry, LedgerWriter, Record, ScanReport, Tip, WriterOptions, GENESIS,
 };
 use antibody::plan::canonical::canonical_json;
 use serde_json::{json, Value};
@@ -1334,4 +1334,163 @@ async fn float_payload_written_by_the_writer_verifies_on_scan() {
     drop(writer);
     let (report, _) = scan_all(tmp.path());
     assert!(report.ok(), "{}", report.report);
+}
+
+// ------------------------------------------------- write_now
+
+fn entry(kind: &str, n: u64) -> Entry {
+    Entry {
+        kind: kind.into(),
+        plan_id: Some(format!("plan-{n}")),
+        payload: json!({"n": n}),
+        journal_fields: Vec::new(),
+    }
+}
+
+/// With nothing queued and no write under way, `write_now` writes on the
+/// caller's own thread (no hand-off to the writer thread and back); with a
+/// write under way, it joins the queue and shares the next group commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_now_writes_inline_when_idle_and_queues_when_busy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (entered_tx, entered_rx) = mpsc::channel::<()>();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let (entered_tx, release_rx) = (Mutex::new(entered_tx), Mutex::new(release_rx));
+    let writers = Arc::new(Mutex::new(Vec::<(Vec<u64>, String)>::new()));
+    let seen = writers.clone();
+    let writer = LedgerWriter::start(
+        options(tmp.path(), BIG_SEGMENT, None),
+        Box::new(move |batch: &[Durable]| {
+            let thread = std::thread::current().name().unwrap_or("").to_string();
+            let seqs = batch.iter().map(|d| d.record.seq).collect();
+            seen.lock().unwrap().push((seqs, thread));
+            if batch[0].record.kind == "hold" {
+                entered_tx.lock().unwrap().send(()).unwrap();
+                release_rx.lock().unwrap().recv().unwrap();
+            }
+        }),
+    )
+    .unwrap();
+
+    let inline = writer.write_now(vec![entry("a", 1), entry("b", 2)]).await;
+    let seqs: Vec<u64> = inline
+        .iter()
+        .map(|r| r.as_ref().unwrap().record.seq)
+        .collect();
+    assert_eq!(seqs, [1, 2]);
+
+    // Hold the writer thread inside a write, then write_now from a task.
+    let held = submit(&writer, "hold".into(), None, json!(0));
+    tokio::task::spawn_blocking(move || entered_rx.recv().unwrap())
+        .await
+        .unwrap();
+    let busy_writer = writer.clone();
+    let joined = tokio::spawn(async move {
+        busy_writer
+            .write_now(vec![entry("c", 3), entry("d", 4)])
+            .await
+    });
+    // Let that task queue its entries before the next append queues behind them.
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let queued_behind = submit(&writer, "e".into(), None, json!(5));
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert!(
+        !joined.is_finished(),
+        "write_now answered while a write was under way"
+    );
+    release_tx.send(()).unwrap();
+
+    assert_eq!(held.await.unwrap().unwrap().record.seq, 3);
+    let joined: Vec<u64> = joined
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.as_ref().unwrap().record.seq)
+        .collect();
+    assert_eq!(joined, [4, 5]);
+    assert_eq!(queued_behind.await.unwrap().unwrap().record.seq, 6);
+
+    let writers = writers.lock().unwrap();
+    assert_eq!(writers.len(), 3, "{writers:?}");
+    assert_eq!(writers[0].0, [1, 2]);
+    assert_ne!(
+        writers[0].1, "ledger-writer",
+        "an idle write_now runs on its caller's thread"
+    );
+    assert_eq!(writers[1], (vec![3], "ledger-writer".to_string()));
+    assert_eq!(
+        writers[2].0,
+        [4, 5, 6],
+        "what queued during a write shares the next commit"
+    );
+    let (report, records) = scan_all(tmp.path());
+    assert!(report.ok(), "{}", report.report);
+    assert_chain_links(&records);
+}
+
+/// Many tasks mixing `write_now` (several entries each) with queued
+/// appends: one contiguous chain, each `write_now`'s entries consecutive
+/// and in one durable batch, each task's records in its own order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn write_now_and_append_mixed_form_one_chain() {
+    const TASKS: u64 = 8;
+    const ROUNDS: u64 = 100;
+    let tmp = tempfile::tempdir().unwrap();
+    let (writer, batches) = start_observed(tmp.path(), BIG_SEGMENT, None);
+    let mut handles = Vec::new();
+    for task in 0..TASKS {
+        let writer = writer.clone();
+        handles.push(tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            for round in 0..ROUNDS {
+                let n = task * 1000 + round;
+                if task % 2 == 0 {
+                    let group: Vec<u64> = writer
+                        .write_now(vec![entry("x", n), entry("y", n), entry("z", n)])
+                        .await
+                        .into_iter()
+                        .map(|r| r.unwrap().record.seq)
+                        .collect();
+                    assert_eq!(
+                        group,
+                        [group[0], group[0] + 1, group[0] + 2],
+                        "one write_now, consecutive"
+                    );
+                    seqs.push(group);
+                } else {
+                    let d = submit(&writer, "q".into(), None, json!(n))
+                        .await
+                        .unwrap()
+                        .unwrap();
+                    seqs.push(vec![d.record.seq]);
+                }
+            }
+            seqs
+        }));
+    }
+    let mut groups = Vec::new();
+    for h in handles {
+        let task_groups = h.await.unwrap();
+        let firsts: Vec<u64> = task_groups.iter().map(|g| g[0]).collect();
+        assert!(
+            firsts.windows(2).all(|w| w[0] < w[1]),
+            "a task's records out of order"
+        );
+        groups.extend(task_groups);
+    }
+    let total = TASKS / 2 * ROUNDS * 3 + TASKS / 2 * ROUNDS;
+    let mut all: Vec<u64> = groups.iter().flatten().copied().collect();
+    all.sort_unstable();
+    assert_eq!(all, (1..=total).collect::<Vec<_>>());
+    let batches = batches.lock().unwrap();
+    for group in groups.iter().filter(|g| g.len() == 3) {
+        assert!(
+            batches.iter().any(|b| group.iter().all(|s| b.contains(s))),
+            "write_now's records {group:?} were split across writes"
+        );
+    }
+    let (report, records) = scan_all(tmp.path());
+    assert!(report.ok(), "{}", report.report);
+    assert_eq!(report.records, total);
+    assert_chain_links(&records);
 }

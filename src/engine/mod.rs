@@ -14,7 +14,7 @@ use crate::actions::{ActionCtx, Registry, ValidateCtx};
 use crate::config::Config;
 use crate::error::{AgentError, ErrorName};
 use crate::events::{AgentEvent, EventSender};
-use crate::ledger::{self, Durable, JournalFields, LedgerWriter, ScanReport, WriterOptions};
+use crate::ledger::{self, Durable, Entry, JournalFields, LedgerWriter, ScanReport, WriterOptions};
 use crate::plan::{parse_alert, Event, Plan, PlanSeed, PlanStatus};
 use crate::sys::journal::{priority_for, JournalMirror};
 use crate::sys::Sys;
@@ -290,10 +290,7 @@ impl Engine {
         enum Admission {
             Existing(String),
             Joining(Creation),
-            New(
-                watch::Sender<Option<Result<String, AgentError>>>,
-                tokio::sync::oneshot::Receiver<ledger::writer::AppendResult>,
-            ),
+            New(watch::Sender<Option<Result<String, AgentError>>>, Entry),
         }
         let admission = {
             let mut inner = self.lock();
@@ -320,15 +317,17 @@ impl Engine {
                 inner.creating.insert(hash.clone(), rx);
                 let event = Event::PlanCreated { plan: seed.clone() };
                 let (kind, payload) = event.to_parts();
-                let fields = plan_journal_fields(seed.source.as_str(), seed.severity, None);
-                Admission::New(
-                    tx,
-                    self.ledger
-                        .append(kind, Some(seed.id.clone()), payload, fields),
-                )
+                let journal_fields = plan_journal_fields(seed.source.as_str(), seed.severity, None);
+                let entry = Entry {
+                    kind,
+                    plan_id: Some(seed.id.clone()),
+                    payload,
+                    journal_fields,
+                };
+                Admission::New(tx, entry)
             }
         };
-        let (tx, durable) = match admission {
+        let (tx, entry) = match admission {
             Admission::Existing(id) => return Ok((id, false)),
             Admission::Joining(mut creation) => {
                 let outcome = creation
@@ -340,9 +339,9 @@ impl Engine {
                     .clone();
                 return outcome.expect("waited for Some").map(|id| (id, false));
             }
-            Admission::New(tx, durable) => (tx, durable),
+            Admission::New(tx, entry) => (tx, entry),
         };
-        let written = ledger::settle(durable).await;
+        let written = self.write_one(entry).await;
         let mut inner = self.lock();
         inner.creating.remove(&hash);
         match written {
@@ -361,6 +360,7 @@ impl Engine {
                 self.emit(queued);
                 self.emit(AgentEvent::CountersChanged);
                 self.wake.notify_one();
+
                 Ok((id, true))
             }
             Err(e) => {
@@ -598,15 +598,19 @@ impl Engine {
         }
     }
 
-    fn append(
-        &self,
-        plan_id: &str,
-        event: &Event,
-    ) -> tokio::sync::oneshot::Receiver<ledger::writer::AppendResult> {
+    fn entry(&self, plan_id: &str, event: &Event) -> Entry {
         let (kind, payload) = event.to_parts();
-        let fields = self.journal_fields(plan_id, event);
-        self.ledger
-            .append(kind, Some(plan_id.to_string()), payload, fields)
+        Entry {
+            kind,
+            plan_id: Some(plan_id.to_string()),
+            payload,
+            journal_fields: self.journal_fields(plan_id, event),
+        }
+    }
+
+    async fn write_one(&self, entry: Entry) -> ledger::writer::AppendResult {
+        let mut written = self.ledger.write_now(vec![entry]).await;
+        written.pop().expect("one answer per entry")
     }
 
     /// Folds a durable event into its plan.
@@ -633,17 +637,16 @@ impl Engine {
     }
 
     async fn try_record(&self, plan_id: &str, event: Event) -> Result<Durable, String> {
-        let written = ledger::settle(self.append(plan_id, &event)).await;
+        let written = self.write_one(self.entry(plan_id, &event)).await;
         self.settled(plan_id, &event, written)
     }
 
-    /// Records several events of one plan with one wait: all are handed to
-    /// the writer before any is awaited, so they share a group commit. One
+    /// Records several events of one plan in one write (one fdatasync). One
     /// that fails is recorded again, as [`Engine::record`] does.
     async fn record_all(&self, plan_id: &str, events: Vec<Event>) {
-        let pending: Vec<_> = events.iter().map(|e| self.append(plan_id, e)).collect();
-        for (event, written) in events.into_iter().zip(pending) {
-            let written = ledger::settle(written).await;
+        let entries = events.iter().map(|e| self.entry(plan_id, e)).collect();
+        let written = self.ledger.write_now(entries).await;
+        for (event, written) in events.into_iter().zip(written) {
             if self.settled(plan_id, &event, written).is_err() {
                 self.record(plan_id, event).await;
             }
@@ -680,7 +683,14 @@ impl Engine {
             _ => 6,
         };
         let fields = vec![("PRIORITY", priority.to_string())];
-        let written = ledger::settle(self.ledger.append(kind, None, payload, fields)).await;
+        let written = self
+            .write_one(Entry {
+                kind,
+                plan_id: None,
+                payload,
+                journal_fields: fields,
+            })
+            .await;
         if let Err(e) = written {
             self.storage_ok.store(false, Ordering::Relaxed);
             eprintln!("<2>antibody: cannot record {}: {e}", event.kind());

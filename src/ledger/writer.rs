@@ -1,15 +1,19 @@
-//! The append path. One thread owns the open segment and the chain's tip; it
-//! takes every append queued since its last write, writes them with one
-//! `write`, makes them durable with one `fdatasync` (group commit), and only
-//! then answers each caller. A failed write answers every caller in the batch
-//! with the error, cuts the file back to where the batch began and leaves the
-//! tip unchanged, so the chain on disk never contains an unacknowledged hole.
+//! The append path. The open segment and the chain's tip are written by one
+//! caller at a time: either the writer thread, which takes every append
+//! queued since its last write, writes them with one `write`, makes them
+//! durable with one `fdatasync` (group commit), and only then answers each
+//! caller; or, when nothing is queued and no write is under way, the caller
+//! of [`LedgerWriter::write_now`] itself, which saves the two thread
+//! hand-offs (there and back) that cost as much as the fdatasync on an idle
+//! machine. A failed write answers every caller in the batch with the
+//! error, cuts the file back to where the batch began and leaves the tip
+//! unchanged, so the chain on disk never contains an unacknowledged hole.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use serde_json::Value;
 use tokio::sync::oneshot;
@@ -46,15 +50,126 @@ pub async fn settle(reply: oneshot::Receiver<AppendResult>) -> AppendResult {
         .unwrap_or_else(|_| Err(WRITER_STOPPED.to_string()))
 }
 
-/// Called on the writer thread with every batch once it is durable.
+/// Called by whoever wrote a batch, once it is durable, before the callers
+/// are answered.
 pub type DurableObserver = Box<dyn Fn(&[Durable]) + Send>;
 
+/// A record to append, before it is sealed into the chain.
+pub struct Entry {
+    pub kind: String,
+    pub plan_id: Option<String>,
+    pub payload: Value,
+    pub journal_fields: JournalFields,
+}
+
 struct Append {
-    kind: String,
-    plan_id: Option<String>,
-    payload: Value,
-    journal_fields: JournalFields,
+    entry: Entry,
     reply: oneshot::Sender<AppendResult>,
+}
+
+impl Entry {
+    fn queued(self) -> (Append, oneshot::Receiver<AppendResult>) {
+        let (reply, rx) = oneshot::channel();
+        (Append { entry: self, reply }, rx)
+    }
+}
+
+/// Appends waiting for the writer, and whether a write is under way.
+struct Queue {
+    pending: Vec<Append>,
+    writing: bool,
+    /// Cleared when the last [`LedgerWriter`] handle is dropped.
+    open: bool,
+    /// Set if the writer thread died: appends are then answered at once
+    /// with an error rather than left waiting.
+    stopped: bool,
+}
+
+impl Queue {
+    /// Takes `appends` for the writer thread, or refuses them when it died.
+    fn push(&mut self, appends: impl IntoIterator<Item = Append>) {
+        for append in appends {
+            if self.stopped {
+                let _ = append.reply.send(Err(WRITER_STOPPED.to_string()));
+            } else {
+                self.pending.push(append);
+            }
+        }
+    }
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    /// Signals the writer thread that `queue` changed.
+    changed: Condvar,
+    /// Locked only by whoever set `queue.writing`.
+    state: Mutex<(WriterState, DurableObserver)>,
+}
+
+impl Shared {
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn commit(&self, batch: Vec<Append>) {
+        let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (state, observer) = &mut *guard;
+        state.commit(batch, observer);
+    }
+
+    /// Ends a write: the writer thread takes whatever queued up meanwhile.
+    fn finish_write(&self) {
+        let mut queue = self.queue();
+        queue.writing = false;
+        if !queue.pending.is_empty() {
+            self.changed.notify_one();
+        }
+    }
+
+    /// The writer thread: waits for appends while no one else writes, and
+    /// writes each batch; ends when every handle is gone and all is written.
+    fn run(&self) {
+        // Should a write panic, everything queued and everything later is
+        // answered with an error (dropping a reply sender answers it too).
+        struct Stopped<'a>(&'a Shared);
+        impl Drop for Stopped<'_> {
+            fn drop(&mut self) {
+                let mut queue = self.0.queue();
+                queue.stopped = true;
+                queue.pending.clear();
+            }
+        }
+        let _stopped = Stopped(self);
+        loop {
+            let batch = {
+                let mut queue = self.queue();
+                loop {
+                    if !queue.writing && !queue.pending.is_empty() {
+                        break;
+                    }
+                    if !queue.open && queue.pending.is_empty() {
+                        return;
+                    }
+                    queue = self.changed.wait(queue).unwrap_or_else(|p| p.into_inner());
+                }
+                queue.writing = true;
+                let take = queue.pending.len().min(MAX_BATCH);
+                queue.pending.drain(..take).collect::<Vec<_>>()
+            };
+            self.commit(batch);
+            self.finish_write();
+        }
+    }
+}
+
+/// Closes the queue when the last handle goes, so the thread can end.
+struct Handle(Arc<Shared>);
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.0.queue().open = false;
+        self.0.changed.notify_one();
+    }
 }
 
 pub struct WriterOptions {
@@ -68,9 +183,9 @@ pub struct WriterOptions {
 
 #[derive(Clone)]
 pub struct LedgerWriter {
-    tx: mpsc::Sender<Append>,
+    handle: Arc<Handle>,
     records: Arc<AtomicU64>,
-    position: Arc<std::sync::Mutex<Position>>,
+    position: Arc<Mutex<Position>>,
 }
 
 impl LedgerWriter {
@@ -78,20 +193,35 @@ impl LedgerWriter {
         std::fs::create_dir_all(&options.dir)?;
         let records = Arc::new(AtomicU64::new(options.tip.seq));
         let mut state = WriterState::open(options, records.clone())?;
-        let position = Arc::new(std::sync::Mutex::new(state.position()));
+        let position = Arc::new(Mutex::new(state.position()));
         state.shared_position = Some(position.clone());
-        let (tx, rx) = mpsc::channel::<Append>();
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue {
+                pending: Vec::new(),
+                writing: false,
+                open: true,
+                stopped: false,
+            }),
+            changed: Condvar::new(),
+            state: Mutex::new((state, observer)),
+        });
+        let thread_shared = shared.clone();
         std::thread::Builder::new()
             .name("ledger-writer".into())
-            .spawn(move || state.run(rx, observer))?;
+            .spawn(move || thread_shared.run())?;
         Ok(LedgerWriter {
-            tx,
+            handle: Arc::new(Handle(shared)),
             records,
             position,
         })
     }
 
-    /// Queues an append; the receiver answers once it is durable (or failed).
+    fn shared(&self) -> &Shared {
+        &self.handle.0
+    }
+
+    /// Queues an append for the writer thread; the receiver answers once it
+    /// is durable (or failed).
     pub fn append(
         &self,
         kind: String,
@@ -99,18 +229,66 @@ impl LedgerWriter {
         payload: Value,
         journal_fields: JournalFields,
     ) -> oneshot::Receiver<AppendResult> {
-        let (reply, rx) = oneshot::channel();
-        let request = Append {
+        let entry = Entry {
             kind,
             plan_id,
             payload,
             journal_fields,
-            reply,
         };
-        if let Err(mpsc::SendError(request)) = self.tx.send(request) {
-            let _ = request.reply.send(Err(WRITER_STOPPED.to_string()));
-        }
+        let (append, rx) = entry.queued();
+        let shared = self.shared();
+        shared.queue().push([append]);
+        shared.changed.notify_one();
         rx
+    }
+
+    /// Appends `entries` in order, in one write, and answers once they are
+    /// durable. When the writer is idle with nothing queued, the write and
+    /// its fdatasync happen right here, on the caller's thread (for an
+    /// async caller, one tokio worker is blocked for that long; only one
+    /// caller at a time can be in this position); otherwise the entries
+    /// join the queue behind what is already there and share its group
+    /// commit.
+    pub async fn write_now(&self, entries: Vec<Entry>) -> Vec<AppendResult> {
+        let (appends, replies): (Vec<_>, Vec<_>) = entries.into_iter().map(Entry::queued).unzip();
+        let shared = self.shared();
+        let inline = {
+            let mut queue = shared.queue();
+            if queue.writing || queue.stopped || !queue.pending.is_empty() {
+                queue.push(appends);
+                shared.changed.notify_one();
+                None
+            } else {
+                queue.writing = true;
+                Some(appends)
+            }
+        };
+        if let Some(appends) = inline {
+            // Answers the queue's waiters too if the write panics.
+            struct Finish<'a>(&'a Shared);
+            impl Drop for Finish<'_> {
+                fn drop(&mut self) {
+                    self.0.finish_write();
+                }
+            }
+            let _finish = Finish(shared);
+            shared.commit(appends);
+            // What queued up meanwhile is written here too, once: waking the
+            // writer thread for it would cost a hand-off on top of the wait.
+            let queued = {
+                let mut queue = shared.queue();
+                let take = queue.pending.len().min(MAX_BATCH);
+                queue.pending.drain(..take).collect::<Vec<_>>()
+            };
+            if !queued.is_empty() {
+                shared.commit(queued);
+            }
+        }
+        let mut results = Vec::with_capacity(replies.len());
+        for reply in replies {
+            results.push(settle(reply).await);
+        }
+        results
     }
 
     /// Sequence number of the newest durable record.
@@ -139,7 +317,7 @@ struct WriterState {
     /// length is unknown until a later `set_len` succeeds, and nothing may
     /// be appended after bytes no one acknowledged.
     needs_truncate: bool,
-    shared_position: Option<Arc<std::sync::Mutex<Position>>>,
+    shared_position: Option<Arc<Mutex<Position>>>,
 }
 
 impl WriterState {
@@ -175,19 +353,6 @@ impl WriterState {
         })
     }
 
-    fn run(&mut self, rx: mpsc::Receiver<Append>, observer: DurableObserver) {
-        while let Ok(first) = rx.recv() {
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(next) => batch.push(next),
-                    Err(_) => break,
-                }
-            }
-            self.commit(batch, &observer);
-        }
-    }
-
     fn commit(&mut self, batch: Vec<Append>, observer: &DurableObserver) {
         if self.needs_truncate {
             match self.file.set_len(self.file_len) {
@@ -217,9 +382,9 @@ impl WriterState {
             let record = Record::seal(
                 self.tip.seq + 1,
                 rfc3339(ts_ms),
-                append.kind,
-                append.plan_id,
-                append.payload,
+                append.entry.kind,
+                append.entry.plan_id,
+                append.entry.payload,
                 self.tip.hash.clone(),
             );
             buf.extend_from_slice(record.to_line().as_bytes());
@@ -230,7 +395,7 @@ impl WriterState {
             sealed.push(Durable {
                 record,
                 ts_ms,
-                journal_fields: append.journal_fields,
+                journal_fields: append.entry.journal_fields,
             });
             replies.push(append.reply);
         }
