@@ -743,3 +743,61 @@ async fn finished_plans_are_archived_and_still_answer() {
     // The newest plan keeps an applied reversible action, so it stayed.
     assert_eq!(rig.engine.get_plan(&ids[2]).unwrap(), before[2]);
 }
+
+/// An instant notice (journal, dbus) is not written ahead: a crash would
+/// send it again either way, so its start rides in one write with its
+/// outcome. A webhook, which can take seconds, is written ahead, as is every
+/// action that changes the system.
+#[tokio::test]
+async fn only_actions_that_need_it_are_written_ahead() {
+    let rig =
+        start("[notify.channels.ops]\nkind = \"webhook\"\nurl = \"http://127.0.0.1:9/hook\"\n")
+            .await;
+    rig.notifier.1.lock().unwrap().dir = Some(rig.dir.path().join("ledger"));
+    let actions = json!([
+        {"type": "notify_operator", "channel": "journal", "message": "instant"},
+        {"type": "notify_operator", "channel": "ops", "message": "slow"},
+        step("after")
+    ]);
+    let (id, _) = rig
+        .engine
+        .submit(&alert("write-ahead", actions))
+        .await
+        .unwrap();
+    assert_eq!(wait_finished(&rig.engine, &id).await["status"], "success");
+
+    let peek = rig.notifier.1.lock().unwrap();
+    let [at_journal, at_webhook] = peek.kinds_at_notice.as_slice() else {
+        panic!("two notices expected: {:?}", peek.kinds_at_notice);
+    };
+    assert_eq!(
+        at_journal,
+        &["plan_created"],
+        "nothing of the journal notice is durable before it is sent"
+    );
+    assert_eq!(
+        at_webhook,
+        &[
+            "plan_created",
+            "plan_started",
+            "action_started",
+            "action_applied",
+            "action_started"
+        ],
+        "the webhook's start is durable before it is sent"
+    );
+    assert_eq!(
+        ledger_kinds(&rig),
+        [
+            "plan_created",
+            "plan_started",
+            "action_started",
+            "action_applied",
+            "action_started",
+            "action_applied",
+            "action_started",
+            "action_applied",
+            "plan_finished"
+        ]
+    );
+}

@@ -129,6 +129,15 @@ pub trait ActionHandler: Send + Sync {
         Ok(None)
     }
 
+    /// Whether `action_started` must be durable before `apply` runs. Only
+    /// an instant action whose recovery would simply do it again may say
+    /// no: a crash before its outcome is recorded then finds no start and
+    /// runs it again, which is what `recover` would have done. Its start is
+    /// written with its outcome, saving one fsync per plan.
+    fn write_ahead(&self, _params: &Value) -> bool {
+        true
+    }
+
     async fn apply(&self, ctx: &ActionCtx<'_>) -> Result<Applied, ActionError>;
 
     /// Undoes `apply` given what it recorded. Returns a summary for the log.

@@ -97,6 +97,15 @@ impl ActionHandler for NotifyOperator {
         }))
     }
 
+    /// The built-in channels (journal, dbus) deliver at once and a crash
+    /// re-sends anyway (`recover`), so their start needs no fsync of its
+    /// own. A webhook can take seconds: its start is recorded first, so the
+    /// ledger shows a delivery in flight.
+    fn write_ahead(&self, params: &Value) -> bool {
+        let channel = params["channel"].as_str().unwrap_or_default();
+        !BUILTIN_CHANNELS.contains(&channel)
+    }
+
     async fn apply(&self, ctx: &ActionCtx<'_>) -> Result<Applied, ActionError> {
         let (channel, notice) = notice(ctx)?;
         ctx.sys.notifier.notify(&channel, &notice).await?;

@@ -97,17 +97,23 @@ fn ctx<'a>(
     }
 }
 
-/// Records that gate no change of the system (`plan_started`) wait to be
-/// written with the next record, and share its fsync: the `action_started`
-/// that must be durable before the first change carries the plan's start.
+/// Records that gate no change of the system wait to be written with the
+/// next record, and share its fsync: `plan_started` rides with the first
+/// `action_started`, and the `action_started` of an action that needs no
+/// write-ahead ([`ActionHandler::write_ahead`]) rides with its outcome.
 #[derive(Default)]
 struct Carry(Vec<Event>);
 
 impl Carry {
     async fn record(&mut self, engine: &Engine, plan_id: &str, event: Event) {
+        self.record_all(engine, plan_id, vec![event]).await;
+    }
+
+    /// The carried events, then `new`, in one write.
+    async fn record_all(&mut self, engine: &Engine, plan_id: &str, new: Vec<Event>) {
         let mut events = std::mem::take(&mut self.0);
         let starts_plan = events.iter().any(|e| matches!(e, Event::PlanStarted {}));
-        events.push(event);
+        events.extend(new);
         engine.record_all(plan_id, events).await;
         if starts_plan {
             engine.emit(AgentEvent::PlanStatusChanged {
@@ -253,7 +259,7 @@ async fn apply_action(
     };
     let result = prepare_and_apply(engine, handler.as_ref(), &step, job.clone(), carry).await;
     match result {
-        Ok(applied) => record_applied(engine, &step, &job.kind, applied).await,
+        Ok(applied) => record_applied(engine, &step, &job.kind, applied, carry).await,
         Err(e) if e.transient && attempt < max_attempts => {
             let retry_in_ms = retry_delay_ms(&config.retry, attempt, fastrand::f64());
             let failed = Event::ActionAttemptFailed {
@@ -299,16 +305,26 @@ async fn prepare_and_apply(
         attempt,
         prepared: prepared.clone(),
     };
-    carry.record(engine, plan_id, started).await;
+    if handler.write_ahead(&job.params) {
+        carry.record(engine, plan_id, started).await;
+    } else {
+        carry.0.push(started);
+    }
     job.prepared = prepared;
     handler
         .apply(&ctx(engine, &config, plan_id, index, &job))
         .await
 }
 
-/// Records an applied action; when it was the plan's last step, the plan's
-/// end goes in the same write.
-async fn record_applied(engine: &Arc<Engine>, step: &Attempt<'_>, kind: &str, applied: Applied) {
+/// Records an applied action (with whatever was carried); when it was the
+/// plan's last step, the plan's end goes in the same write.
+async fn record_applied(
+    engine: &Arc<Engine>,
+    step: &Attempt<'_>,
+    kind: &str,
+    applied: Applied,
+    carry: &mut Carry,
+) {
     let Attempt {
         plan_id,
         index,
@@ -324,19 +340,15 @@ async fn record_applied(engine: &Arc<Engine>, step: &Attempt<'_>, kind: &str, ap
         changes: applied.changes,
         revert_at_ms,
     };
-    let finished = match engine.plan_step(plan_id, std::slice::from_ref(&event)) {
+    let mut after = carry.0.clone();
+    after.push(event.clone());
+    let finished = match engine.plan_step(plan_id, &after) {
         Some(Step::Finish(status)) => Some(status),
         _ => None,
     };
-    match finished {
-        Some(status) => {
-            let end = Event::PlanFinished { status };
-            engine.record_all(plan_id, vec![event, end]).await;
-        }
-        None => {
-            engine.record(plan_id, event).await;
-        }
-    }
+    let mut events = vec![event];
+    events.extend(finished.map(|status| Event::PlanFinished { status }));
+    carry.record_all(engine, plan_id, events).await;
     if let Some(at) = revert_at_ms {
         engine
             .lock()
@@ -382,7 +394,7 @@ pub(super) async fn recover_action(engine: &Arc<Engine>, plan_id: &str, index: u
                 index,
                 attempt: job.attempts,
             };
-            record_applied(engine, &step, &job.kind, applied).await;
+            record_applied(engine, &step, &job.kind, applied, &mut Carry::default()).await;
         }
         Ok(Recovered::DidNotTakeEffect(detail)) => {
             not_taken_effect(engine, plan_id, index, detail).await

@@ -162,11 +162,25 @@ impl ActionHandler for Step {
 }
 
 #[derive(Default)]
-pub struct RecordingNotifier(pub Mutex<Vec<(Channel, Notice)>>);
+pub struct RecordingNotifier(pub Mutex<Vec<(Channel, Notice)>>, pub Mutex<LedgerPeek>);
+
+/// What was durable in the ledger at the moment of each notice, when
+/// `dir` is set: shows whether an action's start was written ahead of it.
+#[derive(Default)]
+pub struct LedgerPeek {
+    pub dir: Option<std::path::PathBuf>,
+    pub kinds_at_notice: Vec<Vec<String>>,
+}
 
 #[async_trait]
 impl Notifier for RecordingNotifier {
     async fn notify(&self, channel: &Channel, notice: &Notice) -> Result<(), ActionError> {
+        let mut peek = self.1.lock().unwrap();
+        if let Some(dir) = peek.dir.clone() {
+            let mut kinds = Vec::new();
+            ledger::scan(&dir, |r| kinds.push(r.kind.clone())).unwrap();
+            peek.kinds_at_notice.push(kinds);
+        }
         self.0
             .lock()
             .unwrap()
