@@ -808,6 +808,76 @@ async fn signals_and_properties() {
     assert_eq!(proxy.version().await.unwrap(), env!("CARGO_PKG_VERSION"));
 }
 
+/// `PropertiesChanged` goes out at most every 100 ms: a burst of plans,
+/// each moving QueueDepth up and back down, gives a few signals rather
+/// than hundreds, and the value the queue settles on is the last one sent.
+#[tokio::test]
+async fn property_changes_are_coalesced_under_a_burst() {
+    const PLANS: usize = 300;
+    let (bus, _home, _agent) = bus_and_agent();
+    let conn = bus.connect().await;
+    let proxy = root_proxy(&conn).await;
+    let props = zbus::fdo::PropertiesProxy::builder(&conn)
+        .destination(NAME)
+        .path(PATH)
+        .build()
+        .await
+        .unwrap();
+    let mut changes = props.receive_properties_changed().await.unwrap();
+    // Drained as they come: a signal stream left unread fills the
+    // connection's queue and stalls its method replies.
+    let collector = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while let Ok(Some(change)) =
+            tokio::time::timeout(Duration::from_millis(1500), changes.next()).await
+        {
+            if let Some(v) = change
+                .args()
+                .unwrap()
+                .changed_properties()
+                .get("QueueDepth")
+            {
+                seen.push(u32::try_from(v).expect("QueueDepth is a u32"));
+            }
+        }
+        seen
+    });
+
+    let start = Instant::now();
+    let submits = (0..PLANS).map(|n| {
+        let alert = format!(
+            r#"{{"source":"Manual","severity":"low","description":"burst {n}","actions":[{{"type":"notify_operator","channel":"journal","message":"burst {n}"}}]}}"#
+        );
+        let proxy = proxy.clone();
+        async move { proxy.submit_alert(&alert).await.expect("SubmitAlert") }
+    });
+    // 64 in flight: the bus allows a connection only so many pending replies.
+    let answers: Vec<_> = futures_util::stream::iter(submits)
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    assert!(answers.iter().all(|(_, created)| *created));
+    let deadline = Instant::now() + SIGNAL_TIMEOUT;
+    while proxy.queue_depth().await.expect("QueueDepth") != 0 {
+        assert!(Instant::now() < deadline, "QueueDepth never went back to 0");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The collector stops 1.5 s after the last signal.
+    let seen = collector.await.unwrap();
+    let window_ms = start.elapsed().as_millis() as usize;
+    eprintln!("{PLANS} plans in {window_ms} ms: QueueDepth PropertiesChanged {seen:?}");
+    assert_eq!(
+        seen.last(),
+        Some(&0),
+        "the settled value goes out last: {seen:?}"
+    );
+    assert!(
+        seen.len() <= window_ms / 100 + 2,
+        "{} QueueDepth changes in {window_ms} ms: more than one per 100 ms",
+        seen.len()
+    );
+}
+
 /// A webhook endpoint that holds its first request until `release` fires,
 /// then answers 200 to it and to any later request.
 fn gated_webhook() -> (

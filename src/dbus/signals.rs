@@ -1,7 +1,11 @@
 //! Forwards the engine's announcements to the bus as signals, and emits
-//! `PropertiesChanged` when a property's value actually changed.
+//! `PropertiesChanged` when a property's value actually changed (at most
+//! every [`PROPERTIES_EVERY`]).
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tokio::sync::broadcast::error::RecvError;
 use zbus::object_server::InterfaceRef;
@@ -17,15 +21,28 @@ struct Counters {
     active: u32,
 }
 
+/// `PropertiesChanged` goes out at most this often. A queue that fills and
+/// drains a thousand times a second is no use to a listener as a thousand
+/// signals, and each costs the bus daemon as much as a method call. A
+/// change after a quiet spell goes out at once; the value the counters
+/// settle on always goes out, at most this long after it changed.
+const PROPERTIES_EVERY: Duration = Duration::from_millis(100);
+
 pub async fn pump(engine: Arc<Engine>, iface: InterfaceRef<Antibody>) {
     let mut rx = engine.events().subscribe();
     let mut last = Counters::default();
+    let mut last_sent = Instant::now() - PROPERTIES_EVERY;
+    let mut unsent = false;
     loop {
-        let event = match rx.recv().await {
-            Ok(event) => event,
+        let received = tokio::select! {
+            received = rx.recv() => Some(received),
+            _ = tokio::time::sleep_until(last_sent + PROPERTIES_EVERY), if unsent => None,
+        };
+        let event = match received {
+            Some(Ok(event)) => event,
             // Signals were missed under load; counters are re-read anyway.
-            Err(RecvError::Lagged(_)) => AgentEvent::CountersChanged,
-            Err(RecvError::Closed) => return,
+            Some(Err(RecvError::Lagged(_))) | None => AgentEvent::CountersChanged,
+            Some(Err(RecvError::Closed)) => return,
         };
         let emitter = iface.signal_emitter();
         let sent = match &event {
@@ -55,9 +72,12 @@ pub async fn pump(engine: Arc<Engine>, iface: InterfaceRef<Antibody>) {
         }
         // Under load many events queue up: emit their signals, then read the
         // counters (a walk over the plans) once for the lot, not per event.
-        if !rx.is_empty() {
+        unsent = true;
+        if !rx.is_empty() || last_sent.elapsed() < PROPERTIES_EVERY {
             continue;
         }
+        unsent = false;
+        last_sent = Instant::now();
         let now = Counters {
             queue_depth: engine.queue_depth(),
             healthy: engine.healthy(),
