@@ -4,6 +4,7 @@
 //! journal socket exists (a container without journald, a developer's shell)
 //! the same lines go to stderr with an sd-daemon `<N>` priority prefix.
 
+use std::io::Write;
 use std::path::Path;
 use std::sync::mpsc;
 
@@ -106,7 +107,15 @@ impl Journal {
             .filter(|(k, _)| k.starts_with("ANTIBODY_"))
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
-        eprintln!("<{}>{} {}", entry.priority, entry.message, extra.join(" "));
+        // One write per line: `eprintln!` would issue a write(2) per
+        // formatted piece (seven here) on the unbuffered stderr.
+        let line = format!(
+            "<{}>{} {}\n",
+            entry.priority,
+            entry.message,
+            extra.join(" ")
+        );
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
     }
 }
 
