@@ -158,7 +158,7 @@ async fn bulk(bus: &PrivateBus, proxy: &AntibodyProxy<'static>) -> Duration {
     let mut tasks = Vec::new();
     for c in 0..16 {
         let conn = bus.connect().await;
-        let client = Arc::new(AntibodyProxy::new(&conn).await.unwrap());
+        let client = Arc::new(antibody::dbus::proxy::client(&conn).await.unwrap());
         tasks.push(tokio::spawn(async move {
             let _conn = conn;
             for i in (c..BULK).step_by(16) {
@@ -198,7 +198,7 @@ async fn main() {
     let wrapper = ["ip", "netns", "exec", ns.0.as_str()];
     let _agent = Agent::start_wrapped(&bus, home.path(), &config, &[], &wrapper);
     let conn = bus.connect().await;
-    let proxy = AntibodyProxy::new(&conn).await.unwrap();
+    let proxy = antibody::dbus::proxy::client(&conn).await.unwrap();
 
     // The first isolation builds the table: measured apart from the rest.
     let first = one_by_one(&proxy, std::iter::once(isolate_alert(0, "first"))).await[0];

@@ -17,8 +17,6 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use zbus_systemd::systemd1::ManagerProxy;
 
-use antibody::dbus::proxy::AntibodyProxy;
-
 const SAMPLES: usize = 200;
 const UNIT: &str = "sleeper.service";
 
@@ -74,7 +72,7 @@ async fn inside() {
     let conn = zbus::Connection::system().await.unwrap();
     let manager = ManagerProxy::new(&conn).await.unwrap();
     manager.subscribe().await.unwrap();
-    let agent = AntibodyProxy::new(&conn).await.unwrap();
+    let agent = antibody::dbus::proxy::client(&conn).await.unwrap();
     let mut direct = Vec::new();
     let mut through_agent = Vec::new();
     let mut submit_answered = Vec::new();

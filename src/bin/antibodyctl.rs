@@ -11,7 +11,6 @@ use antibody::dbus::proxy::AntibodyProxy;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use futures_util::StreamExt;
 use serde_json::{json, Map, Value};
-use zbus::proxy::CacheProperties;
 use zbus::DBusError;
 
 const LONG_ABOUT: &str = "\
@@ -343,9 +342,7 @@ async fn connect(timeout: Duration) -> Outcome<(zbus::Connection, AntibodyProxy<
         ))
     })?
     .map_err(unreachable)?;
-    let proxy = AntibodyProxy::builder(&conn)
-        .cache_properties(CacheProperties::No)
-        .build()
+    let proxy = antibody::dbus::proxy::client(&conn)
         .await
         .map_err(call_failure)?;
     Ok((conn, proxy))

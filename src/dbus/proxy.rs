@@ -40,3 +40,13 @@ pub trait Antibody {
     #[zbus(signal)]
     fn operator_notice(&self, channel: &str, severity: &str, message: &str) -> zbus::Result<()>;
 }
+
+/// The proxy `antibodyctl` and the benchmarks call through: without a
+/// property cache, which would subscribe to (and wake the client for)
+/// every `PropertiesChanged` the agent sends while the client only calls.
+pub async fn client(conn: &zbus::Connection) -> zbus::Result<AntibodyProxy<'static>> {
+    AntibodyProxy::builder(conn)
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await
+}
