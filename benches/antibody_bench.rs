@@ -42,8 +42,32 @@ fn alert(n: usize, channel: &str) -> String {
     )
 }
 
+/// How the latency samples are taken: back to back, or one every 10 ms so
+/// that every process on the path has gone idle in between, as for a lone
+/// alert. A measurement and its baseline are always taken the same way.
+#[derive(Clone, Copy)]
+enum Pace {
+    BackToBack,
+    Every10Ms,
+}
+
+impl Pace {
+    fn samples(self) -> usize {
+        match self {
+            Pace::BackToBack => SAMPLES,
+            Pace::Every10Ms => SAMPLES / 4,
+        }
+    }
+
+    async fn wait(self) {
+        if let Pace::Every10Ms = self {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
 /// A ~300-byte append with fdatasync, in the same directory as the ledger.
-fn fsync_baseline(dir: &Path) -> Duration {
+async fn fsync_baseline(dir: &Path, pace: Pace) -> Duration {
     let path = dir.join("fsync-baseline.bin");
     let mut file = OpenOptions::new()
         .create(true)
@@ -51,19 +75,19 @@ fn fsync_baseline(dir: &Path) -> Duration {
         .open(&path)
         .unwrap();
     let line = [b'x'; 300];
-    let samples = (0..SAMPLES)
-        .map(|_| {
-            let t = Instant::now();
-            file.write_all(&line).unwrap();
-            file.sync_data().unwrap();
-            t.elapsed()
-        })
-        .collect();
+    let mut samples = Vec::new();
+    for _ in 0..pace.samples() {
+        pace.wait().await;
+        let t = Instant::now();
+        file.write_all(&line).unwrap();
+        file.sync_data().unwrap();
+        samples.push(t.elapsed());
+    }
     std::fs::remove_file(path).unwrap();
     p50(samples)
 }
 
-async fn ping_baseline(conn: &zbus::Connection) -> Duration {
+async fn ping_baseline(conn: &zbus::Connection, pace: Pace) -> Duration {
     let peer = zbus::fdo::PeerProxy::builder(conn)
         .destination("org.vael.Antibody")
         .path("/org/vael/Antibody")
@@ -71,7 +95,8 @@ async fn ping_baseline(conn: &zbus::Connection) -> Duration {
         .await
         .unwrap();
     let mut samples = Vec::new();
-    for _ in 0..SAMPLES {
+    for _ in 0..pace.samples() {
+        pace.wait().await;
         let t = Instant::now();
         peer.ping().await.unwrap();
         samples.push(t.elapsed());
@@ -79,9 +104,11 @@ async fn ping_baseline(conn: &zbus::Connection) -> Duration {
     p50(samples)
 }
 
-async fn submit_latency(proxy: &AntibodyProxy<'_>) -> Duration {
+/// New alerts (numbered from `first`), each making a plan.
+async fn submit_latency(proxy: &AntibodyProxy<'_>, pace: Pace, first: usize) -> Duration {
     let mut samples = Vec::new();
-    for n in 0..SAMPLES {
+    for n in first..first + pace.samples() {
+        pace.wait().await;
         let text = alert(n, "journal");
         let t = Instant::now();
         let (_, created) = proxy.submit_alert(&text).await.unwrap();
@@ -103,61 +130,6 @@ async fn duplicate_latency(proxy: &AntibodyProxy<'_>) -> Duration {
         samples.push(t.elapsed());
         assert!(!created);
     }
-    p50(samples)
-}
-
-/// New alerts with a pause between them, so no earlier plan's own writes
-/// share the disk with this one's `plan_created`.
-async fn spaced_submit_latency(proxy: &AntibodyProxy<'_>) -> Duration {
-    let mut samples = Vec::new();
-    for n in 0..SAMPLES / 4 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        let text = alert(2_000_000 + n, "journal");
-        let t = Instant::now();
-        let (_, created) = proxy.submit_alert(&text).await.unwrap();
-        samples.push(t.elapsed());
-        assert!(created);
-    }
-    p50(samples)
-}
-
-/// Ping as the spaced SubmitAlerts are sent: one every 10 ms, so every
-/// process on the path has gone idle in between, as for a lone alert.
-async fn spaced_ping(conn: &zbus::Connection) -> Duration {
-    let peer = zbus::fdo::PeerProxy::builder(conn)
-        .destination("org.vael.Antibody")
-        .path("/org/vael/Antibody")
-        .build()
-        .await
-        .unwrap();
-    let mut samples = Vec::new();
-    for _ in 0..SAMPLES / 4 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        let t = Instant::now();
-        peer.ping().await.unwrap();
-        samples.push(t.elapsed());
-    }
-    p50(samples)
-}
-
-/// The fdatasync baseline, one every 10 ms.
-async fn spaced_fsync(dir: &Path) -> Duration {
-    let path = dir.join("fsync-baseline.bin");
-    let mut file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .unwrap();
-    let line = [b'x'; 300];
-    let mut samples = Vec::new();
-    for _ in 0..SAMPLES / 4 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        let t = Instant::now();
-        file.write_all(&line).unwrap();
-        file.sync_data().unwrap();
-        samples.push(t.elapsed());
-    }
-    std::fs::remove_file(path).unwrap();
     p50(samples)
 }
 
@@ -311,13 +283,13 @@ async fn main() {
     let conn = bus.connect().await;
     let proxy = antibody::dbus::proxy::client(&conn).await.unwrap();
     let (rss_before, rss_after, storm_plans) = storm_rss(&proxy, agent.pid()).await;
-    let ping = ping_baseline(&conn).await;
-    let fsync = fsync_baseline(&agent.ledger_dir());
-    let submit = submit_latency(&proxy).await;
+    let ping = ping_baseline(&conn, Pace::BackToBack).await;
+    let fsync = fsync_baseline(&agent.ledger_dir(), Pace::BackToBack).await;
+    let submit = submit_latency(&proxy, Pace::BackToBack, 0).await;
     let duplicate = duplicate_latency(&proxy).await;
-    let spaced = spaced_submit_latency(&proxy).await;
-    let spaced_ping = spaced_ping(&conn).await;
-    let spaced_fsync = spaced_fsync(&agent.ledger_dir()).await;
+    let spaced = submit_latency(&proxy, Pace::Every10Ms, 2_000_000).await;
+    let spaced_ping = ping_baseline(&conn, Pace::Every10Ms).await;
+    let spaced_fsync = fsync_baseline(&agent.ledger_dir(), Pace::Every10Ms).await;
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let latency_rows = [
         format!(

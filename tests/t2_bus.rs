@@ -719,6 +719,16 @@ async fn root_proxy(conn: &zbus::Connection) -> AntibodyProxy<'static> {
         .expect("AntibodyProxy")
 }
 
+/// `org.freedesktop.DBus.Properties` of the agent's object.
+async fn properties_proxy(conn: &zbus::Connection) -> zbus::fdo::PropertiesProxy<'static> {
+    zbus::fdo::PropertiesProxy::builder(conn)
+        .destination(NAME)
+        .path(PATH)
+        .build()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn signals_and_properties() {
     let (bus, _home, _agent) = bus_and_agent();
@@ -729,12 +739,7 @@ async fn signals_and_properties() {
     let mut status = proxy.receive_plan_status_changed().await.unwrap();
     let mut finished = proxy.receive_action_finished().await.unwrap();
     let mut notices = proxy.receive_operator_notice().await.unwrap();
-    let props = zbus::fdo::PropertiesProxy::builder(&conn)
-        .destination(NAME)
-        .path(PATH)
-        .build()
-        .await
-        .unwrap();
+    let props = properties_proxy(&conn).await;
     let mut changes = props.receive_properties_changed().await.unwrap();
 
     let message = "t2: signal check, db1 /var at 97%";
@@ -817,12 +822,7 @@ async fn property_changes_are_coalesced_under_a_burst() {
     let (bus, _home, _agent) = bus_and_agent();
     let conn = bus.connect().await;
     let proxy = root_proxy(&conn).await;
-    let props = zbus::fdo::PropertiesProxy::builder(&conn)
-        .destination(NAME)
-        .path(PATH)
-        .build()
-        .await
-        .unwrap();
+    let props = properties_proxy(&conn).await;
     let mut changes = props.receive_properties_changed().await.unwrap();
     // Drained as they come: a signal stream left unread fills the
     // connection's queue and stalls its method replies.
@@ -989,12 +989,7 @@ async fn queue_depth_changes_are_signalled() {
     let conn = bus.connect().await;
     let proxy = root_proxy(&conn).await;
     let mut status = proxy.receive_plan_status_changed().await.unwrap();
-    let props = zbus::fdo::PropertiesProxy::builder(&conn)
-        .destination(NAME)
-        .path(PATH)
-        .build()
-        .await
-        .unwrap();
+    let props = properties_proxy(&conn).await;
     let mut changes = props.receive_properties_changed().await.unwrap();
     assert_eq!(proxy.queue_depth().await.unwrap(), 0);
 
