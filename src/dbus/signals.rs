@@ -5,9 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use tokio::sync::broadcast::error::RecvError;
+use tokio::time::Instant;
 use zbus::object_server::InterfaceRef;
 
 use super::interface::Antibody;

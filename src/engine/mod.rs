@@ -360,7 +360,6 @@ impl Engine {
                 self.emit(queued);
                 self.emit(AgentEvent::CountersChanged);
                 self.wake.notify_one();
-
                 Ok((id, true))
             }
             Err(e) => {

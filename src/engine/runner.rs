@@ -340,15 +340,15 @@ async fn record_applied(
         changes: applied.changes,
         revert_at_ms,
     };
-    let mut after = carry.0.clone();
-    after.push(event.clone());
-    let finished = match engine.plan_step(plan_id, &after) {
+    carry.0.push(event);
+    let finished = match engine.plan_step(plan_id, &carry.0) {
         Some(Step::Finish(status)) => Some(status),
         _ => None,
     };
-    let mut events = vec![event];
-    events.extend(finished.map(|status| Event::PlanFinished { status }));
-    carry.record_all(engine, plan_id, events).await;
+    let end = finished.map(|status| Event::PlanFinished { status });
+    carry
+        .record_all(engine, plan_id, end.into_iter().collect())
+        .await;
     if let Some(at) = revert_at_ms {
         engine
             .lock()

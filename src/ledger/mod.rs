@@ -8,4 +8,4 @@ pub mod writer;
 
 pub use record::{Record, GENESIS};
 pub use scan::{record_at, scan, scan_from, Position, ScanReport, Tip};
-pub use writer::{settle, Durable, Entry, JournalFields, LedgerWriter, WriterOptions};
+pub use writer::{Durable, Entry, JournalFields, LedgerWriter, WriterOptions};

@@ -44,7 +44,7 @@ const WRITER_STOPPED: &str = "the ledger writer has stopped";
 
 /// Waits for an append's answer; a writer that went away is an error like
 /// any other failed write, never a hang or a panic.
-pub async fn settle(reply: oneshot::Receiver<AppendResult>) -> AppendResult {
+async fn settle(reply: oneshot::Receiver<AppendResult>) -> AppendResult {
     reply
         .await
         .unwrap_or_else(|_| Err(WRITER_STOPPED.to_string()))
@@ -86,6 +86,12 @@ struct Queue {
 }
 
 impl Queue {
+    /// The oldest appends, as many as one write carries.
+    fn take_batch(&mut self) -> Vec<Append> {
+        let take = self.pending.len().min(MAX_BATCH);
+        self.pending.drain(..take).collect()
+    }
+
     /// Takes `appends` for the writer thread, or refuses them when it died.
     fn push(&mut self, appends: impl IntoIterator<Item = Append>) {
         for append in appends {
@@ -153,8 +159,7 @@ impl Shared {
                     queue = self.changed.wait(queue).unwrap_or_else(|p| p.into_inner());
                 }
                 queue.writing = true;
-                let take = queue.pending.len().min(MAX_BATCH);
-                queue.pending.drain(..take).collect::<Vec<_>>()
+                queue.take_batch()
             };
             self.commit(batch);
             self.finish_write();
@@ -275,11 +280,7 @@ impl LedgerWriter {
             shared.commit(appends);
             // What queued up meanwhile is written here too, once: waking the
             // writer thread for it would cost a hand-off on top of the wait.
-            let queued = {
-                let mut queue = shared.queue();
-                let take = queue.pending.len().min(MAX_BATCH);
-                queue.pending.drain(..take).collect::<Vec<_>>()
-            };
+            let queued = shared.queue().take_batch();
             if !queued.is_empty() {
                 shared.commit(queued);
             }
