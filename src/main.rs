@@ -24,6 +24,8 @@ use antibody::{dbus, events};
 
 /// How long a stop waits for steps under way before leaving them to recovery.
 const STOP_GRACE: Duration = Duration::from_secs(20);
+/// The longest wait between two tries to reach a restarted system bus.
+const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(2);
 
 #[derive(Parser)]
 #[command(
@@ -165,7 +167,8 @@ async fn run(args: Args, config: Config) -> Result<(), String> {
         });
     }
 
-    let outcome = loop {
+    let mut bus = Some(connection);
+    let reason = loop {
         tokio::select! {
             signal = signals.next() => match signal {
                 Some(SIGHUP) => {
@@ -179,18 +182,20 @@ async fn run(args: Args, config: Config) -> Result<(), String> {
                     }
                     sdnotify::ready(&engine.status_line());
                 }
-                _ => break Ok("SIGTERM".to_string()),
+                Some(SIGINT) => break "SIGINT".to_string(),
+                _ => break "SIGTERM".to_string(),
             },
-            // Without the bus no alert can reach the agent: exit non-zero so
-            // systemd (Restart=on-failure) starts it again on a fresh bus.
-            _ = connection.closed() => break Err("lost its system bus connection".to_string()),
-        }
-    };
-    let reason = match &outcome {
-        Ok(reason) => reason.clone(),
-        Err(reason) => {
-            eprintln!("<2>antibodyd: {reason}; stopping");
-            reason.clone()
+            // A restarted dbus-daemon: the agent stays up (timed reverts and
+            // reconcile go on without the bus) and serves the new bus as
+            // soon as it accepts connections.
+            _ = closed(&bus) => {
+                eprintln!("<4>antibodyd: lost the system bus connection; serving {} again once the bus is back", dbus::BUS_NAME);
+                bus = None;
+            }
+            served = reconnect(engine.clone()), if bus.is_none() => {
+                eprintln!("<5>antibodyd: serving {} on the system bus again", dbus::BUS_NAME);
+                bus = Some(served);
+            }
         }
     };
 
@@ -218,10 +223,36 @@ async fn run(args: Args, config: Config) -> Result<(), String> {
             eprintln!("<4>antibodyd: nft.remove_on_stop: cannot remove inet antibody: {e}");
         }
     }
-    if !connection.is_closed() {
+    if let Some(connection) = bus.filter(|c| !c.is_closed()) {
         let _ = connection.release_name(dbus::BUS_NAME).await;
     }
-    outcome.map(|_| ())
+    Ok(())
+}
+
+/// Ends when the connection does; never while there is none.
+async fn closed(bus: &Option<zbus::Connection>) {
+    match bus {
+        Some(connection) => connection.closed().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Serves the agent on the system bus again, trying until it works: a bus
+/// daemon being restarted takes a moment to accept connections.
+async fn reconnect(engine: Arc<Engine>) -> zbus::Connection {
+    let mut delay = Duration::from_millis(50);
+    loop {
+        tokio::time::sleep(delay).await;
+        match dbus::serve(engine.clone()).await {
+            Ok(connection) => return connection,
+            Err(e) => {
+                if delay >= RECONNECT_MAX_DELAY {
+                    eprintln!("<4>antibodyd: the system bus is still unavailable: {e}");
+                }
+                delay = (delay * 2).min(RECONNECT_MAX_DELAY);
+            }
+        }
+    }
 }
 
 /// `WATCHDOG=1` only while the engine loop proves itself alive: a stalled

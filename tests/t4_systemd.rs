@@ -289,3 +289,48 @@ fn a_restart_job_past_its_timeout_fails_and_never_blocks_the_bus_interface() {
         "{error}"
     );
 }
+
+#[test]
+fn after_the_system_bus_restarts_the_agent_is_back_and_still_drives_systemd() {
+    let tb = Testbed::boot("busrestart");
+    // A throttle in force across the bus restart: its timed revert must
+    // still happen, once, over whatever connection the agent has then.
+    let throttle = tb
+        .submit(&alert(
+            "hog before the bus restart",
+            json!([{"type": "throttle_entity", "entity": "sleeper.service", "seconds": 8}]),
+        ))
+        .unwrap();
+    assert_eq!(tb.finished_plan(&throttle)["status"], "success");
+    assert_eq!(tb.show("sleeper.service", "CPUQuotaPerSecUSec"), "200ms");
+
+    let agent_pid = tb.show("antibody.service", "MainPID");
+    tb.sh("systemctl restart dbus.service");
+    tb.wait_until(
+        "the agent to answer on the new bus",
+        Duration::from_secs(30),
+        || tb.try_sh("antibodyctl status").0,
+    );
+    // Served again by the same process: no failure, no restart by systemd.
+    assert_eq!(tb.show("antibody.service", "MainPID"), agent_pid);
+    assert_eq!(tb.show("antibody.service", "NRestarts"), "0");
+    // A restart through the agent needs its Manager connection to work on
+    // the new bus: RestartUnit and the JobRemoved of exactly that job.
+    let invocation = tb.show("sleeper.service", "InvocationID");
+    let plan = restart_through_antibody(&tb, "after the bus restart", "sleeper");
+    assert_eq!(plan["status"], "success", "{plan}");
+    assert_ne!(tb.show("sleeper.service", "InvocationID"), invocation);
+
+    tb.wait_until("the throttle to be undone", Duration::from_secs(30), || {
+        tb.plan(&throttle)["actions"][0]["state"] == "reverted"
+    });
+    assert_eq!(tb.show("sleeper.service", "CPUQuotaPerSecUSec"), "infinity");
+    std::thread::sleep(Duration::from_secs(2));
+    let kinds = tb.journal_kinds(&throttle);
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "action_reverted").count(),
+        1,
+        "{kinds:?}"
+    );
+    tb.sh("antibodyctl verify");
+}

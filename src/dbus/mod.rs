@@ -34,6 +34,6 @@ pub async fn serve(engine: Arc<Engine>) -> zbus::Result<Connection> {
         .object_server()
         .interface::<_, Antibody>(OBJECT_PATH)
         .await?;
-    tokio::spawn(signals::pump(engine, iface));
+    tokio::spawn(signals::pump(engine, iface, conn.clone()));
     Ok(conn)
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
 use zbus::object_server::InterfaceRef;
+use zbus::Connection;
 
 use super::interface::Antibody;
 use crate::engine::Engine;
@@ -27,7 +28,8 @@ struct Counters {
 /// settle on always goes out, at most this long after it changed.
 const PROPERTIES_EVERY: Duration = Duration::from_millis(100);
 
-pub async fn pump(engine: Arc<Engine>, iface: InterfaceRef<Antibody>) {
+/// Runs until `connection` closes: a new connection gets its own pump.
+pub async fn pump(engine: Arc<Engine>, iface: InterfaceRef<Antibody>, connection: Connection) {
     let mut rx = engine.events().subscribe();
     let mut last = Counters::default();
     let mut last_sent = Instant::now() - PROPERTIES_EVERY;
@@ -36,6 +38,7 @@ pub async fn pump(engine: Arc<Engine>, iface: InterfaceRef<Antibody>) {
         let received = tokio::select! {
             received = rx.recv() => Some(received),
             _ = tokio::time::sleep_until(last_sent + PROPERTIES_EVERY), if unsent => None,
+            _ = connection.closed() => return,
         };
         let event = match received {
             Some(Ok(event)) => event,

@@ -45,22 +45,18 @@ impl PrivateBus {
             .replace("@SOCKET@", socket.to_str().unwrap())
             .replace("@POLICY@", &format!("{ROOT}/dbus/org.vael.Antibody.conf"))
             .replace("@EXTRA@", extra);
-        let config_path = dir.path().join("bus.conf");
-        std::fs::write(&config_path, config).unwrap();
-        let child = Command::new("dbus-daemon")
-            .arg(format!("--config-file={}", config_path.display()))
-            .args(["--nofork", "--nopidfile"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("dbus-daemon must be installed (apt-get install dbus-daemon)");
-        wait_until(
-            Duration::from_secs(10),
-            || socket.exists(),
-            "dbus-daemon socket",
-        );
+        std::fs::write(dir.path().join("bus.conf"), config).unwrap();
+        let child = spawn_bus_daemon(dir.path(), &socket);
         PrivateBus { dir, socket, child }
+    }
+
+    /// Stops the bus daemon and starts a new one on the same socket and
+    /// policy, as `systemctl restart dbus` does: every connection drops.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.socket);
+        self.child = spawn_bus_daemon(self.dir.path(), &self.socket);
     }
 
     pub fn address(&self) -> String {
@@ -73,6 +69,23 @@ impl PrivateBus {
             .await
             .expect("connect to the private bus")
     }
+}
+
+fn spawn_bus_daemon(dir: &Path, socket: &Path) -> Child {
+    let child = Command::new("dbus-daemon")
+        .arg(format!("--config-file={}", dir.join("bus.conf").display()))
+        .args(["--nofork", "--nopidfile"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("dbus-daemon must be installed (apt-get install dbus-daemon)");
+    wait_until(
+        Duration::from_secs(10),
+        || socket.exists(),
+        "dbus-daemon socket",
+    );
+    child
 }
 
 impl Drop for PrivateBus {
@@ -190,7 +203,7 @@ impl Agent {
         agent
     }
 
-    fn wait_for_name(&self, bus: &PrivateBus) {
+    pub fn wait_for_name(&self, bus: &PrivateBus) {
         let address = bus.address();
         wait_until(
             Duration::from_secs(20),
