@@ -16,7 +16,8 @@ use antibody::config::{Config, DEFAULT_CONFIG_PATH};
 use antibody::engine::{Engine, EngineParts, VERSION};
 use antibody::plan::Event;
 use antibody::sys::journal::{Journal, JournalMirror};
-use antibody::sys::nft::backend::{NftCli, NftFirewall};
+use antibody::sys::nft::backend::NftFirewall;
+use antibody::sys::nft::cli::NftCli;
 use antibody::sys::notifier::SystemNotifier;
 use antibody::sys::systemd::SystemdManager;
 use antibody::sys::{sdnotify, Sys};
@@ -102,7 +103,8 @@ async fn run(args: Args, config: Config) -> Result<(), String> {
     if config.auth.polkit {
         eprintln!("<6>antibodyd: auth.polkit = true: polkit decides for every caller but root");
     }
-    let firewall: Arc<dyn antibody::sys::nft::Firewall> = Arc::new(NftFirewall::start(NftCli));
+    let firewall: Arc<dyn antibody::sys::nft::Firewall> =
+        Arc::new(NftFirewall::start(NftCli::new()));
     let sys = Sys {
         notifier: Arc::new(SystemNotifier {
             journal,

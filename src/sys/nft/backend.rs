@@ -1,6 +1,6 @@
 //! The real firewall: a task that owns the table `inet antibody` and sends
-//! every change through the `nftables` crate (`nft -j -f -`), one atomic
-//! batch at a time. Changes that arrive while a batch is in flight wait in
+//! every change through its [`Driver`] (`nft -j -f -`, see `cli`), one
+//! atomic batch at a time. Changes that arrive while a batch is in flight wait in
 //! a queue and go out together in the next one, so a burst of plans costs
 //! a few `nft` processes, not one each.
 
@@ -33,57 +33,6 @@ pub trait Driver: Send + Sync + 'static {
     /// The table as `nft -j list table inet antibody` prints it; `None`
     /// when it does not exist.
     async fn list(&self) -> Result<Option<Value>, String>;
-}
-
-/// `nft` itself, through the `nftables` crate.
-pub struct NftCli;
-
-#[async_trait]
-impl Driver for NftCli {
-    async fn apply(&self, batch: &Value) -> Result<(), String> {
-        let payload = serde_json::to_string(batch).expect("JSON values serialize");
-        nftables::helper::apply_ruleset_raw_async(
-            &payload,
-            nftables::helper::DEFAULT_NFT,
-            nftables::helper::DEFAULT_ARGS,
-        )
-        .await
-        .map(|_| ())
-        .map_err(describe)
-    }
-
-    async fn list(&self) -> Result<Option<Value>, String> {
-        let args = ["list", "table", batch::FAMILY, batch::TABLE];
-        match nftables::helper::get_current_ruleset_raw_async(nftables::helper::DEFAULT_NFT, args)
-            .await
-        {
-            Ok(text) => serde_json::from_str(&text)
-                .map(Some)
-                .map_err(|e| format!("nft printed invalid JSON: {e}")),
-            Err(nftables::helper::NftablesError::NftFailed { stderr, .. })
-                if stderr.contains("No such file or directory") =>
-            {
-                Ok(None)
-            }
-            Err(e) => Err(describe(e)),
-        }
-    }
-}
-
-fn describe(e: nftables::helper::NftablesError) -> String {
-    match e {
-        nftables::helper::NftablesError::NftFailed {
-            hint,
-            stderr,
-            stdout,
-            ..
-        } => format!(
-            "nft failed while {hint}: {}{}",
-            stderr.trim(),
-            stdout.trim()
-        ),
-        other => other.to_string(),
-    }
 }
 
 enum Change {

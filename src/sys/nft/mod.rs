@@ -6,8 +6,9 @@
 //! - `listing`: reading `nft -j list table` back (pure).
 //! - `claims`: which plans hold which element until when (pure).
 //! - `routes`: the default gateways, never a target.
-//! - `backend`: the real driver (the `nftables` crate runs `nft -j`), which
-//!   batches the element changes of concurrent plans into one `nft` call.
+//! - `backend`: the firewall proper, which batches the element changes of
+//!   concurrent plans into one `nft` call through a `Driver`.
+//! - `cli`: the real driver, `nft -j -f -` (started ahead of each batch).
 
 use async_trait::async_trait;
 use serde_json::Value;
@@ -15,6 +16,7 @@ use serde_json::Value;
 pub mod backend;
 pub mod batch;
 pub mod claims;
+pub mod cli;
 pub mod element;
 pub mod fake;
 pub mod listing;
