@@ -9,7 +9,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 
-use rig::fake_systemd::UNLIMITED;
+use rig::fake_systemd::{self, UNLIMITED};
 use rig::*;
 
 fn restart(unit: &str) -> Value {
@@ -85,6 +85,31 @@ async fn a_failing_job_is_retried_then_fails_with_systemds_result() {
         error.contains("restarting broken.service ended with result \"failed\""),
         "{error}"
     );
+}
+
+#[tokio::test]
+async fn a_restart_whose_job_result_went_unheard_is_judged_by_the_units_invocation() {
+    let rig = start_with(&["web.service"], "").await;
+    // The job restarted the unit but its JobRemoved was lost with the bus:
+    // success, and no second restart.
+    rig.systemd
+        .script_results("web.service", &[fake_systemd::UNHEARD_RESTARTED]);
+    let (_, plan) = run_to_end(&rig, "unheard", json!([restart("web")])).await;
+    assert_eq!(plan["status"], "success", "{plan:#}");
+    assert_eq!(plan["actions"][0]["attempts"], 1);
+    assert_eq!(plan["actions"][0]["changes"]["result"], "unheard");
+    assert_eq!(rig.systemd.count("restart web.service"), 1);
+    // The job ended without restarting it: that attempt failed and the
+    // next one restarts it.
+    rig.systemd
+        .script_results("web.service", &[fake_systemd::UNHEARD_NOT_RESTARTED]);
+    let (_, plan) = run_to_end(&rig, "unheard again", json!([restart("web")])).await;
+    assert_eq!(plan["status"], "success", "{plan:#}");
+    assert_eq!(plan["actions"][0]["attempts"], 2);
+    assert_eq!(plan["actions"][0]["changes"]["result"], "done");
+    assert_eq!(rig.systemd.count("restart web.service"), 3);
+    let log = plan["log"].to_string();
+    assert!(log.contains("is not running a new invocation"), "{log}");
 }
 
 #[tokio::test]

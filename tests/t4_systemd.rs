@@ -303,6 +303,17 @@ fn after_the_system_bus_restarts_the_agent_is_back_and_still_drives_systemd() {
         .unwrap();
     assert_eq!(tb.finished_plan(&throttle)["status"], "success");
     assert_eq!(tb.show("sleeper.service", "CPUQuotaPerSecUSec"), "200ms");
+    // A restart job under way while the bus goes: slow-stop takes 3 s to stop.
+    let slow_invocation = tb.show("slow-stop.service", "InvocationID");
+    let slow = tb
+        .submit(&alert(
+            "restart across the bus restart",
+            json!([{"type": "restart_service", "name": "slow-stop"}]),
+        ))
+        .unwrap();
+    tb.wait_until("the slow stop to begin", Duration::from_secs(30), || {
+        tb.show("slow-stop.service", "ActiveState") == "deactivating"
+    });
 
     let agent_pid = tb.show("antibody.service", "MainPID");
     tb.sh("systemctl restart dbus.service");
@@ -314,6 +325,19 @@ fn after_the_system_bus_restarts_the_agent_is_back_and_still_drives_systemd() {
     // Served again by the same process: no failure, no restart by systemd.
     assert_eq!(tb.show("antibody.service", "MainPID"), agent_pid);
     assert_eq!(tb.show("antibody.service", "NRestarts"), "0");
+    // The job's JobRemoved went with the old bus: the agent followed the job
+    // to its end and judged it by the new invocation, without a second restart.
+    let plan = tb.finished_plan(&slow);
+    assert_eq!(plan["status"], "success", "{plan}");
+    assert_eq!(plan["actions"][0]["attempts"], 1, "{plan}");
+    assert_eq!(plan["actions"][0]["changes"]["result"], "unheard", "{plan}");
+    assert_ne!(
+        tb.show("slow-stop.service", "InvocationID"),
+        slow_invocation
+    );
+    let stops =
+        tb.sh("journalctl -u slow-stop.service -o cat --no-pager | grep -c '^Stopping' || true");
+    assert_eq!(stops.trim(), "1", "slow-stop was stopped {stops} times");
     // A restart through the agent needs its Manager connection to work on
     // the new bus: RestartUnit and the JobRemoved of exactly that job.
     let invocation = tb.show("sleeper.service", "InvocationID");

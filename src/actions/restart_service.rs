@@ -85,12 +85,10 @@ impl ActionHandler for RestartService {
     async fn apply(&self, ctx: &ActionCtx<'_>) -> Result<Applied, ActionError> {
         let unit = unit_of(ctx);
         let timeout = std::time::Duration::from_secs(ctx.config.restart.timeout_secs);
-        let job = ctx
-            .sys
-            .systemd
-            .restart_unit(unit, timeout)
-            .await
-            .map_err(action_error)?;
+        let job = match ctx.sys.systemd.restart_unit(unit, timeout).await {
+            Err(SystemdError::JobLost(why)) => return settle_unheard_job(ctx, unit, why).await,
+            other => other.map_err(action_error)?,
+        };
         if job.result != "done" {
             let message = format!(
                 "systemd job {} restarting {unit} ended with result \"{}\"",
@@ -138,7 +136,7 @@ impl ActionHandler for RestartService {
             .unit_status(unit)
             .await
             .map_err(action_error)?;
-        if now.invocation_id != before.invocation_id && !now.invocation_id.is_empty() {
+        if was_restarted(&before, &now) {
             Ok(Recovered::TookEffect(Applied {
                 summary: format!(
                     "{unit} was restarted before the agent stopped: {}",
@@ -154,6 +152,40 @@ impl ActionHandler for RestartService {
             )))
         }
     }
+}
+
+/// A new invocation since `before`: systemd started the unit again.
+fn was_restarted(before: &UnitStatus, now: &UnitStatus) -> bool {
+    now.invocation_id != before.invocation_id && !now.invocation_id.is_empty()
+}
+
+/// The restart job ended while the bus was down, unheard: as in `recover`,
+/// the unit's InvocationID tells whether it was restarted. Restarted and
+/// running is success; otherwise the attempt failed and may be retried.
+async fn settle_unheard_job(
+    ctx: &ActionCtx<'_>,
+    unit: &str,
+    why: String,
+) -> Result<Applied, ActionError> {
+    let before = ctx.prepared_as::<UnitStatus>();
+    let now = ctx
+        .sys
+        .systemd
+        .unit_status(unit)
+        .await
+        .map_err(action_error)?;
+    let change = describe_change(before.as_ref(), &now);
+    let restarted = before.as_ref().is_some_and(|b| was_restarted(b, &now));
+    if restarted && now.active_state == "active" {
+        return Ok(Applied {
+            summary: format!("restarted {unit} ({why}); {change}"),
+            changes: json!({"unit": unit, "result": "unheard", "before": before, "after": now}),
+            revert_after_secs: None,
+        });
+    }
+    Err(ActionError::transient(format!(
+        "{why}, and {unit} is not running a new invocation: {change}"
+    )))
 }
 
 fn unit_of<'a>(ctx: &ActionCtx<'a>) -> &'a str {
@@ -187,7 +219,7 @@ fn describe_change(before: Option<&UnitStatus>, after: &UnitStatus) -> String {
 /// mended by asking again.
 pub fn action_error(e: SystemdError) -> ActionError {
     match e {
-        SystemdError::Unreachable(m) => ActionError::transient(m),
+        SystemdError::Unreachable(m) | SystemdError::JobLost(m) => ActionError::transient(m),
         SystemdError::NoSuchUnit(m) | SystemdError::Refused(m) | SystemdError::Timeout(m) => {
             ActionError::permanent(m)
         }

@@ -25,6 +25,10 @@ pub enum SystemdError {
     Unreachable(String),
     /// The job did not finish in time; it may still be queued in systemd.
     Timeout(String),
+    /// The bus closed (a restarted dbus-daemon) before the job's
+    /// `JobRemoved` came. The job has since left systemd's queue, but how it
+    /// ended was not heard: the unit's state has to tell.
+    JobLost(String),
 }
 
 impl SystemdError {
@@ -33,7 +37,8 @@ impl SystemdError {
             SystemdError::NoSuchUnit(m)
             | SystemdError::Refused(m)
             | SystemdError::Unreachable(m)
-            | SystemdError::Timeout(m) => m,
+            | SystemdError::Timeout(m)
+            | SystemdError::JobLost(m) => m,
         }
     }
 }
@@ -184,6 +189,30 @@ impl SystemdManager {
         manager_on(&self.connection().await?).await
     }
 
+    /// Returns once systemd answers that it has no job `job_id` (it ended),
+    /// asking again, over a new connection when needed, while the bus is
+    /// down or the job is still queued. The caller bounds the wait.
+    async fn wait_until_job_gone(&self, job_id: Option<u32>) {
+        let Some(job_id) = job_id else { return };
+        let mut delay = Duration::from_millis(50);
+        loop {
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(1));
+            let Ok(manager) = self.manager().await else {
+                continue;
+            };
+            match manager.get_job(job_id).await {
+                Err(zbus::Error::MethodError(name, _, _))
+                    if name.as_str() == "org.freedesktop.systemd1.NoSuchJob" =>
+                {
+                    return
+                }
+                // Still there, or the bus is not back yet.
+                _ => continue,
+            }
+        }
+    }
+
     /// The connection and the unit's object path. systemd loads a unit
     /// when its path is first used, so no `LoadUnit` round trip is needed;
     /// callers check `LoadState` (a name with no unit file is `not-found`).
@@ -196,6 +225,11 @@ impl SystemdManager {
             .map_err(|e| SystemdError::Refused(format!("{unit}: {e}")))?;
         Ok((conn, path))
     }
+}
+
+/// The number at the end of a job's object path (`…/systemd1/job/1234`).
+fn job_id_of(job: &OwnedObjectPath) -> Option<u32> {
+    job.as_str().rsplit('/').next()?.parse().ok()
 }
 
 /// systemd's object path for a unit: `/org/freedesktop/systemd1/unit/`
@@ -302,8 +336,13 @@ impl Systemd for SystemdManager {
                     });
                 }
             }
-            Err(SystemdError::Unreachable(format!(
-                "the bus closed while waiting for the restart job of {unit}"
+            // The bus went away first: follow the job on a new connection
+            // until systemd no longer has it. Asking for another restart
+            // instead would restart the unit twice.
+            self.wait_until_job_gone(job_id_of(&job)).await;
+            Err(SystemdError::JobLost(format!(
+                "the bus closed while the restart job {} of {unit} ran, so its result was not heard",
+                job.as_str()
             )))
         };
         tokio::time::timeout(timeout, wait).await.unwrap_or_else(|_| {
@@ -428,6 +467,16 @@ mod tests {
             "/org/freedesktop/systemd1/unit/_31password_2dx_2eservice"
         );
         assert_eq!(unit_object_path(""), "/org/freedesktop/systemd1/unit/_");
+    }
+
+    #[test]
+    fn job_ids_come_from_job_paths() {
+        let path = |p: &str| OwnedObjectPath::try_from(p).unwrap();
+        assert_eq!(
+            job_id_of(&path("/org/freedesktop/systemd1/job/1234")),
+            Some(1234)
+        );
+        assert_eq!(job_id_of(&path("/org/freedesktop/systemd1/job/x")), None);
     }
 
     #[test]

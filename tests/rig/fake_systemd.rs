@@ -16,6 +16,11 @@ pub const UNLIMITED: ResourceLimits = ResourceLimits {
     io_weight: u64::MAX,
 };
 
+/// Scripted results: the bus closed before the job's `JobRemoved`, after
+/// the job restarted the unit, or after it ended without restarting it.
+pub const UNHEARD_RESTARTED: &str = "unheard, restarted";
+pub const UNHEARD_NOT_RESTARTED: &str = "unheard, not restarted";
+
 #[derive(Debug, Clone)]
 pub struct FakeUnit {
     pub invocation: u32,
@@ -110,12 +115,17 @@ impl Systemd for FakeSystemd {
         };
         let result = self.with_unit(unit, |u| {
             let result = u.results.pop_front().unwrap_or_else(|| "done".into());
-            if result == "done" {
+            if result == "done" || result == UNHEARD_RESTARTED {
                 u.invocation += 1;
                 u.main_pid += 1000;
             }
             result
         })?;
+        if result == UNHEARD_RESTARTED || result == UNHEARD_NOT_RESTARTED {
+            return Err(SystemdError::JobLost(format!(
+                "the bus closed while the restart job {job_id} of {unit} ran, so its result was not heard"
+            )));
+        }
         Ok(JobOutcome { job_id, result })
     }
 
