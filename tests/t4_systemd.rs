@@ -128,6 +128,21 @@ fn a_unit_that_fails_to_start_fails_the_plan_with_systemds_job_result_after_the_
     assert_eq!(tb.show("failing.service", "Result"), "exit-code");
 }
 
+/// Waits for the plan's first action (a throttle) to be reverted, then
+/// gives a wrongly repeated revert the time to show, and counts.
+fn undone_exactly_once(tb: &Testbed, id: &str) {
+    tb.wait_until("the throttle to be undone", Duration::from_secs(30), || {
+        tb.plan(id)["actions"][0]["state"] == "reverted"
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let kinds = tb.journal_kinds(id);
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "action_reverted").count(),
+        1,
+        "{kinds:?}"
+    );
+}
+
 #[test]
 fn a_throttle_shows_in_systemd_and_is_undone_exactly_once_across_a_sigkill() {
     let tb = Testbed::boot("throttle");
@@ -152,20 +167,10 @@ fn a_throttle_shows_in_systemd_and_is_undone_exactly_once_across_a_sigkill() {
     // on the cgroup v1 hierarchy the container sees.
     tb.sh("systemctl kill --kill-who=main -s SIGKILL antibody.service");
     tb.wait_for_new_agent("the agent to come back", &agent_pid);
-    tb.wait_until("the throttle to be undone", Duration::from_secs(30), || {
-        tb.plan(&id)["actions"][0]["state"] == "reverted"
-    });
+    undone_exactly_once(&tb, &id);
     assert_eq!(tb.show("sleeper.service", "CPUQuotaPerSecUSec"), original);
     assert_eq!(tb.show("sleeper.service", "MemoryHigh"), "infinity");
     assert_eq!(tb.show("sleeper.service", "IOWeight"), "[not set]");
-    // Give a wrongly repeated revert the time to show, then count.
-    std::thread::sleep(Duration::from_secs(2));
-    let kinds = tb.journal_kinds(&id);
-    assert_eq!(
-        kinds.iter().filter(|k| *k == "action_reverted").count(),
-        1,
-        "{kinds:?}"
-    );
     tb.sh("antibodyctl verify");
 }
 
@@ -345,16 +350,7 @@ fn after_the_system_bus_restarts_the_agent_is_back_and_still_drives_systemd() {
     assert_eq!(plan["status"], "success", "{plan}");
     assert_ne!(tb.show("sleeper.service", "InvocationID"), invocation);
 
-    tb.wait_until("the throttle to be undone", Duration::from_secs(30), || {
-        tb.plan(&throttle)["actions"][0]["state"] == "reverted"
-    });
+    undone_exactly_once(&tb, &throttle);
     assert_eq!(tb.show("sleeper.service", "CPUQuotaPerSecUSec"), "infinity");
-    std::thread::sleep(Duration::from_secs(2));
-    let kinds = tb.journal_kinds(&throttle);
-    assert_eq!(
-        kinds.iter().filter(|k| *k == "action_reverted").count(),
-        1,
-        "{kinds:?}"
-    );
     tb.sh("antibodyctl verify");
 }

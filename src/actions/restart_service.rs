@@ -58,12 +58,7 @@ impl ActionHandler for RestartService {
 
     async fn dry_run(&self, ctx: &ActionCtx<'_>) -> Result<Value, ActionError> {
         let unit = unit_of(ctx);
-        let current = ctx
-            .sys
-            .systemd
-            .unit_status(unit)
-            .await
-            .map_err(action_error)?;
+        let current = unit_now(ctx, unit).await?;
         Ok(json!({
             "unit": unit,
             "current": current,
@@ -73,12 +68,7 @@ impl ActionHandler for RestartService {
     }
 
     async fn prepare(&self, ctx: &ActionCtx<'_>) -> Result<Option<Value>, ActionError> {
-        let before = ctx
-            .sys
-            .systemd
-            .unit_status(unit_of(ctx))
-            .await
-            .map_err(action_error)?;
+        let before = unit_now(ctx, unit_of(ctx)).await?;
         Ok(Some(json!(before)))
     }
 
@@ -101,12 +91,7 @@ impl ActionHandler for RestartService {
             });
         }
         let before = ctx.prepared_as::<UnitStatus>();
-        let after = ctx
-            .sys
-            .systemd
-            .unit_status(unit)
-            .await
-            .map_err(action_error)?;
+        let after = unit_now(ctx, unit).await?;
         Ok(Applied {
             summary: format!(
                 "restarted {unit}: job {} done; {}",
@@ -130,12 +115,7 @@ impl ActionHandler for RestartService {
                 "the agent stopped before asking systemd to restart {unit}"
             )));
         };
-        let now = ctx
-            .sys
-            .systemd
-            .unit_status(unit)
-            .await
-            .map_err(action_error)?;
+        let now = unit_now(ctx, unit).await?;
         if was_restarted(&before, &now) {
             Ok(Recovered::TookEffect(Applied {
                 summary: format!(
@@ -168,12 +148,7 @@ async fn settle_unheard_job(
     why: String,
 ) -> Result<Applied, ActionError> {
     let before = ctx.prepared_as::<UnitStatus>();
-    let now = ctx
-        .sys
-        .systemd
-        .unit_status(unit)
-        .await
-        .map_err(action_error)?;
+    let now = unit_now(ctx, unit).await?;
     let change = describe_change(before.as_ref(), &now);
     let restarted = before.as_ref().is_some_and(|b| was_restarted(b, &now));
     if restarted && now.active_state == "active" {
@@ -186,6 +161,14 @@ async fn settle_unheard_job(
     Err(ActionError::transient(format!(
         "{why}, and {unit} is not running a new invocation: {change}"
     )))
+}
+
+async fn unit_now(ctx: &ActionCtx<'_>, unit: &str) -> Result<UnitStatus, ActionError> {
+    ctx.sys
+        .systemd
+        .unit_status(unit)
+        .await
+        .map_err(action_error)
 }
 
 fn unit_of<'a>(ctx: &ActionCtx<'a>) -> &'a str {
