@@ -2,7 +2,7 @@
 //! taken in the same run on the same machine, against the real release
 //! `antibodyd` on a private `dbus-daemon` with the shipped policy.
 //!
-//!     sudo cargo bench --bench antibody_bench          # prints a Markdown table
+//!     cargo bench --bench antibody_bench          # prints a Markdown table
 //!
 //! Needs root (the shipped policy lets only root own the agent's name).
 

@@ -3,7 +3,7 @@
 //! network namespace this bench creates (never the host's), on a private
 //! `dbus-daemon` with the shipped policy.
 //!
-//!     sudo cargo bench --bench nft_bench          # prints a Markdown table
+//!     cargo bench --bench nft_bench          # prints a Markdown table
 //!
 //! "Enforced" is measured up to the plan's `ActionFinished … applied`
 //! signal, which the agent sends after the element is in the kernel and its

@@ -2,7 +2,7 @@
 //! `JobRemoved(done)`, against calling `RestartUnit` directly on the same
 //! unit, both in the same booted systemd (the T4 testbed) in the same run.
 //!
-//!     sudo cargo bench --bench restart_bench
+//!     cargo bench --bench restart_bench
 //!
 //! On the host it boots a testbed machine with the release agent, copies
 //! itself in and runs again there with `--inside`, where it measures with a
