@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 pub mod files;
+pub mod job_board;
 pub mod journal;
 pub mod nft;
 pub mod notifier;

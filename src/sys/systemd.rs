@@ -14,6 +14,8 @@ use zbus::proxy::CacheProperties;
 use zbus::{OwnedObjectPath, OwnedVariant, Variant};
 use zbus_systemd::systemd1::ManagerProxy;
 
+use super::job_board::{JobBoard, JobEnd, JobWait};
+
 /// What went wrong talking to systemd.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SystemdError {
@@ -152,7 +154,8 @@ fn classify(e: zbus::Error, what: &str) -> SystemdError {
 /// The real Manager, over one system-bus connection of its own.
 #[derive(Default)]
 pub struct SystemdManager {
-    connection: Mutex<Option<zbus::Connection>>,
+    /// The connection, and the board its one `JobRemoved` listener posts to.
+    connection: Mutex<Option<(zbus::Connection, JobBoard)>>,
 }
 
 impl SystemdManager {
@@ -160,33 +163,50 @@ impl SystemdManager {
         SystemdManager::default()
     }
 
-    /// The live connection, opened (and subscribed to Manager signals) on
-    /// first use and again after the bus dropped it.
-    async fn connection(&self) -> Result<zbus::Connection, SystemdError> {
+    /// The live connection and its job board, opened (subscribed to
+    /// Manager signals, `JobRemoved` listened to) on first use and again
+    /// after the bus dropped it.
+    async fn connection(&self) -> Result<(zbus::Connection, JobBoard), SystemdError> {
         let mut slot = self.connection.lock().await;
-        if let Some(conn) = slot.as_ref() {
+        if let Some((conn, board)) = slot.as_ref() {
             // zbus marks a connection closed when its socket ends (a
             // restarted dbus-daemon); then a new one is opened below.
-            if !conn.is_closed() {
-                return Ok(conn.clone());
+            if !conn.is_closed() && !board.is_closed() {
+                return Ok((conn.clone(), board.clone()));
             }
             *slot = None;
         }
         let conn = zbus::Connection::system()
             .await
             .map_err(|e| SystemdError::Unreachable(format!("system bus: {e}")))?;
+        let manager = manager_on(&conn).await?;
+        let removed = manager
+            .receive_job_removed()
+            .await
+            .map_err(|e| classify(e, "JobRemoved match"))?;
         // systemd sends JobRemoved only to subscribed clients.
-        manager_on(&conn)
-            .await?
+        manager
             .subscribe()
             .await
             .map_err(|e| classify(e, "Manager.Subscribe"))?;
-        *slot = Some(conn.clone());
-        Ok(conn)
+        let board = JobBoard::default();
+        let ends = removed.filter_map(|signal| async move {
+            let args = signal.args().ok()?;
+            Some(JobEnd {
+                job: args.job.to_string(),
+                outcome: JobOutcome {
+                    job_id: args.id,
+                    result: args.result.to_string(),
+                },
+            })
+        });
+        tokio::spawn(board.clone().listen(ends));
+        *slot = Some((conn.clone(), board.clone()));
+        Ok((conn, board))
     }
 
     async fn manager(&self) -> Result<ManagerProxy<'static>, SystemdError> {
-        manager_on(&self.connection().await?).await
+        manager_on(&self.connection().await?.0).await
     }
 
     /// Returns once systemd answers that it has no job `job_id` (it ended),
@@ -220,7 +240,7 @@ impl SystemdManager {
         &self,
         unit: &str,
     ) -> Result<(zbus::Connection, OwnedObjectPath), SystemdError> {
-        let conn = self.connection().await?;
+        let (conn, _) = self.connection().await?;
         let path = OwnedObjectPath::try_from(unit_object_path(unit))
             .map_err(|e| SystemdError::Refused(format!("{unit}: {e}")))?;
         Ok((conn, path))
@@ -315,26 +335,23 @@ impl Systemd for SystemdManager {
         unit: &str,
         timeout: Duration,
     ) -> Result<JobOutcome, SystemdError> {
-        let manager = self.manager().await?;
-        // Subscribe to JobRemoved before asking, so a quick job cannot end
-        // before we listen.
-        let mut removed = manager
-            .receive_job_removed()
-            .await
-            .map_err(|e| classify(e, "JobRemoved match"))?;
-        let job = manager
+        let (conn, board) = self.connection().await?;
+        // The connection's JobRemoved listener was subscribed before this
+        // call, so however quickly the job ends, its end is on the board.
+        let job = manager_on(&conn)
+            .await?
             .restart_unit(unit.to_string(), "replace".into())
             .await
             .map_err(|e| classify(e, &format!("RestartUnit({unit})")))?;
         let wait = async {
-            while let Some(signal) = removed.next().await {
-                let Ok(args) = signal.args() else { continue };
-                if args.job.as_str() == job.as_str() {
-                    return Ok(JobOutcome {
-                        job_id: args.id,
-                        result: args.result.to_string(),
-                    });
+            match board.wait_for(job.as_str()) {
+                JobWait::Ended(outcome) => return Ok(outcome),
+                JobWait::Pending(end) => {
+                    if let Ok(outcome) = end.await {
+                        return Ok(outcome);
+                    }
                 }
+                JobWait::Deaf => {}
             }
             // The bus went away first: follow the job on a new connection
             // until systemd no longer has it. Asking for another restart
