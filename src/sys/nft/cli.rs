@@ -38,7 +38,16 @@ pub struct NftCli {
     /// The command a batch is written to (`nft -j -f -`; tests use others).
     argv: Vec<OsString>,
     /// A process started ahead, waiting for the next batch on its stdin.
-    spare: Arc<Mutex<Option<Child>>>,
+    spare: Arc<Mutex<Spare>>,
+}
+
+/// The process started ahead, or the one being started.
+#[derive(Default)]
+struct Spare {
+    waiting: Option<Child>,
+    /// A start is under way: in a burst, batches that end before it lands
+    /// do not start more (each would be killed unused when the next lands).
+    starting: bool,
 }
 
 impl Default for NftCli {
@@ -66,7 +75,7 @@ impl NftCli {
 
     /// The process started ahead, if it is still waiting.
     fn take_spare(&self) -> Option<Child> {
-        let mut child = lock(&self.spare).take()?;
+        let mut child = lock(&self.spare).waiting.take()?;
         // One that ended meanwhile (killed by someone) is of no use.
         matches!(child.try_wait(), Ok(None)).then_some(child)
     }
@@ -74,12 +83,20 @@ impl NftCli {
     /// Starts the next batch's process off the caller's path: the callers
     /// of this batch are answered while it starts.
     fn start_spare(&self) {
+        {
+            let mut spare = lock(&self.spare);
+            if spare.starting || spare.waiting.is_some() {
+                return;
+            }
+            spare.starting = true;
+        }
         let spare = self.spare.clone();
         let argv = self.argv.clone();
         tokio::spawn(async move {
-            if let Ok(child) = spawn_batch_process(&argv) {
-                *lock(&spare) = Some(child);
-            }
+            let child = spawn_batch_process(&argv).ok();
+            let mut spare = lock(&spare);
+            spare.waiting = child;
+            spare.starting = false;
         });
     }
 }
@@ -196,7 +213,7 @@ mod tests {
 
     async fn wait_for_spare(driver: &NftCli) {
         for _ in 0..500 {
-            if lock(&driver.spare).is_some() {
+            if lock(&driver.spare).waiting.is_some() {
                 return;
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
@@ -210,7 +227,7 @@ mod tests {
         let file = dir.path().join("batches");
         let driver = recorder(&file);
         assert!(
-            lock(&driver.spare).is_none(),
+            lock(&driver.spare).waiting.is_none(),
             "nothing runs before the first batch"
         );
         for n in 0..3 {
@@ -236,7 +253,7 @@ mod tests {
         wait_for_spare(&driver).await;
         {
             let mut spare = lock(&driver.spare);
-            spare.as_mut().unwrap().start_kill().unwrap();
+            spare.waiting.as_mut().unwrap().start_kill().unwrap();
         }
         // Let the kill land, so the batch meets a dead process.
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -250,6 +267,40 @@ mod tests {
                 json!({"nftables": ["first"]}),
                 json!({"nftables": ["second"]})
             ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_burst_starts_no_process_that_goes_unused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (starts, file) = (dir.path().join("starts"), dir.path().join("batches"));
+        let script = format!(
+            "echo >> '{}'; cat >> '{}'; echo >> '{}'",
+            starts.display(),
+            file.display(),
+            file.display()
+        );
+        let driver = NftCli::with_command(["sh", "-c", script.as_str()]);
+        const BURST: usize = 20;
+        for n in 0..BURST {
+            driver.apply(&json!({"nftables": [n]})).await.unwrap();
+        }
+        wait_for_spare(&driver).await;
+        assert_eq!(batches(&file).len(), BURST);
+        // Every process but the one now waiting ran a batch. The waiting
+        // one may not have written its line yet: give it a moment.
+        let started = || std::fs::read_to_string(&starts).unwrap().lines().count();
+        for _ in 0..100 {
+            if started() > BURST {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert_eq!(
+            started(),
+            BURST + 1,
+            "processes started for {BURST} batches"
         );
     }
 
