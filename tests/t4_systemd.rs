@@ -296,7 +296,7 @@ fn a_restart_job_past_its_timeout_fails_and_never_blocks_the_bus_interface() {
 }
 
 #[test]
-fn after_the_system_bus_restarts_the_agent_is_back_and_still_drives_systemd() {
+fn after_a_bus_restart_or_a_systemd_reexec_the_agent_still_drives_systemd() {
     let tb = Testbed::boot("busrestart");
     // A throttle in force across the bus restart: its timed revert must
     // still happen, once, over whatever connection the agent has then.
@@ -352,5 +352,12 @@ fn after_the_system_bus_restarts_the_agent_is_back_and_still_drives_systemd() {
 
     undone_exactly_once(&tb, &throttle);
     assert_eq!(tb.show("sleeper.service", "CPUQuotaPerSecUSec"), "infinity");
+
+    // systemd re-executed keeps the agent's subscription, and the agent's
+    // one JobRemoved listener follows it to its new bus name.
+    tb.sh("systemctl daemon-reexec");
+    let plan = restart_through_antibody(&tb, "after daemon-reexec", "sleeper");
+    assert_eq!(plan["status"], "success", "{plan}");
+    assert_eq!(plan["actions"][0]["changes"]["result"], "done", "{plan}");
     tb.sh("antibodyctl verify");
 }
