@@ -193,6 +193,128 @@ async fn ping_throughput(bus: &PrivateBus, clients: usize, per_client: usize) ->
     (clients * per_client) as f64 / start.elapsed().as_secs_f64()
 }
 
+/// A do-nothing service with the agent's message pattern, for the bus's
+/// ceiling on what a durable alert costs it: each `SubmitAlert` is answered
+/// at once and followed by the four signals a one-action plan sends
+/// (`PlanQueued`, `PlanStatusChanged` twice, `ActionFinished`), with no
+/// validation, ledger or plan behind them. Runs in a process of its own
+/// (`antibody_bench --echo-server`), as the agent does.
+const ECHO_NAME: &str = "org.vael.BenchEcho";
+const ECHO_PATH: &str = "/org/vael/BenchEcho";
+/// Lets root own the echo's name and call it on the private bus.
+const ECHO_POLICY: &str = r#"<policy user="root"><allow own="org.vael.BenchEcho"/><allow send_destination="org.vael.BenchEcho"/></policy>"#;
+
+struct Echo;
+
+#[zbus::interface(name = "org.vael.BenchEcho")]
+impl Echo {
+    async fn submit_alert(
+        &self,
+        _alert_json: &str,
+        #[zbus(signal_emitter)] emitter: zbus::object_server::SignalEmitter<'_>,
+    ) -> (String, bool) {
+        let id = uuid::Uuid::new_v4().to_string();
+        let emitter = emitter.to_owned();
+        let plan = id.clone();
+        // After the answer, as the agent's signal pump sends them.
+        tokio::spawn(async move {
+            let _ = Echo::plan_queued(&emitter, &plan, "NEXUS", "low").await;
+            let _ = Echo::plan_status_changed(&emitter, &plan, "in_progress").await;
+            let _ = Echo::action_finished(&emitter, &plan, 0, "notify_operator", "applied").await;
+            let _ = Echo::plan_status_changed(&emitter, &plan, "success").await;
+        });
+        (id, true)
+    }
+
+    #[zbus(signal)]
+    async fn plan_queued(
+        emitter: &zbus::object_server::SignalEmitter<'_>,
+        plan_id: &str,
+        source: &str,
+        severity: &str,
+    ) -> zbus::Result<()>;
+
+    #[zbus(signal)]
+    async fn plan_status_changed(
+        emitter: &zbus::object_server::SignalEmitter<'_>,
+        plan_id: &str,
+        status: &str,
+    ) -> zbus::Result<()>;
+
+    #[zbus(signal)]
+    async fn action_finished(
+        emitter: &zbus::object_server::SignalEmitter<'_>,
+        plan_id: &str,
+        index: u32,
+        kind: &str,
+        outcome: &str,
+    ) -> zbus::Result<()>;
+}
+
+async fn echo_server() {
+    let conn = zbus::connection::Builder::system()
+        .serve_at(ECHO_PATH, Echo)
+        .name(ECHO_NAME)
+        .build()
+        .await
+        .unwrap();
+    println!("ready");
+    std::io::stdout().flush().unwrap();
+    let _conn = conn;
+    std::future::pending::<()>().await;
+}
+
+/// Alerts per second the echo service gets through the same dbus-daemon
+/// from 16 clients, the same way `throughput` measures the agent.
+async fn echo_throughput(bus: &PrivateBus, clients: usize, per_client: usize) -> f64 {
+    use std::io::BufRead;
+    let mut server = std::process::Command::new(std::env::current_exe().unwrap())
+        .arg("--echo-server")
+        .env("DBUS_SYSTEM_BUS_ADDRESS", bus.address())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    std::io::BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert_eq!(ready.trim(), "ready", "the echo service did not start");
+    let mut proxies = Vec::new();
+    for _ in 0..clients {
+        let conn = bus.connect().await;
+        let proxy: zbus::Proxy<'static> = zbus::proxy::Builder::new(&conn)
+            .destination(ECHO_NAME)
+            .path(ECHO_PATH)
+            .interface(ECHO_NAME)
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .await
+            .unwrap();
+        proxies.push(Arc::new(proxy));
+        std::mem::forget(conn);
+    }
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for (c, proxy) in proxies.into_iter().enumerate() {
+        tasks.push(tokio::spawn(async move {
+            for n in 0..per_client {
+                let (_, created): (String, bool) = proxy
+                    .call("SubmitAlert", &(alert(c * per_client + n, "journal"),))
+                    .await
+                    .unwrap();
+                assert!(created);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let rate = (clients * per_client) as f64 / start.elapsed().as_secs_f64();
+    let _ = server.kill();
+    let _ = server.wait();
+    rate
+}
+
 async fn storm_rss(proxy: &AntibodyProxy<'_>, pid: i32) -> (u64, u64, usize) {
     let text = alert(42, "dbus");
     let before = rss_kib(pid);
@@ -271,8 +393,11 @@ async fn big_ledger(home: &Path, records: u64) {
 
 #[tokio::main]
 async fn main() {
+    if std::env::args().any(|a| a == "--echo-server") {
+        return echo_server().await;
+    }
     support::require_root();
-    let bus = PrivateBus::start();
+    let bus = PrivateBus::start_with_extra(ECHO_POLICY);
     let home =
         tempfile::tempdir_in(std::env::var("BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into()))
             .unwrap();
@@ -316,6 +441,7 @@ async fn main() {
     let single_rate = 1.0 / submit.as_secs_f64();
     let rate = throughput(&bus, 16, 1250).await;
     let ping_rate = ping_throughput(&bus, 16, 1250).await;
+    let echo_rate = echo_throughput(&bus, 16, 1250).await;
     drop(agent);
 
     let empty_home = tempfile::tempdir_in(home.path()).unwrap();
@@ -338,6 +464,10 @@ async fn main() {
     println!(
         "| … the bus's ceiling: Ping round trips/s, 16 clients × 1250, same dbus-daemon | {ping_rate:.0}/s | | durable alerts reach {:.0} % of it | |",
         100.0 * rate / ping_rate
+    );
+    println!(
+        "| … the bus's ceiling for an alert's messages: a do-nothing service answering `SubmitAlert` and sending a plan's four signals, 16 clients × 1250 | {echo_rate:.0}/s | | durable alerts reach {:.0} % of it | |",
+        100.0 * rate / echo_rate
     );
     println!(
         "| 100 000 identical alerts | {storm_plans} plan(s), RSS {} → {} KiB (+{} KiB) | | | 1 plan, < 5 MB growth |",
