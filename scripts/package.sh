@@ -13,6 +13,10 @@
 # about 5 minutes, so skipped when the pinned versions are already there).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The packages' asset lists (Cargo.toml) and tests/t4_package.rs name files
+# under the project's own target/: build there whatever CARGO_TARGET_DIR a
+# developer has set, or cargo-deb would find no binaries.
+unset CARGO_TARGET_DIR
 
 CARGO_DEB_VERSION=3.8.0
 CARGO_GENERATE_RPM_VERSION=0.21.1
