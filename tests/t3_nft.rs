@@ -710,9 +710,38 @@ async fn the_table_stays_on_stop_unless_remove_on_stop() {
             r#"{"type":"isolate_socket","sid":"udp:5003","seconds":60}"#,
         )
         .await;
+        // After a batch the agent keeps one `nft -j -f -` waiting for the
+        // next (src/sys/nft/cli.rs); it must end with the agent.
+        let spare = waiting_nft_children(s.agent.pid());
+        assert_eq!(spare.len(), 1, "one nft started ahead: {spare:?}");
         s.agent.signal(nix::sys::signal::Signal::SIGTERM);
         assert!(s.agent.wait().success());
         let exists = s.pair.has_table();
         assert_eq!(exists, stays, "nft.remove_on_stop = {remove}");
+        wait_until(
+            Duration::from_secs(5),
+            || !Path::new(&format!("/proc/{}", spare[0])).exists(),
+            "the waiting nft to end with the agent",
+        );
     }
+}
+
+/// Pids of the `nft` processes whose parent is `pid`, once one is there.
+fn waiting_nft_children(pid: i32) -> Vec<String> {
+    let list = || {
+        let out = Command::new("pgrep")
+            .args(["-P", &pid.to_string(), "-x", "nft"])
+            .output()
+            .expect("pgrep");
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    wait_until(
+        Duration::from_secs(5),
+        || !list().is_empty(),
+        "a waiting nft",
+    );
+    list()
 }
