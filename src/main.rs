@@ -27,6 +27,8 @@ use antibody::{dbus, events};
 const STOP_GRACE: Duration = Duration::from_secs(20);
 /// The longest wait between two tries to reach a restarted system bus.
 const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(2);
+/// How long one try may take.
+const RECONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Parser)]
 #[command(
@@ -245,7 +247,11 @@ async fn reconnect(engine: Arc<Engine>) -> zbus::Connection {
     let mut delay = Duration::from_millis(50);
     loop {
         tokio::time::sleep(delay).await;
-        match dbus::serve(engine.clone()).await {
+        // Bounded: a connection can wait in the backlog of a bus socket
+        // whose daemon is not back.
+        let served = tokio::time::timeout(RECONNECT_TIMEOUT, dbus::serve(engine.clone())).await;
+        match served.unwrap_or_else(|_| Err(zbus::Error::Failure("no answer from the bus".into())))
+        {
             Ok(connection) => return connection,
             Err(e) => {
                 if delay >= RECONNECT_MAX_DELAY {

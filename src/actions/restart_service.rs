@@ -62,7 +62,7 @@ impl ActionHandler for RestartService {
         Ok(json!({
             "unit": unit,
             "current": current,
-            "change": "RestartUnit(mode=replace), then wait for that job's JobRemoved; success only if its result is \"done\"",
+            "change": "RestartUnit(mode=replace), then wait for that job's JobRemoved; success only if its result is \"done\" (if the bus loses the answer: only if the unit has a new invocation that did not fail)",
             "timeout_secs": ctx.config.restart.timeout_secs,
         }))
     }
@@ -139,9 +139,9 @@ fn was_restarted(before: &UnitStatus, now: &UnitStatus) -> bool {
     now.invocation_id != before.invocation_id && !now.invocation_id.is_empty()
 }
 
-/// The restart job ended while the bus was down, unheard: as in `recover`,
-/// the unit's InvocationID tells whether it was restarted. Restarted and
-/// running is success; otherwise the attempt failed and may be retried.
+/// The restart's answer was lost with the bus: as in `recover`, the unit's
+/// InvocationID tells whether it was restarted. A new invocation that did
+/// not fail is success; otherwise the attempt failed and may be retried.
 async fn settle_unheard_job(
     ctx: &ActionCtx<'_>,
     unit: &str,
@@ -151,7 +151,9 @@ async fn settle_unheard_job(
     let now = unit_now(ctx, unit).await?;
     let change = describe_change(before.as_ref(), &now);
     let restarted = before.as_ref().is_some_and(|b| was_restarted(b, &now));
-    if restarted && now.active_state == "active" {
+    // As for a heard `done`, the restart is what counts, not whether the
+    // unit is still running (a oneshot unit has already ended).
+    if restarted && now.active_state != "failed" {
         return Ok(Applied {
             summary: format!("restarted {unit} ({why}); {change}"),
             changes: json!({"unit": unit, "result": "unheard", "before": before, "after": now}),
@@ -159,7 +161,7 @@ async fn settle_unheard_job(
         });
     }
     Err(ActionError::transient(format!(
-        "{why}, and {unit} is not running a new invocation: {change}"
+        "{why}, and {unit} has no new invocation that did not fail: {change}"
     )))
 }
 

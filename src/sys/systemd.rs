@@ -27,9 +27,10 @@ pub enum SystemdError {
     Unreachable(String),
     /// The job did not finish in time; it may still be queued in systemd.
     Timeout(String),
-    /// The bus closed (a restarted dbus-daemon) before the job's
-    /// `JobRemoved` came. The job has since left systemd's queue, but how it
-    /// ended was not heard: the unit's state has to tell.
+    /// The bus closed (a restarted dbus-daemon) before systemd's answer to
+    /// `RestartUnit` or before the job's `JobRemoved` came. systemd has no
+    /// job for the unit any more, but whether a restart happened was not
+    /// heard: the unit's state has to tell.
     JobLost(String),
 }
 
@@ -151,6 +152,9 @@ fn classify(e: zbus::Error, what: &str) -> SystemdError {
     SystemdError::Unreachable(format!("{what}: system bus: {e}"))
 }
 
+/// How long opening the connection to systemd may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The real Manager, over one system-bus connection of its own.
 #[derive(Default)]
 pub struct SystemdManager {
@@ -176,19 +180,31 @@ impl SystemdManager {
             }
             *slot = None;
         }
-        let conn = zbus::Connection::system()
-            .await
-            .map_err(|e| SystemdError::Unreachable(format!("system bus: {e}")))?;
-        let manager = manager_on(&conn).await?;
-        let removed = manager
-            .receive_job_removed()
-            .await
-            .map_err(|e| classify(e, "JobRemoved match"))?;
-        // systemd sends JobRemoved only to subscribed clients.
-        manager
-            .subscribe()
-            .await
-            .map_err(|e| classify(e, "Manager.Subscribe"))?;
+        // A bus daemon being restarted can leave a connection waiting in
+        // its socket's backlog: bounded, so no caller waits on it forever.
+        let opened = tokio::time::timeout(CONNECT_TIMEOUT, async {
+            let conn = zbus::Connection::system()
+                .await
+                .map_err(|e| SystemdError::Unreachable(format!("system bus: {e}")))?;
+            let manager = manager_on(&conn).await?;
+            let removed = manager
+                .receive_job_removed()
+                .await
+                .map_err(|e| classify(e, "JobRemoved match"))?;
+            // systemd sends JobRemoved only to subscribed clients.
+            manager
+                .subscribe()
+                .await
+                .map_err(|e| classify(e, "Manager.Subscribe"))?;
+            Ok((conn, removed))
+        })
+        .await;
+        let (conn, removed) = opened.unwrap_or_else(|_| {
+            Err(SystemdError::Unreachable(format!(
+                "system bus: no connection to systemd within {} s",
+                CONNECT_TIMEOUT.as_secs()
+            )))
+        })?;
         let board = JobBoard::default();
         let ends = removed.filter_map(|signal| async move {
             let args = signal.args().ok()?;
@@ -209,11 +225,10 @@ impl SystemdManager {
         manager_on(&self.connection().await?.0).await
     }
 
-    /// Returns once systemd answers that it has no job `job_id` (it ended),
-    /// asking again, over a new connection when needed, while the bus is
-    /// down or the job is still queued. The caller bounds the wait.
-    async fn wait_until_job_gone(&self, job_id: Option<u32>) {
-        let Some(job_id) = job_id else { return };
+    /// Returns once systemd lists no job for `unit`, asking again (over a
+    /// new connection when needed) while the bus is down or a job is still
+    /// queued or running. The caller bounds the wait.
+    async fn wait_until_unit_has_no_job(&self, unit: &str) {
         let mut delay = Duration::from_millis(50);
         loop {
             tokio::time::sleep(delay).await;
@@ -221,13 +236,9 @@ impl SystemdManager {
             let Ok(manager) = self.manager().await else {
                 continue;
             };
-            match manager.get_job(job_id).await {
-                Err(zbus::Error::MethodError(name, _, _))
-                    if name.as_str() == "org.freedesktop.systemd1.NoSuchJob" =>
-                {
-                    return
-                }
-                // Still there, or the bus is not back yet.
+            match manager.list_jobs().await {
+                Ok(jobs) if !jobs.iter().any(|job| job.1 == unit) => return,
+                // A job is still there, or the bus is not back yet.
                 _ => continue,
             }
         }
@@ -245,11 +256,6 @@ impl SystemdManager {
             .map_err(|e| SystemdError::Refused(format!("{unit}: {e}")))?;
         Ok((conn, path))
     }
-}
-
-/// The number at the end of a job's object path (`…/systemd1/job/1234`).
-fn job_id_of(job: &OwnedObjectPath) -> Option<u32> {
-    job.as_str().rsplit('/').next()?.parse().ok()
 }
 
 /// systemd's object path for a unit: `/org/freedesktop/systemd1/unit/`
@@ -335,15 +341,28 @@ impl Systemd for SystemdManager {
         unit: &str,
         timeout: Duration,
     ) -> Result<JobOutcome, SystemdError> {
-        let (conn, board) = self.connection().await?;
-        // The connection's JobRemoved listener was subscribed before this
-        // call, so however quickly the job ends, its end is on the board.
-        let job = manager_on(&conn)
-            .await?
-            .restart_unit(unit.to_string(), "replace".into())
-            .await
-            .map_err(|e| classify(e, &format!("RestartUnit({unit})")))?;
-        let wait = async {
+        let restart = async {
+            let (conn, board) = self.connection().await?;
+            // The connection's JobRemoved listener was subscribed before this
+            // call, so however quickly the job ends, its end is on the board.
+            let asked = manager_on(&conn)
+                .await?
+                .restart_unit(unit.to_string(), "replace".into())
+                .await;
+            let job = match asked {
+                Ok(job) => job,
+                Err(e @ zbus::Error::MethodError(..)) => {
+                    return Err(classify(e, &format!("RestartUnit({unit})")))
+                }
+                // The bus went away with the question or its answer: systemd
+                // may have queued the job all the same.
+                Err(e) => {
+                    self.wait_until_unit_has_no_job(unit).await;
+                    return Err(SystemdError::JobLost(format!(
+                        "the bus closed before systemd answered RestartUnit({unit}) ({e})"
+                    )));
+                }
+            };
             match board.wait_for(job.as_str()) {
                 JobWait::Ended(outcome) => return Ok(outcome),
                 JobWait::Pending(end) => {
@@ -353,19 +372,18 @@ impl Systemd for SystemdManager {
                 }
                 JobWait::Deaf => {}
             }
-            // The bus went away first: follow the job on a new connection
-            // until systemd no longer has it. Asking for another restart
+            // The bus went away first: wait on a new connection until
+            // systemd has no job for the unit. Asking for another restart
             // instead would restart the unit twice.
-            self.wait_until_job_gone(job_id_of(&job)).await;
+            self.wait_until_unit_has_no_job(unit).await;
             Err(SystemdError::JobLost(format!(
                 "the bus closed while the restart job {} of {unit} ran, so its result was not heard",
                 job.as_str()
             )))
         };
-        tokio::time::timeout(timeout, wait).await.unwrap_or_else(|_| {
+        tokio::time::timeout(timeout, restart).await.unwrap_or_else(|_| {
             Err(SystemdError::Timeout(format!(
-                "the restart job {} of {unit} did not finish within {} s (restart.timeout_secs); it may still be queued in systemd",
-                job.as_str(),
+                "the restart of {unit} did not finish within {} s (restart.timeout_secs); its job may still be queued in systemd",
                 timeout.as_secs()
             )))
         })
@@ -484,16 +502,6 @@ mod tests {
             "/org/freedesktop/systemd1/unit/_31password_2dx_2eservice"
         );
         assert_eq!(unit_object_path(""), "/org/freedesktop/systemd1/unit/_");
-    }
-
-    #[test]
-    fn job_ids_come_from_job_paths() {
-        let path = |p: &str| OwnedObjectPath::try_from(p).unwrap();
-        assert_eq!(
-            job_id_of(&path("/org/freedesktop/systemd1/job/1234")),
-            Some(1234)
-        );
-        assert_eq!(job_id_of(&path("/org/freedesktop/systemd1/job/x")), None);
     }
 
     #[test]

@@ -16,7 +16,8 @@
 //!
 //! The process started ahead exists only once the agent has sent a batch
 //! (an agent that never isolates runs no `nft`), and it ends with the
-//! agent: its standard input closes, and it is killed when dropped.
+//! agent however the agent ends: its standard input reaches end of file
+//! and it exits having applied nothing (it is also killed when dropped).
 
 use std::ffi::OsString;
 use std::process::Stdio;
