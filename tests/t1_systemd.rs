@@ -109,7 +109,10 @@ async fn a_restart_whose_job_result_went_unheard_is_judged_by_the_units_invocati
     assert_eq!(plan["actions"][0]["changes"]["result"], "done");
     assert_eq!(rig.systemd.count("restart web.service"), 3);
     let log = plan["log"].to_string();
-    assert!(log.contains("has no new invocation that did not fail"), "{log}");
+    assert!(
+        log.contains("has no new invocation that did not fail"),
+        "{log}"
+    );
 }
 
 #[tokio::test]
