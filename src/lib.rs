@@ -9,5 +9,6 @@ pub mod error;
 pub mod events;
 pub mod ledger;
 pub mod plan;
+pub mod sync;
 pub mod sys;
 pub mod time;

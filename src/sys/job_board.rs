@@ -53,7 +53,7 @@ pub struct JobBoard(Arc<Mutex<Board>>);
 
 impl JobBoard {
     fn lock(&self) -> std::sync::MutexGuard<'_, Board> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.0)
     }
 
     /// Where to learn how `job` (an object path) ended.

@@ -117,7 +117,7 @@ async fn work(shared: Arc<Shared>, mut queue: mpsc::UnboundedReceiver<Job>) {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.state)
     }
 
     /// Applies the jobs' claim changes, sends one batch for them, and

@@ -30,6 +30,7 @@ use tokio::process::{Child, Command};
 
 use super::backend::Driver;
 use super::batch;
+use crate::sync::lock;
 
 /// How nft is run: the program and the arguments that make it read one
 /// JSON batch from standard input.
@@ -100,10 +101,6 @@ impl NftCli {
             spare.starting = false;
         });
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn spawn_batch_process(argv: &[OsString]) -> Result<Child, String> {
