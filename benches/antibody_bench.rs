@@ -142,23 +142,40 @@ async fn throughput(bus: &PrivateBus, clients: usize, per_client: usize) -> f64 
         ));
         std::mem::forget(conn); // kept open by the proxy's clone
     }
+    calls_per_second(proxies, per_client, |proxy, n| async move {
+        let (_, created) = proxy
+            .submit_alert(&alert(1_000_000 + n, "journal"))
+            .await
+            .unwrap();
+        assert!(created);
+    })
+    .await
+}
+
+/// Calls per second that `callers` get through the bus together, each
+/// making `per_client` calls one after the other; `call` gets its caller
+/// and the call's number, unique across callers.
+async fn calls_per_second<P, F, Fut>(callers: Vec<Arc<P>>, per_client: usize, call: F) -> f64
+where
+    P: Send + Sync + 'static,
+    F: Fn(Arc<P>, usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let total = callers.len() * per_client;
     let start = Instant::now();
     let mut tasks = Vec::new();
-    for (c, proxy) in proxies.into_iter().enumerate() {
+    for (c, caller) in callers.into_iter().enumerate() {
+        let call = call.clone();
         tasks.push(tokio::spawn(async move {
             for n in 0..per_client {
-                let (_, created) = proxy
-                    .submit_alert(&alert(1_000_000 + c * per_client + n, "journal"))
-                    .await
-                    .unwrap();
-                assert!(created);
+                call(caller.clone(), c * per_client + n).await;
             }
         }));
     }
     for t in tasks {
         t.await.unwrap();
     }
-    (clients * per_client) as f64 / start.elapsed().as_secs_f64()
+    total as f64 / start.elapsed().as_secs_f64()
 }
 
 /// The bus's own ceiling: D-Bus round trips per second that 16 clients get
@@ -178,19 +195,10 @@ async fn ping_throughput(bus: &PrivateBus, clients: usize, per_client: usize) ->
         peers.push(Arc::new(peer));
         std::mem::forget(conn);
     }
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for peer in peers {
-        tasks.push(tokio::spawn(async move {
-            for _ in 0..per_client {
-                peer.ping().await.unwrap();
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    (clients * per_client) as f64 / start.elapsed().as_secs_f64()
+    calls_per_second(peers, per_client, |peer, _| async move {
+        peer.ping().await.unwrap();
+    })
+    .await
 }
 
 /// A do-nothing service with the agent's message pattern, for the bus's
@@ -293,23 +301,14 @@ async fn echo_throughput(bus: &PrivateBus, clients: usize, per_client: usize) ->
         proxies.push(Arc::new(proxy));
         std::mem::forget(conn);
     }
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for (c, proxy) in proxies.into_iter().enumerate() {
-        tasks.push(tokio::spawn(async move {
-            for n in 0..per_client {
-                let (_, created): (String, bool) = proxy
-                    .call("SubmitAlert", &(alert(c * per_client + n, "journal"),))
-                    .await
-                    .unwrap();
-                assert!(created);
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let rate = (clients * per_client) as f64 / start.elapsed().as_secs_f64();
+    let rate = calls_per_second(proxies, per_client, |proxy, n| async move {
+        let (_, created): (String, bool) = proxy
+            .call("SubmitAlert", &(alert(n, "journal"),))
+            .await
+            .unwrap();
+        assert!(created);
+    })
+    .await;
     let _ = server.kill();
     let _ = server.wait();
     rate
