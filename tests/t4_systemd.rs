@@ -28,14 +28,17 @@ fn the_readme_shows_this_restart_command() {
     );
 }
 
+/// Submits a Watchdog alert restarting `unit`: the plan id, or the refusal.
+fn submit_restart(tb: &Testbed, description: &str, unit: &str) -> Result<String, String> {
+    tb.submit(&alert(
+        description,
+        json!([{"type": "restart_service", "name": unit}]),
+    ))
+}
+
 /// Submits a restart of `unit` and waits for the plan to end.
 fn restart_through_antibody(tb: &Testbed, description: &str, unit: &str) -> Value {
-    let id = tb
-        .submit(&alert(
-            description,
-            json!([{"type": "restart_service", "name": unit}]),
-        ))
-        .unwrap();
+    let id = submit_restart(tb, description, unit).unwrap();
     tb.finished_plan(&id)
 }
 
@@ -183,12 +186,7 @@ fn protected_units_and_the_flap_limit_are_refused_with_named_errors() {
         "systemd-journald",
         "ssh",
     ] {
-        let err = tb
-            .submit(&alert(
-                "never",
-                json!([{"type": "restart_service", "name": unit}]),
-            ))
-            .unwrap_err();
+        let err = submit_restart(&tb, "never", unit).unwrap_err();
         assert!(
             err.starts_with("antibodyctl: ProtectedTarget: "),
             "{unit}: {err}"
@@ -206,21 +204,11 @@ fn protected_units_and_the_flap_limit_are_refused_with_named_errors() {
     );
     // Three restarts of one unit in the window are fine; the fourth is not.
     for n in 0..3 {
-        let id = tb
-            .submit(&alert(
-                &format!("flap {n}"),
-                json!([{"type": "restart_service", "name": "sleeper"}]),
-            ))
-            .unwrap();
+        let id = submit_restart(&tb, &format!("flap {n}"), "sleeper").unwrap();
         assert_eq!(tb.finished_plan(&id)["status"], "success");
     }
     let invocation = tb.show("sleeper.service", "InvocationID");
-    let err = tb
-        .submit(&alert(
-            "flap 3",
-            json!([{"type": "restart_service", "name": "sleeper"}]),
-        ))
-        .unwrap_err();
+    let err = submit_restart(&tb, "flap 3", "sleeper").unwrap_err();
     assert!(
         err.starts_with("antibodyctl: RateLimited: actions[0].name: unit:sleeper.service already has 3 restart(s)"),
         "{err}"
@@ -264,12 +252,7 @@ fn a_restart_job_past_its_timeout_fails_and_never_blocks_the_bus_interface() {
         tb.sh("journalctl -u antibody -o cat --no-pager")
             .contains("config_reloaded")
     });
-    let id = tb
-        .submit(&alert(
-            "slow",
-            json!([{"type": "restart_service", "name": "slow-stop"}]),
-        ))
-        .unwrap();
+    let id = submit_restart(&tb, "slow", "slow-stop").unwrap();
     // While the job waits on the unit's 3 s stop, the agent answers: the
     // plan is seen mid-flight through Status and GetPlan.
     tb.wait_until("the restart to start", Duration::from_secs(30), || {
@@ -310,12 +293,7 @@ fn after_a_bus_restart_or_a_systemd_reexec_the_agent_still_drives_systemd() {
     assert_eq!(tb.show("sleeper.service", "CPUQuotaPerSecUSec"), "200ms");
     // A restart job under way while the bus goes: slow-stop takes 3 s to stop.
     let slow_invocation = tb.show("slow-stop.service", "InvocationID");
-    let slow = tb
-        .submit(&alert(
-            "restart across the bus restart",
-            json!([{"type": "restart_service", "name": "slow-stop"}]),
-        ))
-        .unwrap();
+    let slow = submit_restart(&tb, "restart across the bus restart", "slow-stop").unwrap();
     tb.wait_until("the slow stop to begin", Duration::from_secs(30), || {
         tb.show("slow-stop.service", "ActiveState") == "deactivating"
     });
