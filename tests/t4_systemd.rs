@@ -339,3 +339,36 @@ fn after_a_bus_restart_or_a_systemd_reexec_the_agent_still_drives_systemd() {
     assert_eq!(plan["actions"][0]["changes"]["result"], "done", "{plan}");
     tb.sh("antibodyctl verify");
 }
+
+/// Under the shipped unit's sandbox (`ProcSubset=pid` hides `/proc/net`,
+/// the capability set is only `CAP_NET_ADMIN`): the gateway guard still
+/// sees the routing table, and an isolation reaches the kernel through nft.
+#[test]
+fn under_its_unit_the_agent_isolates_through_nft_but_never_the_gateway() {
+    let tb = Testbed::boot("gateway");
+    // The testbed's private network has only lo: a default route on it.
+    tb.sh("ip link set lo up && ip route add default via 10.20.30.1 dev lo onlink");
+    for action in [
+        json!({"type": "isolate_socket", "sid": "10.20.30.1", "seconds": 30}),
+        json!({"type": "isolate_socket", "sid": "10.20.30.1:443", "seconds": 30}),
+        json!({"type": "throttle_entity", "entity": "ip:10.20.30.1", "seconds": 30}),
+    ] {
+        let err = tb.submit(&alert("gateway", json!([action]))).unwrap_err();
+        assert!(
+            err.starts_with("antibodyctl: ProtectedTarget: ")
+                && err.contains("10.20.30.1 is the host's default gateway"),
+            "{action}: {err}"
+        );
+    }
+    let id = tb
+        .submit(&alert(
+            "scanner",
+            json!([{"type": "isolate_socket", "sid": "10.20.30.9", "seconds": 30}]),
+        ))
+        .unwrap();
+    let plan = tb.finished_plan(&id);
+    assert_eq!(plan["status"], "success", "{plan}");
+    let set = tb.sh("nft -j list set inet antibody addr4");
+    assert!(set.contains("\"10.20.30.9\""), "{set}");
+    assert!(!set.contains("\"10.20.30.1\""), "{set}");
+}

@@ -109,11 +109,13 @@ pub fn parse_address_entity(text: &str) -> Option<IpAddr> {
 /// of the network namespace the agent runs in (read from the kernel, cached
 /// for a second; the engine validates again at apply).
 pub fn protected_address(addr: IpAddr, configured: &[String]) -> Option<String> {
-    protected_address_among(
-        addr,
-        configured,
-        &crate::sys::nft::routes::default_gateways(),
-    )
+    match crate::sys::nft::routes::default_gateways() {
+        Ok(gateways) => protected_address_among(addr, configured, &gateways),
+        // Refused rather than risked: the guard cannot tell.
+        Err(e) => Some(format!(
+            "the routing table cannot be read ({e}), so {addr} cannot be ruled out as the host's default gateway"
+        )),
+    }
 }
 
 /// [`protected_address`] with the gateways given: pure.

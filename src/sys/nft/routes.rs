@@ -1,6 +1,10 @@
-//! The host's default gateways, read from the kernel (`/proc/net/route`,
-//! `/proc/net/ipv6_route`) of the network namespace the agent runs in.
-//! Cutting off the gateway would cut the host off, so it is never a target.
+//! The host's default gateways, read from the kernel's routing tables of
+//! the network namespace the agent runs in. Cutting off the gateway would
+//! cut the host off, so it is never a target.
+//!
+//! The tables are read through `/proc/self/net/`, not `/proc/net/`: the
+//! shipped unit's `ProcSubset=pid` hides `/proc/net`, and a guard that
+//! quietly read nothing would let the gateway through.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Mutex;
@@ -11,21 +15,31 @@ use std::time::{Duration, Instant};
 /// on purpose, and long enough that a storm of alerts reads the file once.
 const CACHE_FOR: Duration = Duration::from_secs(1);
 
+const IPV4_ROUTES: &str = "/proc/self/net/route";
+/// Absent when the kernel runs without IPv6: then there is no IPv6 gateway.
+const IPV6_ROUTES: &str = "/proc/self/net/ipv6_route";
+
 static CACHE: Mutex<Option<(Instant, Vec<IpAddr>)>> = Mutex::new(None);
 
-/// Default gateways of both families (cached for a second).
-pub fn default_gateways() -> Vec<IpAddr> {
-    let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+/// Default gateways of both families (cached for a second). An error when
+/// a routing table cannot be read: the caller must then assume any
+/// address may be the gateway.
+pub fn default_gateways() -> Result<Vec<IpAddr>, String> {
+    let mut cache = crate::sync::lock(&CACHE);
     if let Some((at, gateways)) = cache.as_ref() {
         if at.elapsed() < CACHE_FOR {
-            return gateways.clone();
+            return Ok(gateways.clone());
         }
     }
-    let read = |path| std::fs::read_to_string(path).unwrap_or_default();
-    let mut gateways = ipv4_default_gateways(&read("/proc/net/route"));
-    gateways.extend(ipv6_default_gateways(&read("/proc/net/ipv6_route")));
+    let read = |path: &str| std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"));
+    let mut gateways = ipv4_default_gateways(&read(IPV4_ROUTES)?);
+    match std::fs::read_to_string(IPV6_ROUTES) {
+        Ok(table) => gateways.extend(ipv6_default_gateways(&table)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("{IPV6_ROUTES}: {e}")),
+    }
     *cache = Some((Instant::now(), gateways.clone()));
-    gateways
+    Ok(gateways)
 }
 
 /// `/proc/net/route`: `Iface Destination Gateway Flags … Mask …`, addresses
@@ -67,6 +81,12 @@ pub fn ipv6_default_gateways(table: &str) -> Vec<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_tables_of_this_process_are_readable() {
+        // What the agent reads under ProcSubset=pid, where /proc/net is hidden.
+        assert!(default_gateways().is_ok(), "{:?}", default_gateways());
+    }
 
     #[test]
     fn reads_the_ipv4_default_route() {
