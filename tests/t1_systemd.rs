@@ -460,3 +460,26 @@ async fn dry_run_shows_the_unit_and_each_property_before_and_after() {
     );
     assert!(rig.systemd.calls().is_empty(), "a dry run changes nothing");
 }
+
+#[tokio::test]
+async fn an_alias_of_a_protected_unit_is_refused_at_apply_and_nothing_is_changed() {
+    // No unit file on this machine makes `web-alias` an alias: only systemd
+    // (here its fake) knows, so validation lets it through and apply must not.
+    let rig = start_with(&["web-alias.service"], "").await;
+    rig.systemd.names.lock().unwrap().insert(
+        "web-alias.service".into(),
+        vec!["ssh.service".into(), "web-alias.service".into()],
+    );
+    for action in [restart("web-alias"), throttle("web-alias.service", 30)] {
+        let (_, plan) = run_to_end(&rig, &action.to_string(), json!([action])).await;
+        assert_eq!(plan["status"], "failed", "{plan}");
+        let error = plan["actions"][0]["error"].as_str().unwrap();
+        assert_eq!(
+            error,
+            "refused at apply: web-alias.service is another name of ssh.service: \
+             ssh.service keeps the host reachable or running and is always protected"
+        );
+        assert_eq!(plan["actions"][0]["attempts"], 1);
+    }
+    assert!(rig.systemd.calls().is_empty(), "{:?}", rig.systemd.calls());
+}

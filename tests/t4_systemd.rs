@@ -202,6 +202,30 @@ fn protected_units_and_the_flap_limit_are_refused_with_named_errors() {
         err.starts_with("antibodyctl: ProtectedTarget: ") && err.contains("the agent's own unit"),
         "{err}"
     );
+    // An alias of a protected unit: refused at submit when its unit file
+    // says so, and at apply by the names systemd itself knows.
+    let err = submit_restart(&tb, "never", "dbus-org.freedesktop.login1").unwrap_err();
+    assert!(
+        err.starts_with("antibodyctl: ProtectedTarget: ")
+            && err.contains("is another name of systemd-logind.service"),
+        "{err}"
+    );
+    // system.control is on systemd's search path but not among the unit
+    // directories validation reads: only systemd knows this alias.
+    tb.sh("mkdir -p /etc/systemd/system.control && \
+           ln -s /lib/systemd/system/dbus.service /etc/systemd/system.control/message-bus.service && \
+           systemctl daemon-reload");
+    let names = tb.show("message-bus.service", "Names");
+    assert!(names.contains("dbus.service"), "the alias took: {names}");
+    let bus_pid = tb.show("dbus.service", "MainPID");
+    let plan = restart_through_antibody(&tb, "alias", "message-bus");
+    assert_eq!(plan["status"], "failed", "{plan}");
+    let error = plan["actions"][0]["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("refused at apply: message-bus.service is another name of dbus.service"),
+        "{error}"
+    );
+    assert_eq!(tb.show("dbus.service", "MainPID"), bus_pid);
     // Three restarts of one unit in the window are fine; the fourth is not.
     for n in 0..3 {
         let id = submit_restart(&tb, &format!("flap {n}"), "sleeper").unwrap();

@@ -50,6 +50,8 @@ pub struct ActionCtx<'a> {
     pub params: &'a Value,
     pub config: &'a Config,
     pub sys: &'a Sys,
+    /// The agent's own unit, when it runs as one (a guard's business).
+    pub own_unit: Option<&'a str>,
     /// What `prepare` returned for the current attempt, once it is durable.
     pub prepared: Option<&'a Value>,
 }

@@ -7,7 +7,7 @@
 use async_trait::async_trait;
 use serde_json::{json, Value};
 
-use super::unit_name::{normalize_unit_name, protected_reason};
+use super::unit_name::{normalize_unit_name, protected_by_another_name, protected_reason};
 use super::{ActionCtx, ActionError, ActionHandler, Applied, Recovered, ValidateCtx, Validated};
 use crate::error::{AgentError, ErrorName};
 use crate::plan::fields::Fields;
@@ -15,7 +15,8 @@ use crate::sys::systemd::{job_result_is_transient, SystemdError, UnitStatus};
 
 pub struct RestartService;
 
-/// Validates and normalizes a unit field, refusing protected units.
+/// Validates and normalizes a unit field, refusing protected units, under
+/// their own names or an alias their unit files give them.
 pub fn unit_param(
     params: &Fields<'_>,
     field: &str,
@@ -23,10 +24,32 @@ pub fn unit_param(
     ctx: &ValidateCtx<'_>,
 ) -> Result<String, AgentError> {
     let unit = normalize_unit_name(given).map_err(|why| params.error(field, why))?;
-    if let Some(why) = protected_reason(&unit, ctx.own_unit, &ctx.config.protect.units) {
+    let protected = &ctx.config.protect.units;
+    let why = protected_reason(&unit, ctx.own_unit, protected).or_else(|| {
+        let names = crate::sys::unit_files::names_on_disk(&unit);
+        protected_by_another_name(&unit, &names, ctx.own_unit, protected)
+    });
+    if let Some(why) = why {
         return Err(params.error_named(ErrorName::ProtectedTarget, field, why));
     }
     Ok(unit)
+}
+
+/// The guard again, at apply, by the names systemd itself resolves the
+/// unit to: an alias made after validation, or one no unit file shows,
+/// is caught here before anything is changed.
+pub async fn refuse_protected_names(ctx: &ActionCtx<'_>, unit: &str) -> Result<(), ActionError> {
+    let names = ctx
+        .sys
+        .systemd
+        .unit_names(unit)
+        .await
+        .map_err(action_error)?;
+    let protected = &ctx.config.protect.units;
+    match protected_by_another_name(unit, &names, ctx.own_unit, protected) {
+        Some(why) => Err(ActionError::permanent(format!("refused at apply: {why}"))),
+        None => Ok(()),
+    }
 }
 
 #[async_trait]
@@ -58,7 +81,8 @@ impl ActionHandler for RestartService {
 
     async fn dry_run(&self, ctx: &ActionCtx<'_>) -> Result<Value, ActionError> {
         let unit = unit_of(ctx);
-        let current = unit_now(ctx, unit).await?;
+        let (current, ()) =
+            tokio::try_join!(unit_now(ctx, unit), refuse_protected_names(ctx, unit))?;
         Ok(json!({
             "unit": unit,
             "current": current,
@@ -68,7 +92,9 @@ impl ActionHandler for RestartService {
     }
 
     async fn prepare(&self, ctx: &ActionCtx<'_>) -> Result<Option<Value>, ActionError> {
-        let before = unit_now(ctx, unit_of(ctx)).await?;
+        let unit = unit_of(ctx);
+        let (before, ()) =
+            tokio::try_join!(unit_now(ctx, unit), refuse_protected_names(ctx, unit))?;
         Ok(Some(json!(before)))
     }
 

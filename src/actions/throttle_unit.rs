@@ -6,7 +6,7 @@
 
 use serde_json::{json, Value};
 
-use super::restart_service::action_error;
+use super::restart_service::{action_error, refuse_protected_names};
 use super::{ActionCtx, ActionError, Applied, Recovered};
 use crate::sys::systemd::ResourceLimits;
 
@@ -57,6 +57,7 @@ fn seconds(ctx: &ActionCtx<'_>) -> u64 {
 
 pub async fn dry_run(ctx: &ActionCtx<'_>, unit: &str) -> Result<Value, ActionError> {
     let systemd = &ctx.sys.systemd;
+    refuse_protected_names(ctx, unit).await?;
     let status = systemd.unit_status(unit).await.map_err(action_error)?;
     let before = systemd.resource_limits(unit).await.map_err(action_error)?;
     let after = throttled_limits(ctx.params, &before);
@@ -72,12 +73,14 @@ pub async fn dry_run(ctx: &ActionCtx<'_>, unit: &str) -> Result<Value, ActionErr
 }
 
 pub async fn prepare(ctx: &ActionCtx<'_>, unit: &str) -> Result<Value, ActionError> {
-    let before = ctx
-        .sys
-        .systemd
-        .resource_limits(unit)
-        .await
-        .map_err(action_error)?;
+    let limits = async {
+        ctx.sys
+            .systemd
+            .resource_limits(unit)
+            .await
+            .map_err(action_error)
+    };
+    let (before, ()) = tokio::try_join!(limits, refuse_protected_names(ctx, unit))?;
     Ok(json!(before))
 }
 

@@ -98,6 +98,25 @@ pub fn protected_reason(
     listed.then(|| format!("{unit} is listed in protect.units"))
 }
 
+/// Why acting on `unit` would touch a protected unit under another of its
+/// names (systemd resolves aliases: `dbus-org.freedesktop.login1.service`
+/// is `systemd-logind.service`), if it would. `names` are all the unit's
+/// names, as systemd or the unit files tell them.
+pub fn protected_by_another_name(
+    unit: &str,
+    names: &[String],
+    own_unit: Option<&str>,
+    configured: &[String],
+) -> Option<String> {
+    names
+        .iter()
+        .filter(|name| name.as_str() != unit)
+        .find_map(|name| {
+            let why = protected_reason(name, own_unit, configured)?;
+            Some(format!("{unit} is another name of {name}: {why}"))
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,5 +155,39 @@ mod tests {
         assert!(protected_reason("my-agent.service", Some("my-agent.service"), &[]).is_some());
         assert!(protected_reason("db.service", None, &["db".into()]).is_some());
         assert!(protected_reason("vael.service", None, &["db".into()]).is_none());
+    }
+
+    #[test]
+    fn an_alias_of_a_protected_unit_is_protected() {
+        let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let logind = names(&[
+            "systemd-logind.service",
+            "dbus-org.freedesktop.login1.service",
+        ]);
+        let why =
+            protected_by_another_name("dbus-org.freedesktop.login1.service", &logind, None, &[])
+                .unwrap();
+        assert!(
+            why.starts_with(
+                "dbus-org.freedesktop.login1.service is another name of systemd-logind.service: "
+            ),
+            "{why}"
+        );
+        let own = names(&["agent.service", "dbus-org.vael.Antibody.service"]);
+        let why = protected_by_another_name(
+            "dbus-org.vael.Antibody.service",
+            &own,
+            Some("agent.service"),
+            &[],
+        );
+        assert!(why.unwrap().contains("the agent's own unit"));
+        let listed = names(&["web.service", "www.service"]);
+        let configured = ["web".to_string()];
+        assert!(protected_by_another_name("www.service", &listed, None, &configured).is_some());
+        assert!(protected_by_another_name("www.service", &listed, None, &[]).is_none());
+        // The name itself is validation's business, not this check's.
+        assert!(
+            protected_by_another_name("ssh.service", &names(&["ssh.service"]), None, &[]).is_none()
+        );
     }
 }

@@ -419,6 +419,7 @@ impl Engine {
                 params: &action.params,
                 config: &config,
                 sys: &self.sys,
+                own_unit: self.own_unit.as_deref(),
                 prepared: None,
             };
             let change = match handler.dry_run(&ctx).await {

@@ -93,6 +93,7 @@ fn ctx<'a>(
         params: &job.params,
         config,
         sys: &engine.sys,
+        own_unit: engine.own_unit.as_deref(),
         prepared: job.prepared.as_ref(),
     }
 }

@@ -11,6 +11,7 @@ pub mod nft;
 pub mod notifier;
 pub mod sdnotify;
 pub mod systemd;
+pub mod unit_files;
 
 /// The system interfaces actions use.
 #[derive(Clone)]

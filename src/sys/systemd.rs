@@ -94,6 +94,9 @@ pub trait Systemd: Send + Sync {
 
     async fn unit_status(&self, unit: &str) -> Result<UnitStatus, SystemdError>;
 
+    /// All names systemd knows the unit by (its id and its aliases).
+    async fn unit_names(&self, unit: &str) -> Result<Vec<String>, SystemdError>;
+
     async fn resource_limits(&self, unit: &str) -> Result<ResourceLimits, SystemdError>;
 
     /// `SetUnitProperties(unit, runtime=true, …)`: gone at reboot at the latest.
@@ -421,6 +424,12 @@ impl Systemd for SystemdManager {
             invocation_id: invocation_hex(&invocation),
             main_pid,
         })
+    }
+
+    async fn unit_names(&self, unit: &str) -> Result<Vec<String>, SystemdError> {
+        let (conn, path) = self.unit_object(unit).await?;
+        let read = Reader::new(&conn, &path).await?;
+        read.get::<Vec<String>>(UNIT_IFACE, "Names").await
     }
 
     async fn resource_limits(&self, unit: &str) -> Result<ResourceLimits, SystemdError> {

@@ -33,6 +33,8 @@ pub struct FakeUnit {
 #[derive(Default)]
 pub struct FakeSystemd {
     pub units: Mutex<HashMap<String, FakeUnit>>,
+    /// A unit's names when it has aliases (all of them, its own included).
+    pub names: Mutex<HashMap<String, Vec<String>>>,
     /// `restart UNIT`, `set UNIT CPU/MEM/IO` in call order.
     pub calls: Mutex<Vec<String>>,
     next_job: Mutex<u32>,
@@ -131,6 +133,11 @@ impl Systemd for FakeSystemd {
 
     async fn unit_status(&self, unit: &str) -> Result<UnitStatus, SystemdError> {
         self.with_unit(unit, |u| status(unit, u))
+    }
+
+    async fn unit_names(&self, unit: &str) -> Result<Vec<String>, SystemdError> {
+        let names = self.names.lock().unwrap().get(unit).cloned();
+        Ok(names.unwrap_or_else(|| vec![unit.to_string()]))
     }
 
     async fn resource_limits(&self, unit: &str) -> Result<ResourceLimits, SystemdError> {
