@@ -483,3 +483,81 @@ async fn an_alias_of_a_protected_unit_is_refused_at_apply_and_nothing_is_changed
     }
     assert!(rig.systemd.calls().is_empty(), "{:?}", rig.systemd.calls());
 }
+
+fn notices_containing(rig: &Rig, text: &str) -> usize {
+    let sent = rig.notifier.0.lock().unwrap();
+    sent.iter()
+        .filter(|(_, n)| n.message.contains(text))
+        .count()
+}
+
+#[tokio::test]
+async fn a_timed_revert_that_cannot_reach_systemd_is_tried_until_it_can() {
+    let rig = start_with(&["web.service"], "").await;
+    let (id, _) = run_to_end(&rig, "hog", json!([throttle("web.service", 1)])).await;
+    // More failures than retry.max_attempts (4): the end of a throttle is
+    // never given up while the agent runs.
+    *rig.systemd.failing_sets.lock().unwrap() = 6;
+    wait_for(
+        || rig.engine.get_plan(&id).unwrap()["actions"][0]["state"] == "reverted",
+        "the timed revert, past six failures",
+    )
+    .await;
+    assert_eq!(rig.systemd.unit("web.service").limits, UNLIMITED);
+    assert_eq!(rig.systemd.count("set web.service unreachable"), 6);
+    let failures = ledger_payloads(&rig, "action_revert_failed");
+    assert_eq!(failures.len(), 6);
+    assert!(failures.iter().all(|f| f["retry_in_ms"].as_u64().is_some()));
+    assert_eq!(ledger_payloads(&rig, "action_reverted").len(), 1);
+    // Told once, when the revert had failed retry.max_attempts times (both
+    // built-in channels).
+    let told = "its revert failed 4 time(s), last with: systemd is out of reach (fake); the agent keeps trying";
+    wait_for(
+        || notices_containing(&rig, told) == 2,
+        "the operator notices",
+    )
+    .await;
+    assert_eq!(notices_containing(&rig, "its revert failed"), 2);
+}
+
+#[tokio::test]
+async fn a_rollback_revert_is_retried_then_left_to_the_next_rollback() {
+    let rig = start_with(&["web.service"], "").await;
+    let (id, _) = run_to_end(&rig, "hog", json!([throttle("web.service", 3600)])).await;
+    // One failure passes; then more than the attempts a rollback gets.
+    *rig.systemd.failing_sets.lock().unwrap() = 1;
+    rig.engine.rollback(&id, "test").await.unwrap();
+    wait_for(
+        || rig.engine.get_plan(&id).unwrap()["actions"][0]["state"] == "reverted",
+        "the rollback after one failure",
+    )
+    .await;
+    assert_eq!(rig.systemd.unit("web.service").limits, UNLIMITED);
+
+    let (id, _) = run_to_end(&rig, "hog again", json!([throttle("web.service", 3600)])).await;
+    *rig.systemd.failing_sets.lock().unwrap() = 5;
+    rig.engine.rollback(&id, "test").await.unwrap();
+    wait_for(
+        || rig.engine.get_plan(&id).unwrap()["actions"][0]["revert_failed"] == true,
+        "the rollback to give up",
+    )
+    .await;
+    let plan = rig.engine.get_plan(&id).unwrap();
+    assert_eq!(plan["actions"][0]["state"], "applied");
+    assert_eq!(plan["actions"][0]["revert_attempts"], 4);
+    assert_ne!(rig.systemd.unit("web.service").limits, UNLIMITED);
+    let told = format!("it will not be tried again until `antibodyctl rollback {id}`");
+    wait_for(
+        || notices_containing(&rig, &told) == 2,
+        "the operator notices",
+    )
+    .await;
+    // The next rollback starts afresh (one failure is left, then it works).
+    rig.engine.rollback(&id, "test").await.unwrap();
+    wait_for(
+        || rig.engine.get_plan(&id).unwrap()["actions"][0]["state"] == "reverted",
+        "the second rollback",
+    )
+    .await;
+    assert_eq!(rig.systemd.unit("web.service").limits, UNLIMITED);
+}

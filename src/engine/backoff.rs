@@ -12,6 +12,22 @@ pub fn retry_delay_ms(retry: &RetryConfig, failed_attempt: u32, jitter: f64) -> 
     jittered.round() as u64
 }
 
+/// When a failed revert is tried again, if it is: only a failure that may
+/// pass. A timed revert (a throttle's or an isolation's end) is never given
+/// up while the agent runs: its back-off grows to 5 minutes and stays there.
+/// A rollback's revert holds its plan, so it gets `retry.max_attempts` tries
+/// like an action; past them a later `RollbackPlan` tries again.
+pub fn revert_retry_ms(
+    retry: &RetryConfig,
+    transient: bool,
+    timed: bool,
+    failed_attempts: u32,
+    jitter: f64,
+) -> Option<u64> {
+    let again = transient && (timed || failed_attempts < retry.max_attempts);
+    again.then(|| retry_delay_ms(retry, failed_attempts, jitter))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -29,5 +45,20 @@ mod tests {
         assert_eq!(retry_delay_ms(&r, 1, 0.0), 150);
         assert_eq!(retry_delay_ms(&r, 1, 1.0), 250);
         assert_eq!(retry_delay_ms(&r, 99, 0.5), 300_000);
+    }
+
+    #[test]
+    fn a_timed_revert_is_retried_without_end_and_a_rollback_as_an_action() {
+        let r = RetryConfig {
+            base_ms: 200,
+            factor: 2,
+            max_attempts: 4,
+        };
+        assert_eq!(revert_retry_ms(&r, true, true, 1, 0.5), Some(200));
+        assert_eq!(revert_retry_ms(&r, true, true, 40, 0.5), Some(300_000));
+        assert_eq!(revert_retry_ms(&r, true, false, 3, 0.5), Some(800));
+        assert_eq!(revert_retry_ms(&r, true, false, 4, 0.5), None);
+        assert_eq!(revert_retry_ms(&r, false, true, 1, 0.5), None);
+        assert_eq!(revert_retry_ms(&r, false, false, 1, 0.5), None);
     }
 }

@@ -9,7 +9,6 @@ use super::Engine;
 use crate::config::Config;
 use crate::error::{AgentError, ErrorName};
 use crate::plan::{Plan, PlanSeed, Severity, Source};
-use crate::sys::notifier::{Channel, Notice};
 use crate::time::now_ms;
 
 impl Engine {
@@ -111,27 +110,10 @@ impl Engine {
     pub(super) fn notify_rate_limited(
         &self,
         plan_id: &str,
-        (source, severity): (Source, Severity),
+        alert: (Source, Severity),
         message: &str,
     ) {
-        let notice = |channel: &str| Notice {
-            plan_id: plan_id.to_string(),
-            source,
-            severity,
-            description: "flap limit".into(),
-            channel: channel.into(),
-            message: format!("flap limit reached: {message}"),
-        };
-        let deliveries = [
-            (Channel::Journal, notice("journal")),
-            (Channel::Dbus, notice("dbus")),
-        ];
-        let notifier = self.sys.notifier.clone();
-        // The refusal is answered at once; the notices follow.
-        tokio::spawn(async move {
-            for (channel, notice) in deliveries {
-                let _ = notifier.notify(&channel, &notice).await;
-            }
-        });
+        let message = format!("flap limit reached: {message}");
+        self.tell_operator(plan_id, alert, "flap limit", message);
     }
 }

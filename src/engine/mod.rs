@@ -24,6 +24,7 @@ pub mod backoff;
 pub mod flap;
 mod flap_guard;
 mod mitigations;
+mod notices;
 pub mod replay;
 mod runner;
 pub mod state;

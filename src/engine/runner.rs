@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::backoff::retry_delay_ms;
+use super::backoff::{retry_delay_ms, revert_retry_ms};
 use super::Engine;
 use crate::actions::{ActionCtx, ActionHandler, Applied, Recovered, ValidateCtx};
 use crate::events::AgentEvent;
@@ -25,6 +25,7 @@ struct ActionJob {
     targets: Vec<String>,
     state: ActionState,
     attempts: u32,
+    revert_attempts: u32,
     revert_at_ms: Option<u64>,
     source: Source,
     severity: Severity,
@@ -59,6 +60,7 @@ impl Engine {
             targets: action.seed.targets.clone(),
             state: action.state,
             attempts: action.attempts,
+            revert_attempts: action.revert_attempts,
             revert_at_ms: action.revert_at_ms,
             source: plan.source,
             severity: plan.severity,
@@ -450,19 +452,57 @@ async fn revert_action(engine: &Arc<Engine>, plan_id: &str, index: usize, reason
                 .await;
             engine.action_finished(plan_id, index, &job.kind, "reverted");
         }
-        Err(e) => {
-            engine
-                .record(
-                    plan_id,
-                    Event::ActionRevertFailed {
-                        index,
-                        reason,
-                        error: e.message,
-                    },
-                )
-                .await;
-            engine.emit(AgentEvent::CountersChanged);
+        Err(e) => revert_failed(engine, plan_id, index, &job, reason, e).await,
+    }
+}
+
+/// Records a failed revert and, when it may pass, when it is tried again:
+/// a timed revert by its timer (so it never holds its plan), a rollback's
+/// revert here, after the back-off. The operator is told once the revert
+/// has failed `retry.max_attempts` times or for good.
+async fn revert_failed(
+    engine: &Arc<Engine>,
+    plan_id: &str,
+    index: usize,
+    job: &ActionJob,
+    reason: RevertReason,
+    e: crate::actions::ActionError,
+) {
+    let retry = engine.config().retry.clone();
+    let failures = job.revert_attempts + 1;
+    let timed = reason == RevertReason::Expired;
+    let retry_in_ms = revert_retry_ms(&retry, e.transient, timed, failures, fastrand::f64());
+    let event = Event::ActionRevertFailed {
+        index,
+        reason,
+        error: e.message.clone(),
+        retry_in_ms,
+    };
+    engine.record(plan_id, event).await;
+    engine.emit(AgentEvent::CountersChanged);
+    if retry_in_ms.is_none() || failures == retry.max_attempts {
+        let next = match retry_in_ms {
+            Some(_) => "the agent keeps trying, at most every 5 minutes".to_string(),
+            None => format!("it will not be tried again until `antibodyctl rollback {plan_id}`"),
+        };
+        let message = format!(
+            "the change of action {index} ({}) is still in force: its revert failed {failures} time(s), last with: {}; {next}",
+            job.kind, e.message
+        );
+        let alert = (job.source, job.severity);
+        engine.tell_operator(plan_id, alert, "revert failed", message);
+    }
+    match retry_in_ms {
+        Some(ms) if timed => {
+            engine.lock().state.defer_timer(
+                now_ms().saturating_add(ms),
+                plan_id.to_string(),
+                index,
+            );
+            engine.wake.notify_one();
         }
+        Some(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
+        None => {}
     }
 }
 

@@ -96,6 +96,10 @@ pub enum Event {
         index: usize,
         reason: RevertReason,
         error: String,
+        /// Set when the failure may pass (systemd or nft briefly out of
+        /// reach): the revert is tried again after this long.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_in_ms: Option<u64>,
     },
     ActionSkipped {
         index: usize,
@@ -192,6 +196,7 @@ impl Plan {
                 revert_at_ms: None,
                 error: None,
                 revert_failed: false,
+                revert_attempts: 0,
                 prepared: None,
             })
             .collect::<Vec<_>>();
@@ -339,14 +344,30 @@ impl Plan {
                 index,
                 reason,
                 error,
+                retry_in_ms,
             } => {
+                // It stays applied either way: the change is still in place.
                 let a = &mut self.actions[*index];
-                // It stays applied: the change is still in place. A timed
-                // revert is not retried forever; the operator is told.
-                a.revert_at_ms = None;
-                a.revert_failed = true;
+                a.revert_attempts += 1;
                 a.error = Some(error.clone());
-                format!("{label}: could not be {}: {error}", reason.describe())
+                let failed = format!("{label}: could not be {}: {error}", reason.describe());
+                match retry_in_ms {
+                    Some(ms) => {
+                        // A timed revert comes due again (also after a restart).
+                        if *reason == RevertReason::Expired {
+                            let at = ts_ms.saturating_add(*ms);
+                            a.revert_at_ms = Some(at);
+                            a.revert_at = Some(rfc3339(at));
+                        }
+                        format!("{failed}; trying again in {ms} ms")
+                    }
+                    None => {
+                        a.revert_at_ms = None;
+                        a.revert_at = None;
+                        a.revert_failed = true;
+                        failed
+                    }
+                }
             }
             Event::ActionSkipped { index, reason } => {
                 let a = &mut self.actions[*index];
@@ -362,6 +383,7 @@ impl Plan {
             Event::RollbackRequested { by } => {
                 for a in &mut self.actions {
                     a.revert_failed = false;
+                    a.revert_attempts = 0;
                 }
                 self.rollback = Some(Rollback {
                     requested_at: ts.clone(),
@@ -384,5 +406,88 @@ impl Plan {
             | Event::NftDrift { .. } => return,
         };
         self.log_line(&ts, line);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{ActionSeed, PlanSeed, Severity, Source};
+    use serde_json::json;
+
+    fn applied_timed_plan() -> Plan {
+        let seed = PlanSeed {
+            id: "p".into(),
+            timestamp: "2026-01-01T00:00:00.000Z".into(),
+            source: Source::Manual,
+            severity: Severity::High,
+            description: "d".into(),
+            alert_sha256: "h".into(),
+            context: None,
+            actions: vec![ActionSeed {
+                kind: "throttle_entity".into(),
+                params: json!({}),
+                targets: vec![],
+                reversible: true,
+            }],
+        };
+        let mut plan = Plan::from_seed(seed, 1, 1_000);
+        let applied = Event::ActionApplied {
+            index: 0,
+            attempt: 1,
+            summary: "s".into(),
+            changes: json!({}),
+            revert_at_ms: Some(5_000),
+        };
+        plan.apply_event(&applied, 2_000);
+        plan
+    }
+
+    fn revert_failed(retry_in_ms: Option<u64>) -> Event {
+        Event::ActionRevertFailed {
+            index: 0,
+            reason: RevertReason::Expired,
+            error: "out of reach".into(),
+            retry_in_ms,
+        }
+    }
+
+    #[test]
+    fn a_timed_revert_that_may_pass_comes_due_again_from_the_record_alone() {
+        // What a restart replays: the record says when to try again.
+        let mut plan = applied_timed_plan();
+        plan.apply_event(&revert_failed(Some(800)), 5_000);
+        assert_eq!(
+            plan.pending_timed_reverts().collect::<Vec<_>>(),
+            [(5_800, 0)]
+        );
+        assert_eq!(plan.actions[0].revert_attempts, 1);
+        assert!(!plan.actions[0].revert_failed);
+        assert_eq!(plan.revertible_indexes().collect::<Vec<_>>(), [0]);
+    }
+
+    #[test]
+    fn a_revert_failed_for_good_is_left_to_a_rollback() {
+        let mut plan = applied_timed_plan();
+        plan.apply_event(&revert_failed(None), 5_000);
+        assert_eq!(plan.pending_timed_reverts().count(), 0);
+        assert!(plan.actions[0].revert_failed);
+        assert_eq!(plan.actions[0].state, ActionState::Applied);
+        plan.apply_event(&Event::RollbackRequested { by: "root".into() }, 6_000);
+        assert_eq!(plan.revertible_indexes().collect::<Vec<_>>(), [0]);
+        assert_eq!(plan.actions[0].revert_attempts, 0);
+    }
+
+    #[test]
+    fn an_old_record_without_retry_reads_as_failed_for_good() {
+        let old = json!({"index": 0, "reason": "expired", "error": "e"});
+        let event = Event::from_parts("action_revert_failed", &old);
+        assert!(matches!(
+            event,
+            Ok(Event::ActionRevertFailed {
+                retry_in_ms: None,
+                ..
+            })
+        ));
     }
 }

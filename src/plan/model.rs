@@ -109,6 +109,10 @@ pub struct PlanAction {
     /// `RollbackPlan` tries again.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub revert_failed: bool,
+    /// Failed tries to revert it, since it was applied or since the last
+    /// `RollbackPlan`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub revert_attempts: u32,
     /// The state `prepare` read before the latest attempt changed anything.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prepared: Option<Value>,
@@ -197,4 +201,8 @@ impl Plan {
             .filter(|(_, a)| a.state == ActionState::Applied)
             .filter_map(|(i, a)| a.revert_at_ms.map(|at| (at, i)))
     }
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }

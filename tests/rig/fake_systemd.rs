@@ -35,6 +35,8 @@ pub struct FakeSystemd {
     pub units: Mutex<HashMap<String, FakeUnit>>,
     /// A unit's names when it has aliases (all of them, its own included).
     pub names: Mutex<HashMap<String, Vec<String>>>,
+    /// This many next `SetUnitProperties` fail as if systemd were out of reach.
+    pub failing_sets: Mutex<u32>,
     /// `restart UNIT`, `set UNIT CPU/MEM/IO` in call order.
     pub calls: Mutex<Vec<String>>,
     next_job: Mutex<u32>,
@@ -149,6 +151,19 @@ impl Systemd for FakeSystemd {
         unit: &str,
         limits: &ResourceLimits,
     ) -> Result<(), SystemdError> {
+        {
+            let mut failing = self.failing_sets.lock().unwrap();
+            if *failing > 0 {
+                *failing -= 1;
+                self.calls
+                    .lock()
+                    .unwrap()
+                    .push(format!("set {unit} unreachable"));
+                return Err(SystemdError::Unreachable(
+                    "systemd is out of reach (fake)".into(),
+                ));
+            }
+        }
         self.calls.lock().unwrap().push(format!(
             "set {unit} {}/{}/{}",
             limits.cpu_quota_per_sec_usec, limits.memory_high, limits.io_weight
