@@ -142,6 +142,7 @@ async fn run(args: Args, config: Config) -> Result<(), String> {
         engine.note_chain_broken().await;
     }
     engine.settle_in_flight().await;
+    engine.run_overdue_reverts().await;
     // Before READY=1: put back isolations an outside flush (or a reboot of
     // the network namespace) removed while the agent was down.
     if let Err(e) = engine.reconcile_firewall().await {

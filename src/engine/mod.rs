@@ -734,6 +734,19 @@ impl Engine {
         }
     }
 
+    /// Timed reverts whose time passed while the agent was down, each run
+    /// once, now: the agent's start awaits them before `READY=1`
+    /// (DESIGN.md §4). A revert that fails in a way that may pass is
+    /// rescheduled rather than awaited, so this ends in bounded time.
+    pub async fn run_overdue_reverts(self: &Arc<Self>) {
+        let due = self.lock().state.take_due_timers(now_ms());
+        let reverts = due.into_iter().map(|(plan_id, index)| {
+            let engine = self.clone();
+            async move { runner::timed_revert(&engine, &plan_id, index).await }
+        });
+        futures_util::future::join_all(reverts).await;
+    }
+
     /// The engine loop: starts runnable plans, fires due timed reverts and
     /// beats the heart the watchdog listens to. Returns once stopping.
     pub async fn run(self: Arc<Self>) {
