@@ -142,18 +142,72 @@ async fn a_wrong_expected_hash_or_a_diff_that_does_not_apply_changes_nothing() {
     assert_eq!(fs::read_to_string(&files.target).unwrap(), ORIGINAL);
 }
 
+/// The guards on the file itself answer `ProtectedTarget` at `SubmitAlert`,
+/// naming the field; nothing is planned.
+async fn refused_at_submit(rig: &Rig, file: &Path, why: &str) {
+    let err = rig
+        .engine
+        .submit(&alert("patch", json!([patch(file)])))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.name,
+        antibody::error::ErrorName::ProtectedTarget,
+        "{err:?}"
+    );
+    assert!(
+        err.message.starts_with("actions[0].file: ") && err.message.contains(why),
+        "{}",
+        err.message
+    );
+}
+
 #[tokio::test]
-async fn a_symlink_out_of_the_root_is_refused_at_apply() {
+async fn a_symlink_out_of_the_root_a_fifo_or_a_big_file_is_refused_at_submit() {
     let files = files();
     let outside = tempfile::tempdir().unwrap();
     let secret = outside.path().join("secret.conf");
     fs::write(&secret, ORIGINAL).unwrap();
     let link = files.root.path().join("link.conf");
     std::os::unix::fs::symlink(&secret, &link).unwrap();
+    let fifo = files.root.path().join("fifo.conf");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let big = files.root.path().join("big.conf");
+    fs::File::create(&big)
+        .unwrap()
+        .set_len(antibody::sys::files::MAX_TARGET_BYTES + 1)
+        .unwrap();
     let rig = start_for(&files).await;
-    let (_, plan) = run(&rig, json!([patch(&link)])).await;
+    refused_at_submit(&rig, &link, "not under any of hot_patch.allowed_paths").await;
+    refused_at_submit(&rig, &fifo, "is not a regular file").await;
+    refused_at_submit(&rig, &big, "hot_patch takes files of at most 16 MiB").await;
+    assert_eq!(fs::read_to_string(&secret).unwrap(), ORIGINAL);
+}
+
+#[tokio::test]
+async fn a_symlink_swapped_in_after_submit_is_refused_at_apply() {
+    let files = files();
+    let outside = tempfile::tempdir().unwrap();
+    let secret = outside.path().join("secret.conf");
+    fs::write(&secret, ORIGINAL).unwrap();
+    let link = files.root.path().join("link.conf");
+    fs::write(&link, ORIGINAL).unwrap();
+    // Held at its first step so the file can change between submit and apply.
+    let rig = start_for(&files).await;
+    let gate = std::sync::Arc::new(tokio::sync::Notify::new());
+    rig.step.script("gate", vec![Outcome::Gate(gate.clone())]);
+    let (id, _) = rig
+        .engine
+        .submit(&alert("patch", json!([step("gate"), patch(&link)])))
+        .await
+        .unwrap();
+    fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink(&secret, &link).unwrap();
+    wait_for(|| rig.step.count("apply", "gate") == 1, "the gate").await;
+    gate.notify_one();
+    let plan = wait_finished(&rig.engine, &id).await;
     assert_eq!(plan["status"], "failed");
-    let error = plan["actions"][0]["error"].as_str().unwrap();
+    let error = plan["actions"][1]["error"].as_str().unwrap();
     assert!(
         error.contains("not under any of hot_patch.allowed_paths"),
         "{error}"

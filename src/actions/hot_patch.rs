@@ -15,7 +15,9 @@ use serde_json::{json, Value};
 use super::{ActionCtx, ActionError, ActionHandler, Applied, Recovered, ValidateCtx, Validated};
 use crate::error::{AgentError, ErrorName};
 use crate::plan::fields::Fields;
-use crate::sys::files::{read_target, replace_atomically, sha256_hex, Target};
+use crate::sys::files::{
+    check_target, read_target, replace_atomically, sha256_hex, Target, TargetError,
+};
 
 pub const MAX_DIFF_BYTES: usize = 60 * 1024;
 
@@ -77,6 +79,12 @@ impl ActionHandler for HotPatch {
                 "file",
                 format!("{file:?} is not under any of hot_patch.allowed_paths"),
             ));
+        }
+        // The guards on the file itself, at validation as at apply. A file
+        // that cannot be looked at now (missing, unreadable) is left to
+        // `prepare`, which reports it in the plan.
+        if let Err(TargetError::Refused(why)) = check_target(path, roots) {
+            return Err(params.error_named(ErrorName::ProtectedTarget, "file", why));
         }
         let diff = params.text("diff", MAX_DIFF_BYTES)?;
         match diffy::Patch::from_str(diff) {
@@ -254,7 +262,8 @@ fn backup_path(ctx: &ActionCtx<'_>) -> std::path::PathBuf {
 /// The target, under the guards in force now.
 fn read(ctx: &ActionCtx<'_>) -> Result<Target, ActionError> {
     let file = Path::new(ctx.params["file"].as_str().unwrap_or_default());
-    read_target(file, &ctx.config.hot_patch.allowed_paths).map_err(ActionError::permanent)
+    read_target(file, &ctx.config.hot_patch.allowed_paths)
+        .map_err(|e| ActionError::permanent(e.message()))
 }
 
 /// The file's content with the diff applied.

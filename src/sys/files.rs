@@ -29,29 +29,48 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// Reads `path` if, with every symlink resolved, it is a regular file of
-/// at most 16 MiB strictly under one of `roots` (themselves resolved).
-pub fn read_target(path: &Path, roots: &[PathBuf]) -> Result<Target, String> {
-    let real = fs::canonicalize(path).map_err(|e| format!("{}: {e}", path.display()))?;
+/// Why a target cannot be patched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetError {
+    /// A guard forbids it (DESIGN.md §3): outside the roots once symlinks
+    /// are resolved, not a regular file, larger than 16 MiB.
+    Refused(String),
+    /// It could not be looked at (missing, unreadable).
+    Unreadable(String),
+}
+
+impl TargetError {
+    pub fn message(self) -> String {
+        match self {
+            TargetError::Refused(m) | TargetError::Unreadable(m) => m,
+        }
+    }
+}
+
+/// The guards on `path`, without opening it (so validation can run them,
+/// and a FIFO cannot make anyone wait): with every symlink resolved, a
+/// regular file of at most 16 MiB strictly under one of `roots` (themselves
+/// resolved). Returns the resolved path.
+pub fn check_target(path: &Path, roots: &[PathBuf]) -> Result<PathBuf, TargetError> {
+    let unreadable =
+        |e: std::io::Error| TargetError::Unreadable(format!("{}: {e}", path.display()));
+    let real = fs::canonicalize(path).map_err(unreadable)?;
     let inside = roots.iter().any(|root| {
         fs::canonicalize(root).is_ok_and(|root| real.starts_with(&root) && real != root)
     });
     if !inside {
-        return Err(format!(
+        return Err(TargetError::Refused(format!(
             "{} resolves to {}, which is not under any of hot_patch.allowed_paths",
             path.display(),
             real.display()
-        ));
+        )));
     }
-    // O_NOFOLLOW on the resolved path: a symlink swapped in since is refused.
-    let mut file = OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(&real)
-        .map_err(|e| format!("{}: {e}", real.display()))?;
-    let meta = file
-        .metadata()
-        .map_err(|e| format!("{}: {e}", real.display()))?;
+    let meta = fs::metadata(&real).map_err(unreadable)?;
+    refuse_by_metadata(&real, &meta).map_err(TargetError::Refused)?;
+    Ok(real)
+}
+
+fn refuse_by_metadata(real: &Path, meta: &fs::Metadata) -> Result<(), String> {
     if !meta.file_type().is_file() {
         return Err(format!("{} is not a regular file", real.display()));
     }
@@ -62,9 +81,26 @@ pub fn read_target(path: &Path, roots: &[PathBuf]) -> Result<Target, String> {
             meta.len()
         ));
     }
+    Ok(())
+}
+
+/// Reads `path` if the guards of [`check_target`] allow it.
+pub fn read_target(path: &Path, roots: &[PathBuf]) -> Result<Target, TargetError> {
+    let real = check_target(path, roots)?;
+    let unreadable =
+        |e: std::io::Error| TargetError::Unreadable(format!("{}: {e}", real.display()));
+    // O_NOFOLLOW on the resolved path: a symlink swapped in since is
+    // refused; O_NONBLOCK: so is a FIFO (checked below) without waiting
+    // for a writer. Neither changes how a regular file reads.
+    let mut file = OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(&real)
+        .map_err(unreadable)?;
+    let meta = file.metadata().map_err(unreadable)?;
+    refuse_by_metadata(&real, &meta).map_err(TargetError::Refused)?;
     let mut content = Vec::with_capacity(meta.len() as usize);
-    file.read_to_end(&mut content)
-        .map_err(|e| format!("{}: {e}", real.display()))?;
+    file.read_to_end(&mut content).map_err(unreadable)?;
     Ok(Target {
         path: real,
         content,
@@ -152,24 +188,33 @@ mod tests {
         let link = root.path().join("link");
         std::os::unix::fs::symlink(&secret, &link).unwrap();
         let roots = [root.path().to_path_buf()];
-        let err = read_target(&link, &roots).unwrap_err();
+        let refused = |path: &Path| match read_target(path, &roots) {
+            Err(TargetError::Refused(why)) => why,
+            other => panic!("{} not refused: {other:?}", path.display()),
+        };
+        let why = refused(&link);
         assert!(
-            err.contains("not under any of hot_patch.allowed_paths"),
-            "{err}"
+            why.contains("not under any of hot_patch.allowed_paths"),
+            "{why}"
         );
         let sub = root.path().join("sub");
         fs::create_dir(&sub).unwrap();
-        assert!(read_target(&sub, &roots)
-            .unwrap_err()
-            .contains("not a regular file"));
-        assert!(read_target(root.path(), &roots).is_err(), "the root itself");
+        assert!(refused(&sub).contains("not a regular file"));
+        assert!(
+            refused(root.path()).contains("not under"),
+            "the root itself"
+        );
         let big = root.path().join("big");
         File::create(&big)
             .unwrap()
             .set_len(MAX_TARGET_BYTES + 1)
             .unwrap();
-        assert!(read_target(&big, &roots)
-            .unwrap_err()
-            .contains("at most 16 MiB"));
+        assert!(refused(&big).contains("at most 16 MiB"));
+        // Missing is not a guard's refusal: the plan reports it.
+        let missing = read_target(&root.path().join("absent"), &roots);
+        assert!(
+            matches!(missing, Err(TargetError::Unreadable(_))),
+            "{missing:?}"
+        );
     }
 }
