@@ -1227,8 +1227,8 @@ fn lines_round_trip_and_stay_one_line() {
     assert!(line.ends_with('\n'));
     assert_eq!(line.matches('\n').count(), 1, "{line}");
     assert!(
-        !line.contains("plan_id"),
-        "an absent plan_id is left out: {line}"
+        line.contains("\"plan_id\":null"),
+        "every record carries plan_id (DESIGN.md §4), null for the agent's own: {line}"
     );
     let back: Record = serde_json::from_str(line.trim_end()).unwrap();
     assert_eq!(back, r);

@@ -9,16 +9,73 @@ use crate::plan::canonical::canonical_sha256;
 
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
+/// `plan_id` is on every line, `null` for the agent's own records
+/// (`agent_started`, `config_reloaded`, …). Lines written before that
+/// (up to session 5) leave the key out for those records; their hash was
+/// computed without it, and still is: `plan_id_on_line` remembers which.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(from = "Line", into = "Line")]
 pub struct Record {
     pub seq: u64,
     pub ts: String,
     pub kind: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan_id: Option<String>,
     pub payload: Value,
     pub prev: String,
     pub hash: String,
+    /// False only for an older line without the key: its hash leaves it out.
+    pub plan_id_on_line: bool,
+}
+
+/// A record as its JSON line has it.
+#[derive(Serialize, Deserialize)]
+struct Line {
+    seq: u64,
+    ts: String,
+    kind: String,
+    /// Missing (older lines) → `None`; `null` → `Some(None)`.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    plan_id: Option<Option<String>>,
+    payload: Value,
+    prev: String,
+    hash: String,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
+impl From<Line> for Record {
+    fn from(line: Line) -> Record {
+        Record {
+            seq: line.seq,
+            ts: line.ts,
+            kind: line.kind,
+            plan_id_on_line: line.plan_id.is_some(),
+            plan_id: line.plan_id.flatten(),
+            payload: line.payload,
+            prev: line.prev,
+            hash: line.hash,
+        }
+    }
+}
+
+impl From<Record> for Line {
+    fn from(r: Record) -> Line {
+        Line {
+            seq: r.seq,
+            ts: r.ts,
+            kind: r.kind,
+            plan_id: r.plan_id_on_line.then_some(r.plan_id),
+            payload: r.payload,
+            prev: r.prev,
+            hash: r.hash,
+        }
+    }
 }
 
 impl Record {
@@ -39,6 +96,7 @@ impl Record {
             payload,
             prev,
             hash: String::new(),
+            plan_id_on_line: true,
         };
         record.hash = record.expected_hash();
         record
@@ -53,8 +111,8 @@ impl Record {
             "payload": self.payload,
             "prev": self.prev,
         });
-        if let Some(id) = &self.plan_id {
-            value["plan_id"] = Value::String(id.clone());
+        if self.plan_id_on_line {
+            value["plan_id"] = self.plan_id.clone().map_or(Value::Null, Value::String);
         }
         canonical_sha256(&value)
     }
@@ -90,5 +148,34 @@ mod tests {
         assert_ne!(edited.expected_hash(), r.hash);
         let back: Record = serde_json::from_str(r.to_line().trim_end()).unwrap();
         assert_eq!(back, r);
+    }
+
+    #[test]
+    fn every_line_has_a_plan_id_and_older_lines_without_one_still_verify() {
+        let r = Record::seal(
+            1,
+            "t".into(),
+            "agent_started".into(),
+            None,
+            json!({}),
+            GENESIS.into(),
+        );
+        let line = r.to_line();
+        assert!(line.contains("\"plan_id\":null"), "{line}");
+        let back: Record = serde_json::from_str(line.trim_end()).unwrap();
+        assert_eq!(back, r);
+        assert_eq!(back.expected_hash(), back.hash);
+        // The hash covers the null too: it is one of "the other fields".
+        let mut value = json!({"seq": 1, "ts": "t", "kind": "agent_started", "payload": {},
+                               "prev": GENESIS, "plan_id": null});
+        assert_eq!(canonical_sha256(&value), r.hash);
+        // A line written before plan_id was always there.
+        value.as_object_mut().unwrap().remove("plan_id");
+        let old_hash = canonical_sha256(&value);
+        value["hash"] = json!(old_hash);
+        let old: Record = serde_json::from_value(value).unwrap();
+        assert!(!old.plan_id_on_line);
+        assert_eq!(old.expected_hash(), old_hash);
+        assert!(!old.to_line().contains("plan_id"), "written back as it was");
     }
 }
