@@ -561,3 +561,63 @@ async fn a_rollback_revert_is_retried_then_left_to_the_next_rollback() {
     .await;
     assert_eq!(rig.systemd.unit("web.service").limits, UNLIMITED);
 }
+
+#[tokio::test]
+async fn a_unit_throttle_changed_from_outside_is_recorded_once_and_left_as_found() {
+    let rig = start_with(&["web.service"], "").await;
+    let (id, _) = run_to_end(&rig, "hog", json!([throttle("web.service", 3600)])).await;
+    rig.engine.reconcile_units().await;
+    assert!(
+        ledger_payloads(&rig, "unit_drift").is_empty(),
+        "no drift yet"
+    );
+    // An operator lifts the CPU quota by hand.
+    let set_by_hand = |cpu: u64| {
+        let mut units = rig.systemd.units.lock().unwrap();
+        units
+            .get_mut("web.service")
+            .unwrap()
+            .limits
+            .cpu_quota_per_sec_usec = cpu;
+    };
+    set_by_hand(800_000);
+    rig.engine.reconcile_units().await;
+    rig.engine.reconcile_units().await;
+    let drifts = ledger_payloads(&rig, "unit_drift");
+    assert_eq!(drifts.len(), 1, "recorded once: {drifts:?}");
+    assert_eq!(drifts[0]["unit"], "web.service");
+    assert_eq!(drifts[0]["expected"]["CPUQuotaPerSecUSec"], 200_000);
+    assert_eq!(drifts[0]["found"]["CPUQuotaPerSecUSec"], 800_000);
+    // Left as found: nothing was set again.
+    assert_eq!(rig.systemd.count("set "), 1);
+    assert_eq!(
+        rig.systemd
+            .unit("web.service")
+            .limits
+            .cpu_quota_per_sec_usec,
+        800_000
+    );
+    // A further change is a further record; the plan's log tells it.
+    set_by_hand(900_000);
+    rig.engine.reconcile_units().await;
+    assert_eq!(ledger_payloads(&rig, "unit_drift").len(), 2);
+    let log = rig.engine.get_plan(&id).unwrap()["log"].to_string();
+    assert!(
+        log.contains("web.service's limits were changed from outside the agent"),
+        "{log}"
+    );
+    // The rollback still restores the values from before the throttle.
+    rig.engine.rollback(&id, "test").await.unwrap();
+    wait_for(
+        || rig.engine.get_plan(&id).unwrap()["actions"][0]["state"] == "reverted",
+        "the rollback",
+    )
+    .await;
+    assert_eq!(rig.systemd.unit("web.service").limits, UNLIMITED);
+    rig.engine.reconcile_units().await;
+    assert_eq!(
+        ledger_payloads(&rig, "unit_drift").len(),
+        2,
+        "no hold, no drift"
+    );
+}

@@ -178,6 +178,50 @@ fn a_throttle_shows_in_systemd_and_is_undone_exactly_once_across_a_sigkill() {
 }
 
 #[test]
+fn a_throttle_changed_with_systemctl_is_recorded_as_drift_and_left_alone() {
+    let tb = Testbed::boot("unitdrift");
+    let id = tb
+        .submit(&alert(
+            "hog",
+            json!([{"type": "throttle_entity", "entity": "sleeper.service", "seconds": 600}]),
+        ))
+        .unwrap();
+    assert_eq!(tb.finished_plan(&id)["status"], "success");
+    assert_eq!(tb.show("sleeper.service", "CPUQuotaPerSecUSec"), "200ms");
+    // The operator lifts the quota by hand; reconcile (every 5 s) notices.
+    tb.sh("systemctl set-property --runtime sleeper.service CPUQuota=80%");
+    tb.wait_until("a unit_drift record", Duration::from_secs(20), || {
+        tb.journal_kinds(&id).iter().any(|k| k == "unit_drift")
+    });
+    let record = tb.sh(&format!(
+        "journalctl -u antibody ANTIBODY_PLAN_ID={id} MESSAGE_ID=c3a1f5e07b9d4e2a8f61d0b4e9a7c258 -o cat --no-pager"
+    ));
+    assert!(
+        record.contains(r#""found":{"CPUQuotaPerSecUSec":800000"#),
+        "{record}"
+    );
+    let log = log_text(&tb.plan(&id));
+    assert!(
+        log.contains("limits were changed from outside the agent"),
+        "{log}"
+    );
+    // Left as the operator set it, and recorded once over further rounds.
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(tb.show("sleeper.service", "CPUQuotaPerSecUSec"), "800ms");
+    let kinds = tb.journal_kinds(&id);
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "unit_drift").count(),
+        1,
+        "{kinds:?}"
+    );
+    tb.sh(&format!("antibodyctl rollback {id}"));
+    tb.wait_until("the rollback", Duration::from_secs(20), || {
+        tb.plan(&id)["actions"][0]["state"] == "reverted"
+    });
+    assert_eq!(tb.show("sleeper.service", "CPUQuotaPerSecUSec"), "infinity");
+}
+
+#[test]
 fn protected_units_and_the_flap_limit_are_refused_with_named_errors() {
     let tb = Testbed::boot("guards");
     for unit in [

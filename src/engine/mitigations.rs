@@ -1,6 +1,7 @@
 //! The network mitigations in force, as the ledger has them, and the
 //! reconcile that keeps the kernel's table `inet antibody` in line with
-//! them (DESIGN.md §4): at start, and every `nft.reconcile_interval_secs`.
+//! them (DESIGN.md §4): at start, and every `nft.reconcile_interval_secs`,
+//! when the throttled units are also checked (`unit_reconcile`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -79,6 +80,7 @@ impl Engine {
             if self.is_stopping() {
                 return;
             }
+            self.reconcile_units().await;
             match self.reconcile_firewall().await {
                 Ok(_) => last_error = None,
                 Err(e) => {

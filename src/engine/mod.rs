@@ -29,6 +29,7 @@ pub mod replay;
 mod runner;
 pub mod state;
 pub mod store;
+mod unit_reconcile;
 
 use state::EngineState;
 

@@ -112,6 +112,16 @@ pub enum Event {
         by: String,
     },
     RollbackFinished {},
+    /// Reconcile found a throttled unit's limits changed from outside the
+    /// agent (`systemctl set-property`, say). Recorded, not fought: the
+    /// operator's change stands until the throttle ends or is rolled back.
+    UnitDrift {
+        index: usize,
+        unit: String,
+        /// The limits the throttle set, and those found.
+        expected: Value,
+        found: Value,
+    },
     /// Reconcile found the agent's nftables table missing what the ledger
     /// says is in force (someone ran `nft flush ruleset`, say), and put it
     /// back with the time each mitigation had left.
@@ -144,6 +154,7 @@ impl Event {
             Event::RollbackRequested { .. } => "rollback_requested",
             Event::RollbackFinished {} => "rollback_finished",
             Event::NftDrift { .. } => "nft_drift",
+            Event::UnitDrift { .. } => "unit_drift",
         }
     }
 
@@ -171,7 +182,8 @@ impl Event {
             | Event::ActionRecovered { index, .. }
             | Event::ActionReverted { index, .. }
             | Event::ActionRevertFailed { index, .. }
-            | Event::ActionSkipped { index, .. } => Some(*index),
+            | Event::ActionSkipped { index, .. }
+            | Event::UnitDrift { index, .. } => Some(*index),
             _ => None,
         }
     }
@@ -197,6 +209,7 @@ impl Plan {
                 error: None,
                 revert_failed: false,
                 revert_attempts: 0,
+                last_drift: None,
                 prepared: None,
             })
             .collect::<Vec<_>>();
@@ -391,6 +404,17 @@ impl Plan {
                     finished_at: None,
                 });
                 format!("rollback requested by {by}")
+            }
+            Event::UnitDrift {
+                index,
+                unit,
+                expected,
+                found,
+            } => {
+                self.actions[*index].last_drift = Some(found.clone());
+                format!(
+                    "{label}: {unit}'s limits were changed from outside the agent: the throttle set {expected}, found {found}; left as found (the throttle's end still restores the values from before it, `antibodyctl rollback` ends it now)"
+                )
             }
             Event::RollbackFinished {} => {
                 if let Some(r) = &mut self.rollback {

@@ -113,6 +113,10 @@ pub struct PlanAction {
     /// `RollbackPlan`.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub revert_attempts: u32,
+    /// What the last `unit_drift` record found, so a reconcile records a
+    /// drift once, not every round (rebuilt by replay).
+    #[serde(skip)]
+    pub last_drift: Option<Value>,
     /// The state `prepare` read before the latest attempt changed anything.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prepared: Option<Value>,

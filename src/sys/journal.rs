@@ -17,7 +17,7 @@ const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
 
 /// One `MESSAGE_ID` per record kind (and for operator notices); the catalog
 /// in `systemd/antibody.catalog` explains each.
-pub const MESSAGE_IDS: [(&str, &str); 19] = [
+pub const MESSAGE_IDS: [(&str, &str); 20] = [
     ("agent_started", "0bc59538a1434a7c9b4908db0a54d81b"),
     ("agent_stopping", "957285b515b74df4aa921e19261a0e43"),
     ("config_reloaded", "03a7e18b53d84f5e91acd0b0855bd43d"),
@@ -37,6 +37,7 @@ pub const MESSAGE_IDS: [(&str, &str); 19] = [
     ("rollback_finished", "4ce41db967ba4f4b916b310a858d7724"),
     ("operator_notice", "32269a156c5b4cb899fa933daa2dcd78"),
     ("nft_drift", "5d0f3b8e2a6c4f41b7e9c1d24a8f6e03"),
+    ("unit_drift", "c3a1f5e07b9d4e2a8f61d0b4e9a7c258"),
 ];
 
 pub fn message_id(kind: &str) -> Option<&'static str> {
