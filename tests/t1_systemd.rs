@@ -43,6 +43,15 @@ async fn run_to_end(rig: &Rig, description: &str, actions: Value) -> (String, Va
     (id, plan)
 }
 
+/// Waits until the plan's first action is reverted.
+async fn wait_reverted(rig: &Rig, id: &str, what: &str) {
+    wait_for(
+        || rig.engine.get_plan(id).unwrap()["actions"][0]["state"] == "reverted",
+        what,
+    )
+    .await;
+}
+
 fn kinds_in_order(rig: &Rig) -> Vec<String> {
     ledger_kinds(rig)
         .into_iter()
@@ -300,11 +309,7 @@ async fn a_throttle_is_undone_to_the_exact_previous_values_when_its_time_is_up()
         summary.contains("CPUQuotaPerSecUSec: 500000 -> 200000"),
         "{summary}"
     );
-    wait_for(
-        || rig.engine.get_plan(&id).unwrap()["actions"][0]["state"] == "reverted",
-        "the timed revert",
-    )
-    .await;
+    wait_reverted(&rig, &id, "the timed revert").await;
     assert_eq!(rig.systemd.unit("web.service").limits, before);
     assert_eq!(
         rig.systemd.calls(),
@@ -334,11 +339,7 @@ async fn a_rollback_restores_a_throttle_early() {
         (50_000, 256 << 20)
     );
     rig.engine.rollback(&id, "test").await.unwrap();
-    wait_for(
-        || rig.engine.get_plan(&id).unwrap()["actions"][0]["state"] == "reverted",
-        "the rollback",
-    )
-    .await;
+    wait_reverted(&rig, &id, "the rollback").await;
     assert_eq!(rig.systemd.unit("web.service").limits, UNLIMITED);
 }
 
@@ -498,11 +499,7 @@ async fn a_timed_revert_that_cannot_reach_systemd_is_tried_until_it_can() {
     // More failures than retry.max_attempts (4): the end of a throttle is
     // never given up while the agent runs.
     *rig.systemd.failing_sets.lock().unwrap() = 6;
-    wait_for(
-        || rig.engine.get_plan(&id).unwrap()["actions"][0]["state"] == "reverted",
-        "the timed revert, past six failures",
-    )
-    .await;
+    wait_reverted(&rig, &id, "the timed revert, past six failures").await;
     assert_eq!(rig.systemd.unit("web.service").limits, UNLIMITED);
     assert_eq!(rig.systemd.count("set web.service unreachable"), 6);
     let failures = ledger_payloads(&rig, "action_revert_failed");
@@ -527,11 +524,7 @@ async fn a_rollback_revert_is_retried_then_left_to_the_next_rollback() {
     // One failure passes; then more than the attempts a rollback gets.
     *rig.systemd.failing_sets.lock().unwrap() = 1;
     rig.engine.rollback(&id, "test").await.unwrap();
-    wait_for(
-        || rig.engine.get_plan(&id).unwrap()["actions"][0]["state"] == "reverted",
-        "the rollback after one failure",
-    )
-    .await;
+    wait_reverted(&rig, &id, "the rollback after one failure").await;
     assert_eq!(rig.systemd.unit("web.service").limits, UNLIMITED);
 
     let (id, _) = run_to_end(&rig, "hog again", json!([throttle("web.service", 3600)])).await;
@@ -554,11 +547,7 @@ async fn a_rollback_revert_is_retried_then_left_to_the_next_rollback() {
     .await;
     // The next rollback starts afresh (one failure is left, then it works).
     rig.engine.rollback(&id, "test").await.unwrap();
-    wait_for(
-        || rig.engine.get_plan(&id).unwrap()["actions"][0]["state"] == "reverted",
-        "the second rollback",
-    )
-    .await;
+    wait_reverted(&rig, &id, "the second rollback").await;
     assert_eq!(rig.systemd.unit("web.service").limits, UNLIMITED);
 }
 
@@ -608,11 +597,7 @@ async fn a_unit_throttle_changed_from_outside_is_recorded_once_and_left_as_found
     );
     // The rollback still restores the values from before the throttle.
     rig.engine.rollback(&id, "test").await.unwrap();
-    wait_for(
-        || rig.engine.get_plan(&id).unwrap()["actions"][0]["state"] == "reverted",
-        "the rollback",
-    )
-    .await;
+    wait_reverted(&rig, &id, "the rollback").await;
     assert_eq!(rig.systemd.unit("web.service").limits, UNLIMITED);
     rig.engine.reconcile_units().await;
     assert_eq!(
