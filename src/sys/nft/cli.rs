@@ -5,8 +5,9 @@
 //! Batches are not sent with the crate's helper, for two reasons:
 //! - Start-up. One `nft` run costs ≈ 2.5 ms here, and about half of it is
 //!   spent before nft reads its input (exec, dynamic linking, library
-//!   set-up). The driver keeps one `nft -j -f -` started ahead, blocked on
-//!   its standard input, so a batch pays only for nft's parsing and the
+//!   set-up). The driver keeps one `nft -j -f -` started ahead (2 ms after
+//!   the previous batch), blocked on its standard input, so a batch pays
+//!   only for nft's parsing and the
 //!   kernel's commit. Nothing reaches the kernel before the whole batch is
 //!   written and standard input closed, so the order of record and change
 //!   is unchanged: the write-ahead record is durable before the batch is
@@ -22,6 +23,7 @@
 use std::ffi::OsString;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::Value;
@@ -35,6 +37,14 @@ use crate::sync::lock;
 /// How nft is run: the program and the arguments that make it read one
 /// JSON batch from standard input.
 const NFT_BATCH: [&str; 4] = ["nft", "-j", "-f", "-"];
+
+/// The next batch's process is started this long after a batch ends. Its
+/// start-up costs ≈ 1.2 ms of CPU, and started at once it competed, on two
+/// cores, with what the batch's plans do next (their `action_applied`
+/// fsync and signals, ≈ 0.5 ms): in-agent timestamps showed those steps'
+/// means double. 2 ms later it does not, and is still ready for an alert
+/// that follows closely (BENCHMARKS.md, "nftables isolation").
+const SPARE_AFTER: Duration = Duration::from_millis(2);
 
 pub struct NftCli {
     /// The command a batch is written to (`nft -j -f -`; tests use others).
@@ -82,8 +92,8 @@ impl NftCli {
         matches!(child.try_wait(), Ok(None)).then_some(child)
     }
 
-    /// Starts the next batch's process off the caller's path: the callers
-    /// of this batch are answered while it starts.
+    /// Starts the next batch's process off the caller's path, shortly
+    /// after this batch (see [`SPARE_AFTER`]).
     fn start_spare(&self) {
         {
             let mut spare = lock(&self.spare);
@@ -95,6 +105,7 @@ impl NftCli {
         let spare = self.spare.clone();
         let argv = self.argv.clone();
         tokio::spawn(async move {
+            tokio::time::sleep(SPARE_AFTER).await;
             let child = spawn_batch_process(&argv).ok();
             let mut spare = lock(&spare);
             spare.waiting = child;
