@@ -141,11 +141,7 @@ async fn run(args: Args, config: Config) -> Result<(), String> {
         );
         engine.note_chain_broken().await;
     }
-    engine.settle_in_flight().await;
-    engine.run_overdue_reverts().await;
-    // Before READY=1: put back isolations an outside flush (or a reboot of
-    // the network namespace) removed while the agent was down.
-    if let Err(e) = engine.reconcile_firewall().await {
+    if let Err(e) = engine.recover_before_ready().await {
         eprintln!("<3>antibodyd: reconcile of inet antibody at start failed: {e}");
     }
 
@@ -161,6 +157,7 @@ async fn run(args: Args, config: Config) -> Result<(), String> {
     }
     let engine_loop = tokio::spawn(engine.clone().run());
     tokio::spawn(engine.clone().reconcile_loop());
+    tokio::spawn(engine.clone().reconcile_units_loop());
     sdnotify::ready(&engine.status_line());
     tokio::spawn(watchdog(engine.clone(), watchdog_interval));
     if engine.started_from_checkpoint() {

@@ -497,13 +497,13 @@ async fn a_timed_revert_that_cannot_reach_systemd_is_tried_until_it_can() {
     let rig = start_with(&["web.service"], "").await;
     let (id, _) = run_to_end(&rig, "hog", json!([throttle("web.service", 1)])).await;
     // More failures than retry.max_attempts (4): the end of a throttle is
-    // never given up while the agent runs.
-    *rig.systemd.failing_sets.lock().unwrap() = 6;
+    // never given up while the agent runs (back-off 0.1, 0.2, … 1.6 s).
+    *rig.systemd.failing_sets.lock().unwrap() = 5;
     wait_reverted(&rig, &id, "the timed revert, past six failures").await;
     assert_eq!(rig.systemd.unit("web.service").limits, UNLIMITED);
-    assert_eq!(rig.systemd.count("set web.service unreachable"), 6);
+    assert_eq!(rig.systemd.count("set web.service unreachable"), 5);
     let failures = ledger_payloads(&rig, "action_revert_failed");
-    assert_eq!(failures.len(), 6);
+    assert_eq!(failures.len(), 5);
     assert!(failures.iter().all(|f| f["retry_in_ms"].as_u64().is_some()));
     assert_eq!(ledger_payloads(&rig, "action_reverted").len(), 1);
     // Told once, when the revert had failed retry.max_attempts times (both
@@ -605,4 +605,50 @@ async fn a_unit_throttle_changed_from_outside_is_recorded_once_and_left_as_found
         2,
         "no hold, no drift"
     );
+}
+
+#[tokio::test]
+async fn overlapping_throttles_of_one_unit_end_with_the_limits_from_before_the_first() {
+    let rig = start_with(&["web.service"], "").await;
+    let cpu = |rig: &Rig| {
+        rig.systemd
+            .unit("web.service")
+            .limits
+            .cpu_quota_per_sec_usec
+    };
+    let gentle = json!({"type": "throttle_entity", "entity": "web.service", "seconds": 3600});
+    let harsh = json!({"type": "throttle_entity", "entity": "web.service", "seconds": 3600, "cpu_percent": 5});
+    for first_to_end in ["first", "second"] {
+        let (a, _) = run_to_end(&rig, &format!("a {first_to_end}"), json!([gentle])).await;
+        let (b, _) = run_to_end(&rig, &format!("b {first_to_end}"), json!([harsh])).await;
+        assert_eq!(cpu(&rig), 50_000);
+        let (early, late) = if first_to_end == "first" {
+            (a, b)
+        } else {
+            (b, a)
+        };
+        rig.engine.rollback(&early, "test").await.unwrap();
+        wait_reverted(&rig, &early, "the first end").await;
+        // The other throttle still holds: its limits are what the unit has.
+        let held = if first_to_end == "first" {
+            50_000
+        } else {
+            200_000
+        };
+        assert_eq!(cpu(&rig), held, "{first_to_end} ended first");
+        rig.engine.rollback(&late, "test").await.unwrap();
+        wait_reverted(&rig, &late, "the last end").await;
+        assert_eq!(
+            rig.systemd.unit("web.service").limits,
+            UNLIMITED,
+            "{first_to_end}"
+        );
+        let log = rig.engine.get_plan(&early).unwrap()["log"].to_string();
+        if first_to_end == "first" {
+            assert!(
+                log.contains("still throttles web.service: its limits stay"),
+                "{log}"
+            );
+        }
+    }
 }

@@ -121,11 +121,16 @@ pub async fn revert(
         .await
         .map_err(action_error)?;
     let restored = describe_change(&now, &before);
-    Ok(if restored.is_empty() {
+    let mut summary = if restored.is_empty() {
         format!("{unit} already had its previous limits")
     } else {
         format!("restored {unit} ({})", restored.join(", "))
-    })
+    };
+    // Set by the engine when throttles of the unit overlapped.
+    if let Some(note) = changes["restore_note"].as_str() {
+        summary.push_str(&format!("; {note}"));
+    }
+    Ok(summary)
 }
 
 /// After a crash mid-apply: the limits are in force when the unit shows

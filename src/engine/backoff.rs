@@ -25,7 +25,21 @@ pub fn revert_retry_ms(
     jitter: f64,
 ) -> Option<u64> {
     let again = transient && (timed || failed_attempts < retry.max_attempts);
-    again.then(|| retry_delay_ms(retry, failed_attempts, jitter))
+    if !again {
+        return None;
+    }
+    if timed {
+        // Retried without end, so never faster than every 100 ms and always
+        // growing, whatever `retry` allows (`base_ms = 0`, `factor = 1`):
+        // each failure is a durable record.
+        let floor = RetryConfig {
+            base_ms: retry.base_ms.max(100),
+            factor: retry.factor.max(2),
+            max_attempts: retry.max_attempts,
+        };
+        return Some(retry_delay_ms(&floor, failed_attempts, jitter));
+    }
+    Some(retry_delay_ms(retry, failed_attempts, jitter))
 }
 
 #[cfg(test)]
@@ -55,6 +69,14 @@ mod tests {
             max_attempts: 4,
         };
         assert_eq!(revert_retry_ms(&r, true, true, 1, 0.5), Some(200));
+        assert_eq!(revert_retry_ms(&r, true, true, 3, 0.5), Some(800));
+        let flat = RetryConfig {
+            base_ms: 0,
+            factor: 1,
+            max_attempts: 4,
+        };
+        assert_eq!(revert_retry_ms(&flat, true, true, 1, 0.5), Some(100));
+        assert_eq!(revert_retry_ms(&flat, true, true, 2, 0.5), Some(200));
         assert_eq!(revert_retry_ms(&r, true, true, 40, 0.5), Some(300_000));
         assert_eq!(revert_retry_ms(&r, true, false, 3, 0.5), Some(800));
         assert_eq!(revert_retry_ms(&r, true, false, 4, 0.5), None);

@@ -1,7 +1,7 @@
 //! The network mitigations in force, as the ledger has them, and the
 //! reconcile that keeps the kernel's table `inet antibody` in line with
-//! them (DESIGN.md §4): at start, and every `nft.reconcile_interval_secs`,
-//! when the throttled units are also checked (`unit_reconcile`).
+//! them (DESIGN.md §4): at start, and every `nft.reconcile_interval_secs`
+//! (throttled units are checked by `unit_holds`, in a task of their own).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -80,7 +80,6 @@ impl Engine {
             if self.is_stopping() {
                 return;
             }
-            self.reconcile_units().await;
             match self.reconcile_firewall().await {
                 Ok(_) => last_error = None,
                 Err(e) => {

@@ -17,6 +17,7 @@ use crate::events::{AgentEvent, EventSender};
 use crate::ledger::{self, Durable, Entry, JournalFields, LedgerWriter, ScanReport, WriterOptions};
 use crate::plan::{parse_alert, Event, Plan, PlanSeed, PlanStatus};
 use crate::sys::journal::{priority_for, JournalMirror};
+use crate::sys::nft::FirewallError;
 use crate::sys::Sys;
 use crate::time::{now_ms, rfc3339};
 
@@ -29,7 +30,7 @@ pub mod replay;
 mod runner;
 pub mod state;
 pub mod store;
-mod unit_reconcile;
+mod unit_holds;
 
 use state::EngineState;
 
@@ -735,15 +736,39 @@ impl Engine {
         }
     }
 
+    /// What the agent's start does after the replay and before `READY=1`
+    /// (DESIGN.md §4), in this order: settle the action in flight; put back
+    /// isolations an outside flush (or a reboot of the network namespace)
+    /// removed while the agent was down, which also tells the firewall
+    /// every plan's hold; then the overdue timed reverts, which must know
+    /// those holds so as not to drop an element another plan still holds.
+    /// A failed reconcile is returned (it is retried every round).
+    pub async fn recover_before_ready(self: &Arc<Self>) -> Result<(), FirewallError> {
+        self.settle_in_flight().await;
+        let reconciled = self.reconcile_firewall().await.map(|_| ());
+        self.run_overdue_reverts().await;
+        reconciled
+    }
+
     /// Timed reverts whose time passed while the agent was down, each run
     /// once, now: the agent's start awaits them before `READY=1`
     /// (DESIGN.md §4). A revert that fails in a way that may pass is
     /// rescheduled rather than awaited, so this ends in bounded time.
     pub async fn run_overdue_reverts(self: &Arc<Self>) {
         let due = self.lock().state.take_due_timers(now_ms());
-        let reverts = due.into_iter().map(|(plan_id, index)| {
+        // One plan's reverts one after another (each holds its plan while
+        // it runs), plans side by side.
+        let mut by_plan: std::collections::BTreeMap<String, Vec<usize>> = Default::default();
+        for (plan_id, index) in due {
+            by_plan.entry(plan_id).or_default().push(index);
+        }
+        let reverts = by_plan.into_iter().map(|(plan_id, indexes)| {
             let engine = self.clone();
-            async move { runner::timed_revert(&engine, &plan_id, index).await }
+            async move {
+                for index in indexes {
+                    runner::timed_revert(&engine, &plan_id, index).await;
+                }
+            }
         });
         futures_util::future::join_all(reverts).await;
     }

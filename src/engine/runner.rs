@@ -26,6 +26,7 @@ struct ActionJob {
     state: ActionState,
     attempts: u32,
     revert_attempts: u32,
+    timed_revert_failures: u32,
     revert_at_ms: Option<u64>,
     source: Source,
     severity: Severity,
@@ -61,6 +62,7 @@ impl Engine {
             state: action.state,
             attempts: action.attempts,
             revert_attempts: action.revert_attempts,
+            timed_revert_failures: action.timed_revert_failures,
             revert_at_ms: action.revert_at_ms,
             source: plan.source,
             severity: plan.severity,
@@ -435,6 +437,7 @@ async fn revert_action(engine: &Arc<Engine>, plan_id: &str, index: usize, reason
         return;
     };
     let changes = job.changes.clone().unwrap_or(Value::Null);
+    let changes = engine.changes_for_revert(plan_id, index, changes);
     let result = handler
         .revert(&ctx(engine, &config, plan_id, index, &job), &changes)
         .await;
@@ -469,8 +472,11 @@ async fn revert_failed(
     e: crate::actions::ActionError,
 ) {
     let retry = engine.config().retry.clone();
-    let failures = job.revert_attempts + 1;
     let timed = reason == RevertReason::Expired;
+    let failures = 1 + match timed {
+        true => job.timed_revert_failures,
+        false => job.revert_attempts,
+    };
     let retry_in_ms = revert_retry_ms(&retry, e.transient, timed, failures, fastrand::f64());
     let event = Event::ActionRevertFailed {
         index,
@@ -480,9 +486,9 @@ async fn revert_failed(
     };
     engine.record(plan_id, event).await;
     engine.emit(AgentEvent::CountersChanged);
-    if retry_in_ms.is_none() || failures == retry.max_attempts {
+    if retry_in_ms.is_none() || failures == retry.max_attempts.max(1) {
         let next = match retry_in_ms {
-            Some(_) => "the agent keeps trying, at most every 5 minutes".to_string(),
+            Some(_) => "the agent keeps trying, with back-off up to about 5 minutes".to_string(),
             None => format!("it will not be tried again until `antibodyctl rollback {plan_id}`"),
         };
         let message = format!(

@@ -209,6 +209,9 @@ impl Plan {
                 error: None,
                 revert_failed: false,
                 revert_attempts: 0,
+                timed_revert_failures: 0,
+                revert_retry_at: None,
+                revert_retry_at_ms: None,
                 last_drift: None,
                 prepared: None,
             })
@@ -351,6 +354,8 @@ impl Plan {
                 let a = &mut self.actions[*index];
                 a.state = ActionState::Reverted;
                 a.revert_at_ms = None;
+                a.revert_retry_at_ms = None;
+                a.revert_retry_at = None;
                 format!("{label}: {}: {summary}", reason.describe())
             }
             Event::ActionRevertFailed {
@@ -361,23 +366,36 @@ impl Plan {
             } => {
                 // It stays applied either way: the change is still in place.
                 let a = &mut self.actions[*index];
-                a.revert_attempts += 1;
+                let timed = *reason == RevertReason::Expired;
+                if timed {
+                    a.timed_revert_failures += 1;
+                } else {
+                    a.revert_attempts += 1;
+                }
                 a.error = Some(error.clone());
                 let failed = format!("{label}: could not be {}: {error}", reason.describe());
-                match retry_in_ms {
-                    Some(ms) => {
-                        // A timed revert comes due again (also after a restart).
-                        if *reason == RevertReason::Expired {
-                            let at = ts_ms.saturating_add(*ms);
-                            a.revert_at_ms = Some(at);
-                            a.revert_at = Some(rfc3339(at));
-                        }
+                match (retry_in_ms, timed) {
+                    (Some(ms), true) => {
+                        // Tried again by its timer (also after a restart);
+                        // the mitigation's end (`revert_at`) is unchanged.
+                        let at = ts_ms.saturating_add(*ms);
+                        a.revert_retry_at_ms = Some(at);
+                        a.revert_retry_at = Some(rfc3339(at));
                         format!("{failed}; trying again in {ms} ms")
                     }
-                    None => {
-                        a.revert_at_ms = None;
-                        a.revert_at = None;
+                    // A rollback tries again in place.
+                    (Some(ms), false) => format!("{failed}; trying again in {ms} ms"),
+                    (None, _) => {
+                        // Left for a later rollback. A timed end still to
+                        // come keeps its timer: giving up a rollback does
+                        // not give up the end of the mitigation.
                         a.revert_failed = true;
+                        if timed {
+                            a.revert_at_ms = None;
+                            a.revert_at = None;
+                            a.revert_retry_at_ms = None;
+                            a.revert_retry_at = None;
+                        }
                         failed
                     }
                 }
@@ -485,8 +503,17 @@ mod tests {
             plan.pending_timed_reverts().collect::<Vec<_>>(),
             [(5_800, 0)]
         );
-        assert_eq!(plan.actions[0].revert_attempts, 1);
+        assert_eq!(plan.actions[0].timed_revert_failures, 1);
         assert!(!plan.actions[0].revert_failed);
+        // The mitigation still ended at 5 000: reconcile must not restore it.
+        assert_eq!(plan.actions[0].revert_at_ms, Some(5_000));
+        let mut stored = plan.clone();
+        stored.actions[0].revert_retry_at_ms = None;
+        stored.restore_derived();
+        assert_eq!(
+            stored.pending_timed_reverts().collect::<Vec<_>>(),
+            [(5_800, 0)]
+        );
         assert_eq!(plan.revertible_indexes().collect::<Vec<_>>(), [0]);
     }
 
@@ -500,6 +527,25 @@ mod tests {
         plan.apply_event(&Event::RollbackRequested { by: "root".into() }, 6_000);
         assert_eq!(plan.revertible_indexes().collect::<Vec<_>>(), [0]);
         assert_eq!(plan.actions[0].revert_attempts, 0);
+    }
+
+    #[test]
+    fn a_rollback_that_gives_up_keeps_the_timed_end() {
+        let mut plan = applied_timed_plan();
+        let gave_up = Event::ActionRevertFailed {
+            index: 0,
+            reason: RevertReason::Operator,
+            error: "out of reach".into(),
+            retry_in_ms: None,
+        };
+        plan.apply_event(&gave_up, 3_000);
+        assert!(plan.actions[0].revert_failed);
+        assert_eq!(
+            plan.pending_timed_reverts().collect::<Vec<_>>(),
+            [(5_000, 0)]
+        );
+        assert_eq!(plan.actions[0].revert_attempts, 1);
+        assert_eq!(plan.actions[0].timed_revert_failures, 0);
     }
 
     #[test]

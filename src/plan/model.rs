@@ -109,10 +109,19 @@ pub struct PlanAction {
     /// `RollbackPlan` tries again.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub revert_failed: bool,
-    /// Failed tries to revert it, since it was applied or since the last
-    /// `RollbackPlan`.
+    /// Failed tries of a rollback to revert it, since the last
+    /// `RollbackPlan` (a rollback's revert gets `retry.max_attempts`).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub revert_attempts: u32,
+    /// Failed tries of its timed revert (retried without end).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub timed_revert_failures: u32,
+    /// When a timed revert that failed is tried again (RFC 3339). The
+    /// mitigation's own end stays `revert_at`: what reconcile restores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revert_retry_at: Option<String>,
+    #[serde(skip)]
+    pub revert_retry_at_ms: Option<u64>,
     /// What the last `unit_drift` record found, so a reconcile records a
     /// drift once, not every round (rebuilt by replay).
     #[serde(skip)]
@@ -177,6 +186,7 @@ impl Plan {
         self.finished_ms = self.finished_at.as_deref().and_then(parse_rfc3339);
         for action in &mut self.actions {
             action.revert_at_ms = action.revert_at.as_deref().and_then(parse_rfc3339);
+            action.revert_retry_at_ms = action.revert_retry_at.as_deref().and_then(parse_rfc3339);
         }
     }
 
@@ -203,7 +213,7 @@ impl Plan {
             .iter()
             .enumerate()
             .filter(|(_, a)| a.state == ActionState::Applied)
-            .filter_map(|(i, a)| a.revert_at_ms.map(|at| (at, i)))
+            .filter_map(|(i, a)| a.revert_retry_at_ms.or(a.revert_at_ms).map(|at| (at, i)))
     }
 }
 
