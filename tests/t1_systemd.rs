@@ -620,8 +620,12 @@ async fn overlapping_throttles_of_one_unit_end_with_the_limits_from_before_the_f
     let harsh = json!({"type": "throttle_entity", "entity": "web.service", "seconds": 3600, "cpu_percent": 5});
     for first_to_end in ["first", "second"] {
         let (a, _) = run_to_end(&rig, &format!("a {first_to_end}"), json!([gentle])).await;
-        let (b, _) = run_to_end(&rig, &format!("b {first_to_end}"), json!([harsh])).await;
+        let (b, plan_b) = run_to_end(&rig, &format!("b {first_to_end}"), json!([harsh])).await;
         assert_eq!(cpu(&rig), 50_000);
+        // B found A's limits; its record also says what was there before A.
+        let changes = &plan_b["actions"][0]["changes"];
+        assert_eq!(changes["before"]["CPUQuotaPerSecUSec"], 200_000);
+        assert_eq!(changes["base"]["CPUQuotaPerSecUSec"], u64::MAX);
         let (early, late) = if first_to_end == "first" {
             (a, b)
         } else {
@@ -651,4 +655,17 @@ async fn overlapping_throttles_of_one_unit_end_with_the_limits_from_before_the_f
             );
         }
     }
+}
+
+#[tokio::test]
+async fn two_throttles_of_one_unit_ending_together_leave_it_unthrottled() {
+    let rig = start_with(&["web.service"], "").await;
+    let a = json!({"type": "throttle_entity", "entity": "web.service", "seconds": 1});
+    let b =
+        json!({"type": "throttle_entity", "entity": "web.service", "seconds": 1, "cpu_percent": 5});
+    let (a, _) = run_to_end(&rig, "a", json!([a])).await;
+    let (b, _) = run_to_end(&rig, "b", json!([b])).await;
+    wait_reverted(&rig, &a, "a's end").await;
+    wait_reverted(&rig, &b, "b's end").await;
+    assert_eq!(rig.systemd.unit("web.service").limits, UNLIMITED);
 }

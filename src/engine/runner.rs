@@ -342,7 +342,7 @@ async fn record_applied(
         index,
         attempt,
         summary: applied.summary,
-        changes: applied.changes,
+        changes: engine.changes_for_record(applied.changes),
         revert_at_ms,
     };
     carry.0.push(event);
@@ -516,8 +516,18 @@ async fn revert_failed(
 pub(super) async fn timed_revert(engine: &Arc<Engine>, plan_id: &str, index: usize) {
     {
         let mut inner = engine.lock();
-        if inner.state.running.contains(plan_id) {
-            // Its plan is still running (or rolling back): look again shortly.
+        let targets: Vec<String> = match inner.state.plans.get(plan_id) {
+            Some(plan) => plan.targets().map(str::to_string).collect(),
+            None => Vec::new(),
+        };
+        let shared = |id: &String| {
+            let plan = inner.state.plans.get(id);
+            plan.is_some_and(|p| p.targets().any(|t| targets.iter().any(|m| m == t)))
+        };
+        if inner.state.running.contains(plan_id) || inner.state.running.iter().any(shared) {
+            // Its plan is still running (or rolling back), or another plan
+            // on the same target is (two ends of one unit's throttles must
+            // not cross): look again shortly.
             inner
                 .state
                 .defer_timer(now_ms() + 1000, plan_id.to_string(), index);

@@ -2,8 +2,10 @@
 //! be, so that
 //! - a throttle's end restores the right values when throttles of one unit
 //!   overlap: while another still holds, that one's limits; after the last,
-//!   the limits from before the first (each throttle recorded only what it
-//!   found, which may be another throttle's values);
+//!   the limits from before the first. A throttle records what it found
+//!   (`before`), which may be another throttle's values, so the engine adds
+//!   `base` to its `changes` when it is applied: the limits from before the
+//!   first throttle of the overlap, carried from one to the next;
 //! - reconcile (DESIGN.md §4) can read each held unit's limits back and
 //!   record a difference once (`unit_drift`, on the throttle's plan),
 //!   leaving it alone: unlike an `nft flush`, a changed unit property is
@@ -32,6 +34,11 @@ pub struct UnitThrottle {
     pub applied_at: String,
     pub before: Value,
     pub after: Value,
+    /// The limits from before the first throttle of its overlap (`before`
+    /// in records from before `base` existed).
+    pub base: Value,
+    /// Applied and not reverted (it may be past its end, its revert due).
+    pub applied: bool,
     pub in_force: bool,
 }
 
@@ -53,25 +60,22 @@ pub fn held_limits<'a>(unit: &str, all: &'a [UnitThrottle]) -> Option<&'a UnitTh
 }
 
 /// The limits to restore when `ending` ends (pure): those of the latest
-/// other throttle of its unit still in force; with none, those from before
-/// the first throttle of the overlapping run, found by following `before`
-/// back through earlier throttles whose `after` it is.
+/// other throttle of its unit still in force; with none, its `base`.
 pub fn limits_after_end(ending: &UnitThrottle, all: &[UnitThrottle]) -> Value {
     let key = (ending.plan_id.as_str(), ending.index);
-    if let Some(other) = latest_other_in_force(&ending.unit, key, all) {
-        return other.after.clone();
+    match latest_other_in_force(&ending.unit, key, all) {
+        Some(other) => other.after.clone(),
+        None => ending.base.clone(),
     }
-    let mut current = ending;
-    for _ in 0..all.len() {
-        let earlier = all.iter().find(|t| {
-            t.unit == ending.unit && t.applied_at < current.applied_at && t.after == current.before
-        });
-        match earlier {
-            Some(t) => current = t,
-            None => break,
-        }
+}
+
+/// The `base` of a throttle of `unit` applied now that found `before`
+/// (pure): the base of the latest throttle still in force, or `before`.
+pub fn base_for(unit: &str, before: &Value, all: &[UnitThrottle]) -> Value {
+    match held_limits(unit, all) {
+        Some(held) => held.base.clone(),
+        None => before.clone(),
     }
-    current.before.clone()
 }
 
 impl Engine {
@@ -84,18 +88,39 @@ impl Engine {
             .filter(|(_, _, a)| matches!(a.state, ActionState::Applied | ActionState::Reverted))
             .filter_map(|(plan, index, action)| {
                 let changes = action.changes.as_ref()?;
+                let before = changes.get("before")?.clone();
+                let applied = action.state == ActionState::Applied;
                 Some(UnitThrottle {
                     plan_id: plan.id.clone(),
                     index,
                     unit: changes["unit"].as_str()?.to_string(),
                     applied_at: action.finished_at.clone().unwrap_or_default(),
-                    before: changes.get("before")?.clone(),
+                    base: changes
+                        .get("base")
+                        .cloned()
+                        .unwrap_or_else(|| before.clone()),
+                    before,
                     after: changes.get("after")?.clone(),
-                    in_force: action.state == ActionState::Applied
-                        && action.revert_at_ms.is_some_and(|at| at > now),
+                    applied,
+                    in_force: applied && action.revert_at_ms.is_some_and(|at| at > now),
                 })
             })
             .collect()
+    }
+
+    /// `changes` as an `action_applied` record keeps them: a unit
+    /// throttle's get its `base` ([`base_for`]).
+    pub(super) fn changes_for_record(&self, changes: Value) -> Value {
+        let (Some(unit), Some(before)) = (changes["unit"].as_str(), changes.get("before")) else {
+            return changes;
+        };
+        if changes.get("after").is_none() {
+            return changes;
+        }
+        let base = base_for(unit, before, &self.unit_throttles());
+        let mut changes = changes;
+        changes["base"] = base;
+        changes
     }
 
     /// `changes` as a revert of action `index` of `plan_id` must use them:
@@ -146,9 +171,16 @@ impl Engine {
         let mut units: Vec<&str> = all.iter().map(|t| t.unit.as_str()).collect();
         units.sort();
         units.dedup();
+        // A throttle past its end whose revert is still to come (or being
+        // retried) still has its limits on the unit: not drift either.
+        let ending = |unit: &str| {
+            all.iter()
+                .any(|t| t.unit == unit && t.applied && !t.in_force)
+        };
         units
             .into_iter()
             .filter(|unit| !busy.contains(&format!("unit:{unit}").as_str()))
+            .filter(|unit| !ending(unit))
             .filter_map(|unit| held_limits(unit, &all))
             .map(|hold| {
                 let last = inner
@@ -235,7 +267,7 @@ impl Engine {
 mod tests {
     use super::*;
 
-    fn throttle(plan: &str, at: &str, before: u64, after: u64, in_force: bool) -> UnitThrottle {
+    fn throttle(plan: &str, at: &str, before: u64, after: u64, base: u64) -> UnitThrottle {
         UnitThrottle {
             plan_id: plan.into(),
             index: 0,
@@ -243,15 +275,34 @@ mod tests {
             applied_at: at.into(),
             before: json!(before),
             after: json!(after),
-            in_force,
+            base: json!(base),
+            applied: true,
+            in_force: true,
         }
+    }
+
+    fn ended(mut t: UnitThrottle) -> UnitThrottle {
+        t.applied = false;
+        t.in_force = false;
+        t
+    }
+
+    #[test]
+    fn the_base_is_carried_from_one_overlapping_throttle_to_the_next() {
+        let a = throttle("a", "2026-01-01T00:00:01Z", 100, 20, 100);
+        assert_eq!(base_for("web.service", &json!(100), &[]), json!(100));
+        assert_eq!(
+            base_for("web.service", &json!(20), std::slice::from_ref(&a)),
+            json!(100)
+        );
+        assert_eq!(base_for("web.service", &json!(20), &[ended(a)]), json!(20));
     }
 
     #[test]
     fn an_end_while_another_holds_keeps_the_others_limits() {
         // A (orig 100 -> 20), then B on top (20 -> 5).
-        let a = throttle("a", "2026-01-01T00:00:01Z", 100, 20, true);
-        let b = throttle("b", "2026-01-01T00:00:02Z", 20, 5, true);
+        let a = throttle("a", "2026-01-01T00:00:01Z", 100, 20, 100);
+        let b = throttle("b", "2026-01-01T00:00:02Z", 20, 5, 100);
         let all = [a.clone(), b.clone()];
         assert_eq!(
             limits_after_end(&a, &all),
@@ -267,16 +318,10 @@ mod tests {
     }
 
     #[test]
-    fn the_last_end_restores_what_was_there_before_the_first() {
-        let a = throttle("a", "2026-01-01T00:00:01Z", 100, 20, false);
-        let b = throttle("b", "2026-01-01T00:00:02Z", 20, 5, true);
-        let all = [a, b.clone()];
-        assert_eq!(limits_after_end(&b, &all), json!(100));
-        // Alone, a throttle restores what it found.
-        assert_eq!(limits_after_end(&b, std::slice::from_ref(&b)), json!(20));
-        assert_eq!(
-            held_limits("web.service", &[throttle("a", "t", 1, 2, false)]),
-            None
-        );
+    fn the_last_end_restores_the_base_even_with_the_first_forgotten() {
+        let b = throttle("b", "2026-01-01T00:00:02Z", 20, 5, 100);
+        // A's plan was archived long ago: B's own record says where to go back.
+        assert_eq!(limits_after_end(&b, std::slice::from_ref(&b)), json!(100));
+        assert_eq!(held_limits("web.service", &[ended(b)]), None);
     }
 }
