@@ -68,6 +68,10 @@ async fn a_restart_records_the_invocation_before_and_after() {
     assert_eq!(changes["before"]["invocation_id"], format!("{:032x}", 1));
     assert_eq!(changes["after"]["invocation_id"], format!("{:032x}", 2));
     assert_eq!(changes["result"], "done");
+    assert!(
+        changes.get("base").is_none(),
+        "a restart's record is its own: {changes}"
+    );
     assert_eq!(rig.systemd.calls(), ["restart web.service"]);
     // The state before is durable, in action_started, before systemd is asked.
     assert_eq!(kinds_in_order(&rig), ["action_started", "action_applied"]);

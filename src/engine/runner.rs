@@ -342,7 +342,7 @@ async fn record_applied(
         index,
         attempt,
         summary: applied.summary,
-        changes: engine.changes_for_record(applied.changes),
+        changes: engine.changes_for_record(kind, applied.changes),
         revert_at_ms,
     };
     carry.0.push(event);

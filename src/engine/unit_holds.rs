@@ -21,6 +21,9 @@ use super::Engine;
 use crate::plan::{actions_of, ActionState, Event};
 use crate::time::now_ms;
 
+/// The action type whose unit changes these are.
+const THROTTLE: &str = "throttle_entity";
+
 /// A unit's limits are read back within this long, or not this round.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -84,7 +87,7 @@ impl Engine {
         let now = now_ms();
         let inner = self.lock();
         actions_of(inner.state.plans.values())
-            .filter(|(_, _, a)| a.seed.kind == "throttle_entity")
+            .filter(|(_, _, a)| a.seed.kind == THROTTLE)
             .filter(|(_, _, a)| matches!(a.state, ActionState::Applied | ActionState::Reverted))
             .filter_map(|(plan, index, action)| {
                 let changes = action.changes.as_ref()?;
@@ -110,11 +113,12 @@ impl Engine {
 
     /// `changes` as an `action_applied` record keeps them: a unit
     /// throttle's get its `base` ([`base_for`]).
-    pub(super) fn changes_for_record(&self, changes: Value) -> Value {
+    pub(super) fn changes_for_record(&self, kind: &str, changes: Value) -> Value {
         let (Some(unit), Some(before)) = (changes["unit"].as_str(), changes.get("before")) else {
             return changes;
         };
-        if changes.get("after").is_none() {
+        // A restart's changes also name a unit and its state before.
+        if kind != THROTTLE || changes.get("after").is_none() {
             return changes;
         }
         let base = base_for(unit, before, &self.unit_throttles());
