@@ -70,16 +70,19 @@ impl Engine {
         Ok(drift)
     }
 
+    /// Waits one `nft.reconcile_interval_secs` (read each round, so a
+    /// reload takes effect); false once the agent is stopping.
+    pub(super) async fn next_reconcile_round(&self) -> bool {
+        let every = Duration::from_secs(self.config().nft.reconcile_interval_secs.max(1));
+        tokio::time::sleep(every).await;
+        !self.is_stopping()
+    }
+
     /// Reconciles every `nft.reconcile_interval_secs` (read each round, so a
     /// reload takes effect) until the agent stops.
     pub async fn reconcile_loop(self: Arc<Self>) {
         let mut last_error: Option<String> = None;
-        loop {
-            let every = Duration::from_secs(self.config().nft.reconcile_interval_secs.max(1));
-            tokio::time::sleep(every).await;
-            if self.is_stopping() {
-                return;
-            }
+        while self.next_reconcile_round().await {
             match self.reconcile_firewall().await {
                 Ok(_) => last_error = None,
                 Err(e) => {

@@ -516,15 +516,13 @@ async fn revert_failed(
 pub(super) async fn timed_revert(engine: &Arc<Engine>, plan_id: &str, index: usize) {
     {
         let mut inner = engine.lock();
-        let targets: Vec<String> = match inner.state.plans.get(plan_id) {
-            Some(plan) => plan.targets().map(str::to_string).collect(),
-            None => Vec::new(),
-        };
-        let shared = |id: &String| {
-            let plan = inner.state.plans.get(id);
-            plan.is_some_and(|p| p.targets().any(|t| targets.iter().any(|m| m == t)))
-        };
-        if inner.state.running.contains(plan_id) || inner.state.running.iter().any(shared) {
+        let busy = inner.state.busy_targets();
+        let shared = inner
+            .state
+            .plans
+            .get(plan_id)
+            .is_some_and(|p| p.targets().any(|t| busy.contains(t)));
+        if inner.state.running.contains(plan_id) || shared {
             // Its plan is still running (or rolling back), or another plan
             // on the same target is (two ends of one unit's throttles must
             // not cross): look again shortly.

@@ -84,16 +84,20 @@ impl EngineState {
         self.waiting.len()
     }
 
+    /// The targets of the plans running now (or held by a timed revert).
+    pub fn busy_targets(&self) -> HashSet<String> {
+        self.running
+            .iter()
+            .filter_map(|id| self.plans.get(id))
+            .flat_map(|p| p.targets().map(str::to_string))
+            .collect()
+    }
+
     /// Plans to start now: in submission order, at most `max_concurrent`
     /// running, and never two plans sharing a target — a plan waits while
     /// an earlier one on any of its targets runs or waits.
     pub fn take_runnable(&mut self, max_concurrent: usize) -> Vec<String> {
-        let mut blocked: HashSet<String> = self
-            .running
-            .iter()
-            .filter_map(|id| self.plans.get(id))
-            .flat_map(|p| p.targets().map(str::to_string))
-            .collect();
+        let mut blocked = self.busy_targets();
         let mut picked = Vec::new();
         for (seq, id) in &self.waiting {
             if self.running.len() + picked.len() >= max_concurrent {

@@ -165,13 +165,7 @@ impl Engine {
     fn holds_to_check(&self) -> Vec<(UnitThrottle, Option<Value>)> {
         let all = self.unit_throttles();
         let inner = self.lock();
-        let busy: Vec<&str> = inner
-            .state
-            .running
-            .iter()
-            .filter_map(|id| inner.state.plans.get(id))
-            .flat_map(|plan| plan.targets())
-            .collect();
+        let busy = inner.state.busy_targets();
         let mut units: Vec<&str> = all.iter().map(|t| t.unit.as_str()).collect();
         units.sort();
         units.dedup();
@@ -183,7 +177,7 @@ impl Engine {
         };
         units
             .into_iter()
-            .filter(|unit| !busy.contains(&format!("unit:{unit}").as_str()))
+            .filter(|unit| !busy.contains(&format!("unit:{unit}")))
             .filter(|unit| !ending(unit))
             .filter_map(|unit| held_limits(unit, &all))
             .map(|hold| {
@@ -256,12 +250,7 @@ impl Engine {
     /// agent stops: a task of its own, so a slow systemd never holds up the
     /// nft reconcile.
     pub async fn reconcile_units_loop(self: Arc<Self>) {
-        loop {
-            let every = Duration::from_secs(self.config().nft.reconcile_interval_secs.max(1));
-            tokio::time::sleep(every).await;
-            if self.is_stopping() {
-                return;
-            }
+        while self.next_reconcile_round().await {
             self.reconcile_units().await;
         }
     }
