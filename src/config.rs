@@ -34,6 +34,12 @@ pub struct LedgerConfig {
     pub dir: PathBuf,
     /// A segment is closed and a new one started past this size.
     pub segment_bytes: u64,
+    /// The oldest closed segments are removed while the ledger is larger
+    /// (after a checkpoint anchors the chain); 0 keeps everything.
+    pub max_bytes: u64,
+    /// Closed segments whose newest record is older are removed (after a
+    /// checkpoint anchors the chain); 0 keeps everything.
+    pub retain_days: u64,
 }
 
 impl Default for LedgerConfig {
@@ -41,6 +47,8 @@ impl Default for LedgerConfig {
         LedgerConfig {
             dir: PathBuf::from("/var/log/antibody"),
             segment_bytes: 64 * 1024 * 1024,
+            max_bytes: 0,
+            retain_days: 0,
         }
     }
 }
@@ -68,6 +76,13 @@ impl Default for StateConfig {
 pub struct AuthConfig {
     pub submit_groups: Vec<String>,
     pub read_groups: Vec<String>,
+    /// Groups whose members may roll plans back (root always may).
+    pub rollback_groups: Vec<String>,
+    /// Plans a calling uid other than root may create per second, on
+    /// average (a token bucket); 0 turns the limit off.
+    pub submit_rate_per_sec: u32,
+    /// How many plans such a uid may create at once, in a burst.
+    pub submit_burst: u32,
     pub polkit: bool,
 }
 
@@ -76,6 +91,9 @@ impl Default for AuthConfig {
         AuthConfig {
             submit_groups: vec!["antibody".into()],
             read_groups: vec!["antibody".into()],
+            rollback_groups: Vec::new(),
+            submit_rate_per_sec: 100,
+            submit_burst: 1000,
             polkit: false,
         }
     }
@@ -125,6 +143,9 @@ pub struct RestartConfig {
     pub burst: u32,
     pub interval_secs: u64,
     pub timeout_secs: u64,
+    /// Globs of units: when not empty, the only units an action may restart
+    /// or throttle.
+    pub allowed_units: Vec<String>,
 }
 
 impl Default for RestartConfig {
@@ -133,6 +154,7 @@ impl Default for RestartConfig {
             burst: 3,
             interval_secs: 300,
             timeout_secs: 90,
+            allowed_units: Vec::new(),
         }
     }
 }
@@ -318,6 +340,33 @@ impl Config {
         if self.ledger.segment_bytes < 4096 {
             return bad("ledger.segment_bytes", "must be at least 4096");
         }
+        if self.ledger.max_bytes != 0 && self.ledger.max_bytes < self.ledger.segment_bytes {
+            return bad(
+                "ledger.max_bytes",
+                "must be 0 (keep everything) or at least ledger.segment_bytes",
+            );
+        }
+        if self.auth.submit_rate_per_sec != 0 && self.auth.submit_burst == 0 {
+            return bad("auth.submit_burst", "must be at least 1");
+        }
+        // Guard entries fail closed: one that does not parse stops the
+        // start (or the reload), naming the key and the entry.
+        let unit_lists = [
+            ("protect.units", &self.protect.units),
+            ("restart.allowed_units", &self.restart.allowed_units),
+        ];
+        for (key, entries) in unit_lists {
+            for (i, entry) in entries.iter().enumerate() {
+                if let Err(why) = crate::actions::unit_guard::unit_pattern(entry) {
+                    return bad(&format!("{key}[{i}]"), &why);
+                }
+            }
+        }
+        for (i, entry) in self.protect.addresses.iter().enumerate() {
+            if let Err(why) = crate::actions::net::address_prefix(entry) {
+                return bad(&format!("protect.addresses[{i}]"), &why);
+            }
+        }
         for (name, channel) in &self.notify.channels {
             if BUILTIN_CHANNELS.contains(&name.as_str()) {
                 return bad(
@@ -348,6 +397,20 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The config files (`path` and its drop-ins) any user may read. Webhook
+/// URLs often carry a token: the package ships the file 0640 root:root,
+/// and the agent warns at start when one of them is world-readable while
+/// webhooks are configured.
+pub fn world_readable_files(path: &Path) -> Vec<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut files = vec![path.to_path_buf()];
+    files.extend(dropin_files(path).unwrap_or_default());
+    files
+        .into_iter()
+        .filter(|f| std::fs::metadata(f).is_ok_and(|m| m.permissions().mode() & 0o004 != 0))
+        .collect()
 }
 
 fn parse_table(path: &Path, text: &str) -> Result<toml::Table, ConfigError> {
@@ -460,6 +523,38 @@ timeout_secs = 5
                 .unwrap_err()
                 .to_string();
         assert!(err.contains("notify.channels.journal"), "{err}");
+    }
+
+    #[test]
+    fn guard_entries_that_do_not_parse_are_refused_by_key_and_entry() {
+        for (text, key, entry) in [
+            (
+                "[protect]\naddresses = [\"10.0.0.1\", \"db.example\"]\n",
+                "protect.addresses[1]",
+                "db.example",
+            ),
+            (
+                "[protect]\naddresses = [\"10.0.0.0/33\"]\n",
+                "protect.addresses[0]",
+                "10.0.0.0/33",
+            ),
+            (
+                "[protect]\nunits = [\"web\", \"foo bar\"]\n",
+                "protect.units[1]",
+                "foo bar",
+            ),
+            (
+                "[restart]\nallowed_units = [\"web-*/x\"]\n",
+                "restart.allowed_units[0]",
+                "web-*/x",
+            ),
+        ] {
+            let err = Config::from_toml(text).unwrap_err().to_string();
+            assert!(err.starts_with(key) && err.contains(entry), "{err}");
+        }
+        let good = "[protect]\naddresses = [\"10.0.0.0/8\", \"fd00::/8\", \"192.0.2.1\"]\nunits = [\"web-*.service\", \"db\"]\n[restart]\nallowed_units = [\"*.service\"]\n";
+        let c = Config::from_toml(good).unwrap();
+        assert_eq!(c.protect.addresses.len(), 3);
     }
 
     #[test]

@@ -63,6 +63,14 @@ fn main() -> ExitCode {
         print!("{}", toml::to_string(&config).unwrap_or_default());
         return ExitCode::SUCCESS;
     }
+    if !config.notify.channels.is_empty() {
+        for file in antibody::config::world_readable_files(&args.config) {
+            eprintln!(
+                "<4>antibodyd: {} is readable by every user, and webhook URLs often carry tokens: chmod 0640 it",
+                file.display()
+            );
+        }
+    }
     // At least two workers: a ledger write (and its fdatasync) can run on
     // the worker of the task that asked for it (ledger::writer), and the
     // bus must still be served meanwhile, even on a one-CPU machine.

@@ -40,7 +40,7 @@ default_seconds = 600
 [hot_patch]
 allowed_paths = ["/srv/app", "/etc/vael"]
 [protect]
-units = ["db", "payments.service"]
+units = ["db", "payments.service", "batch-*.service"]
 addresses = ["10.9.9.9", "fd00::99"]
 ports = [22, 2222]
 [notify.channels.ops]
@@ -701,6 +701,97 @@ fn restart_service_rows() -> Vec<Bad> {
             "is listed in protect.units",
         ),
         bad(
+            "reboot.target (starting it reboots the host)",
+            restart("reboot.target"),
+            Prot,
+            "actions[0].name:",
+            "reboot.target is a target unit; restart_service restarts .service units only",
+        ),
+        bad(
+            "poweroff.target",
+            restart("poweroff.target"),
+            Prot,
+            "actions[0].name:",
+            "restarts .service units only",
+        ),
+        bad(
+            "user.slice (ends every session)",
+            restart("user.slice"),
+            Prot,
+            "actions[0].name:",
+            "user.slice is a slice unit",
+        ),
+        bad(
+            "a timer",
+            restart("vael-worker.timer"),
+            Prot,
+            "actions[0].name:",
+            "restarts .service units only",
+        ),
+        bad(
+            "a socket",
+            restart("vael.socket"),
+            Prot,
+            "actions[0].name:",
+            "restarts .service units only",
+        ),
+        bad(
+            "a getty",
+            restart("getty@tty1"),
+            Prot,
+            "actions[0].name:",
+            "getty@tty1.service keeps the host reachable or running",
+        ),
+        bad(
+            "the console getty",
+            restart("console-getty"),
+            Prot,
+            "actions[0].name:",
+            "always protected",
+        ),
+        bad(
+            "a user's manager",
+            restart("user@1000.service"),
+            Prot,
+            "actions[0].name:",
+            "always protected",
+        ),
+        bad(
+            "a per-connection sshd",
+            restart("sshd@3-10.0.0.1:22-10.0.0.9:5123"),
+            Prot,
+            "actions[0].name:",
+            "always protected",
+        ),
+        bad(
+            "rescue",
+            restart("rescue"),
+            Prot,
+            "actions[0].name:",
+            "always protected",
+        ),
+        bad(
+            "emergency",
+            restart("emergency.service"),
+            Prot,
+            "actions[0].name:",
+            "always protected",
+        ),
+        bad(
+            "debug-shell",
+            restart("debug-shell"),
+            Prot,
+            "actions[0].name:",
+            "always protected",
+        ),
+        bad(
+            "protect.units glob \"batch-*.service\"",
+            restart("batch-nightly"),
+            Prot,
+            "actions[0].name:",
+            "batch-nightly.service is listed in protect.units",
+        ),
+        bad(
             "protected unit third in line",
             alert(&format!(
                 r#"{RESTART},{NOTIFY},{{"type":"restart_service","name":"sshd"}}"#
@@ -854,6 +945,76 @@ fn throttle_entity_rows() -> Vec<Bad> {
         bad(
             "entity unit:dbus",
             throttle(r#""entity":"unit:dbus","seconds":60"#),
+            Prot,
+            "actions[0].entity:",
+            "always protected",
+        ),
+        bad(
+            "entity user.slice (starves every session)",
+            throttle(r#""entity":"user.slice","seconds":60,"memory_high":"1M""#),
+            Prot,
+            "actions[0].entity:",
+            "user.slice keeps the host reachable or running",
+        ),
+        bad(
+            "entity the root slice",
+            throttle(r#""entity":"unit:-.slice","seconds":60"#),
+            Prot,
+            "actions[0].entity:",
+            "always protected",
+        ),
+        bad(
+            "entity system.slice",
+            throttle(r#""entity":"system.slice","seconds":60"#),
+            Prot,
+            "actions[0].entity:",
+            "always protected",
+        ),
+        bad(
+            "entity machine.slice",
+            throttle(r#""entity":"machine.slice","seconds":60"#),
+            Prot,
+            "actions[0].entity:",
+            "always protected",
+        ),
+        bad(
+            "entity a user's slice",
+            throttle(r#""entity":"user-1000.slice","seconds":60"#),
+            Prot,
+            "actions[0].entity:",
+            "always protected",
+        ),
+        bad(
+            "entity a login session",
+            throttle(r#""entity":"session-4.scope","seconds":60"#),
+            Prot,
+            "actions[0].entity:",
+            "always protected",
+        ),
+        bad(
+            "entity init.scope",
+            throttle(r#""entity":"init.scope","seconds":60"#),
+            Prot,
+            "actions[0].entity:",
+            "always protected",
+        ),
+        bad(
+            "entity a target",
+            throttle(r#""entity":"unit:multi-user.target","seconds":60"#),
+            Prot,
+            "actions[0].entity:",
+            "a unit throttle acts on .service, .scope and .slice units only",
+        ),
+        bad(
+            "entity a socket",
+            throttle(r#""entity":"vael.socket","seconds":60"#),
+            Prot,
+            "actions[0].entity:",
+            ".service, .scope and .slice units only",
+        ),
+        bad(
+            "entity a getty",
+            throttle(r#""entity":"serial-getty@ttyS0.service","seconds":60"#),
             Prot,
             "actions[0].entity:",
             "always protected",
@@ -1432,6 +1593,53 @@ fn own_unit_default_name_is_protected_without_a_ctx_unit() {
 }
 
 #[test]
+fn with_allowed_units_set_only_matching_units_may_be_restarted_or_throttled() {
+    let config = Config::from_toml(
+        "[restart]\nallowed_units = [\"web-*.service\", \"batch.slice\"]\n[protect]\nunits = [\"web-db.service\"]\n",
+    )
+    .unwrap();
+    assert!(check(&restart("web-1"), &config).is_ok());
+    assert!(check(&throttle(r#""entity":"batch.slice","seconds":60"#), &config).is_ok());
+    for refused in [
+        restart("vael"),
+        throttle(r#""entity":"vael.service","seconds":60"#),
+        throttle(r#""entity":"run-u3.scope","seconds":60"#),
+    ] {
+        let err = check(&refused, &config).unwrap_err();
+        assert_eq!(err.name, ErrorName::ProtectedTarget, "{err}");
+        assert!(
+            err.message
+                .contains("matches none of restart.allowed_units"),
+            "{err}"
+        );
+    }
+    // The list allows nothing the other guards forbid.
+    let err = check(&restart("web-db"), &config).unwrap_err();
+    assert!(err.message.contains("listed in protect.units"), "{err}");
+    let err = check(&restart("systemd-web-x"), &config).unwrap_err();
+    assert!(err.message.contains("always protected"), "{err}");
+}
+
+#[test]
+fn protect_addresses_take_cidr_prefixes_at_validation() {
+    let config =
+        Config::from_toml("[protect]\naddresses = [\"10.0.0.0/8\", \"fd00::/16\"]\n").unwrap();
+    for sid in [
+        "10.20.30.40",
+        "10.0.0.1:443",
+        "[fd00::7]:53",
+        "::ffff:10.1.1.1",
+    ] {
+        let err = check(&isolate(sid), &config).unwrap_err();
+        assert_eq!(err.name, ErrorName::ProtectedTarget, "{sid}: {err}");
+        assert!(err.message.contains("listed in protect.addresses"), "{err}");
+    }
+    let err = check(&throttle(r#""entity":"ip:10.9.8.7","seconds":60"#), &config).unwrap_err();
+    assert!(err.message.contains("(10.0.0.0/8)"), "{err}");
+    assert!(check(&isolate("192.0.2.10"), &config).is_ok());
+}
+
+#[test]
 fn unknown_action_names_the_known_ones() {
     let err = check(&alert(r#"{"type":"reboot_host"}"#), &test_config()).unwrap_err();
     for known in Registry::builtin().names() {
@@ -1553,22 +1761,32 @@ fn good_rows() -> Vec<Good> {
         ),
         good(
             "restart a template instance",
-            restart("getty@tty1"),
+            restart("vael-worker@2"),
             vec![seed(
                 "restart_service",
-                json!({"name": "getty@tty1.service"}),
-                &["unit:getty@tty1.service"],
+                json!({"name": "vael-worker@2.service"}),
+                &["unit:vael-worker@2.service"],
                 false,
             )],
         ),
         good(
-            "restart a non-service unit keeps its suffix",
-            restart("vael-worker.timer"),
+            "throttle a scope",
+            throttle(r#""entity":"run-u7.scope","seconds":60"#),
             vec![seed(
-                "restart_service",
-                json!({"name": "vael-worker.timer"}),
-                &["unit:vael-worker.timer"],
-                false,
+                "throttle_entity",
+                json!({"entity": "unit:run-u7.scope", "seconds": 60, "cpu_percent": 20}),
+                &["unit:run-u7.scope"],
+                true,
+            )],
+        ),
+        good(
+            "throttle a slice of the operator's own",
+            throttle(r#""entity":"unit:batch.slice","seconds":60"#),
+            vec![seed(
+                "throttle_entity",
+                json!({"entity": "unit:batch.slice", "seconds": 60, "cpu_percent": 20}),
+                &["unit:batch.slice"],
+                true,
             )],
         ),
         good(

@@ -178,7 +178,7 @@ async fn a_symlink_out_of_the_root_a_fifo_or_a_big_file_is_refused_at_submit() {
         .set_len(antibody::sys::files::MAX_TARGET_BYTES + 1)
         .unwrap();
     let rig = start_for(&files).await;
-    refused_at_submit(&rig, &link, "not under any of hot_patch.allowed_paths").await;
+    refused_at_submit(&rig, &link, "is a symbolic link; hot_patch follows none").await;
     refused_at_submit(&rig, &fifo, "is not a regular file").await;
     refused_at_submit(&rig, &big, "hot_patch takes files of at most 16 MiB").await;
     assert_eq!(fs::read_to_string(&secret).unwrap(), ORIGINAL);
@@ -209,7 +209,7 @@ async fn a_symlink_swapped_in_after_submit_is_refused_at_apply() {
     assert_eq!(plan["status"], "failed");
     let error = plan["actions"][1]["error"].as_str().unwrap();
     assert!(
-        error.contains("not under any of hot_patch.allowed_paths"),
+        error.contains("is a symbolic link; hot_patch follows none"),
         "{error}"
     );
     assert_eq!(fs::read_to_string(&secret).unwrap(), ORIGINAL);
@@ -231,4 +231,78 @@ async fn dry_run_shows_the_hashes_and_changes_nothing() {
     );
     assert_eq!(change["keeps"]["mode"], "640");
     assert_eq!(fs::read_to_string(&files.target).unwrap(), ORIGINAL);
+}
+
+/// The reverse of [`DIFF`].
+const UNDIFF: &str = "--- a/app.conf\n+++ b/app.conf\n@@ -1,3 +1,3 @@\n listen 80\n-debug off\n+debug on\n workers 4\n";
+
+#[tokio::test]
+async fn a_directory_swapped_for_a_link_while_plans_run_never_leads_a_write_out_of_the_root() {
+    // root/conf is a real directory or, at any moment, a link to a
+    // directory outside the root that holds a file of the same name: a
+    // thread swaps the two names as fast as it can (renameat2 with
+    // RENAME_EXCHANGE, so one of the two always exists) while plans patch
+    // root/conf/app.conf back and forth.
+    let files = files();
+    let outside = tempfile::tempdir().unwrap();
+    let secret = outside.path().join("app.conf");
+    fs::write(&secret, ORIGINAL).unwrap();
+    let conf = files.root.path().join("conf");
+    fs::create_dir(&conf).unwrap();
+    fs::write(conf.join("app.conf"), ORIGINAL).unwrap();
+    let swapped = files.root.path().join("conf-swap");
+    std::os::unix::fs::symlink(outside.path(), &swapped).unwrap();
+    let target = conf.join("app.conf");
+    let rig = start_for(&files).await;
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let racer = {
+        let (stop, conf, swapped) = (stop.clone(), conf.clone(), swapped.clone());
+        std::thread::spawn(move || {
+            let mut swaps = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                nix::fcntl::renameat2(
+                    nix::fcntl::AT_FDCWD,
+                    &conf,
+                    nix::fcntl::AT_FDCWD,
+                    &swapped,
+                    nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+                )
+                .expect("swap");
+                swaps += 1;
+            }
+            swaps
+        })
+    };
+    let (mut succeeded, mut refused) = (0, 0);
+    for n in 0..300 {
+        let diff = if n % 2 == 0 { DIFF } else { UNDIFF };
+        let action = json!({"type": "hot_patch", "file": &target, "diff": diff});
+        let Ok((id, _)) = rig
+            .engine
+            .submit(&alert(&format!("race {n}"), json!([action])))
+            .await
+        else {
+            refused += 1; // the link was in place at submit
+            continue;
+        };
+        match wait_finished(&rig.engine, &id).await["status"].as_str() {
+            Some("success") => succeeded += 1,
+            _ => refused += 1,
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let swaps = racer.join().unwrap();
+    println!("{swaps} swaps; {succeeded} plans patched, {refused} refused or failed");
+    assert!(swaps > 1000 && succeeded > 0, "the race did not run");
+    assert_eq!(
+        fs::read_to_string(&secret).unwrap(),
+        ORIGINAL,
+        "written outside the root"
+    );
+    let left: Vec<_> = fs::read_dir(outside.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, ["app.conf"], "files made outside the root");
 }

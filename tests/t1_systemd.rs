@@ -489,6 +489,69 @@ async fn an_alias_of_a_protected_unit_is_refused_at_apply_and_nothing_is_changed
     assert!(rig.systemd.calls().is_empty(), "{:?}", rig.systemd.calls());
 }
 
+#[tokio::test]
+async fn what_systemd_reports_about_a_unit_is_guarded_again_at_apply() {
+    // Each unit passes validation by its name; what systemd says about it
+    // just before the change must stop the plan with nothing changed.
+    let rig = start_with(
+        &[
+            "refusing.service",
+            "fileless.service",
+            "in-session.service",
+            "alias.service",
+        ],
+        "[restart]\nallowed_units = [\"*i*.service\"]\n",
+    )
+    .await;
+    let facts = |unit: &str| antibody::sys::systemd::UnitFacts {
+        id: unit.into(),
+        names: vec![unit.into()],
+        load_state: "loaded".into(),
+        fragment_path: format!("/etc/systemd/system/{unit}"),
+        refuse_manual_start: false,
+        refuse_manual_stop: false,
+        slice: "system.slice".into(),
+    };
+    let mut refusing = facts("refusing.service");
+    refusing.refuse_manual_stop = true;
+    let mut fileless = facts("fileless.service");
+    fileless.fragment_path.clear();
+    let mut in_session = facts("in-session.service");
+    in_session.slice = "user-1000.slice".into();
+    // An alias whose unit allowed_units does not allow.
+    let mut alias = facts("alias.service");
+    alias.id = "vael.service".into();
+    alias.names = vec!["vael.service".into(), "alias.service".into()];
+    let expected = [
+        (
+            refusing,
+            "refuses manual start or stop (RefuseManualStart=no, RefuseManualStop=yes)",
+        ),
+        (fileless, "is not loaded from a unit file (no FragmentPath)"),
+        (in_session, "runs in user-1000.slice, under user.slice"),
+        (
+            alias,
+            "alias.service is vael.service: vael.service matches none of restart.allowed_units",
+        ),
+    ];
+    for (facts, why) in expected {
+        let unit = facts.names.last().unwrap().clone();
+        rig.systemd
+            .facts
+            .lock()
+            .unwrap()
+            .insert(unit.clone(), facts);
+        for action in [restart(&unit), throttle(&unit, 30)] {
+            let (_, plan) = run_to_end(&rig, &action.to_string(), json!([action])).await;
+            assert_eq!(plan["status"], "failed", "{plan}");
+            let error = plan["actions"][0]["error"].as_str().unwrap();
+            assert!(error.starts_with("refused at apply: "), "{error}");
+            assert!(error.contains(why), "{error}");
+        }
+    }
+    assert!(rig.systemd.calls().is_empty(), "{:?}", rig.systemd.calls());
+}
+
 fn notices_containing(rig: &Rig, text: &str) -> usize {
     let sent = rig.notifier.0.lock().unwrap();
     sent.iter()

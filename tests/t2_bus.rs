@@ -504,7 +504,7 @@ async fn agent_denies_callers_outside_its_groups() {
 }
 
 #[tokio::test]
-async fn agent_grants_by_supplementary_group_but_rollback_stays_root_only() {
+async fn agent_grants_by_supplementary_group_and_rollback_only_to_rollback_groups() {
     require_root();
     let group = std::fs::read_to_string("/etc/group").expect("/etc/group");
     assert!(
@@ -566,19 +566,38 @@ async fn agent_grants_by_supplementary_group_but_rollback_stays_root_only() {
         ),
     );
 
-    // Rollback is root's alone, whatever the groups.
-    let rollback = dbus_send(
-        &bus,
-        member,
-        "org.vael.Antibody.RollbackPlan",
-        &[plan_arg.as_str()],
-    );
+    // Rollback needs auth.rollback_groups (empty by default), whatever the
+    // other groups grant.
+    let rollback = || {
+        dbus_send(
+            &bus,
+            member,
+            "org.vael.Antibody.RollbackPlan",
+            &[plan_arg.as_str()],
+        )
+    };
+    let refused = rollback();
     assert_error(
         "RollbackPlan as uid 65534 in nogroup",
-        &rollback,
+        &refused,
         AGENT_DENIED,
     );
-    assert!(rollback.2.contains("root only"), "{}", rollback.2);
+    assert!(
+        refused.2.contains("(auth.rollback_groups)"),
+        "{}",
+        refused.2
+    );
+    // Named in auth.rollback_groups (a reload), the group may roll back.
+    write_config(
+        home.path(),
+        "[auth]\nsubmit_groups = [\"nogroup\"]\nread_groups = [\"nogroup\"]\nrollback_groups = [\"nogroup\"]",
+    );
+    _agent.signal(nix::sys::signal::Signal::SIGHUP);
+    wait_until(
+        Duration::from_secs(10),
+        || rollback().0,
+        "RollbackPlan to be granted to nogroup after the reload",
+    );
     // (The id is real: root is not refused on it.)
     let (_, _, err) = dbus_send(
         &bus,

@@ -289,6 +289,110 @@ fn protected_units_and_the_flap_limit_are_refused_with_named_errors() {
 }
 
 #[test]
+fn targets_sessions_and_units_systemd_guards_are_never_touched() {
+    let tb = Testbed::boot("unit-guards");
+    // Starting reboot.target or poweroff.target would take the host down;
+    // restarting or starving user.slice would end every login session.
+    for unit in [
+        "reboot.target",
+        "poweroff.target",
+        "user.slice",
+        "getty@tty1",
+    ] {
+        let err = submit_restart(&tb, "never", unit).unwrap_err();
+        assert!(
+            err.starts_with("antibodyctl: ProtectedTarget: "),
+            "{unit}: {err}"
+        );
+    }
+    let memory_high = tb.show("user.slice", "MemoryHigh");
+    let err = tb
+        .submit(&alert(
+            "never",
+            json!([{"type": "throttle_entity", "entity": "user.slice", "seconds": 60, "memory_high": "1M"}]),
+        ))
+        .unwrap_err();
+    assert!(err.starts_with("antibodyctl: ProtectedTarget: "), "{err}");
+    assert_eq!(tb.show("user.slice", "MemoryHigh"), memory_high);
+    assert_eq!(tb.sh("systemctl is-system-running").trim(), "running");
+
+    // What only systemd knows about a unit is checked just before the change.
+    tb.sh(
+        "printf '[Unit]\\nRefuseManualStart=yes\\n[Service]\\nExecStart=/bin/sleep infinity\\n' \
+             > /etc/systemd/system/refuser.service && systemctl daemon-reload",
+    );
+    assert_eq!(tb.show("refuser.service", "RefuseManualStart"), "yes");
+    let plan = restart_through_antibody(&tb, "refuser", "refuser");
+    let error = plan["actions"][0]["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("refused at apply: refuser.service refuses manual start or stop"),
+        "{error}"
+    );
+    assert_eq!(tb.show("refuser.service", "ActiveState"), "inactive");
+    // A service started into user.slice (systemd-run, a transient unit).
+    tb.sh("systemd-run --quiet --unit=sneaky --slice=user.slice /bin/sleep infinity");
+    let sneaky = tb.show("sneaky.service", "InvocationID");
+    let plan = restart_through_antibody(&tb, "sneaky", "sneaky");
+    let error = plan["actions"][0]["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("refused at apply: sneaky.service runs in user.slice, under user.slice"),
+        "{error}"
+    );
+    assert_eq!(tb.show("sneaky.service", "InvocationID"), sneaky);
+
+    // restart.allowed_units, set by a drop-in and a reload, is the only
+    // list of units that may be touched.
+    tb.sh("mkdir -p /etc/antibody/antibody.toml.d && \
+           printf '[restart]\\nallowed_units = [\"sleep*.service\"]\\n' \
+             > /etc/antibody/antibody.toml.d/50-allowed.toml && systemctl reload antibody");
+    tb.wait_until("the reload", Duration::from_secs(10), || {
+        tb.sh(
+            "journalctl -u antibody -o cat --no-pager MESSAGE_ID=03a7e18b53d84f5e91acd0b0855bd43d",
+        )
+        .contains("configuration reloaded")
+    });
+    let err = submit_restart(&tb, "not allowed", "slow-stop").unwrap_err();
+    assert!(
+        err.contains("slow-stop.service matches none of restart.allowed_units"),
+        "{err}"
+    );
+    let plan = restart_through_antibody(&tb, "allowed", "sleeper");
+    assert_eq!(plan["status"], "success", "{plan}");
+}
+
+#[test]
+fn a_guard_entry_that_does_not_parse_stops_the_agent_once_not_in_a_loop() {
+    let tb = Testbed::boot("bad-config");
+    // A hostname is not an address: protect.addresses would protect nothing.
+    tb.sh("mkdir -p /etc/antibody/antibody.toml.d && \
+           printf '[protect]\\naddresses = [\"10.0.0.0/8\", \"db.example\"]\\n' \
+             > /etc/antibody/antibody.toml.d/50-bad.toml");
+    // A reload refuses it and keeps the running configuration.
+    tb.sh("systemctl reload antibody");
+    tb.wait_until("the refused reload", Duration::from_secs(10), || {
+        tb.sh(
+            "journalctl -u antibody -o cat --no-pager MESSAGE_ID=03a7e18b53d84f5e91acd0b0855bd43d",
+        )
+        .contains("protect.addresses[1]")
+    });
+    assert_eq!(tb.show("antibody.service", "ActiveState"), "active");
+    // A start with it fails with EX_CONFIG, and systemd does not retry.
+    let (ok, _, _) = tb.try_sh("systemctl restart antibody");
+    assert!(!ok, "the start with a bad config must fail");
+    std::thread::sleep(Duration::from_secs(3)); // RestartSec=1s, three times over
+    assert_eq!(tb.show("antibody.service", "ActiveState"), "failed");
+    assert_eq!(tb.show("antibody.service", "ExecMainStatus"), "78");
+    assert_eq!(tb.show("antibody.service", "NRestarts"), "0");
+    let log = tb.sh("journalctl -u antibody -o cat --no-pager");
+    assert!(
+        log.contains(
+            "protect.addresses[1]: \"db.example\" is neither an address nor a CIDR prefix"
+        ),
+        "{log}"
+    );
+}
+
+#[test]
 fn a_stalled_agent_is_restarted_by_systemds_watchdog() {
     let tb = Testbed::boot("watchdog");
     tb.sh(

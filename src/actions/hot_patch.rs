@@ -7,16 +7,17 @@
 //! the backup only if the file still has the patched content: anything else
 //! is a conflict, reported and left alone.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use serde_json::{json, Value};
 
+use super::diff_apply;
 use super::{ActionCtx, ActionError, ActionHandler, Applied, Recovered, ValidateCtx, Validated};
 use crate::error::{AgentError, ErrorName};
 use crate::plan::fields::Fields;
 use crate::sys::files::{
-    check_target, read_target, replace_atomically, sha256_hex, Target, TargetError,
+    check_target, open_target_dir, sha256_hex, write_own_file, Target, TargetDir, TargetError,
 };
 
 pub const MAX_DIFF_BYTES: usize = 60 * 1024;
@@ -95,6 +96,14 @@ impl ActionHandler for HotPatch {
             }
             Ok(_) => {}
         }
+        let patch = diffy::Patch::from_bytes(diff.as_bytes())
+            .map_err(|e| params.error("diff", format!("is not a unified diff: {e}")))?;
+        if diff_apply::changes_nothing(&patch) {
+            return Err(params.error(
+                "diff",
+                "changes nothing: every hunk's lines are the same before and after",
+            ));
+        }
         let sha = params.opt_string("sha256")?;
         if let Some(sha) = sha {
             if !is_sha256_hex(sha) {
@@ -108,104 +117,122 @@ impl ActionHandler for HotPatch {
     }
 
     async fn dry_run(&self, ctx: &ActionCtx<'_>) -> Result<Value, ActionError> {
-        let (target, patched) = read_and_patch(ctx)?;
-        Ok(json!({
-            "file": ctx.params["file"],
-            "resolved": target.path,
-            "before_sha256": sha256_hex(&target.content),
-            "after_sha256": sha256_hex(&patched),
-            "diff": ctx.params["diff"],
-            "keeps": {"mode": format!("{:o}", target.mode), "uid": target.uid, "gid": target.gid},
-            "backup": backup_path(ctx),
-        }))
+        let job = Job::of(ctx);
+        let backup = job.backup_path();
+        let file = ctx.params["file"].clone();
+        let diff = ctx.params["diff"].clone();
+        blocking(move || {
+            let (_, target, patched) = job.read_and_patch()?;
+            Ok(json!({
+                "file": file,
+                "resolved": target.path,
+                "before_sha256": sha256_hex(&target.content),
+                "after_sha256": sha256_hex(&patched),
+                "diff": diff,
+                "keeps": {"mode": format!("{:o}", target.mode), "uid": target.uid, "gid": target.gid},
+                "backup": backup,
+            }))
+        })
+        .await
+    }
+
+    fn validates_on_disk(&self) -> bool {
+        true
     }
 
     async fn prepare(&self, ctx: &ActionCtx<'_>) -> Result<Option<Value>, ActionError> {
-        let (target, patched) = read_and_patch(ctx)?;
-        let backup = backup_path(ctx);
-        if let Some(dir) = backup.parent() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| ActionError::transient(format!("{}: {e}", dir.display())))?;
-        }
-        // Readable by root only: the file may hold secrets.
-        replace_atomically(&backup, &target.content, 0o600, 0, 0)
-            .map_err(|e| ActionError::transient(format!("cannot write the backup: {e}")))?;
-        Ok(Some(json!(Prepared {
-            file: target.path.clone(),
-            backup,
-            before_sha256: sha256_hex(&target.content),
-            after_sha256: sha256_hex(&patched),
-        })))
+        let job = Job::of(ctx);
+        blocking(move || {
+            let (_, target, patched) = job.read_and_patch()?;
+            // Readable by root only: the file may hold secrets.
+            write_own_file(&job.backup_dir, &job.backup_name, &target.content, 0o600)
+                .map_err(|e| ActionError::transient(format!("cannot write the backup: {e}")))?;
+            Ok(Some(json!(Prepared {
+                file: target.path.clone(),
+                backup: job.backup_path(),
+                before_sha256: sha256_hex(&target.content),
+                after_sha256: sha256_hex(&patched),
+            })))
+        })
+        .await
     }
 
     async fn apply(&self, ctx: &ActionCtx<'_>) -> Result<Applied, ActionError> {
         let prepared = prepared(ctx)?;
-        let target = read(ctx)?;
-        let now = sha256_hex(&target.content);
-        let summary = |what: &str| {
-            format!(
-                "{what} {} (sha256 {} -> {}); the content from before is kept at {}",
-                prepared.file.display(),
-                prepared.before_sha256,
-                prepared.after_sha256,
-                prepared.backup.display()
-            )
-        };
-        let applied = |summary: String| Applied {
-            summary,
-            changes: json!(prepared),
-            revert_after_secs: None,
-        };
-        if now == prepared.after_sha256 {
-            return Ok(applied(summary("already patched:")));
-        }
-        if now != prepared.before_sha256 {
-            return Err(ActionError::permanent(format!(
-                "{} changed between reading and writing it (sha256 now {now}); not patched",
-                prepared.file.display()
-            )));
-        }
-        let patched = patch_content(ctx, &target)?;
-        replace_atomically(&target.path, &patched, target.mode, target.uid, target.gid)
-            .map_err(ActionError::transient)?;
-        Ok(applied(summary("patched")))
+        let job = Job::of(ctx);
+        blocking(move || {
+            let (dir, target) = job.open_and_read()?;
+            let now = sha256_hex(&target.content);
+            let summary = |what: &str| {
+                format!(
+                    "{what} {} (sha256 {} -> {}); the content from before is kept at {}",
+                    prepared.file.display(),
+                    prepared.before_sha256,
+                    prepared.after_sha256,
+                    prepared.backup.display()
+                )
+            };
+            let applied = |summary: String| Applied {
+                summary,
+                changes: json!(prepared),
+                revert_after_secs: None,
+            };
+            if now == prepared.after_sha256 {
+                return Ok(applied(summary("already patched:")));
+            }
+            if now != prepared.before_sha256 {
+                return Err(ActionError::permanent(format!(
+                    "{} changed between reading and writing it (sha256 now {now}); not patched",
+                    prepared.file.display()
+                )));
+            }
+            let patched = job.patch(&target)?;
+            dir.replace(&patched, target.mode, target.uid, target.gid)
+                .map_err(ActionError::transient)?;
+            Ok(applied(summary("patched")))
+        })
+        .await
     }
 
     async fn revert(&self, ctx: &ActionCtx<'_>, changes: &Value) -> Result<String, ActionError> {
         let prepared: Prepared = serde_json::from_value(changes.clone()).map_err(|e| {
             ActionError::permanent(format!("the recorded patch is unreadable: {e}"))
         })?;
-        let target = read(ctx)?;
-        let now = sha256_hex(&target.content);
-        let file = prepared.file.display();
-        if now == prepared.before_sha256 {
-            return Ok(format!(
-                "{file} already has its content from before the patch"
-            ));
-        }
-        if now != prepared.after_sha256 {
-            return Err(ActionError::permanent(format!(
-                "conflict: {file} changed since the patch (sha256 now {now}, the patch wrote {}); left as it is; the content from before is kept at {}",
-                prepared.after_sha256,
-                prepared.backup.display()
-            )));
-        }
-        let original = std::fs::read(&prepared.backup).map_err(|e| {
-            ActionError::permanent(format!("the backup {}: {e}", prepared.backup.display()))
-        })?;
-        if sha256_hex(&original) != prepared.before_sha256 {
-            return Err(ActionError::permanent(format!(
-                "the backup {} does not hold the content from before the patch; {file} left as it is",
-                prepared.backup.display()
-            )));
-        }
-        replace_atomically(&target.path, &original, target.mode, target.uid, target.gid)
-            .map_err(ActionError::transient)?;
-        Ok(format!(
-            "restored {file} from {} (sha256 {})",
-            prepared.backup.display(),
-            prepared.before_sha256
-        ))
+        let job = Job::of(ctx);
+        blocking(move || {
+            let (dir, target) = job.open_and_read()?;
+            let now = sha256_hex(&target.content);
+            let file = prepared.file.display();
+            if now == prepared.before_sha256 {
+                return Ok(format!(
+                    "{file} already has its content from before the patch"
+                ));
+            }
+            if now != prepared.after_sha256 {
+                return Err(ActionError::permanent(format!(
+                    "conflict: {file} changed since the patch (sha256 now {now}, the patch wrote {}); left as it is; the content from before is kept at {}",
+                    prepared.after_sha256,
+                    prepared.backup.display()
+                )));
+            }
+            let original = std::fs::read(&prepared.backup).map_err(|e| {
+                ActionError::permanent(format!("the backup {}: {e}", prepared.backup.display()))
+            })?;
+            if sha256_hex(&original) != prepared.before_sha256 {
+                return Err(ActionError::permanent(format!(
+                    "the backup {} does not hold the content from before the patch; {file} left as it is",
+                    prepared.backup.display()
+                )));
+            }
+            dir.replace(&original, target.mode, target.uid, target.gid)
+                .map_err(ActionError::transient)?;
+            Ok(format!(
+                "restored {file} from {} (sha256 {})",
+                prepared.backup.display(),
+                prepared.before_sha256
+            ))
+        })
+        .await
     }
 
     /// After a crash mid-apply: the patch took effect when the file has
@@ -216,7 +243,8 @@ impl ActionHandler for HotPatch {
                 "the agent stopped before reading the file".into(),
             ));
         };
-        let now = sha256_hex(&read(ctx)?.content);
+        let job = Job::of(ctx);
+        let now = blocking(move || Ok(sha256_hex(&job.open_and_read()?.1.content))).await?;
         if now == prepared.after_sha256 {
             Ok(Recovered::TookEffect(Applied {
                 summary: format!(
@@ -250,48 +278,79 @@ fn prepared(ctx: &ActionCtx<'_>) -> Result<Prepared, ActionError> {
         .ok_or_else(|| ActionError::permanent("the file's state before the patch was not recorded"))
 }
 
-/// Where the content from before the patch is kept: one file per action.
-fn backup_path(ctx: &ActionCtx<'_>) -> std::path::PathBuf {
-    ctx.config
-        .state
-        .dir
-        .join("backups")
-        .join(format!("{}.{}.orig", ctx.plan_id, ctx.index))
+/// Runs file work (reads, hashing, the diff, fsyncs) on a blocking thread,
+/// never on the async workers that serve the bus and the engine.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ActionError> + Send + 'static,
+) -> Result<T, ActionError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ActionError::transient(format!("the hot_patch task failed: {e}")))?
 }
 
-/// The target, under the guards in force now.
-fn read(ctx: &ActionCtx<'_>) -> Result<Target, ActionError> {
-    let file = Path::new(ctx.params["file"].as_str().unwrap_or_default());
-    read_target(file, &ctx.config.hot_patch.allowed_paths)
-        .map_err(|e| ActionError::permanent(e.message()))
+/// What the file work needs from the action's context, owned, so it can
+/// move to a blocking thread.
+struct Job {
+    file: PathBuf,
+    roots: Vec<PathBuf>,
+    diff: String,
+    sha256: Option<String>,
+    /// Where the content from before the patch is kept: one file per action.
+    backup_dir: PathBuf,
+    backup_name: String,
 }
 
-/// The file's content with the diff applied.
-fn patch_content(ctx: &ActionCtx<'_>, target: &Target) -> Result<Vec<u8>, ActionError> {
-    let diff = ctx.params["diff"].as_str().unwrap_or_default();
-    let patch = diffy::Patch::from_bytes(diff.as_bytes())
-        .map_err(|e| ActionError::permanent(format!("the diff does not parse: {e}")))?;
-    diffy::apply_bytes(&target.content, &patch).map_err(|e| {
-        ActionError::permanent(format!(
-            "the diff does not apply to {}: {e}",
-            target.path.display()
-        ))
-    })
-}
-
-/// Reads the target, checks the alert's expected `sha256`, and patches it
-/// in memory.
-fn read_and_patch(ctx: &ActionCtx<'_>) -> Result<(Target, Vec<u8>), ActionError> {
-    let target = read(ctx)?;
-    if let Some(expected) = ctx.params["sha256"].as_str() {
-        let found = sha256_hex(&target.content);
-        if found != expected {
-            return Err(ActionError::permanent(format!(
-                "{} has sha256 {found}, not the {expected} the alert expected; not patched",
-                target.path.display()
-            )));
+impl Job {
+    fn of(ctx: &ActionCtx<'_>) -> Job {
+        Job {
+            file: PathBuf::from(ctx.params["file"].as_str().unwrap_or_default()),
+            roots: ctx.config.hot_patch.allowed_paths.clone(),
+            diff: ctx.params["diff"].as_str().unwrap_or_default().to_string(),
+            sha256: ctx.params["sha256"].as_str().map(str::to_string),
+            backup_dir: ctx.config.state.dir.join("backups"),
+            backup_name: format!("{}.{}.orig", ctx.plan_id, ctx.index),
         }
     }
-    let patched = patch_content(ctx, &target)?;
-    Ok((target, patched))
+
+    fn backup_path(&self) -> PathBuf {
+        self.backup_dir.join(&self.backup_name)
+    }
+
+    /// The target's directory, held open, and the target read through it,
+    /// under the guards in force now.
+    fn open_and_read(&self) -> Result<(TargetDir, Target), ActionError> {
+        let refused = |e: TargetError| ActionError::permanent(e.message());
+        let dir = open_target_dir(Path::new(&self.file), &self.roots).map_err(refused)?;
+        let target = dir.read().map_err(refused)?;
+        Ok((dir, target))
+    }
+
+    /// The file's content with the diff applied.
+    fn patch(&self, target: &Target) -> Result<Vec<u8>, ActionError> {
+        let patch = diffy::Patch::from_bytes(self.diff.as_bytes())
+            .map_err(|e| ActionError::permanent(format!("the diff does not parse: {e}")))?;
+        diff_apply::apply(&target.content, &patch).map_err(|e| {
+            ActionError::permanent(format!(
+                "the diff does not apply to {}: {e}",
+                target.path.display()
+            ))
+        })
+    }
+
+    /// Reads the target, checks the alert's expected `sha256`, and patches
+    /// it in memory.
+    fn read_and_patch(&self) -> Result<(TargetDir, Target, Vec<u8>), ActionError> {
+        let (dir, target) = self.open_and_read()?;
+        if let Some(expected) = &self.sha256 {
+            let found = sha256_hex(&target.content);
+            if &found != expected {
+                return Err(ActionError::permanent(format!(
+                    "{} has sha256 {found}, not the {expected} the alert expected; not patched",
+                    target.path.display()
+                )));
+            }
+        }
+        let patched = self.patch(&target)?;
+        Ok((dir, target, patched))
+    }
 }

@@ -16,6 +16,7 @@ use crate::plan::fields::Fields;
 use crate::plan::{ActionSeed, Alert, Severity, Source};
 use crate::sys::Sys;
 
+pub mod diff_apply;
 pub mod hot_patch;
 pub mod isolate_socket;
 pub mod net;
@@ -24,6 +25,7 @@ pub mod restart_service;
 pub mod throttle_address;
 pub mod throttle_entity;
 pub mod throttle_unit;
+pub mod unit_guard;
 pub mod unit_name;
 
 /// What validation needs besides the parameters: the config's guards.
@@ -121,6 +123,12 @@ pub trait ActionHandler: Send + Sync {
     fn validate(&self, params: &Fields<'_>, ctx: &ValidateCtx<'_>)
         -> Result<Validated, AgentError>;
 
+    /// Whether `validate` looks at files (a disk that stalls would stall
+    /// it): the engine then validates the alert on a blocking thread.
+    fn validates_on_disk(&self) -> bool {
+        false
+    }
+
     /// The exact change `apply` would make now, without making it.
     async fn dry_run(&self, ctx: &ActionCtx<'_>) -> Result<Value, ActionError>;
 
@@ -176,6 +184,17 @@ impl Registry {
 
     pub fn names(&self) -> Vec<&'static str> {
         self.handlers.keys().copied().collect()
+    }
+
+    /// Whether validating `alert` may wait on a disk (see
+    /// [`ActionHandler::validates_on_disk`]).
+    pub fn validates_on_disk(&self, alert: &Alert) -> bool {
+        alert.actions.iter().any(|raw| {
+            raw.value["type"]
+                .as_str()
+                .and_then(|kind| self.get(kind))
+                .is_some_and(|h| h.validates_on_disk())
+        })
     }
 
     /// Validates every action of `alert`, in order; the first error wins.

@@ -5,6 +5,8 @@
 use std::net::IpAddr;
 use std::str::FromStr;
 
+use ipnet::IpNet;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Proto {
     Tcp,
@@ -118,16 +120,35 @@ pub fn protected_address(addr: IpAddr, configured: &[String]) -> Option<String> 
     }
 }
 
-/// [`protected_address`] with the gateways given: pure.
+/// A `protect.addresses` entry: an address (`10.0.0.5`, `fd00::5`) or a
+/// CIDR prefix (`10.0.0.0/8`, `fd00::/8`; host bits are ignored, as
+/// `10.1.2.3/8` means `10.0.0.0/8`). Anything else is an error, never
+/// skipped: a guard entry that silently does nothing fails open.
+pub fn address_prefix(entry: &str) -> Result<IpNet, String> {
+    if let Ok(addr) = entry.parse::<IpAddr>() {
+        return Ok(IpNet::from(addr));
+    }
+    entry.parse::<IpNet>().map(|net| net.trunc()).map_err(|_| {
+        format!("{entry:?} is neither an address nor a CIDR prefix (such as 10.0.0.0/8)")
+    })
+}
+
+/// An IPv4-mapped IPv6 address (`::ffff:10.0.0.1`) as the IPv4 address it is.
+fn canonical(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(addr),
+        v4 => v4,
+    }
+}
+
+/// [`protected_address`] with the gateways given: pure. `configured`
+/// entries were checked when the config was loaded; one that does not
+/// parse here protects everything rather than nothing.
 pub fn protected_address_among(
     addr: IpAddr,
     configured: &[String],
     gateways: &[IpAddr],
 ) -> Option<String> {
-    let canonical = |a: IpAddr| match a {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(a),
-        v4 => v4,
-    };
     let addr = canonical(addr);
     if addr.is_loopback() {
         return Some(format!("{addr} is a loopback address"));
@@ -142,8 +163,13 @@ pub fn protected_address_among(
     }
     configured
         .iter()
-        .any(|p| p.parse::<IpAddr>().ok().map(canonical) == Some(addr))
-        .then(|| format!("{addr} is listed in protect.addresses"))
+        .find_map(|entry| match address_prefix(entry) {
+            Ok(net) if net.contains(&addr) => {
+                Some(format!("{addr} is listed in protect.addresses ({entry})"))
+            }
+            Ok(_) => None,
+            Err(why) => Some(format!("protect.addresses cannot be read: {why}")),
+        })
 }
 
 pub fn protected_port(port: u16, configured: &[u16]) -> Option<String> {
@@ -208,5 +234,36 @@ mod tests {
             protected_address_among("::ffff:192.168.2.1".parse().unwrap(), &[], &[gw]).is_some()
         );
         assert!(protected_address_among("192.168.2.2".parse().unwrap(), &[], &[gw]).is_none());
+    }
+
+    #[test]
+    fn protected_addresses_take_cidr_prefixes_of_both_families() {
+        let configured = [
+            "10.0.0.0/8".to_string(),
+            "fd00::/16".into(),
+            "192.0.2.7".into(),
+        ];
+        let protected = |a: &str| protected_address_among(a.parse().unwrap(), &configured, &[]);
+        for inside in ["10.200.3.4", "::ffff:10.0.0.1", "fd00:1::9", "192.0.2.7"] {
+            let why = protected(inside).unwrap_or_else(|| panic!("{inside} not protected"));
+            assert!(why.contains("listed in protect.addresses"), "{why}");
+        }
+        for outside in ["11.0.0.1", "fd01::1", "192.0.2.8"] {
+            assert_eq!(protected(outside), None, "{outside}");
+        }
+        assert_eq!(
+            address_prefix("10.1.2.3/8").unwrap().to_string(),
+            "10.0.0.0/8"
+        );
+        for bad in [
+            "db.example",
+            "10.0.0.0/33",
+            "10.0.0.0/",
+            "fd00::/129",
+            "",
+            "10.0.0.1 ",
+        ] {
+            assert!(address_prefix(bad).is_err(), "{bad:?} accepted");
+        }
     }
 }

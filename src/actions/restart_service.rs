@@ -7,27 +7,42 @@
 use async_trait::async_trait;
 use serde_json::{json, Value};
 
-use super::unit_name::{normalize_unit_name, protected_by_another_name, protected_reason};
+use super::unit_guard::{
+    protected_by_another_name, refusal, refusal_at_apply, UnitPolicy, UnitUse,
+};
+use super::unit_name::normalize_unit_name;
 use super::{ActionCtx, ActionError, ActionHandler, Applied, Recovered, ValidateCtx, Validated};
+use crate::config::Config;
 use crate::error::{AgentError, ErrorName};
 use crate::plan::fields::Fields;
 use crate::sys::systemd::{job_result_is_transient, SystemdError, UnitStatus};
 
 pub struct RestartService;
 
-/// Validates and normalizes a unit field, refusing protected units, under
-/// their own names or an alias their unit files give them.
+/// The unit guards as the config and the agent's own unit set them.
+fn unit_policy<'a>(config: &'a Config, own_unit: Option<&'a str>) -> UnitPolicy<'a> {
+    UnitPolicy::new(
+        own_unit,
+        &config.protect.units,
+        &config.restart.allowed_units,
+    )
+}
+
+/// Validates and normalizes a unit field for `use_`, refusing what the
+/// unit guards refuse, under its own name or an alias its unit files give
+/// it.
 pub fn unit_param(
     params: &Fields<'_>,
     field: &str,
     given: &str,
+    use_: UnitUse,
     ctx: &ValidateCtx<'_>,
 ) -> Result<String, AgentError> {
     let unit = normalize_unit_name(given).map_err(|why| params.error(field, why))?;
-    let protected = &ctx.config.protect.units;
-    let why = protected_reason(&unit, ctx.own_unit, protected).or_else(|| {
+    let policy = unit_policy(ctx.config, ctx.own_unit);
+    let why = refusal(&unit, use_, &policy).or_else(|| {
         let names = crate::sys::unit_files::names_on_disk(&unit);
-        protected_by_another_name(&unit, &names, ctx.own_unit, protected)
+        protected_by_another_name(&unit, &names, &policy)
     });
     if let Some(why) = why {
         return Err(params.error_named(ErrorName::ProtectedTarget, field, why));
@@ -35,18 +50,23 @@ pub fn unit_param(
     Ok(unit)
 }
 
-/// The guard again, at apply, by the names systemd itself resolves the
-/// unit to: an alias made after validation, or one no unit file shows,
-/// is caught here before anything is changed.
-pub async fn refuse_protected_names(ctx: &ActionCtx<'_>, unit: &str) -> Result<(), ActionError> {
-    let names = ctx
+/// The guards again, at apply, on what systemd itself reports about the
+/// unit (its names, file, `RefuseManual*`, slice): an alias made after
+/// validation, or one no unit file shows, is caught here before anything
+/// is changed.
+pub async fn refuse_at_apply(
+    ctx: &ActionCtx<'_>,
+    unit: &str,
+    use_: UnitUse,
+) -> Result<(), ActionError> {
+    let facts = ctx
         .sys
         .systemd
-        .unit_names(unit)
+        .unit_facts(unit)
         .await
         .map_err(action_error)?;
-    let protected = &ctx.config.protect.units;
-    match protected_by_another_name(unit, &names, ctx.own_unit, protected) {
+    let policy = unit_policy(ctx.config, ctx.own_unit);
+    match refusal_at_apply(unit, use_, &facts, &policy) {
         Some(why) => Err(ActionError::permanent(format!("refused at apply: {why}"))),
         None => Ok(()),
     }
@@ -72,7 +92,13 @@ impl ActionHandler for RestartService {
         ctx: &ValidateCtx<'_>,
     ) -> Result<Validated, AgentError> {
         params.deny_unknown(&["name"])?;
-        let unit = unit_param(params, "name", params.string("name")?, ctx)?;
+        let unit = unit_param(
+            params,
+            "name",
+            params.string("name")?,
+            UnitUse::Restart,
+            ctx,
+        )?;
         Ok(Validated {
             targets: vec![format!("unit:{unit}")],
             params: json!({"name": unit}),
@@ -81,8 +107,10 @@ impl ActionHandler for RestartService {
 
     async fn dry_run(&self, ctx: &ActionCtx<'_>) -> Result<Value, ActionError> {
         let unit = unit_of(ctx);
-        let (current, ()) =
-            tokio::try_join!(unit_now(ctx, unit), refuse_protected_names(ctx, unit))?;
+        let (current, ()) = tokio::try_join!(
+            unit_now(ctx, unit),
+            refuse_at_apply(ctx, unit, UnitUse::Restart)
+        )?;
         Ok(json!({
             "unit": unit,
             "current": current,
@@ -93,8 +121,10 @@ impl ActionHandler for RestartService {
 
     async fn prepare(&self, ctx: &ActionCtx<'_>) -> Result<Option<Value>, ActionError> {
         let unit = unit_of(ctx);
-        let (before, ()) =
-            tokio::try_join!(unit_now(ctx, unit), refuse_protected_names(ctx, unit))?;
+        let (before, ()) = tokio::try_join!(
+            unit_now(ctx, unit),
+            refuse_at_apply(ctx, unit, UnitUse::Restart)
+        )?;
         Ok(Some(json!(before)))
     }
 

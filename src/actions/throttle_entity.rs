@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 use super::net::{parse_address_entity, protected_address};
 use super::restart_service::unit_param;
+use super::unit_guard::UnitUse;
 use super::unit_name::has_unit_suffix;
 use super::{
     throttle_address, throttle_unit, ActionCtx, ActionError, ActionHandler, Applied, Recovered,
@@ -77,14 +78,9 @@ impl ActionHandler for ThrottleEntity {
                 params,
                 "entity",
                 entity.strip_prefix("unit:").unwrap_or(entity),
+                UnitUse::Throttle,
                 ctx,
             )?;
-            if crate::sys::systemd::cgroup_interface(&unit).is_none() {
-                return Err(params.error(
-                    "entity",
-                    format!("{unit} has no cgroup to throttle; expected a service, socket, mount, swap, slice or scope unit"),
-                ));
-            }
             if params.get("rate_per_sec").is_some() {
                 return Err(params.error("rate_per_sec", "applies to address entities only"));
             }

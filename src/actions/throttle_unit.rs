@@ -6,7 +6,8 @@
 
 use serde_json::{json, Value};
 
-use super::restart_service::{action_error, refuse_protected_names};
+use super::restart_service::{action_error, refuse_at_apply};
+use super::unit_guard::UnitUse;
 use super::{ActionCtx, ActionError, Applied, Recovered};
 use crate::sys::systemd::ResourceLimits;
 
@@ -57,7 +58,7 @@ fn seconds(ctx: &ActionCtx<'_>) -> u64 {
 
 pub async fn dry_run(ctx: &ActionCtx<'_>, unit: &str) -> Result<Value, ActionError> {
     let systemd = &ctx.sys.systemd;
-    refuse_protected_names(ctx, unit).await?;
+    refuse_at_apply(ctx, unit, UnitUse::Throttle).await?;
     let status = systemd.unit_status(unit).await.map_err(action_error)?;
     let before = systemd.resource_limits(unit).await.map_err(action_error)?;
     let after = throttled_limits(ctx.params, &before);
@@ -80,7 +81,7 @@ pub async fn prepare(ctx: &ActionCtx<'_>, unit: &str) -> Result<Value, ActionErr
             .await
             .map_err(action_error)
     };
-    let (before, ()) = tokio::try_join!(limits, refuse_protected_names(ctx, unit))?;
+    let (before, ()) = tokio::try_join!(limits, refuse_at_apply(ctx, unit, UnitUse::Throttle))?;
     Ok(json!(before))
 }
 

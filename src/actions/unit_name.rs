@@ -1,5 +1,5 @@
-//! systemd unit names (systemd.unit(5) "unit name" rules) and the units no
-//! action may touch.
+//! systemd unit names (systemd.unit(5) "unit name" rules); which units an
+//! action may touch is `unit_guard`'s business.
 
 pub const UNIT_SUFFIXES: [&str; 11] = [
     "service",
@@ -16,24 +16,6 @@ pub const UNIT_SUFFIXES: [&str; 11] = [
 ];
 
 const MAX_UNIT_NAME: usize = 255;
-
-/// Units that keep the host reachable and the agent alive (DESIGN.md §3).
-const PROTECTED_UNITS: [&str; 14] = [
-    "antibody.service",
-    "dbus.service",
-    "dbus.socket",
-    "dbus-broker.service",
-    "ssh.service",
-    "ssh.socket",
-    "sshd.service",
-    "sshd.socket",
-    "polkit.service",
-    "polkitd.service",
-    "init.scope",
-    "-.slice",
-    "system.slice",
-    "-.mount",
-];
 
 fn suffix_of(name: &str) -> Option<&str> {
     let (_, suffix) = name.rsplit_once('.')?;
@@ -78,45 +60,6 @@ pub fn normalize_unit_name(given: &str) -> Result<String, String> {
     Ok(name)
 }
 
-/// Why `unit` may never be restarted, throttled or frozen, if it may not.
-pub fn protected_reason(
-    unit: &str,
-    own_unit: Option<&str>,
-    configured: &[String],
-) -> Option<String> {
-    if own_unit == Some(unit) || unit == "antibody.service" {
-        return Some(format!("{unit} is the agent's own unit"));
-    }
-    if PROTECTED_UNITS.contains(&unit) || unit.starts_with("systemd-") {
-        return Some(format!(
-            "{unit} keeps the host reachable or running and is always protected"
-        ));
-    }
-    let listed = configured
-        .iter()
-        .any(|p| normalize_unit_name(p).as_deref() == Ok(unit));
-    listed.then(|| format!("{unit} is listed in protect.units"))
-}
-
-/// Why acting on `unit` would touch a protected unit under another of its
-/// names (systemd resolves aliases: `dbus-org.freedesktop.login1.service`
-/// is `systemd-logind.service`), if it would. `names` are all the unit's
-/// names, as systemd or the unit files tell them.
-pub fn protected_by_another_name(
-    unit: &str,
-    names: &[String],
-    own_unit: Option<&str>,
-    configured: &[String],
-) -> Option<String> {
-    names
-        .iter()
-        .filter(|name| name.as_str() != unit)
-        .find_map(|name| {
-            let why = protected_reason(name, own_unit, configured)?;
-            Some(format!("{unit} is another name of {name}: {why}"))
-        })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,48 +89,5 @@ mod tests {
             assert!(normalize_unit_name(bad).is_err(), "{bad:?} accepted");
         }
         assert!(normalize_unit_name(&"a".repeat(250)).is_err());
-    }
-
-    #[test]
-    fn protection() {
-        assert!(protected_reason("dbus.service", None, &[]).is_some());
-        assert!(protected_reason("systemd-journald.service", None, &[]).is_some());
-        assert!(protected_reason("my-agent.service", Some("my-agent.service"), &[]).is_some());
-        assert!(protected_reason("db.service", None, &["db".into()]).is_some());
-        assert!(protected_reason("vael.service", None, &["db".into()]).is_none());
-    }
-
-    #[test]
-    fn an_alias_of_a_protected_unit_is_protected() {
-        let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let logind = names(&[
-            "systemd-logind.service",
-            "dbus-org.freedesktop.login1.service",
-        ]);
-        let why =
-            protected_by_another_name("dbus-org.freedesktop.login1.service", &logind, None, &[])
-                .unwrap();
-        assert!(
-            why.starts_with(
-                "dbus-org.freedesktop.login1.service is another name of systemd-logind.service: "
-            ),
-            "{why}"
-        );
-        let own = names(&["agent.service", "dbus-org.vael.Antibody.service"]);
-        let why = protected_by_another_name(
-            "dbus-org.vael.Antibody.service",
-            &own,
-            Some("agent.service"),
-            &[],
-        );
-        assert!(why.unwrap().contains("the agent's own unit"));
-        let listed = names(&["web.service", "www.service"]);
-        let configured = ["web".to_string()];
-        assert!(protected_by_another_name("www.service", &listed, None, &configured).is_some());
-        assert!(protected_by_another_name("www.service", &listed, None, &[]).is_none());
-        // The name itself is validation's business, not this check's.
-        assert!(
-            protected_by_another_name("ssh.service", &names(&["ssh.service"]), None, &[]).is_none()
-        );
     }
 }

@@ -32,7 +32,7 @@ impl Permission {
         match self {
             Permission::Submit => "submit alerts (auth.submit_groups)",
             Permission::Read => "read plans (auth.read_groups)",
-            Permission::Rollback => "roll back plans (root only)",
+            Permission::Rollback => "roll back plans (auth.rollback_groups)",
         }
     }
 
@@ -73,7 +73,7 @@ pub fn allowed(
     let groups = match permission {
         Permission::Submit => &auth.submit_groups,
         Permission::Read => &auth.read_groups,
-        Permission::Rollback => return false,
+        Permission::Rollback => &auth.rollback_groups,
     };
     groups
         .iter()
@@ -240,7 +240,7 @@ mod tests {
         let auth = AuthConfig {
             submit_groups: vec!["antibody".into()],
             read_groups: vec!["ops".into()],
-            polkit: false,
+            ..AuthConfig::default()
         };
         assert!(allowed(
             &caller(1000, &[900]),
@@ -264,6 +264,22 @@ mod tests {
             &caller(1000, &[900, 901]),
             Permission::Rollback,
             &auth,
+            gid_of
+        ));
+        let rollback = AuthConfig {
+            rollback_groups: vec!["ops".into()],
+            ..AuthConfig::default()
+        };
+        assert!(allowed(
+            &caller(1000, &[901]),
+            Permission::Rollback,
+            &rollback,
+            gid_of
+        ));
+        assert!(!allowed(
+            &caller(1000, &[900]),
+            Permission::Rollback,
+            &rollback,
             gid_of
         ));
         assert!(!allowed(
@@ -352,7 +368,7 @@ mod tests {
         let auth = AuthConfig {
             submit_groups: vec!["nosuch".into()],
             read_groups: vec![],
-            polkit: false,
+            ..AuthConfig::default()
         };
         assert!(!allowed(
             &caller(1000, &[0, 1, 2]),

@@ -260,11 +260,36 @@ impl Engine {
         }
     }
 
-    fn seed_from_alert(&self, alert_json: &str, config: &Config) -> Result<PlanSeed, AgentError> {
+    /// Parses and validates an alert into the plan it would make. Guards
+    /// that look at files run on a blocking thread.
+    async fn seed_from_alert(
+        &self,
+        alert_json: &str,
+        config: &Arc<Config>,
+    ) -> Result<PlanSeed, AgentError> {
         let alert = parse_alert(alert_json)?;
-        let actions = self
-            .registry
-            .validate_alert(&alert, &self.validate_ctx(config))?;
+        let actions = if self.registry.validates_on_disk(&alert) {
+            let (registry, config) = (self.registry.clone(), config.clone());
+            let own_unit = self.own_unit.clone();
+            let alert = alert.clone();
+            tokio::task::spawn_blocking(move || {
+                let ctx = ValidateCtx {
+                    config: &config,
+                    own_unit: own_unit.as_deref(),
+                };
+                registry.validate_alert(&alert, &ctx)
+            })
+            .await
+            .map_err(|e| {
+                AgentError::new(
+                    ErrorName::InvalidAlert,
+                    format!("alert: the validation task failed: {e}"),
+                )
+            })??
+        } else {
+            self.registry
+                .validate_alert(&alert, &self.validate_ctx(config))?
+        };
         Ok(PlanSeed {
             id: uuid::Uuid::new_v4().to_string(),
             timestamp: rfc3339(now_ms()),
@@ -287,7 +312,7 @@ impl Engine {
             ));
         }
         let config = self.config();
-        let seed = self.seed_from_alert(alert_json, &config)?;
+        let seed = self.seed_from_alert(alert_json, &config).await?;
         let hash = seed.alert_sha256.clone();
         // Decide under the lock, await outside it.
         enum Admission {
@@ -401,7 +426,7 @@ impl Engine {
     /// `DryRun`: the plan that would be made and each action's exact change.
     pub async fn dry_run(&self, alert_json: &str) -> Result<Value, AgentError> {
         let config = self.config();
-        let seed = self.seed_from_alert(alert_json, &config)?;
+        let seed = self.seed_from_alert(alert_json, &config).await?;
         let existing = {
             let inner = self.lock();
             let window_ms = config.queue.dedupe_window_secs.saturating_mul(1000);

@@ -1,23 +1,37 @@
-//! Files for `hot_patch`: reading a target only when it is what the guards
-//! allow (DESIGN.md §3), and replacing a file's content atomically — a
-//! temporary file in the same directory, fsync, the old mode and owner,
-//! rename over, fsync of the directory — so a reader sees the old content or
-//! the new one, never a mix, and a crash leaves one of the two.
+//! Files for `hot_patch`, reached only through descriptors: the allowed
+//! root is opened once and the file's directory is walked to with
+//! `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)`,
+//! so no symlink (in any component) and no `..` can lead out of the root,
+//! and nothing swapped in after the walk can redirect what follows. The
+//! read, the temporary file, its fsync, the `renameat` over the target and
+//! the directory's fsync all go through the directory descriptor the walk
+//! returned: a reader sees the old content or the new one, never a mix,
+//! a crash leaves one of the two, and the write lands where the read was.
+//!
+//! Blocking: callers in async code run these on a blocking thread.
 
-use std::fs::{self, File, OpenOptions};
+use std::ffi::OsStr;
+use std::fs::File;
 use std::io::{Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
+use rustix::io::Errno;
 use sha2::{Digest, Sha256};
 
 /// Larger targets are refused.
 pub const MAX_TARGET_BYTES: u64 = 16 << 20;
 
+/// How every walk below a root resolves: beneath it, through no link.
+const BENEATH: ResolveFlags = ResolveFlags::BENEATH
+    .union(ResolveFlags::NO_SYMLINKS)
+    .union(ResolveFlags::NO_MAGICLINKS);
+
 /// A file that may be patched, as it is now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
-    /// Symlinks resolved.
+    /// The path as given (under its root; no link was followed to it).
     pub path: PathBuf,
     pub content: Vec<u8>,
     pub mode: u32,
@@ -32,8 +46,8 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// Why a target cannot be patched.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TargetError {
-    /// A guard forbids it (DESIGN.md §3): outside the roots once symlinks
-    /// are resolved, not a regular file, larger than 16 MiB.
+    /// A guard forbids it (DESIGN.md §3): not under a root, a symbolic link
+    /// on the way, not a regular file, larger than 16 MiB.
     Refused(String),
     /// It could not be looked at (missing, unreadable).
     Unreadable(String),
@@ -47,130 +61,261 @@ impl TargetError {
     }
 }
 
-/// The guards on `path`, without opening it (so validation can run them,
-/// and a FIFO cannot make anyone wait): with every symlink resolved, a
-/// regular file of at most 16 MiB strictly under one of `roots` (themselves
-/// resolved). Returns the resolved path.
-pub fn check_target(path: &Path, roots: &[PathBuf]) -> Result<PathBuf, TargetError> {
-    let unreadable =
-        |e: std::io::Error| TargetError::Unreadable(format!("{}: {e}", path.display()));
-    let real = fs::canonicalize(path).map_err(unreadable)?;
-    let inside = roots.iter().any(|root| {
-        fs::canonicalize(root).is_ok_and(|root| real.starts_with(&root) && real != root)
-    });
-    if !inside {
-        return Err(TargetError::Refused(format!(
-            "{} resolves to {}, which is not under any of hot_patch.allowed_paths",
-            path.display(),
-            real.display()
-        )));
-    }
-    let meta = fs::metadata(&real).map_err(unreadable)?;
-    refuse_by_metadata(&real, &meta).map_err(TargetError::Refused)?;
-    Ok(real)
+/// The directory a target lives in, open, and the target's name in it.
+pub struct TargetDir {
+    dir: OwnedFd,
+    name: std::ffi::OsString,
+    path: PathBuf,
 }
 
-fn refuse_by_metadata(real: &Path, meta: &fs::Metadata) -> Result<(), String> {
-    if !meta.file_type().is_file() {
-        return Err(format!("{} is not a regular file", real.display()));
+/// Opens the directory of `path` through the root `path` is under (its
+/// text must already be absolute without `.`/`..`: validation's rule).
+pub fn open_target_dir(path: &Path, roots: &[PathBuf]) -> Result<TargetDir, TargetError> {
+    let (root, relative) = roots
+        .iter()
+        .find_map(|root| {
+            let relative = path.strip_prefix(root).ok()?;
+            (!relative.as_os_str().is_empty()).then_some((root, relative))
+        })
+        .ok_or_else(|| {
+            TargetError::Refused(format!(
+                "{} is not under any of hot_patch.allowed_paths",
+                path.display()
+            ))
+        })?;
+    let name = relative
+        .file_name()
+        .ok_or_else(|| TargetError::Refused(format!("{} names no file", path.display())))?
+        .to_os_string();
+    // The root itself is the operator's choice and may be reached through
+    // a link; nothing below it may.
+    let root_fd = rustix::fs::open(
+        root,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| walk_error(path, root, e))?;
+    let parent = relative.parent().filter(|p| !p.as_os_str().is_empty());
+    let dir = rustix::fs::openat2(
+        &root_fd,
+        parent.unwrap_or(Path::new(".")),
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+        BENEATH,
+    )
+    .map_err(|e| walk_error(path, root, e))?;
+    Ok(TargetDir {
+        dir,
+        name,
+        path: path.to_path_buf(),
+    })
+}
+
+fn walk_error(path: &Path, root: &Path, e: Errno) -> TargetError {
+    let at = path.display();
+    match e {
+        Errno::LOOP => TargetError::Refused(format!(
+            "{at} has a symbolic link in its path below {}; hot_patch follows none",
+            root.display()
+        )),
+        Errno::XDEV => TargetError::Refused(format!(
+            "{at} leads out of {}, its root in hot_patch.allowed_paths",
+            root.display()
+        )),
+        Errno::NOSYS => TargetError::Refused(format!(
+            "{at}: this kernel has no openat2 (Linux 5.6 or later), which hot_patch needs to stay below its roots"
+        )),
+        other => TargetError::Unreadable(format!("{at}: {}", std::io::Error::from(other))),
     }
-    if meta.len() > MAX_TARGET_BYTES {
-        return Err(format!(
+}
+
+fn refuse_by_stat(path: &Path, stat: &rustix::fs::Stat) -> Result<(), TargetError> {
+    let file_type = FileType::from_raw_mode(stat.st_mode);
+    if file_type == FileType::Symlink {
+        return Err(TargetError::Refused(format!(
+            "{} is a symbolic link; hot_patch follows none",
+            path.display()
+        )));
+    }
+    if file_type != FileType::RegularFile {
+        return Err(TargetError::Refused(format!(
+            "{} is not a regular file",
+            path.display()
+        )));
+    }
+    if stat.st_size as u64 > MAX_TARGET_BYTES {
+        return Err(TargetError::Refused(format!(
             "{} is {} bytes; hot_patch takes files of at most 16 MiB",
-            real.display(),
-            meta.len()
-        ));
+            path.display(),
+            stat.st_size
+        )));
     }
     Ok(())
 }
 
-/// Reads `path` if the guards of [`check_target`] allow it.
-pub fn read_target(path: &Path, roots: &[PathBuf]) -> Result<Target, TargetError> {
-    let real = check_target(path, roots)?;
-    let unreadable =
-        |e: std::io::Error| TargetError::Unreadable(format!("{}: {e}", real.display()));
-    // O_NOFOLLOW on the resolved path: a symlink swapped in since is
-    // refused; O_NONBLOCK: so is a FIFO (checked below) without waiting
-    // for a writer. Neither changes how a regular file reads.
-    let mut file = OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
-        .open(&real)
-        .map_err(unreadable)?;
-    let meta = file.metadata().map_err(unreadable)?;
-    refuse_by_metadata(&real, &meta).map_err(TargetError::Refused)?;
-    let mut content = Vec::with_capacity(meta.len() as usize);
-    file.read_to_end(&mut content).map_err(unreadable)?;
-    Ok(Target {
-        path: real,
-        content,
-        mode: meta.permissions().mode() & 0o7777,
-        uid: meta.uid(),
-        gid: meta.gid(),
-    })
+impl TargetDir {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn open_file(&self, flags: OFlags) -> Result<OwnedFd, TargetError> {
+        // openat2 refuses O_PATH with any flag but these three.
+        rustix::fs::openat2(
+            &self.dir,
+            self.name.as_os_str(),
+            flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+            BENEATH,
+        )
+        .map_err(|e| walk_error(&self.path, Path::new("its root"), e))
+    }
+
+    /// The guards on the file itself, without reading it (an `O_PATH`
+    /// descriptor: a FIFO cannot make anyone wait): a regular file of at
+    /// most 16 MiB.
+    pub fn check(&self) -> Result<(), TargetError> {
+        let fd = self.open_file(OFlags::PATH)?;
+        let stat =
+            rustix::fs::fstat(&fd).map_err(|e| walk_error(&self.path, Path::new("its root"), e))?;
+        refuse_by_stat(&self.path, &stat)
+    }
+
+    /// Reads the file if the guards allow it. `O_NONBLOCK`: a FIFO swapped
+    /// in since [`TargetDir::check`] is refused without waiting for a writer.
+    pub fn read(&self) -> Result<Target, TargetError> {
+        let fd = self.open_file(OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY)?;
+        let unreadable =
+            |e: std::io::Error| TargetError::Unreadable(format!("{}: {e}", self.path.display()));
+        let stat = rustix::fs::fstat(&fd).map_err(|e| unreadable(e.into()))?;
+        refuse_by_stat(&self.path, &stat)?;
+        let mut content = Vec::with_capacity(stat.st_size as usize);
+        // Read at most one byte past the limit: a file growing meanwhile
+        // is refused, not read without end.
+        File::from(fd)
+            .take(MAX_TARGET_BYTES + 1)
+            .read_to_end(&mut content)
+            .map_err(unreadable)?;
+        if content.len() as u64 > MAX_TARGET_BYTES {
+            return Err(TargetError::Refused(format!(
+                "{} grew past 16 MiB while it was read",
+                self.path.display()
+            )));
+        }
+        Ok(Target {
+            path: self.path.clone(),
+            content,
+            mode: stat.st_mode & 0o7777,
+            uid: stat.st_uid,
+            gid: stat.st_gid,
+        })
+    }
+
+    /// Replaces the file's content, giving it `mode`, `uid` and `gid`.
+    pub fn replace(&self, content: &[u8], mode: u32, uid: u32, gid: u32) -> Result<(), String> {
+        replace_in(&self.dir, &self.name, &self.path, content, mode, uid, gid)
+    }
 }
 
-/// Replaces `path`'s content with `content`, giving the new file `mode`,
-/// `uid` and `gid`.
-pub fn replace_atomically(
-    path: &Path,
+/// The guards on `path` (see [`TargetDir::check`]), for validation.
+pub fn check_target(path: &Path, roots: &[PathBuf]) -> Result<(), TargetError> {
+    open_target_dir(path, roots)?.check()
+}
+
+/// Writes `content` as `name` in the open directory `dir` (whose path,
+/// for messages, is `shown`'s parent): a new temporary file, its owner and
+/// mode, fsync, `renameat` over `name`, fsync of the directory.
+fn replace_in(
+    dir: &OwnedFd,
+    name: &OsStr,
+    shown: &Path,
     content: &[u8],
     mode: u32,
     uid: u32,
     gid: u32,
 ) -> Result<(), String> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| format!("{} has no directory", path.display()))?;
-    let name = path
-        .file_name()
-        .ok_or_else(|| format!("{} has no file name", path.display()))?
-        .to_string_lossy();
-    let temp = dir.join(format!(
-        ".{name}.antibody-{}",
+    let at =
+        |what: &str, e: Errno| format!("{what} {}: {}", shown.display(), std::io::Error::from(e));
+    let temp = format!(
+        ".{}.antibody-{}",
+        name.to_string_lossy(),
         uuid::Uuid::new_v4().simple()
-    ));
-    let written = write_new(&temp, content, mode, uid, gid).and_then(|()| {
-        fs::rename(&temp, path).map_err(|e| format!("rename over {}: {e}", path.display()))
-    });
+    );
+    let written = (|| {
+        let fd = rustix::fs::openat(
+            dir,
+            temp.as_str(),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(|e| at("a temporary file beside", e))?;
+        let mut file = File::from(fd);
+        file.write_all(content)
+            .map_err(|e| format!("writing beside {}: {e}", shown.display()))?;
+        rustix::fs::fchown(
+            &file,
+            Some(rustix::fs::Uid::from_raw(uid)),
+            Some(rustix::fs::Gid::from_raw(gid)),
+        )
+        .map_err(|e| at("the owner of the new", e))?;
+        // After chown, which clears set-id bits.
+        rustix::fs::fchmod(&file, Mode::from_raw_mode(mode))
+            .map_err(|e| at("the mode of the new", e))?;
+        rustix::fs::fsync(&file).map_err(|e| at("fsync of the new", e))?;
+        rustix::fs::renameat(dir, temp.as_str(), dir, name).map_err(|e| at("rename over", e))
+    })();
     if let Err(e) = written {
-        let _ = fs::remove_file(&temp);
+        let _ = rustix::fs::unlinkat(dir, temp.as_str(), AtFlags::empty());
         return Err(e);
     }
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| format!("fsync of {}: {e}", dir.display()))
+    rustix::fs::fsync(dir).map_err(|e| at("fsync of the directory of", e))
 }
 
-fn write_new(path: &Path, content: &[u8], mode: u32, uid: u32, gid: u32) -> Result<(), String> {
-    let at = |e: std::io::Error| format!("{}: {e}", path.display());
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(at)?;
-    file.write_all(content).map_err(at)?;
-    std::os::unix::fs::fchown(&file, Some(uid), Some(gid)).map_err(at)?;
-    // After chown, which clears set-id bits.
-    file.set_permissions(fs::Permissions::from_mode(mode))
-        .map_err(at)?;
-    file.sync_all().map_err(at)
+/// Writes `content` to `dir/name` atomically (the agent's own files, such
+/// as hot_patch backups under `state.dir`): root's, with `mode`.
+pub fn write_own_file(dir: &Path, name: &str, content: &[u8], mode: u32) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let fd = rustix::fs::open(
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| format!("{}: {}", dir.display(), std::io::Error::from(e)))?;
+    let uid = rustix::process::geteuid().as_raw();
+    let gid = rustix::process::getegid().as_raw();
+    replace_in(
+        &fd,
+        OsStr::new(name),
+        &dir.join(name),
+        content,
+        mode,
+        uid,
+        gid,
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn read(path: &Path, roots: &[PathBuf]) -> Result<Target, TargetError> {
+        open_target_dir(path, roots)?.read()
+    }
 
     #[test]
     fn a_replaced_file_keeps_its_mode_and_owner_and_leaves_no_temporary() {
         let dir = tempfile::tempdir().unwrap();
+        let roots = [dir.path().to_path_buf()];
         let path = dir.path().join("app.conf");
         fs::write(&path, "old\n").unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
-        let before = read_target(&path, &[dir.path().to_path_buf()]).unwrap();
-        replace_atomically(&path, b"new\n", before.mode, before.uid, before.gid).unwrap();
-        let after = read_target(&path, &[dir.path().to_path_buf()]).unwrap();
+        let target_dir = open_target_dir(&path, &roots).unwrap();
+        let before = target_dir.read().unwrap();
+        target_dir
+            .replace(b"new\n", before.mode, before.uid, before.gid)
+            .unwrap();
+        let after = read(&path, &roots).unwrap();
         assert_eq!(after.content, b"new\n");
         assert_eq!(
             (after.mode, after.uid, after.gid),
@@ -180,23 +325,33 @@ mod tests {
     }
 
     #[test]
-    fn targets_outside_the_roots_or_not_regular_files_are_refused() {
+    fn targets_outside_the_roots_behind_links_or_not_regular_files_are_refused() {
         let root = tempfile::tempdir().unwrap();
         let outside = tempfile::tempdir().unwrap();
         let secret = outside.path().join("shadow");
         fs::write(&secret, "x").unwrap();
-        let link = root.path().join("link");
-        std::os::unix::fs::symlink(&secret, &link).unwrap();
         let roots = [root.path().to_path_buf()];
-        let refused = |path: &Path| match read_target(path, &roots) {
+        let refused = |path: &Path| match read(path, &roots) {
             Err(TargetError::Refused(why)) => why,
             other => panic!("{} not refused: {other:?}", path.display()),
         };
+        // A link as the file, or as a directory on the way: refused, even
+        // when it stays inside the root.
+        let link = root.path().join("link");
+        std::os::unix::fs::symlink(&secret, &link).unwrap();
         let why = refused(&link);
-        assert!(
-            why.contains("not under any of hot_patch.allowed_paths"),
-            "{why}"
-        );
+        assert!(why.contains("symbolic link"), "{why}");
+        std::os::unix::fs::symlink(outside.path(), root.path().join("sub-link")).unwrap();
+        let why = refused(&root.path().join("sub-link/shadow"));
+        assert!(why.contains("symbolic link in its path"), "{why}");
+        fs::create_dir(root.path().join("real")).unwrap();
+        fs::write(root.path().join("real/app.conf"), "x").unwrap();
+        std::os::unix::fs::symlink(root.path().join("real"), root.path().join("inner-link"))
+            .unwrap();
+        let why = refused(&root.path().join("inner-link/app.conf"));
+        assert!(why.contains("symbolic link in its path"), "{why}");
+        assert!(read(&root.path().join("real/app.conf"), &roots).is_ok());
+
         let sub = root.path().join("sub");
         fs::create_dir(&sub).unwrap();
         assert!(refused(&sub).contains("not a regular file"));
@@ -204,17 +359,37 @@ mod tests {
             refused(root.path()).contains("not under"),
             "the root itself"
         );
+        assert!(refused(&secret).contains("not under"));
         let big = root.path().join("big");
         File::create(&big)
             .unwrap()
             .set_len(MAX_TARGET_BYTES + 1)
             .unwrap();
         assert!(refused(&big).contains("at most 16 MiB"));
+        nix::unistd::mkfifo(&root.path().join("fifo"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        assert!(refused(&root.path().join("fifo")).contains("not a regular file"));
+        assert!(matches!(
+            check_target(&root.path().join("fifo"), &roots),
+            Err(TargetError::Refused(_))
+        ));
         // Missing is not a guard's refusal: the plan reports it.
-        let missing = read_target(&root.path().join("absent"), &roots);
+        let missing = read(&root.path().join("absent"), &roots);
         assert!(
             matches!(missing, Err(TargetError::Unreadable(_))),
             "{missing:?}"
+        );
+    }
+
+    #[test]
+    fn the_agents_own_files_are_written_whole_and_root_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let backups = dir.path().join("backups");
+        write_own_file(&backups, "p.0.orig", b"secret\n", 0o600).unwrap();
+        let written = backups.join("p.0.orig");
+        assert_eq!(fs::read(&written).unwrap(), b"secret\n");
+        assert_eq!(
+            fs::metadata(&written).unwrap().permissions().mode() & 0o777,
+            0o600
         );
     }
 }

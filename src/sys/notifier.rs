@@ -23,6 +23,8 @@ pub enum Channel {
 }
 
 impl Channel {
+    /// How a notice is delivered, for `DryRun`: a webhook's URL only as
+    /// its scheme and host (see [`redact_url`]).
     pub fn describe(&self) -> String {
         match self {
             Channel::Journal => "journald entry (MESSAGE_ID operator_notice)".into(),
@@ -30,9 +32,29 @@ impl Channel {
             Channel::Webhook {
                 url, timeout_secs, ..
             } => {
-                format!("HTTP POST of JSON to {url} (timeout {timeout_secs} s)")
+                format!(
+                    "HTTP POST of JSON to {} (timeout {timeout_secs} s)",
+                    redact_url(url)
+                )
             }
         }
+    }
+}
+
+/// A webhook URL as submitters and readers of plans may see it: scheme and
+/// host (and port) only, `https://hooks.example/…`. Its path, query and
+/// user info often carry a token, and the config that holds them is
+/// readable by root alone.
+pub fn redact_url(url: &str) -> String {
+    match url.parse::<http::Uri>() {
+        Ok(uri) => match (uri.scheme_str(), uri.host()) {
+            (Some(scheme), Some(host)) => match uri.port_u16() {
+                Some(port) => format!("{scheme}://{host}:{port}/…"),
+                None => format!("{scheme}://{host}/…"),
+            },
+            _ => "(a webhook URL)".into(),
+        },
+        Err(_) => "(a webhook URL)".into(),
     }
 }
 
@@ -127,7 +149,14 @@ pub async fn post_json(url: &str, timeout_secs: u64, body: Value) -> Result<(), 
             )
             .send(body.to_string())
             .map(|response| response.status().as_u16())
-            .map_err(|e| format!("POST {url}: {e}"))
+            // The error goes to the plan's log: never the URL's secrets.
+            .map_err(|e| {
+                let shown = redact_url(&url);
+                format!(
+                    "POST {shown}: {}",
+                    e.to_string().replace(url.as_str(), &shown)
+                )
+            })
     })
     .await
     .map_err(|e| ActionError::transient(format!("webhook task: {e}")))?;
@@ -140,5 +169,29 @@ pub async fn post_json(url: &str, timeout_secs: u64, body: Value) -> Result<(), 
             "webhook answered HTTP {status}"
         ))),
         Err(e) => Err(ActionError::transient(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_webhook_url_is_shown_as_its_scheme_and_host_only() {
+        assert_eq!(
+            redact_url("https://hooks.example/T000/B000/XXXXSECRET?token=abc"),
+            "https://hooks.example/…"
+        );
+        assert_eq!(
+            redact_url("http://user:pass@127.0.0.1:9000/hook"),
+            "http://127.0.0.1:9000/…"
+        );
+        assert_eq!(redact_url("not a url at all"), "(a webhook URL)");
+        let channel = Channel::Webhook {
+            name: "ops".into(),
+            url: "https://hooks.example/s3cr3t".into(),
+            timeout_secs: 5,
+        };
+        assert!(!channel.describe().contains("s3cr3t"));
     }
 }

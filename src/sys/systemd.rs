@@ -66,6 +66,23 @@ pub struct UnitStatus {
     pub main_pid: Option<u32>,
 }
 
+/// What the unit guards check just before a change (see
+/// `actions::unit_guard::refusal_at_apply`), as systemd reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitFacts {
+    /// The unit's own name (`Id`), which an alias resolves to.
+    pub id: String,
+    /// Every name systemd knows the unit by (its id and its aliases).
+    pub names: Vec<String>,
+    pub load_state: String,
+    /// The unit file it was loaded from; empty when none.
+    pub fragment_path: String,
+    pub refuse_manual_start: bool,
+    pub refuse_manual_stop: bool,
+    /// The slice it runs in; empty for units with no cgroup.
+    pub slice: String,
+}
+
 /// How a job ended: `result` is systemd's word (`done`, `failed`, …).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobOutcome {
@@ -94,8 +111,9 @@ pub trait Systemd: Send + Sync {
 
     async fn unit_status(&self, unit: &str) -> Result<UnitStatus, SystemdError>;
 
-    /// All names systemd knows the unit by (its id and its aliases).
-    async fn unit_names(&self, unit: &str) -> Result<Vec<String>, SystemdError>;
+    /// What the unit guards check before a change: names, load state,
+    /// unit file, `RefuseManual*`, slice.
+    async fn unit_facts(&self, unit: &str) -> Result<UnitFacts, SystemdError>;
 
     async fn resource_limits(&self, unit: &str) -> Result<ResourceLimits, SystemdError>;
 
@@ -426,10 +444,36 @@ impl Systemd for SystemdManager {
         })
     }
 
-    async fn unit_names(&self, unit: &str) -> Result<Vec<String>, SystemdError> {
+    async fn unit_facts(&self, unit: &str) -> Result<UnitFacts, SystemdError> {
         let (conn, path) = self.unit_object(unit).await?;
         let read = Reader::new(&conn, &path).await?;
-        read.get::<Vec<String>>(UNIT_IFACE, "Names").await
+        // Only units with a cgroup have a slice (and may be acted on).
+        let slice = async {
+            match cgroup_interface(unit) {
+                Some(interface) => read.get::<String>(interface, "Slice").await,
+                None => Ok(String::new()),
+            }
+        };
+        // Seven questions, all sent at once.
+        let (id, names, load_state, fragment_path, refuse_manual_start, refuse_manual_stop, slice) =
+            tokio::try_join!(
+                read.get::<String>(UNIT_IFACE, "Id"),
+                read.get::<Vec<String>>(UNIT_IFACE, "Names"),
+                read.get::<String>(UNIT_IFACE, "LoadState"),
+                read.get::<String>(UNIT_IFACE, "FragmentPath"),
+                read.get::<bool>(UNIT_IFACE, "RefuseManualStart"),
+                read.get::<bool>(UNIT_IFACE, "RefuseManualStop"),
+                slice,
+            )?;
+        Ok(UnitFacts {
+            id,
+            names,
+            load_state,
+            fragment_path,
+            refuse_manual_start,
+            refuse_manual_stop,
+            slice,
+        })
     }
 
     async fn resource_limits(&self, unit: &str) -> Result<ResourceLimits, SystemdError> {

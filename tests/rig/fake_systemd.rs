@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use antibody::sys::systemd::{JobOutcome, ResourceLimits, Systemd, SystemdError, UnitStatus};
+use antibody::sys::systemd::{
+    JobOutcome, ResourceLimits, Systemd, SystemdError, UnitFacts, UnitStatus,
+};
 
 pub const UNLIMITED: ResourceLimits = ResourceLimits {
     cpu_quota_per_sec_usec: u64::MAX,
@@ -35,6 +37,9 @@ pub struct FakeSystemd {
     pub units: Mutex<HashMap<String, FakeUnit>>,
     /// A unit's names when it has aliases (all of them, its own included).
     pub names: Mutex<HashMap<String, Vec<String>>>,
+    /// What systemd reports to the guards, where it differs from a plain
+    /// unit loaded from a file in system.slice.
+    pub facts: Mutex<HashMap<String, UnitFacts>>,
     /// This many next `SetUnitProperties` fail as if systemd were out of reach.
     pub failing_sets: Mutex<u32>,
     /// `restart UNIT`, `set UNIT CPU/MEM/IO` in call order.
@@ -137,9 +142,20 @@ impl Systemd for FakeSystemd {
         self.with_unit(unit, |u| status(unit, u))
     }
 
-    async fn unit_names(&self, unit: &str) -> Result<Vec<String>, SystemdError> {
+    async fn unit_facts(&self, unit: &str) -> Result<UnitFacts, SystemdError> {
+        if let Some(facts) = self.facts.lock().unwrap().get(unit) {
+            return Ok(facts.clone());
+        }
         let names = self.names.lock().unwrap().get(unit).cloned();
-        Ok(names.unwrap_or_else(|| vec![unit.to_string()]))
+        Ok(UnitFacts {
+            id: unit.to_string(),
+            names: names.unwrap_or_else(|| vec![unit.to_string()]),
+            load_state: "loaded".into(),
+            fragment_path: format!("/usr/lib/systemd/system/{unit}"),
+            refuse_manual_start: false,
+            refuse_manual_stop: false,
+            slice: "system.slice".into(),
+        })
     }
 
     async fn resource_limits(&self, unit: &str) -> Result<ResourceLimits, SystemdError> {
