@@ -552,6 +552,27 @@ async fn what_systemd_reports_about_a_unit_is_guarded_again_at_apply() {
     assert!(rig.systemd.calls().is_empty(), "{:?}", rig.systemd.calls());
 }
 
+#[tokio::test]
+async fn a_throttle_over_one_whose_end_is_still_being_retried_restores_the_units_own_limits() {
+    let rig = start_with(&["web.service"], "").await;
+    let (a, _) = run_to_end(&rig, "a", json!([throttle("web.service", 1)])).await;
+    // A's end fails once (systemd out of reach) and is retried; B comes
+    // meanwhile, finds A's limits on the unit, and must not take them for
+    // the unit's own. (B's own first set fails too and is retried.)
+    *rig.systemd.failing_sets.lock().unwrap() = 2;
+    wait_for(
+        || !ledger_payloads(&rig, "action_revert_failed").is_empty(),
+        "A's end to fail once",
+    )
+    .await;
+    let b_throttle = json!({"type": "throttle_entity", "entity": "web.service", "seconds": 2, "cpu_percent": 50});
+    let (b, plan) = run_to_end(&rig, "b", json!([b_throttle])).await;
+    assert_eq!(plan["status"], "success", "{plan}");
+    wait_reverted(&rig, &a, "A's end, retried").await;
+    wait_reverted(&rig, &b, "B's end").await;
+    assert_eq!(rig.systemd.unit("web.service").limits, UNLIMITED);
+}
+
 fn notices_containing(rig: &Rig, text: &str) -> usize {
     let sent = rig.notifier.0.lock().unwrap();
     sent.iter()

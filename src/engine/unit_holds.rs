@@ -73,12 +73,16 @@ pub fn limits_after_end(ending: &UnitThrottle, all: &[UnitThrottle]) -> Value {
 }
 
 /// The `base` of a throttle of `unit` applied now that found `before`
-/// (pure): the base of the latest throttle still in force, or `before`.
+/// (pure): the base of the latest throttle not yet reverted, or `before`.
+/// A throttle past its end counts while its revert is still to come (it
+/// waits behind another plan on the unit, or is retried after a systemd
+/// error): its limits are still on the unit, so `before` is not the
+/// unit's own.
 pub fn base_for(unit: &str, before: &Value, all: &[UnitThrottle]) -> Value {
-    match held_limits(unit, all) {
-        Some(held) => held.base.clone(),
-        None => before.clone(),
-    }
+    all.iter()
+        .filter(|t| t.unit == unit && t.applied)
+        .max_by(|a, b| a.applied_at.cmp(&b.applied_at))
+        .map_or_else(|| before.clone(), |t| t.base.clone())
 }
 
 impl Engine {
@@ -288,7 +292,14 @@ mod tests {
             base_for("web.service", &json!(20), std::slice::from_ref(&a)),
             json!(100)
         );
-        assert_eq!(base_for("web.service", &json!(20), &[ended(a)]), json!(20));
+        assert_eq!(
+            base_for("web.service", &json!(20), &[ended(a.clone())]),
+            json!(20)
+        );
+        // Past its end but not reverted yet: its base still counts.
+        let mut due = a;
+        due.in_force = false;
+        assert_eq!(base_for("web.service", &json!(20), &[due]), json!(100));
     }
 
     #[test]
