@@ -233,6 +233,11 @@ async fn dry_run_shows_the_hashes_and_changes_nothing() {
     assert_eq!(fs::read_to_string(&files.target).unwrap(), ORIGINAL);
 }
 
+/// How long (in spin-loop turns) the racing thread leaves the link, then
+/// the real directory, in place.
+const LINK_SPINS: u32 = 2_000;
+const DIR_SPINS: u32 = 20_000;
+
 /// The reverse of [`DIFF`].
 const UNDIFF: &str = "--- a/app.conf\n+++ b/app.conf\n@@ -1,3 +1,3 @@\n listen 80\n-debug off\n+debug on\n workers 4\n";
 
@@ -259,8 +264,7 @@ async fn a_directory_swapped_for_a_link_while_plans_run_never_leads_a_write_out_
     let racer = {
         let (stop, conf, swapped) = (stop.clone(), conf.clone(), swapped.clone());
         std::thread::spawn(move || {
-            let mut swaps = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let swap = || {
                 nix::fcntl::renameat2(
                     nix::fcntl::AT_FDCWD,
                     &conf,
@@ -268,8 +272,18 @@ async fn a_directory_swapped_for_a_link_while_plans_run_never_leads_a_write_out_
                     &swapped,
                     nix::fcntl::RenameFlags::RENAME_EXCHANGE,
                 )
-                .expect("swap");
-                swaps += 1;
+                .expect("swap")
+            };
+            let spin = |n: u32| (0..n).for_each(|_| std::hint::spin_loop());
+            // The link is in place in short bursts: most checks of the
+            // path then pass, and a step right after one may meet the link.
+            let mut swaps = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                swap();
+                spin(LINK_SPINS);
+                swap();
+                spin(DIR_SPINS);
+                swaps += 2;
             }
             swaps
         })
@@ -295,6 +309,8 @@ async fn a_directory_swapped_for_a_link_while_plans_run_never_leads_a_write_out_
     let swaps = racer.join().unwrap();
     println!("{swaps} swaps; {succeeded} plans patched, {refused} refused or failed");
     assert!(swaps > 1000 && succeeded > 0, "the race did not run");
+    // (The same test against the earlier, path-based code wrote PATCHED into
+    // the file outside the root in each of two runs.)
     assert_eq!(
         fs::read_to_string(&secret).unwrap(),
         ORIGINAL,
