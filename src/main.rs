@@ -166,6 +166,7 @@ async fn run(args: Args, config: Config) -> Result<(), String> {
     let engine_loop = tokio::spawn(engine.clone().run());
     tokio::spawn(engine.clone().reconcile_loop());
     tokio::spawn(engine.clone().reconcile_units_loop());
+    tokio::spawn(engine.clone().upkeep_loop());
     sdnotify::ready(&engine.status_line());
     tokio::spawn(watchdog(engine.clone(), watchdog_interval));
     if engine.started_from_checkpoint() {

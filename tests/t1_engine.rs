@@ -209,7 +209,11 @@ async fn ten_thousand_identical_alerts_make_one_plan() {
     let (again, c) = rig.engine.submit(&text).await.unwrap();
     assert_eq!((again.as_str(), c), (id.as_str(), false));
     assert_eq!(
-        rig.engine.list_plans(None, 100).as_array().unwrap().len(),
+        serde_json::from_str::<Value>(&rig.engine.list_plans(None, 100))
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
         1
     );
     assert_eq!(
@@ -435,7 +439,14 @@ async fn dry_run_has_no_side_effect() {
     assert_eq!(out["actions"][0]["change"], json!({"would": "d"}));
     assert!(rig.step.calls().is_empty());
     assert_eq!(ledger_kinds(&rig).len(), before);
-    assert_eq!(rig.engine.list_plans(None, 0).as_array().unwrap().len(), 0);
+    assert_eq!(
+        serde_json::from_str::<Value>(&rig.engine.list_plans(None, 0))
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
 }
 
 #[tokio::test]
@@ -726,7 +737,11 @@ async fn finished_plans_are_archived_and_still_answer() {
     }
     assert_eq!(rig.engine.evict_finished().unwrap(), 2);
     assert_eq!(
-        rig.engine.list_plans(None, 0).as_array().unwrap().len(),
+        serde_json::from_str::<Value>(&rig.engine.list_plans(None, 0))
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
         1,
         "only the newest stays listed"
     );
@@ -800,4 +815,102 @@ async fn only_actions_that_need_it_are_written_ahead() {
             "plan_finished"
         ]
     );
+}
+
+#[tokio::test]
+async fn callers_of_verify_ledger_that_come_together_share_one_walk_of_the_chain() {
+    let rig = start("").await;
+    let (id, _) = rig
+        .engine
+        .submit(&alert("something to verify", json!([step("a")])))
+        .await
+        .unwrap();
+    wait_finished(&rig.engine, &id).await;
+    let answers = futures_util::future::join_all((0..16).map(|_| rig.engine.verify_ledger())).await;
+    assert!(answers.iter().all(|(ok, _)| *ok), "{answers:?}");
+    assert!(
+        answers.windows(2).all(|w| w[0] == w[1]),
+        "one answer for all"
+    );
+    assert_eq!(rig.engine.ledger_walks(), 1, "sixteen callers, one walk");
+    // A caller after that walk ended starts the next one.
+    assert!(rig.engine.verify_ledger().await.0);
+    assert_eq!(rig.engine.ledger_walks(), 2);
+}
+
+#[tokio::test]
+async fn checkpoints_taken_while_plans_run_replay_to_exactly_what_the_whole_ledger_says() {
+    let rig = start("[queue]\nmax_concurrent = 8\n").await;
+    let state = rig.dir.path().join("state");
+    // One plan held mid-step through every checkpoint: its start is
+    // durable, its outcome is not.
+    let gate = std::sync::Arc::new(tokio::sync::Notify::new());
+    rig.step.script("held", vec![Outcome::Gate(gate.clone())]);
+    let (held, _) = rig
+        .engine
+        .submit(&alert("held", json!([step("held")])))
+        .await
+        .unwrap();
+    wait_for(|| rig.step.count("apply", "held") == 1, "the held step").await;
+    // Eight submitters, and checkpoints taken meanwhile (each kept).
+    let submitters = (0..8).map(|t| {
+        let engine = rig.engine.clone();
+        async move {
+            let mut ids = Vec::new();
+            for n in 0..25 {
+                let actions = json!([step(&format!("k{t}-{n}")), step("x")]);
+                let (id, _) = engine
+                    .submit(&alert(&format!("{t}/{n}"), actions))
+                    .await
+                    .unwrap();
+                ids.push(id);
+            }
+            ids
+        }
+    });
+    let checkpoints = {
+        let (engine, state) = (rig.engine.clone(), state.clone());
+        async move {
+            let mut kept = Vec::new();
+            for n in 0..30 {
+                engine.checkpoint_now().await.unwrap();
+                let copy = state.join(format!("checkpoint-{n}.json"));
+                std::fs::copy(state.join("checkpoint.json"), &copy).unwrap();
+                kept.push(copy);
+                tokio::task::yield_now().await;
+            }
+            kept
+        }
+    };
+    let (ids, kept) = tokio::join!(futures_util::future::join_all(submitters), checkpoints);
+    let mut ids: Vec<String> = ids.into_iter().flatten().collect();
+    for id in &ids {
+        wait_finished(&rig.engine, id).await;
+    }
+    ids.push(held.clone());
+    // A crash now, with the held plan still mid-step.
+    let mut dir = {
+        let Rig { engine, dir, .. } = rig;
+        drop(engine);
+        dir
+    };
+    let plans = |engine: &Engine| -> Vec<Value> {
+        ids.iter().map(|id| engine.get_plan(id).unwrap()).collect()
+    };
+    std::fs::remove_file(state.join("checkpoint.json")).unwrap();
+    let whole = open(dir, Step::default(), "");
+    assert!(!whole.engine.started_from_checkpoint());
+    let truth = plans(&whole.engine);
+    assert_eq!(truth.last().unwrap()["actions"][0]["in_flight"], true);
+    dir = whole.dir;
+    drop(whole.engine);
+    // Each checkpoint and the records after it say what the whole ledger says.
+    for copy in &kept {
+        std::fs::copy(copy, state.join("checkpoint.json")).unwrap();
+        let again = open(dir, Step::default(), "");
+        assert!(again.engine.started_from_checkpoint());
+        assert_eq!(plans(&again.engine), truth, "from {}", copy.display());
+        dir = again.dir;
+        drop(again.engine);
+    }
 }

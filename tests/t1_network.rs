@@ -134,3 +134,83 @@ async fn an_isolation_whose_end_keeps_failing_is_not_put_back_by_reconcile() {
     )
     .await;
 }
+
+/// A firewall that reports itself stuck on a batch for `stalled_ms`.
+struct Stalled {
+    inner: NftFirewall,
+    stalled_ms: Arc<std::sync::atomic::AtomicU64>,
+}
+
+#[async_trait]
+impl antibody::sys::nft::Firewall for Stalled {
+    fn stalled_for_ms(&self) -> u64 {
+        self.stalled_ms.load(Ordering::Relaxed)
+    }
+    async fn claim(
+        &self,
+        claim: antibody::sys::nft::Claim,
+    ) -> Result<u64, antibody::sys::nft::FirewallError> {
+        self.inner.claim(claim).await
+    }
+    async fn release(
+        &self,
+        owner: &str,
+        element: antibody::sys::nft::Element,
+    ) -> Result<Option<u64>, antibody::sys::nft::FirewallError> {
+        self.inner.release(owner, element).await
+    }
+    async fn expires_in(
+        &self,
+        element: antibody::sys::nft::Element,
+    ) -> Result<Option<u64>, antibody::sys::nft::FirewallError> {
+        self.inner.expires_in(element).await
+    }
+    async fn reconcile(
+        &self,
+        active: Vec<antibody::sys::nft::Claim>,
+    ) -> Result<antibody::sys::nft::Drift, antibody::sys::nft::FirewallError> {
+        self.inner.reconcile(active).await
+    }
+    async fn preview_claim(
+        &self,
+        element: antibody::sys::nft::Element,
+        timeout_secs: u64,
+    ) -> Result<Value, antibody::sys::nft::FirewallError> {
+        self.inner.preview_claim(element, timeout_secs).await
+    }
+    async fn remove_table(&self) -> Result<bool, antibody::sys::nft::FirewallError> {
+        self.inner.remove_table().await
+    }
+}
+
+#[tokio::test]
+async fn a_firewall_stuck_on_a_batch_makes_the_agent_unhealthy() {
+    let dir = tempfile::tempdir().unwrap();
+    let stalled_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let engine = Engine::open(
+        config_in(dir.path(), ""),
+        EngineParts {
+            registry: antibody::actions::Registry::builtin(),
+            sys: Sys {
+                notifier: Arc::new(RecordingNotifier::default()),
+                systemd: Arc::new(FakeSystemd::default()),
+                firewall: Arc::new(Stalled {
+                    inner: NftFirewall::start(FakeDriver::default()),
+                    stalled_ms: stalled_ms.clone(),
+                }),
+            },
+            events: events::channel(),
+            mirror: None,
+            own_unit: None,
+        },
+    )
+    .unwrap();
+    tokio::spawn(engine.clone().run());
+    wait_for(|| engine.healthy(), "a healthy start").await;
+    // Three nft timeouts' worth (30 s) on one batch: unhealthy, in Status too.
+    stalled_ms.store(30_000, Ordering::Relaxed);
+    assert!(!engine.healthy());
+    assert_eq!(engine.status()["healthy"], false);
+    stalled_ms.store(29_999, Ordering::Relaxed);
+    assert!(engine.healthy());
+}

@@ -66,7 +66,8 @@ impl Antibody {
         Ok(self.engine.get_plan(plan_id)?.to_string())
     }
 
-    /// Plans newest first; an empty status means all; limit 0 means 100.
+    /// Plans newest first; an empty status means all; limit 0 means 100,
+    /// and at most 1000.
     #[zbus(out_args("plans_json"))]
     async fn list_plans(
         &self,
@@ -84,7 +85,7 @@ impl Antibody {
                 ))
             })?),
         };
-        Ok(self.engine.list_plans(filter, limit).to_string())
+        Ok(self.engine.list_plans(filter, limit))
     }
 
     /// The plan that would be made and each action's exact change; no side effect.

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
+use futures_util::future::{BoxFuture, FutureExt, Shared};
 use serde_json::{json, Value};
 use tokio::sync::{watch, Notify};
 
@@ -31,6 +32,7 @@ mod runner;
 pub mod state;
 pub mod store;
 mod unit_holds;
+mod upkeep;
 
 use state::EngineState;
 
@@ -69,12 +71,30 @@ pub struct Engine {
     from_checkpoint: bool,
     /// The longest the idle engine loop sleeps between heartbeats (ms).
     beat_ms: AtomicU64,
+    /// Held (shared) by every write of a plan's record until the record is
+    /// folded into the plan in memory; a checkpoint taken while plans run
+    /// holds it exclusively for an instant, so what it saves is exactly
+    /// the ledger up to its position (see `upkeep.rs`).
+    fold_gate: tokio::sync::RwLock<()>,
+    /// Sequence number of the newest checkpoint's record.
+    checkpoint_seq: AtomicU64,
+    /// The walk of the chain `VerifyLedger` runs now, shared by its callers.
+    verifying: Mutex<Option<LedgerWalk>>,
+    ledger_walks: AtomicU64,
 }
+
+/// A running walk of the chain: (ok, broken at, report).
+type LedgerWalk = Shared<BoxFuture<'static, (bool, Option<u64>, String)>>;
+
+/// A firewall busy with one batch for longer is reported unhealthy: three
+/// times the longest one `nft` run may take.
+const FIREWALL_STALL_MS: u64 = 3 * crate::sys::nft::cli::NFT_TIMEOUT.as_millis() as u64;
+
+/// `ListPlans` answers with at most this many plans, whatever its `limit`.
+pub const MAX_LIST_PLANS: usize = 1000;
 
 /// A start that read at least this many records writes a checkpoint.
 const CHECKPOINT_AFTER_RECORDS: u64 = 10_000;
-/// How often the engine loop archives finished plans.
-const EVICT_EVERY: Duration = Duration::from_secs(5);
 
 /// What [`Engine::open`] needs besides the config.
 pub struct EngineParts {
@@ -95,6 +115,7 @@ impl Engine {
         }
         let tail_records = replayed.scan.records;
         let from_checkpoint = replayed.from_checkpoint;
+        let checkpoint_seq = replayed.checkpoint_seq;
         let (chain_ok, broken_at, report) = replayed.chain;
         let ScanReport {
             tip, last_segment, ..
@@ -116,7 +137,7 @@ impl Engine {
         let engine = Arc::new(Engine {
             config: RwLock::new(Arc::new(config)),
             inner: Mutex::new(Inner {
-                state: EngineState::from_plans(replayed.plans),
+                state: EngineState::from_plans(replayed.plans, replayed.archived_active),
                 creating: HashMap::new(),
             }),
             ledger,
@@ -136,6 +157,10 @@ impl Engine {
             own_unit: parts.own_unit,
             from_checkpoint,
             beat_ms: AtomicU64::new(1000),
+            fold_gate: tokio::sync::RwLock::new(()),
+            checkpoint_seq: AtomicU64::new(checkpoint_seq),
+            verifying: Mutex::new(None),
+            ledger_walks: AtomicU64::new(0),
         });
         // A long replay is not repeated at the next start: archive what
         // memory need not hold and checkpoint the rest, before any append.
@@ -150,61 +175,6 @@ impl Engine {
     /// not re-read; [`Engine::verify_ledger`] re-walks it in the background).
     pub fn started_from_checkpoint(&self) -> bool {
         self.from_checkpoint
-    }
-
-    /// Archives finished plans memory need not hold, then forgets them.
-    pub fn evict_finished(&self) -> std::io::Result<usize> {
-        let config = self.config();
-        let plans: Vec<Plan> = {
-            let inner = self.lock();
-            let window_ms = config.queue.dedupe_window_secs.saturating_mul(1000);
-            // Restarts stay in memory while the flap limiter counts them.
-            let flap_window_ms = config.restart.interval_secs.saturating_mul(1000);
-            let now = now_ms();
-            inner
-                .state
-                .evictable(now, window_ms, config.state.keep_finished_plans)
-                .iter()
-                .filter_map(|id| inner.state.plans.get(id))
-                .filter(|p| {
-                    let finished = p.finished_ms.unwrap_or(u64::MAX);
-                    now >= finished.saturating_add(flap_window_ms) || !self.has_flap_limited(p)
-                })
-                .cloned()
-                .collect()
-        };
-        if plans.is_empty() {
-            return Ok(0);
-        }
-        store::archive_plans(&config.state.dir, &plans)?;
-        let mut inner = self.lock();
-        for plan in &plans {
-            // Only if nothing touched it meanwhile (e.g. a rollback request).
-            if inner.state.plans.get(&plan.id) == Some(plan) {
-                inner.state.evict(&plan.id);
-            }
-        }
-        Ok(plans.len())
-    }
-
-    /// Writes the live plans and the ledger position they reflect. Only
-    /// called when no plan is mid-step, so the two agree exactly.
-    pub fn write_checkpoint(&self) -> std::io::Result<()> {
-        let config = self.config();
-        let health = self.ledger_health();
-        let (position, plans) = {
-            let inner = self.lock();
-            (
-                self.ledger.position(),
-                inner.state.plans.values().cloned().collect(),
-            )
-        };
-        let checkpoint = store::new_checkpoint(
-            &position,
-            (health.ok, health.broken_at, health.report),
-            plans,
-        );
-        store::save_checkpoint(&config.state.dir, &checkpoint)
     }
 
     /// A plan from memory, or taken back from the archive.
@@ -369,6 +339,7 @@ impl Engine {
             }
             Admission::New(tx, entry) => (tx, entry),
         };
+        let folding = self.fold_gate.read().await;
         let written = self.write_one(entry).await;
         let mut inner = self.lock();
         inner.creating.remove(&hash);
@@ -384,6 +355,7 @@ impl Engine {
                 let id = plan.id.clone();
                 inner.state.accept(plan);
                 drop(inner);
+                drop(folding);
                 let _ = tx.send(Some(Ok(id.clone())));
                 self.emit(queued);
                 self.emit(AgentEvent::CountersChanged);
@@ -409,18 +381,23 @@ impl Engine {
             .ok_or_else(|| AgentError::new(ErrorName::NotFound, format!("no plan with id {id:?}")))
     }
 
-    /// `ListPlans`: newest first; `limit` 0 means 100.
-    pub fn list_plans(&self, status: Option<PlanStatus>, limit: u32) -> Value {
-        let limit = if limit == 0 { 100 } else { limit as usize };
-        let inner = self.lock();
-        Value::Array(
-            inner
-                .state
-                .list(status, limit)
-                .into_iter()
-                .map(|p| serde_json::to_value(p).expect("plans serialize"))
-                .collect(),
-        )
+    /// `ListPlans`: newest first; `limit` 0 means 100, and at most
+    /// [`MAX_LIST_PLANS`]. The plans are copied under the engine's lock and
+    /// serialized after it is released, so a big answer never holds up
+    /// the plans that run.
+    pub fn list_plans(&self, status: Option<PlanStatus>, limit: u32) -> String {
+        let limit = match limit {
+            0 => 100,
+            n => (n as usize).min(MAX_LIST_PLANS),
+        };
+        let plans: Vec<Plan> = self
+            .lock()
+            .state
+            .list(status, limit)
+            .into_iter()
+            .cloned()
+            .collect();
+        serde_json::to_string(&plans).expect("plans serialize")
     }
 
     /// `DryRun`: the plan that would be made and each action's exact change.
@@ -503,15 +480,42 @@ impl Engine {
         Ok(())
     }
 
-    /// Re-walks the whole chain (off the async threads) and remembers the result.
+    /// Re-walks the whole chain (off the async threads) and remembers the
+    /// result. One walk at a time: callers that come while one runs share
+    /// its result rather than start another (a loop of callers cannot
+    /// keep the disk busy with as many walks).
     pub async fn verify_ledger(&self) -> (bool, String) {
-        let dir = self.config().ledger.dir.clone();
-        let scanned = tokio::task::spawn_blocking(move || ledger::scan(&dir, |_| {})).await;
-        let (ok, broken_at, report) = match scanned {
-            Ok(Ok(scan)) => (scan.ok(), scan.broken_at, scan.report),
-            Ok(Err(e)) => (false, None, format!("the ledger could not be read: {e}")),
-            Err(e) => (false, None, format!("verification task failed: {e}")),
+        let walk = {
+            let mut slot = crate::sync::lock(&self.verifying);
+            match slot.as_ref() {
+                Some(walk) => walk.clone(),
+                None => {
+                    let dir = self.config().ledger.dir.clone();
+                    self.ledger_walks.fetch_add(1, Ordering::Relaxed);
+                    let walk = async move {
+                        match tokio::task::spawn_blocking(move || ledger::scan(&dir, |_| {})).await
+                        {
+                            Ok(Ok(scan)) => (scan.ok(), scan.broken_at, scan.report),
+                            Ok(Err(e)) => {
+                                (false, None, format!("the ledger could not be read: {e}"))
+                            }
+                            Err(e) => (false, None, format!("verification task failed: {e}")),
+                        }
+                    }
+                    .boxed()
+                    .shared();
+                    *slot = Some(walk.clone());
+                    walk
+                }
+            }
         };
+        let (ok, broken_at, report) = walk.clone().await;
+        {
+            let mut slot = crate::sync::lock(&self.verifying);
+            if slot.as_ref().is_some_and(|w| w.ptr_eq(&walk)) {
+                *slot = None;
+            }
+        }
         let newly_broken = {
             let mut health = self.ledger_health.lock().unwrap_or_else(|p| p.into_inner());
             let newly = !ok && health.ok;
@@ -527,6 +531,12 @@ impl Engine {
         }
         self.emit(AgentEvent::CountersChanged);
         (ok, report)
+    }
+
+    /// How many walks of the chain `VerifyLedger` has started (callers
+    /// that shared a running walk do not count).
+    pub fn ledger_walks(&self) -> u64 {
+        self.ledger_walks.load(Ordering::Relaxed)
     }
 
     /// Records that the chain is broken, at critical priority. The agent
@@ -557,11 +567,14 @@ impl Engine {
         self.lock().state.active_mitigations() as u32
     }
 
-    /// Healthy: the chain is intact, the last write succeeded and the engine
-    /// loop ticked recently.
+    /// Healthy: the chain is intact, the last write succeeded, the engine
+    /// loop ticked recently and the firewall is not stuck on a batch.
     pub fn healthy(&self) -> bool {
         let beat_age = now_ms().saturating_sub(self.heartbeat_ms.load(Ordering::Relaxed));
-        self.ledger_health().ok && self.storage_ok.load(Ordering::Relaxed) && beat_age < 10_000
+        self.ledger_health().ok
+            && self.storage_ok.load(Ordering::Relaxed)
+            && beat_age < 10_000
+            && self.sys.firewall.stalled_for_ms() < FIREWALL_STALL_MS
     }
 
     /// `Status`: the seed's `GET /status`.
@@ -651,10 +664,7 @@ impl Engine {
         match written {
             Ok(durable) => {
                 self.storage_ok.store(true, Ordering::Relaxed);
-                let mut inner = self.lock();
-                if let Some(plan) = inner.state.plans.get_mut(plan_id) {
-                    plan.apply_event(event, durable.ts_ms);
-                }
+                self.lock().state.fold(plan_id, event, durable.ts_ms);
                 Ok(durable)
             }
             Err(e) => {
@@ -665,6 +675,7 @@ impl Engine {
     }
 
     async fn try_record(&self, plan_id: &str, event: Event) -> Result<Durable, String> {
+        let _folding = self.fold_gate.read().await;
         let written = self.write_one(self.entry(plan_id, &event)).await;
         self.settled(plan_id, &event, written)
     }
@@ -673,11 +684,20 @@ impl Engine {
     /// that fails is recorded again, as [`Engine::record`] does.
     async fn record_all(&self, plan_id: &str, events: Vec<Event>) {
         let entries = events.iter().map(|e| self.entry(plan_id, e)).collect();
+        let folding = self.fold_gate.read().await;
         let written = self.ledger.write_now(entries).await;
-        for (event, written) in events.into_iter().zip(written) {
-            if self.settled(plan_id, &event, written).is_err() {
-                self.record(plan_id, event).await;
-            }
+        let failed: Vec<Event> = events
+            .into_iter()
+            .zip(written)
+            .filter_map(|(event, written)| {
+                self.settled(plan_id, &event, written)
+                    .is_err()
+                    .then_some(event)
+            })
+            .collect();
+        drop(folding);
+        for event in failed {
+            self.record(plan_id, event).await;
         }
     }
 
@@ -801,7 +821,6 @@ impl Engine {
     /// The engine loop: starts runnable plans, fires due timed reverts and
     /// beats the heart the watchdog listens to. Returns once stopping.
     pub async fn run(self: Arc<Self>) {
-        let mut last_evict = Instant::now();
         loop {
             self.heartbeat_ms.store(now_ms(), Ordering::Relaxed);
             if self.is_stopping() {
@@ -826,16 +845,6 @@ impl Engine {
             for (plan_id, index) in due {
                 let engine = self.clone();
                 tokio::spawn(async move { runner::timed_revert(&engine, &plan_id, index).await });
-            }
-            if last_evict.elapsed() >= EVICT_EVERY {
-                last_evict = Instant::now();
-                let engine = self.clone();
-                let evicted = tokio::task::spawn_blocking(move || engine.evict_finished()).await;
-                if let Ok(Err(e)) = evicted {
-                    eprintln!(
-                        "<4>antibody: cannot archive finished plans (they stay in memory): {e}"
-                    );
-                }
             }
             let mut sleep = Duration::from_millis(self.beat_ms.load(Ordering::Relaxed));
             if let Some(at) = next_timer {

@@ -20,6 +20,10 @@ pub struct Replayed {
     /// last full verification (or this full scan's).
     pub chain: (bool, Option<u64>, String),
     pub from_checkpoint: bool,
+    /// The checkpoint's record (0 without one).
+    pub checkpoint_seq: u64,
+    /// Mitigations in force in archived plans, as the checkpoint counted.
+    pub archived_active: usize,
     /// Records whose kind this build does not know (written by a newer one).
     pub unknown_records: u64,
     pub note: Option<String>,
@@ -35,6 +39,7 @@ pub fn replay(ledger_dir: &Path, state_dir: &Path) -> io::Result<Replayed> {
                 .into_iter()
                 .map(|p| (p.id.clone(), p))
                 .collect();
+            let archived_active = checkpoint.archived_active;
             let stored = (
                 checkpoint.chain_ok,
                 checkpoint.chain_broken_at,
@@ -45,6 +50,8 @@ pub fn replay(ledger_dir: &Path, state_dir: &Path) -> io::Result<Replayed> {
                 replayed.chain = stored;
             }
             replayed.from_checkpoint = true;
+            replayed.checkpoint_seq = position.tip.seq;
+            replayed.archived_active = archived_active;
             return Ok(replayed);
         }
         note = Some(format!(
@@ -95,6 +102,8 @@ fn fold(
         scan,
         chain,
         from_checkpoint: false,
+        checkpoint_seq: 0,
+        archived_active: 0,
         unknown_records,
         note: None,
     })

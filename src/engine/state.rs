@@ -18,12 +18,32 @@ pub struct EngineState {
     pub running: HashSet<String>,
     /// (deadline ms, plan id, action index) of timed reverts to come.
     timers: BTreeSet<(u64, String, usize)>,
+    /// Mitigations in force in the plans in memory, kept up to date as
+    /// plans come, change and go, so `Status` never walks every action.
+    active: usize,
+    /// Mitigations in force in plans archived out of memory.
+    archived_active: usize,
+}
+
+/// Applied, reversible, not yet reverted: what is in force now.
+fn in_force(plan: &Plan) -> usize {
+    plan.actions
+        .iter()
+        .filter(|a| a.seed.reversible && a.state == ActionState::Applied)
+        .count()
 }
 
 impl EngineState {
-    /// Rebuilds the bookkeeping from plans (after replaying the ledger).
-    pub fn from_plans(plans: impl IntoIterator<Item = Plan>) -> EngineState {
-        let mut state = EngineState::default();
+    /// Rebuilds the bookkeeping from plans (after replaying the ledger),
+    /// with `archived_active` mitigations in force in archived plans.
+    pub fn from_plans(
+        plans: impl IntoIterator<Item = Plan>,
+        archived_active: usize,
+    ) -> EngineState {
+        let mut state = EngineState {
+            archived_active,
+            ..EngineState::default()
+        };
         let mut plans: Vec<Plan> = plans.into_iter().collect();
         plans.sort_by_key(|p| p.seq);
         for plan in plans {
@@ -53,7 +73,20 @@ impl EngineState {
         self.by_seq.insert(plan.seq, plan.id.clone());
         self.dedupe
             .insert(plan.alert_sha256.clone(), plan.id.clone());
-        self.plans.insert(plan.id.clone(), plan);
+        self.active += in_force(&plan);
+        if let Some(old) = self.plans.insert(plan.id.clone(), plan) {
+            self.active -= in_force(&old);
+        }
+    }
+
+    /// Folds a durable event into its plan, keeping the count of
+    /// mitigations in force.
+    pub fn fold(&mut self, id: &str, event: &crate::plan::Event, ts_ms: u64) {
+        if let Some(plan) = self.plans.get_mut(id) {
+            let before = in_force(plan);
+            plan.apply_event(event, ts_ms);
+            self.active = self.active + in_force(plan) - before;
+        }
     }
 
     /// Puts a finished plan back in the queue (for a rollback).
@@ -124,8 +157,9 @@ impl EngineState {
         self.running.remove(id);
     }
 
-    /// Finished plans memory need not hold: nothing left to run or revert,
-    /// out of the dedupe window, and older than the newest `keep` finished.
+    /// Finished plans memory need not hold: nothing left to run or revert
+    /// on a timer, out of the dedupe window, and older than the newest
+    /// `keep` finished.
     pub fn evictable(&self, now_ms: u64, window_ms: u64, keep: usize) -> Vec<String> {
         let waiting: HashSet<&String> = self.waiting.values().collect();
         let timed: HashSet<&String> = self.timers.iter().map(|(_, id, _)| id).collect();
@@ -141,7 +175,12 @@ impl EngineState {
                     && !self.running.contains(&p.id)
                     && !waiting.contains(&p.id)
                     && !timed.contains(&p.id)
-                    && p.revertible_indexes().next().is_none()
+                    // A timed mitigation stays in memory until its end (its
+                    // timer, reconcile's view of the firewall and of unit
+                    // holds read it there); an untimed one (a hot_patch
+                    // not rolled back) does not need to: it is counted in
+                    // `archived_active`, and a rollback takes it back.
+                    && p.pending_timed_reverts().next().is_none()
                     && p.rollback.as_ref().is_none_or(|r| r.finished_at.is_some())
             })
             .map(|p| p.id.clone())
@@ -151,6 +190,9 @@ impl EngineState {
     /// Forgets a plan (after it was archived).
     pub fn evict(&mut self, id: &str) {
         if let Some(plan) = self.plans.remove(id) {
+            let active = in_force(&plan);
+            self.active -= active;
+            self.archived_active += active;
             self.by_seq.remove(&plan.seq);
             if self.dedupe.get(&plan.alert_sha256).map(String::as_str) == Some(id) {
                 self.dedupe.remove(&plan.alert_sha256);
@@ -160,6 +202,9 @@ impl EngineState {
 
     /// Takes an archived plan back (e.g. to roll it back).
     pub fn readmit(&mut self, plan: Plan) {
+        if !self.plans.contains_key(&plan.id) {
+            self.archived_active = self.archived_active.saturating_sub(in_force(&plan));
+        }
         self.insert(plan);
     }
 
@@ -174,13 +219,15 @@ impl EngineState {
             .collect()
     }
 
-    /// Applied, reversible, not yet reverted: what is in force now.
+    /// Applied, reversible, not yet reverted: what is in force now, in
+    /// memory and in archived plans.
     pub fn active_mitigations(&self) -> usize {
-        self.plans
-            .values()
-            .flat_map(|p| p.actions.iter())
-            .filter(|a| a.seed.reversible && a.state == ActionState::Applied)
-            .count()
+        self.active + self.archived_active
+    }
+
+    /// Mitigations in force in archived plans (kept in checkpoints).
+    pub fn archived_active(&self) -> usize {
+        self.archived_active
     }
 
     pub fn add_timers(&mut self, plan: &Plan) {
@@ -313,22 +360,24 @@ mod tests {
         for i in 0..5u64 {
             let id = format!("p{i}");
             s.finish_running(&id);
-            let p = s.plans.get_mut(&id).unwrap();
-            p.apply_event(&Event::PlanStarted {}, 1_000);
-            if i == 1 {
-                // p1 keeps an applied reversible action: still in force.
-                p.apply_event(
+            s.fold(&id, &Event::PlanStarted {}, 1_000);
+            if i == 1 || i == 2 {
+                // p1 keeps a timed mitigation in force; p2 an untimed one
+                // (a hot_patch), which may go to the archive.
+                s.fold(
+                    &id,
                     &Event::ActionApplied {
                         index: 0,
                         attempt: 1,
                         summary: "s".into(),
                         changes: json!({}),
-                        revert_at_ms: None,
+                        revert_at_ms: (i == 1).then_some(10_000_000),
                     },
                     1_000,
                 );
             } else {
-                p.apply_event(
+                s.fold(
+                    &id,
                     &Event::ActionSkipped {
                         index: 0,
                         reason: "r".into(),
@@ -336,13 +385,15 @@ mod tests {
                     1_000,
                 );
             }
-            p.apply_event(
+            s.fold(
+                &id,
                 &Event::PlanFinished {
                     status: PlanStatus::Success,
                 },
                 2_000,
             );
         }
+        assert_eq!(s.active_mitigations(), 2);
         // p5 still runs; the newest finished (p4) is kept; p1 is active.
         assert!(
             s.evictable(2_500, 60_000, 1).is_empty(),
@@ -355,6 +406,8 @@ mod tests {
             s.evict(id);
         }
         assert_eq!(s.plans.len(), 3);
+        // p2's patch is still in force, counted from the archive.
+        assert_eq!((s.active_mitigations(), s.archived_active()), (2, 1));
         assert_eq!(s.dedupe_hit("h0", 0, u64::MAX), None);
         assert_eq!(s.list(None, 10).len(), 3);
     }

@@ -5,6 +5,7 @@
 //! a few `nft` processes, not one each.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
@@ -74,6 +75,9 @@ struct Shared {
 pub struct NftFirewall {
     shared: Arc<Shared>,
     jobs: mpsc::UnboundedSender<Job>,
+    /// When the batching task began the batch it works on (wall clock,
+    /// ms); 0 while it waits for work, `u64::MAX` once it has ended.
+    busy_since: Arc<AtomicU64>,
 }
 
 impl NftFirewall {
@@ -87,8 +91,13 @@ impl NftFirewall {
             }),
         });
         let (jobs, queue) = mpsc::unbounded_channel();
-        tokio::spawn(work(shared.clone(), queue));
-        NftFirewall { shared, jobs }
+        let busy_since = Arc::new(AtomicU64::new(0));
+        tokio::spawn(work(shared.clone(), queue, busy_since.clone()));
+        NftFirewall {
+            shared,
+            jobs,
+            busy_since,
+        }
     }
 
     async fn submit(&self, change: Change) -> Result<Option<u64>, FirewallError> {
@@ -102,8 +111,21 @@ impl NftFirewall {
     }
 }
 
-async fn work(shared: Arc<Shared>, mut queue: mpsc::UnboundedReceiver<Job>) {
+async fn work(
+    shared: Arc<Shared>,
+    mut queue: mpsc::UnboundedReceiver<Job>,
+    busy_since: Arc<AtomicU64>,
+) {
+    // Marks the task as ended however it ends (a panic included).
+    struct Ended(Arc<AtomicU64>);
+    impl Drop for Ended {
+        fn drop(&mut self) {
+            self.0.store(u64::MAX, Ordering::Relaxed);
+        }
+    }
+    let _ended = Ended(busy_since.clone());
     while let Some(first) = queue.recv().await {
+        busy_since.store(now_ms().max(1), Ordering::Relaxed);
         let mut jobs = vec![first];
         while jobs.len() < MAX_JOBS_PER_BATCH {
             match queue.try_recv() {
@@ -112,6 +134,7 @@ async fn work(shared: Arc<Shared>, mut queue: mpsc::UnboundedReceiver<Job>) {
             }
         }
         shared.run(jobs).await;
+        busy_since.store(0, Ordering::Relaxed);
     }
 }
 
@@ -301,6 +324,14 @@ impl Undo {
 
 #[async_trait]
 impl Firewall for NftFirewall {
+    fn stalled_for_ms(&self) -> u64 {
+        match self.busy_since.load(Ordering::Relaxed) {
+            0 => 0,
+            u64::MAX => u64::MAX,
+            since => now_ms().saturating_sub(since),
+        }
+    }
+
     async fn claim(&self, claim: Claim) -> Result<u64, FirewallError> {
         let element = claim.element;
         self.submit(Change::Claim(claim)).await?.ok_or_else(|| {
@@ -568,5 +599,48 @@ mod tests {
         fn into_sid(self) -> crate::actions::net::Sid {
             crate::actions::net::Sid::Addr(self)
         }
+    }
+
+    /// A driver whose batches wait until the test lets them through.
+    struct Held {
+        fake: FakeDriver,
+        gate: Arc<tokio::sync::Semaphore>,
+    }
+
+    #[async_trait]
+    impl Driver for Held {
+        async fn apply(&self, batch: &Value) -> Result<(), String> {
+            let _pass = self.gate.acquire().await.map_err(|e| e.to_string())?;
+            self.fake.apply(batch).await
+        }
+        async fn list(&self) -> Result<Option<Value>, String> {
+            self.fake.list().await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_does_not_end_shows_as_a_stall_until_it_does() {
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let firewall = Arc::new(NftFirewall::start(Held {
+            fake: FakeDriver::default(),
+            gate: gate.clone(),
+        }));
+        assert_eq!(firewall.stalled_for_ms(), 0, "idle");
+        let claiming = {
+            let firewall = firewall.clone();
+            tokio::spawn(async move { firewall.claim(claim("p", sid("tcp:8080"), 60)).await })
+        };
+        while firewall.stalled_for_ms() == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(
+            firewall.stalled_for_ms() >= 50,
+            "{}",
+            firewall.stalled_for_ms()
+        );
+        gate.add_permits(10);
+        assert!(claiming.await.unwrap().is_ok());
+        assert_eq!(firewall.stalled_for_ms(), 0, "idle again");
     }
 }

@@ -46,11 +46,18 @@ const NFT_BATCH: [&str; 4] = ["nft", "-j", "-f", "-"];
 /// that follows closely (BENCHMARKS.md, "nftables isolation").
 const SPARE_AFTER: Duration = Duration::from_millis(2);
 
+/// How long one `nft` run may take (a batch is a few milliseconds; a
+/// listing of 10 000 elements well under a second). Past it the process is
+/// killed: a batch is tried once more in a fresh process, then reported.
+pub const NFT_TIMEOUT: Duration = Duration::from_secs(10);
+
 pub struct NftCli {
     /// The command a batch is written to (`nft -j -f -`; tests use others).
     argv: Vec<OsString>,
     /// A process started ahead, waiting for the next batch on its stdin.
     spare: Arc<Mutex<Spare>>,
+    /// How long one run may take before it is killed.
+    timeout: Duration,
 }
 
 /// The process started ahead, or the one being started.
@@ -78,7 +85,14 @@ impl NftCli {
         NftCli {
             argv: argv.into_iter().map(Into::into).collect(),
             spare: Arc::default(),
+            timeout: NFT_TIMEOUT,
         }
+    }
+
+    /// The same driver with another limit on one run.
+    pub fn with_timeout(mut self, timeout: Duration) -> NftCli {
+        self.timeout = timeout;
+        self
     }
 
     fn spawn(&self) -> Result<Child, String> {
@@ -131,23 +145,45 @@ enum BatchError {
     /// The process was gone before it had the whole batch: nothing was
     /// applied, and a fresh process may be tried.
     NotDelivered(String),
+    /// nft did not finish in time and was killed. nft commits a batch as
+    /// one transaction at its very end, and the batches add elements (which
+    /// adding again does not change) or delete them (which the retry
+    /// reports if already done): a fresh process may be tried.
+    TimedOut(String),
     /// nft read the batch and refused it (or could not be waited for).
     Failed(String),
 }
 
-/// Writes `payload` to a waiting `nft -j -f -` and waits for its verdict.
-async fn run_batch(mut child: Child, payload: &[u8]) -> Result<(), BatchError> {
+impl BatchError {
+    fn message(self) -> String {
+        match self {
+            BatchError::NotDelivered(m) | BatchError::TimedOut(m) | BatchError::Failed(m) => m,
+        }
+    }
+}
+
+/// Writes `payload` to a waiting `nft -j -f -` and waits for its verdict,
+/// at most `timeout` (the process is killed when it is dropped).
+async fn run_batch(mut child: Child, payload: &[u8], timeout: Duration) -> Result<(), BatchError> {
     let mut stdin = child.stdin.take().expect("stdin is piped");
-    stdin
-        .write_all(payload)
-        .await
-        .map_err(|e| BatchError::NotDelivered(format!("nft stopped reading its batch: {e}")))?;
-    // End of input: nft parses the batch and commits it as one transaction.
-    drop(stdin);
-    let output = child
-        .wait_with_output()
-        .await
-        .map_err(|e| BatchError::Failed(format!("cannot wait for nft: {e}")))?;
+    let run = async {
+        stdin
+            .write_all(payload)
+            .await
+            .map_err(|e| BatchError::NotDelivered(format!("nft stopped reading its batch: {e}")))?;
+        // End of input: nft parses the batch and commits it as one transaction.
+        drop(stdin);
+        child
+            .wait_with_output()
+            .await
+            .map_err(|e| BatchError::Failed(format!("cannot wait for nft: {e}")))
+    };
+    let output = tokio::time::timeout(timeout, run).await.map_err(|_| {
+        BatchError::TimedOut(format!(
+            "nft did not finish a batch within {} s and was killed",
+            timeout.as_secs_f64()
+        ))
+    })??;
     if output.status.success() {
         return Ok(());
     }
@@ -168,36 +204,54 @@ async fn run_batch(mut child: Child, payload: &[u8]) -> Result<(), BatchError> {
 impl Driver for NftCli {
     async fn apply(&self, batch: &Value) -> Result<(), String> {
         let payload = serde_json::to_vec(batch).expect("JSON values serialize");
-        let result = match self.take_spare() {
-            Some(spare) => match run_batch(spare, &payload).await {
-                // It died before reading the batch: the batch never reached
-                // the kernel, so a fresh process runs it once.
-                Err(BatchError::NotDelivered(_)) => run_batch(self.spawn()?, &payload).await,
-                other => other,
-            },
-            None => run_batch(self.spawn()?, &payload).await,
+        let first = match self.take_spare() {
+            Some(spare) => spare,
+            None => self.spawn()?,
+        };
+        let result = match run_batch(first, &payload, self.timeout).await {
+            // It died before reading the batch (the batch never reached the
+            // kernel), or hung and was killed: once more, in a fresh process.
+            Err(BatchError::NotDelivered(_) | BatchError::TimedOut(_)) => {
+                run_batch(self.spawn()?, &payload, self.timeout).await
+            }
+            other => other,
         };
         self.start_spare();
-        result.map_err(|e| match e {
-            BatchError::NotDelivered(m) | BatchError::Failed(m) => m,
-        })
+        result.map_err(BatchError::message)
     }
 
     async fn list(&self) -> Result<Option<Value>, String> {
-        let args = ["list", "table", batch::FAMILY, batch::TABLE];
-        match nftables::helper::get_current_ruleset_raw_async(nftables::helper::DEFAULT_NFT, args)
+        // Run here rather than through the crate's helper, which waits on
+        // nft without a bound; the JSON is the crate's `nft -j` schema.
+        let program = self.argv.first().expect("a command");
+        let listing = Command::new(program)
+            .args(["-j", "list", "table", batch::FAMILY, batch::TABLE])
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        let output = tokio::time::timeout(self.timeout, listing)
             .await
-        {
-            Ok(text) => serde_json::from_str(&text)
-                .map(Some)
-                .map_err(|e| format!("nft printed invalid JSON: {e}")),
-            Err(nftables::helper::NftablesError::NftFailed { stderr, .. })
-                if stderr.contains("No such file or directory") =>
-            {
-                Ok(None)
+            .map_err(|_| {
+                format!(
+                    "nft did not list the table within {} s and was killed",
+                    self.timeout.as_secs_f64()
+                )
+            })?
+            .map_err(|e| format!("cannot run {}: {e}", program.to_string_lossy()))?;
+        if !output.status.success() {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            if stderr.contains("No such file or directory") {
+                return Ok(None);
             }
-            Err(e) => Err(e.to_string()),
+            return Err(format!(
+                "nft failed ({}) listing the table: {}",
+                output.status,
+                stderr.trim()
+            ));
         }
+        serde_json::from_slice(&output.stdout)
+            .map(Some)
+            .map_err(|e| format!("nft printed invalid JSON: {e}"))
     }
 }
 
@@ -326,6 +380,42 @@ mod tests {
             "{error}"
         );
         assert!(error.contains("exit status: 1"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_hung_nft_is_killed_and_the_batch_tried_once_more_in_a_fresh_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let starts = dir.path().join("starts");
+        // Reads its batch, notes it, then never ends. (The spare started
+        // after the batch waits in `cat`, and notes nothing.)
+        let script = format!(
+            "cat > /dev/null; echo >> '{}'; exec sleep 1000",
+            starts.display()
+        );
+        let driver = NftCli::with_command(["sh", "-c", script.as_str()])
+            .with_timeout(Duration::from_millis(300));
+        let error = driver.apply(&json!({"nftables": []})).await.unwrap_err();
+        assert!(
+            error.contains("did not finish a batch within 0.3 s and was killed"),
+            "{error}"
+        );
+        let runs = std::fs::read_to_string(&starts).unwrap().lines().count();
+        assert_eq!(runs, 2, "the batch and its one retry");
+        // Both were killed: no sleeping child of this process is left.
+        let sleeping = || {
+            let found = std::process::Command::new("pgrep")
+                .args(["-P", &std::process::id().to_string(), "-x", "sleep"])
+                .output()
+                .unwrap();
+            !found.stdout.is_empty()
+        };
+        for _ in 0..100 {
+            if !sleeping() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("a killed nft is still running");
     }
 
     #[tokio::test]

@@ -46,6 +46,14 @@ impl Drift {
 
 #[async_trait]
 pub trait Firewall: Send + Sync {
+    /// How long the firewall has been busy with one batch (0 while idle;
+    /// `u64::MAX` if its task has ended). Each `nft` run is bounded, but
+    /// one that keeps hanging makes a batch, and every plan waiting on it,
+    /// slow: `Healthy` tells.
+    fn stalled_for_ms(&self) -> u64 {
+        0
+    }
+
     /// Puts `element` in force for `owner` until `until_ms` (wall clock,
     /// ms). The kernel timeout becomes the longest live claim on the
     /// element, so claiming again extends it and never shortens another

@@ -1,0 +1,141 @@
+//! The engine's upkeep, in a task of its own so the engine loop (whose
+//! heartbeat the watchdog hears) never waits on the disk for it:
+//! - finished plans memory need not hold are archived (each file fsynced,
+//!   never the whole file system) and forgotten;
+//! - a checkpoint is written every [`CHECKPOINT_EVERY_RECORDS`] records or
+//!   [`CHECKPOINT_EVERY`] (when anything was written), so a start replays
+//!   a bounded tail. Plans may be mid-step: the checkpoint is taken at a
+//!   cut where every durable plan record is folded into memory and none
+//!   is half-way (the engine's fold gate, held exclusively for the
+//!   instant of the copy).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{store, Engine};
+use crate::plan::Plan;
+use crate::time::now_ms;
+
+/// How often the upkeep runs.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+/// A checkpoint after this many records since the last one...
+const CHECKPOINT_EVERY_RECORDS: u64 = 10_000;
+/// ... or after this long, if anything was written.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(600);
+
+impl Engine {
+    /// Archives finished plans memory need not hold, then forgets them.
+    /// Blocking (file writes and fsyncs): async callers run it on a
+    /// blocking thread.
+    pub fn evict_finished(&self) -> std::io::Result<usize> {
+        let config = self.config();
+        let plans: Vec<Plan> = {
+            let inner = self.lock();
+            let window_ms = config.queue.dedupe_window_secs.saturating_mul(1000);
+            // Restarts stay in memory while the flap limiter counts them.
+            let flap_window_ms = config.restart.interval_secs.saturating_mul(1000);
+            let now = now_ms();
+            inner
+                .state
+                .evictable(now, window_ms, config.state.keep_finished_plans)
+                .iter()
+                .filter_map(|id| inner.state.plans.get(id))
+                .filter(|p| {
+                    let finished = p.finished_ms.unwrap_or(u64::MAX);
+                    now >= finished.saturating_add(flap_window_ms) || !self.has_flap_limited(p)
+                })
+                .cloned()
+                .collect()
+        };
+        if plans.is_empty() {
+            return Ok(0);
+        }
+        store::archive_plans(&config.state.dir, &plans)?;
+        let mut inner = self.lock();
+        for plan in &plans {
+            // Only if nothing touched it meanwhile (e.g. a rollback request).
+            if inner.state.plans.get(&plan.id) == Some(plan) {
+                inner.state.evict(&plan.id);
+            }
+        }
+        Ok(plans.len())
+    }
+
+    /// The live plans and the ledger position they reflect, as a
+    /// checkpoint. Exact only at a cut: at start and stop (nothing runs),
+    /// or under the fold gate ([`Engine::checkpoint_now`]).
+    fn capture_checkpoint(&self) -> store::Checkpoint {
+        let health = self.ledger_health();
+        let inner = self.lock();
+        store::new_checkpoint(
+            &self.ledger.position(),
+            (health.ok, health.broken_at, health.report),
+            inner.state.archived_active(),
+            inner.state.plans.values().cloned().collect(),
+        )
+    }
+
+    /// Writes a checkpoint where nothing runs (at start, at a clean stop).
+    pub fn write_checkpoint(&self) -> std::io::Result<()> {
+        let checkpoint = self.capture_checkpoint();
+        store::save_checkpoint(&self.config().state.dir, &checkpoint)?;
+        self.checkpoint_seq.store(checkpoint.seq, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Writes a checkpoint while plans may run: the copy is taken with
+    /// the fold gate held exclusively (a write under way finishes and is
+    /// folded first; new ones wait that instant), the file is written on a
+    /// blocking thread after.
+    pub async fn checkpoint_now(self: &Arc<Self>) -> std::io::Result<u64> {
+        let checkpoint = {
+            let _cut = self.fold_gate.write().await;
+            self.capture_checkpoint()
+        };
+        let dir = self.config().state.dir.clone();
+        let seq = checkpoint.seq;
+        tokio::task::spawn_blocking(move || store::save_checkpoint(&dir, &checkpoint))
+            .await
+            .map_err(std::io::Error::other)??;
+        self.checkpoint_seq.store(seq, Ordering::Relaxed);
+        Ok(seq)
+    }
+
+    /// Whether a checkpoint is due: enough records since the last, or long
+    /// enough with any.
+    fn checkpoint_due(&self, since: Instant) -> bool {
+        let written = self
+            .ledger
+            .records()
+            .saturating_sub(self.checkpoint_seq.load(Ordering::Relaxed));
+        written >= CHECKPOINT_EVERY_RECORDS || (written > 0 && since.elapsed() >= CHECKPOINT_EVERY)
+    }
+
+    /// Runs the upkeep every few seconds until the agent stops.
+    pub async fn upkeep_loop(self: Arc<Self>) {
+        let mut last_checkpoint = Instant::now();
+        loop {
+            tokio::time::sleep(UPKEEP_EVERY).await;
+            if self.is_stopping() {
+                return;
+            }
+            let engine = self.clone();
+            match tokio::task::spawn_blocking(move || engine.evict_finished()).await {
+                Ok(Err(e)) => eprintln!(
+                    "<4>antibodyd: cannot archive finished plans (they stay in memory): {e}"
+                ),
+                Err(e) => eprintln!("<4>antibodyd: the archive task failed: {e}"),
+                Ok(Ok(_)) => {}
+            }
+            if self.checkpoint_due(last_checkpoint) && !self.is_stopping() {
+                match self.checkpoint_now().await {
+                    Ok(_) => last_checkpoint = Instant::now(),
+                    Err(e) => eprintln!(
+                        "<4>antibodyd: cannot write the checkpoint (tried again next round): {e}"
+                    ),
+                }
+            }
+        }
+    }
+}
