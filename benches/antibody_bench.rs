@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use antibody::dbus::proxy::AntibodyProxy;
-use antibody::ledger::{LedgerWriter, Tip, WriterOptions};
 use support::{Agent, PrivateBus};
 
 const SAMPLES: usize = 2000;
@@ -361,33 +360,7 @@ fn time_to_ready(bus: &PrivateBus, home: &Path) -> Duration {
 
 async fn big_ledger(home: &Path, records: u64) {
     support::write_config(home, "");
-    let writer = LedgerWriter::start(
-        WriterOptions {
-            dir: home.join("ledger"),
-            segment_bytes: 64 << 20,
-            tip: Tip::default(),
-            last_segment: None,
-        },
-        Box::new(|_| {}),
-    )
-    .unwrap();
-    let mut pending = Vec::new();
-    for n in 0..records {
-        let event = antibody::plan::Event::ConfigReloaded {
-            ok: true,
-            detail: format!("filler {n}"),
-        };
-        let (kind, payload) = event.to_parts();
-        pending.push(writer.append(kind, None, payload, vec![]));
-        if pending.len() == 50_000 {
-            for p in pending.drain(..) {
-                p.await.unwrap().unwrap();
-            }
-        }
-    }
-    for p in pending {
-        p.await.unwrap().unwrap();
-    }
+    support::write_filler_ledger(&home.join("ledger"), records).await;
 }
 
 #[tokio::main]

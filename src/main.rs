@@ -123,6 +123,9 @@ async fn run(args: Args, config: Config) -> Result<(), String> {
         systemd: Arc::new(SystemdManager::new()),
         firewall: firewall.clone(),
     };
+    // Until READY=1: a long replay keeps pushing the start's deadline
+    // (EXTEND_TIMEOUT_USEC) while it makes progress.
+    let keepalive = sdnotify::StartKeepalive::start();
     let engine = Engine::open(
         config,
         EngineParts {
@@ -167,6 +170,7 @@ async fn run(args: Args, config: Config) -> Result<(), String> {
     tokio::spawn(engine.clone().reconcile_loop());
     tokio::spawn(engine.clone().reconcile_units_loop());
     tokio::spawn(engine.clone().upkeep_loop());
+    drop(keepalive);
     sdnotify::ready(&engine.status_line());
     tokio::spawn(watchdog(engine.clone(), watchdog_interval));
     if engine.started_from_checkpoint() {

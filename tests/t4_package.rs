@@ -93,13 +93,7 @@ fn boot_bare(test: &str) -> Testbed {
 }
 
 fn machine_root(tb: &Testbed) -> PathBuf {
-    PathBuf::from(
-        run_host(
-            &format!("{ROOT}/tests/testbed/testbed.sh"),
-            &["root", &tb.name],
-        )
-        .trim(),
-    )
+    tb.root()
 }
 
 /// Copies a host file into the machine's /var/tmp (its /tmp is a tmpfs of

@@ -393,6 +393,39 @@ fn a_guard_entry_that_does_not_parse_stops_the_agent_once_not_in_a_loop() {
 }
 
 #[test]
+fn a_replay_longer_than_the_start_timeout_ends_in_ready_not_a_restart_loop() {
+    let tb = Testbed::boot("long-replay");
+    tb.sh("systemctl stop antibody");
+    // A ledger whose replay (no checkpoint) takes this debug build several
+    // seconds, against a start timeout of 1 s.
+    let root = tb.root();
+    let ledger = root.join("var/log/antibody");
+    std::fs::remove_dir_all(&ledger).unwrap();
+    std::fs::remove_dir_all(root.join("var/lib/antibody")).unwrap();
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(support::write_filler_ledger(&ledger, 150_000));
+    tb.sh("mkdir -p /run/systemd/system/antibody.service.d && \
+           printf '[Service]\\nTimeoutStartSec=1s\\n' > /run/systemd/system/antibody.service.d/short.conf && \
+           systemctl daemon-reload && systemctl start antibody");
+    assert_eq!(tb.show("antibody.service", "ActiveState"), "active");
+    assert_eq!(tb.show("antibody.service", "NRestarts"), "0");
+    let usec = |property: &str| -> u64 { tb.show("antibody.service", property).parse().unwrap() };
+    let start_ms =
+        (usec("ActiveEnterTimestampMonotonic") - usec("ExecMainStartTimestampMonotonic")) / 1000;
+    assert!(
+        start_ms > 3000,
+        "the start took {start_ms} ms, not long enough past TimeoutStartSec=1s to prove anything: write a longer ledger"
+    );
+    println!("a start of {start_ms} ms against TimeoutStartSec=1s ended in READY=1");
+    let log = tb.sh("journalctl -u antibody -o cat --no-pager");
+    assert!(!log.contains("timed out"), "{log}");
+    // The replay wrote a checkpoint: the next start is short.
+    tb.sh("systemctl restart antibody");
+    assert_eq!(tb.show("antibody.service", "NRestarts"), "0");
+}
+
+#[test]
 fn a_stalled_agent_is_restarted_by_systemds_watchdog() {
     let tb = Testbed::boot("watchdog");
     tb.sh(

@@ -650,6 +650,7 @@ impl Engine {
     }
 
     async fn write_one(&self, entry: Entry) -> ledger::writer::AppendResult {
+        crate::sys::sdnotify::note_start_progress(1);
         let mut written = self.ledger.write_now(vec![entry]).await;
         written.pop().expect("one answer per entry")
     }

@@ -72,6 +72,7 @@ fn fold(
 ) -> io::Result<Replayed> {
     let mut unknown_records = 0;
     let scan = scan_from(ledger_dir, start, |record| {
+        crate::sys::sdnotify::note_start_progress(1);
         let Ok(event) = Event::from_parts(&record.kind, &record.payload) else {
             unknown_records += 1;
             return;

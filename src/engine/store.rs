@@ -64,6 +64,7 @@ pub fn archive_plans(state_dir: &Path, plans: &[Plan]) -> io::Result<()> {
 }
 
 fn archive_one(state_dir: &Path, plan: &Plan) -> io::Result<()> {
+    crate::sys::sdnotify::note_start_progress(1);
     let path = archive_path(state_dir, &plan.id)
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "plan id is not a UUID"))?;
     let tmp = path.with_extension("tmp");

@@ -310,3 +310,36 @@ pub fn alert(actions: &str) -> String {
         r#"{{"source":"Manual","severity":"high","description":"test alert","actions":{actions}}}"#
     )
 }
+
+/// Appends `records` filler records (agent-level `config_reloaded`) to a
+/// new ledger in `ledger_dir`: a long ledger to replay, quickly made.
+pub async fn write_filler_ledger(ledger_dir: &Path, records: u64) {
+    use antibody::ledger::{LedgerWriter, Tip, WriterOptions};
+    let writer = LedgerWriter::start(
+        WriterOptions {
+            dir: ledger_dir.to_path_buf(),
+            segment_bytes: 64 << 20,
+            tip: Tip::default(),
+            last_segment: None,
+        },
+        Box::new(|_| {}),
+    )
+    .unwrap();
+    let mut pending = Vec::new();
+    for n in 0..records {
+        let event = antibody::plan::Event::ConfigReloaded {
+            ok: true,
+            detail: format!("filler {n}"),
+        };
+        let (kind, payload) = event.to_parts();
+        pending.push(writer.append(kind, None, payload, vec![]));
+        if pending.len() == 50_000 {
+            for p in pending.drain(..) {
+                p.await.unwrap().unwrap();
+            }
+        }
+    }
+    for p in pending {
+        p.await.unwrap().unwrap();
+    }
+}

@@ -63,6 +63,13 @@ impl Testbed {
         machine
     }
 
+    /// The machine's root directory on the host.
+    pub fn root(&self) -> PathBuf {
+        let out = run_script(&["root", &self.name]);
+        assert!(out.status.success(), "testbed root: {}", text(&out.stderr));
+        PathBuf::from(text(&out.stdout).trim())
+    }
+
     /// Runs `sh -c script` inside; (success, stdout, stderr).
     pub fn try_sh(&self, script: &str) -> (bool, String, String) {
         let out = run_script(&["exec", &self.name, "sh", "-c", script]);
