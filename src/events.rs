@@ -21,11 +21,6 @@ pub enum AgentEvent {
         /// applied, failed, reverted, skipped
         outcome: String,
     },
-    OperatorNotice {
-        channel: String,
-        severity: String,
-        message: String,
-    },
     /// Queue depth, health or active mitigations may have changed.
     CountersChanged,
 }

@@ -110,6 +110,7 @@ fn own_unit() -> Option<String> {
 async fn run(args: Args, config: Config) -> Result<(), String> {
     let journal = Journal::detect();
     let events = events::channel();
+    let notices = Arc::new(dbus::NoticeSignals::default());
     if config.auth.polkit {
         eprintln!("<6>antibodyd: auth.polkit = true: polkit decides for every caller but root");
     }
@@ -118,7 +119,7 @@ async fn run(args: Args, config: Config) -> Result<(), String> {
     let sys = Sys {
         notifier: Arc::new(SystemNotifier {
             journal,
-            events: events.clone(),
+            signals: notices.clone(),
         }),
         systemd: Arc::new(SystemdManager::new()),
         firewall: firewall.clone(),
@@ -158,7 +159,7 @@ async fn run(args: Args, config: Config) -> Result<(), String> {
 
     let mut signals =
         Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(|e| format!("signals: {e}"))?;
-    let connection = dbus::serve(engine.clone())
+    let connection = dbus::serve(engine.clone(), &notices)
         .await
         .map_err(|e| format!("cannot serve {} on the system bus: {e}", dbus::BUS_NAME))?;
     let watchdog_interval = sdnotify::watchdog_interval();
@@ -207,7 +208,7 @@ async fn run(args: Args, config: Config) -> Result<(), String> {
                 eprintln!("<4>antibodyd: lost the system bus connection; serving {} again once the bus is back", dbus::BUS_NAME);
                 bus = None;
             }
-            served = reconnect(engine.clone()), if bus.is_none() => {
+            served = reconnect(engine.clone(), &notices), if bus.is_none() => {
                 eprintln!("<5>antibodyd: serving {} on the system bus again", dbus::BUS_NAME);
                 bus = Some(served);
             }
@@ -254,13 +255,14 @@ async fn closed(bus: &Option<zbus::Connection>) {
 
 /// Serves the agent on the system bus again, trying until it works: a bus
 /// daemon being restarted takes a moment to accept connections.
-async fn reconnect(engine: Arc<Engine>) -> zbus::Connection {
+async fn reconnect(engine: Arc<Engine>, notices: &dbus::NoticeSignals) -> zbus::Connection {
     let mut delay = Duration::from_millis(50);
     loop {
         tokio::time::sleep(delay).await;
         // Bounded: a connection can wait in the backlog of a bus socket
         // whose daemon is not back.
-        let served = tokio::time::timeout(RECONNECT_TIMEOUT, dbus::serve(engine.clone())).await;
+        let served =
+            tokio::time::timeout(RECONNECT_TIMEOUT, dbus::serve(engine.clone(), notices)).await;
         match served.unwrap_or_else(|_| Err(zbus::Error::Failure("no answer from the bus".into())))
         {
             Ok(connection) => return connection,

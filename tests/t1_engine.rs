@@ -914,3 +914,56 @@ async fn checkpoints_taken_while_plans_run_replay_to_exactly_what_the_whole_ledg
         drop(again.engine);
     }
 }
+
+#[tokio::test]
+async fn a_caller_other_than_root_creates_plans_at_its_rate_and_duplicates_are_free() {
+    let rig = start("[auth]\nsubmit_rate_per_sec = 1\nsubmit_burst = 3\n").await;
+    let alice = Some(1000);
+    let mut first = None;
+    for n in 0..3 {
+        let (id, created) = rig
+            .engine
+            .submit_as(&alert(&format!("alice {n}"), json!([step("a")])), alice)
+            .await
+            .unwrap();
+        assert!(created);
+        first.get_or_insert(id);
+    }
+    let records = ledger_kinds(&rig).len();
+    let err = rig
+        .engine
+        .submit_as(&alert("alice 3", json!([step("a")])), alice)
+        .await
+        .unwrap_err();
+    assert_eq!(err.name, ErrorName::RateLimited, "{err}");
+    assert!(
+        err.message
+            .starts_with("uid 1000 creates plans faster than auth.submit_rate_per_sec = 1"),
+        "{err}"
+    );
+    assert_eq!(
+        ledger_kinds(&rig).len(),
+        records,
+        "nothing was written for it"
+    );
+    // A duplicate of a live plan creates nothing and costs nothing.
+    let (again, created) = rig
+        .engine
+        .submit_as(&alert("alice 0", json!([step("a")])), alice)
+        .await
+        .unwrap();
+    assert_eq!((Some(again), created), (first, false));
+    // Another uid, and root, have buckets of their own (root: none).
+    assert!(rig
+        .engine
+        .submit_as(&alert("bob", json!([step("a")])), Some(1001))
+        .await
+        .is_ok());
+    for n in 0..5 {
+        assert!(rig
+            .engine
+            .submit(&alert(&format!("root {n}"), json!([step("a")])))
+            .await
+            .is_ok());
+    }
+}

@@ -50,8 +50,9 @@ impl Antibody {
         #[zbus(header)] header: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<(String, bool), Error> {
-        self.require(conn, &header, Permission::Submit).await?;
-        Ok(self.engine.submit(alert_json).await?)
+        let caller = self.require(conn, &header, Permission::Submit).await?;
+        let limited = (caller.uid != 0).then_some(caller.uid);
+        Ok(self.engine.submit_as(alert_json, limited).await?)
     }
 
     /// The plan as stored, with per-action state and log.

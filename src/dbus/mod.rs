@@ -11,15 +11,42 @@ pub mod signals;
 use std::sync::Arc;
 
 use zbus::fdo::{RequestNameFlags, RequestNameReply};
+use zbus::object_server::InterfaceRef;
 use zbus::Connection;
 
 use crate::engine::Engine;
+use crate::sys::notifier::NoticeSignal;
 pub use interface::{Antibody, BUS_NAME, INTERFACE, OBJECT_PATH};
+
+/// The `OperatorNotice` signal, sent on the connection the agent serves on
+/// now (none while the bus is away).
+#[derive(Default)]
+pub struct NoticeSignals {
+    current: std::sync::Mutex<Option<InterfaceRef<Antibody>>>,
+}
+
+#[async_trait::async_trait]
+impl NoticeSignal for NoticeSignals {
+    async fn operator_notice(
+        &self,
+        channel: &str,
+        severity: &str,
+        message: &str,
+    ) -> Result<(), String> {
+        let iface = crate::sync::lock(&self.current)
+            .clone()
+            .ok_or("the agent is not on the bus")?;
+        Antibody::operator_notice(iface.signal_emitter(), channel, severity, message)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
 
 /// Connects to the system bus (`DBUS_SYSTEM_BUS_ADDRESS` when set), serves
 /// the object, and only then asks for the well-known name, so no caller can
-/// reach the name before the object answers.
-pub async fn serve(engine: Arc<Engine>) -> zbus::Result<Connection> {
+/// reach the name before the object answers. `OperatorNotice` signals go
+/// out on this connection from then on.
+pub async fn serve(engine: Arc<Engine>, notices: &NoticeSignals) -> zbus::Result<Connection> {
     let conn = zbus::connection::Builder::system()
         .serve_at(OBJECT_PATH, Antibody::new(engine.clone()))
         .build()
@@ -34,6 +61,7 @@ pub async fn serve(engine: Arc<Engine>) -> zbus::Result<Connection> {
         .object_server()
         .interface::<_, Antibody>(OBJECT_PATH)
         .await?;
+    *crate::sync::lock(&notices.current) = Some(iface.clone());
     tokio::spawn(signals::pump(engine, iface, conn.clone()));
     Ok(conn)
 }

@@ -62,11 +62,6 @@ pub async fn pump(engine: Arc<Engine>, iface: InterfaceRef<Antibody>, connection
                 kind,
                 outcome,
             } => Antibody::action_finished(emitter, plan_id, *index, kind, outcome).await,
-            AgentEvent::OperatorNotice {
-                channel,
-                severity,
-                message,
-            } => Antibody::operator_notice(emitter, channel, severity, message).await,
             AgentEvent::CountersChanged => Ok(()),
         };
         if let Err(e) = sent {

@@ -27,6 +27,7 @@ pub mod flap;
 mod flap_guard;
 mod mitigations;
 mod notices;
+mod rate_limit;
 pub mod replay;
 mod runner;
 pub mod state;
@@ -45,6 +46,8 @@ type Creation = watch::Receiver<Option<Result<String, AgentError>>>;
 struct Inner {
     state: EngineState,
     creating: HashMap<String, Creation>,
+    /// Plans each calling uid other than root may still create now.
+    submit_buckets: rate_limit::SubmitBuckets,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -81,6 +84,8 @@ pub struct Engine {
     /// The walk of the chain `VerifyLedger` runs now, shared by its callers.
     verifying: Mutex<Option<LedgerWalk>>,
     ledger_walks: AtomicU64,
+    /// The journal mirror, asked by the upkeep what it had to drop.
+    mirror: Option<JournalMirror>,
 }
 
 /// A running walk of the chain: (ok, broken at, report).
@@ -120,7 +125,7 @@ impl Engine {
         let ScanReport {
             tip, last_segment, ..
         } = replayed.scan;
-        let mirror = parts.mirror;
+        let mirror = parts.mirror.clone();
         let ledger = LedgerWriter::start(
             WriterOptions {
                 dir: config.ledger.dir.clone(),
@@ -139,6 +144,7 @@ impl Engine {
             inner: Mutex::new(Inner {
                 state: EngineState::from_plans(replayed.plans, replayed.archived_active),
                 creating: HashMap::new(),
+                submit_buckets: Default::default(),
             }),
             ledger,
             registry: parts.registry,
@@ -161,6 +167,7 @@ impl Engine {
             checkpoint_seq: AtomicU64::new(checkpoint_seq),
             verifying: Mutex::new(None),
             ledger_walks: AtomicU64::new(0),
+            mirror: parts.mirror,
         });
         // A long replay is not repeated at the next start: archive what
         // memory need not hold and checkpoint the rest, before any append.
@@ -272,9 +279,21 @@ impl Engine {
         })
     }
 
-    /// `SubmitAlert`: validate, dedupe, persist and queue. Answers once the
-    /// plan record is durable, before any action runs.
+    /// `SubmitAlert` by root (or the agent itself): see [`Engine::submit_as`].
     pub async fn submit(&self, alert_json: &str) -> Result<(String, bool), AgentError> {
+        self.submit_as(alert_json, None).await
+    }
+
+    /// `SubmitAlert`: validate, dedupe, persist and queue. Answers once the
+    /// plan record is durable, before any action runs. A `uid` (a caller
+    /// other than root) that would create a plan takes a token of its
+    /// bucket first (`auth.submit_rate_per_sec`): none left is
+    /// `RateLimited`, before anything is written. A duplicate costs nothing.
+    pub async fn submit_as(
+        &self,
+        alert_json: &str,
+        uid: Option<u32>,
+    ) -> Result<(String, bool), AgentError> {
         if self.stopping.load(Ordering::Relaxed) {
             return Err(AgentError::new(
                 ErrorName::QueueFull,
@@ -308,6 +327,19 @@ impl Engine {
                     format!(
                         "{open} plans are queued or running (queue.max = {})",
                         config.queue.max
+                    ),
+                ));
+            } else if let Some(wait_ms) = uid.and_then(|uid| {
+                let (rate, burst) = (config.auth.submit_rate_per_sec, config.auth.submit_burst);
+                inner.submit_buckets.take(uid, now_ms(), rate, burst).err()
+            }) {
+                return Err(AgentError::new(
+                    ErrorName::RateLimited,
+                    format!(
+                        "uid {} creates plans faster than auth.submit_rate_per_sec = {} (auth.submit_burst = {}); the next may come in {wait_ms} ms",
+                        uid.unwrap_or_default(),
+                        config.auth.submit_rate_per_sec,
+                        config.auth.submit_burst
                     ),
                 ));
             } else {
@@ -728,7 +760,7 @@ impl Engine {
         let (kind, payload) = event.to_parts();
         let priority = match event {
             Event::ChainBroken { .. } => 2,
-            Event::NftDrift { .. } => 4,
+            Event::NftDrift { .. } | Event::JournalDropped { .. } => 4,
             _ => 6,
         };
         let fields = vec![("PRIORITY", priority.to_string())];

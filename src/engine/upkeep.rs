@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{store, Engine};
-use crate::plan::Plan;
+use crate::plan::{Event, Plan};
 use crate::time::now_ms;
 
 /// How often the upkeep runs.
@@ -112,6 +112,25 @@ impl Engine {
         written >= CHECKPOINT_EVERY_RECORDS || (written > 0 && since.elapsed() >= CHECKPOINT_EVERY)
     }
 
+    /// Records what the journal mirror had to drop since the last round:
+    /// the ledger holds those records; the journal (and any copy of it)
+    /// has a gap there, now said in the journal too.
+    async fn record_journal_drops(&self) {
+        let Some(dropped) = self.mirror.as_ref().and_then(|m| m.take_dropped()) else {
+            return;
+        };
+        eprintln!(
+            "<4>antibodyd: journald fell behind: ledger records {}..={} ({}) were not mirrored to the journal",
+            dropped.first_seq, dropped.last_seq, dropped.count
+        );
+        self.record_agent(Event::JournalDropped {
+            count: dropped.count,
+            first_seq: dropped.first_seq,
+            last_seq: dropped.last_seq,
+        })
+        .await;
+    }
+
     /// Runs the upkeep every few seconds until the agent stops.
     pub async fn upkeep_loop(self: Arc<Self>) {
         let mut last_checkpoint = Instant::now();
@@ -128,6 +147,7 @@ impl Engine {
                 Err(e) => eprintln!("<4>antibodyd: the archive task failed: {e}"),
                 Ok(Ok(_)) => {}
             }
+            self.record_journal_drops().await;
             if self.checkpoint_due(last_checkpoint) && !self.is_stopping() {
                 match self.checkpoint_now().await {
                     Ok(_) => last_checkpoint = Instant::now(),

@@ -130,6 +130,23 @@ pub enum Event {
         restored: Vec<Value>,
         detail: String,
     },
+    /// The journal mirror's queue was full (journald slower than the
+    /// ledger): these records went to the ledger only, not the journal.
+    JournalDropped {
+        count: u64,
+        first_seq: u64,
+        last_seq: u64,
+    },
+    /// Retention (`ledger.max_bytes`, `ledger.retain_days`) removed the
+    /// oldest segments, after a checkpoint and the anchor: the chain now
+    /// verifies from `first_kept_seq`.
+    LedgerPruned {
+        segments: Vec<String>,
+        bytes: u64,
+        first_kept_seq: u64,
+        archived_plans: u64,
+        backups: u64,
+    },
 }
 
 impl Event {
@@ -155,6 +172,8 @@ impl Event {
             Event::RollbackFinished {} => "rollback_finished",
             Event::NftDrift { .. } => "nft_drift",
             Event::UnitDrift { .. } => "unit_drift",
+            Event::JournalDropped { .. } => "journal_dropped",
+            Event::LedgerPruned { .. } => "ledger_pruned",
         }
     }
 
@@ -445,7 +464,9 @@ impl Plan {
             | Event::AgentStopping { .. }
             | Event::ConfigReloaded { .. }
             | Event::ChainBroken { .. }
-            | Event::NftDrift { .. } => return,
+            | Event::NftDrift { .. }
+            | Event::JournalDropped { .. }
+            | Event::LedgerPruned { .. } => return,
         };
         self.log_line(&ts, line);
     }

@@ -6,7 +6,7 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex};
 
 use libsystemd::logging::{journal_send, Priority};
 
@@ -17,7 +17,7 @@ const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
 
 /// One `MESSAGE_ID` per record kind (and for operator notices); the catalog
 /// in `systemd/antibody.catalog` explains each.
-pub const MESSAGE_IDS: [(&str, &str); 20] = [
+pub const MESSAGE_IDS: [(&str, &str); 22] = [
     ("agent_started", "0bc59538a1434a7c9b4908db0a54d81b"),
     ("agent_stopping", "957285b515b74df4aa921e19261a0e43"),
     ("config_reloaded", "03a7e18b53d84f5e91acd0b0855bd43d"),
@@ -38,6 +38,8 @@ pub const MESSAGE_IDS: [(&str, &str); 20] = [
     ("operator_notice", "32269a156c5b4cb899fa933daa2dcd78"),
     ("nft_drift", "5d0f3b8e2a6c4f41b7e9c1d24a8f6e03"),
     ("unit_drift", "c3a1f5e07b9d4e2a8f61d0b4e9a7c258"),
+    ("journal_dropped", "4f2d9b7c1e8a4b06a3c5d7e9f1b2c4a6"),
+    ("ledger_pruned", "a7e3c1f9d5b24e8c9f0a6b3d2e1c7f48"),
 ];
 
 pub fn message_id(kind: &str) -> Option<&'static str> {
@@ -163,30 +165,84 @@ pub fn record_entry(durable: &Durable) -> JournalEntry {
     }
 }
 
-/// A thread that mirrors durable records to the journal, off the commit path.
+/// Entries the mirror's queue holds at most: journald slower than the
+/// ledger for longer drops what does not fit (counted, see
+/// [`JournalMirror::take_dropped`]) rather than grow without bound or
+/// hold up the ledger's writer.
+pub const MIRROR_QUEUE: usize = 16_384;
+
+/// What the mirror's queue could not take since it was last asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dropped {
+    pub count: u64,
+    pub first_seq: u64,
+    pub last_seq: u64,
+}
+
+#[derive(Default)]
+struct MirrorQueue {
+    entries: std::collections::VecDeque<JournalEntry>,
+    dropped: Option<Dropped>,
+}
+
+/// A thread that mirrors durable records to the journal, off the commit
+/// path, from a bounded queue.
 #[derive(Clone)]
 pub struct JournalMirror {
-    tx: mpsc::Sender<Vec<JournalEntry>>,
+    queue: Arc<(Mutex<MirrorQueue>, Condvar)>,
 }
 
 impl JournalMirror {
     pub fn start(journal: Journal) -> JournalMirror {
-        let (tx, rx) = mpsc::channel::<Vec<JournalEntry>>();
-        std::thread::Builder::new()
-            .name("journal-mirror".into())
-            .spawn(move || {
-                for batch in rx {
-                    for entry in &batch {
-                        journal.send(entry);
-                    }
-                }
-            })
-            .expect("spawn journal mirror thread");
-        JournalMirror { tx }
+        JournalMirror::start_with(move |entry| journal.send(entry))
     }
 
+    /// A mirror whose thread hands each entry to `send`.
+    pub fn start_with(send: impl Fn(&JournalEntry) + Send + 'static) -> JournalMirror {
+        let queue: Arc<(Mutex<MirrorQueue>, Condvar)> = Arc::default();
+        let shared = queue.clone();
+        std::thread::Builder::new()
+            .name("journal-mirror".into())
+            .spawn(move || loop {
+                let batch: Vec<JournalEntry> = {
+                    let (lock, ready) = &*shared;
+                    let mut q = crate::sync::lock(lock);
+                    while q.entries.is_empty() {
+                        q = ready.wait(q).unwrap_or_else(|p| p.into_inner());
+                    }
+                    q.entries.drain(..).collect()
+                };
+                batch.iter().for_each(&send);
+            })
+            .expect("spawn journal mirror thread");
+        JournalMirror { queue }
+    }
+
+    /// Queues the batch's entries; those that do not fit are counted.
     pub fn mirror(&self, batch: &[Durable]) {
-        let _ = self.tx.send(batch.iter().map(record_entry).collect());
+        let (lock, ready) = &*self.queue;
+        let mut q = crate::sync::lock(lock);
+        for durable in batch {
+            if q.entries.len() < MIRROR_QUEUE {
+                q.entries.push_back(record_entry(durable));
+                continue;
+            }
+            let seq = durable.record.seq;
+            let dropped = q.dropped.get_or_insert(Dropped {
+                count: 0,
+                first_seq: seq,
+                last_seq: seq,
+            });
+            dropped.count += 1;
+            dropped.last_seq = seq;
+        }
+        ready.notify_one();
+    }
+
+    /// What was dropped since the last call, if anything (the engine
+    /// records it in the ledger, and so, in time, in the journal).
+    pub fn take_dropped(&self) -> Option<Dropped> {
+        crate::sync::lock(&self.queue.0).dropped.take()
     }
 }
 
@@ -235,5 +291,50 @@ mod tests {
         }
         assert_eq!(priority_for(Some(Severity::Critical)), 2);
         assert_eq!(priority_for(None), 6);
+    }
+
+    #[test]
+    fn a_mirror_that_falls_behind_drops_and_counts_rather_than_grow() {
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let held = Mutex::new(held);
+        let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = sent.clone();
+        // journald stuck on the first entry until the test lets it go.
+        let mirror = JournalMirror::start_with(move |_| {
+            if counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                let _ = crate::sync::lock(&held).recv();
+            }
+        });
+        let durable = |seq: u64| Durable {
+            record: crate::ledger::Record::seal(
+                seq,
+                "2026-01-01T00:00:00Z".into(),
+                "agent_started".into(),
+                None,
+                serde_json::json!({}),
+                crate::ledger::GENESIS.into(),
+            ),
+            ts_ms: 0,
+            journal_fields: Vec::new(),
+        };
+        mirror.mirror(&[durable(1)]);
+        while sent.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            std::thread::yield_now();
+        }
+        let batch: Vec<Durable> = (2..=(MIRROR_QUEUE as u64 + 11)).map(durable).collect();
+        mirror.mirror(&batch);
+        assert_eq!(
+            mirror.take_dropped(),
+            Some(Dropped {
+                count: 10,
+                first_seq: MIRROR_QUEUE as u64 + 2,
+                last_seq: MIRROR_QUEUE as u64 + 11
+            })
+        );
+        assert_eq!(mirror.take_dropped(), None, "told once");
+        release.send(()).unwrap();
+        while sent.load(std::sync::atomic::Ordering::SeqCst) < 1 + MIRROR_QUEUE as u64 {
+            std::thread::yield_now();
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! Delivering operator notices: journald, the `OperatorNotice` D-Bus signal,
 //! and webhook channels (HTTP POST of JSON with a timeout).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -8,7 +9,6 @@ use serde_json::{json, Value};
 
 use super::journal::{message_id, priority_for, Journal, JournalEntry};
 use crate::actions::ActionError;
-use crate::events::{AgentEvent, EventSender};
 use crate::plan::{Severity, Source};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -88,10 +88,23 @@ pub trait Notifier: Send + Sync {
     async fn notify(&self, channel: &Channel, notice: &Notice) -> Result<(), ActionError>;
 }
 
+/// Where the `OperatorNotice` signal goes out: the bus connection the
+/// agent serves on now (see `dbus::NoticeSignals`).
+#[async_trait]
+pub trait NoticeSignal: Send + Sync {
+    /// Sends the signal; an error when it could not be handed to the bus.
+    async fn operator_notice(
+        &self,
+        channel: &str,
+        severity: &str,
+        message: &str,
+    ) -> Result<(), String>;
+}
+
 /// The real thing.
 pub struct SystemNotifier {
     pub journal: Journal,
-    pub events: EventSender,
+    pub signals: Arc<dyn NoticeSignal>,
 }
 
 #[async_trait]
@@ -114,15 +127,18 @@ impl Notifier for SystemNotifier {
                 });
                 Ok(())
             }
-            Channel::Dbus => {
-                // No subscriber is not a failure: the signal went out on the bus.
-                let _ = self.events.send(AgentEvent::OperatorNotice {
-                    channel: notice.channel.clone(),
-                    severity: notice.severity.as_str().into(),
-                    message: notice.message.clone(),
-                });
-                Ok(())
-            }
+            // Sent on the bus connection itself, and only counted as sent
+            // once the bus has it (no subscriber is no failure: the signal
+            // went out). Not being on the bus (a restarted bus daemon) is a
+            // failure that may pass: retried, then recorded as failed,
+            // never as sent.
+            Channel::Dbus => self
+                .signals
+                .operator_notice(&notice.channel, notice.severity.as_str(), &notice.message)
+                .await
+                .map_err(|e| {
+                    ActionError::transient(format!("the OperatorNotice signal was not sent: {e}"))
+                }),
             Channel::Webhook {
                 url, timeout_secs, ..
             } => post_json(url, *timeout_secs, notice.to_json()).await,
@@ -175,6 +191,37 @@ pub async fn post_json(url: &str, timeout_secs: u64, body: Value) -> Result<(), 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    struct OffTheBus;
+
+    #[async_trait]
+    impl NoticeSignal for OffTheBus {
+        async fn operator_notice(&self, _: &str, _: &str, _: &str) -> Result<(), String> {
+            Err("the agent is not on the bus".into())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dbus_notice_the_bus_did_not_take_is_a_failure_not_a_delivery() {
+        let notifier = SystemNotifier {
+            journal: Journal::detect(),
+            signals: Arc::new(OffTheBus),
+        };
+        let notice = Notice {
+            plan_id: "p".into(),
+            source: Source::Manual,
+            severity: Severity::High,
+            description: "d".into(),
+            channel: "dbus".into(),
+            message: "m".into(),
+        };
+        let err = notifier.notify(&Channel::Dbus, &notice).await.unwrap_err();
+        assert!(err.transient);
+        assert_eq!(
+            err.message,
+            "the OperatorNotice signal was not sent: the agent is not on the bus"
+        );
+    }
 
     #[test]
     fn a_webhook_url_is_shown_as_its_scheme_and_host_only() {
