@@ -387,11 +387,29 @@ impl Config {
                 );
             }
         }
+        // The agent's own files are never a patch's target: its ledger,
+        // its state (backups, checkpoint) and its configuration.
+        let own = [
+            ("ledger.dir", self.ledger.dir.as_path()),
+            ("state.dir", self.state.dir.as_path()),
+            ("the configuration directory", Path::new("/etc/antibody")),
+        ];
         for (i, root) in self.hot_patch.allowed_paths.iter().enumerate() {
+            let key = format!("hot_patch.allowed_paths[{i}]");
             if !root.is_absolute() {
+                return bad(&key, "must be an absolute path");
+            }
+            if let Some((what, dir)) = own
+                .iter()
+                .find(|(_, dir)| dir.starts_with(root) || root.starts_with(dir))
+            {
                 return bad(
-                    &format!("hot_patch.allowed_paths[{i}]"),
-                    "must be an absolute path",
+                    &key,
+                    &format!(
+                        "{} holds or lies in {what} ({}), which hot_patch may never change",
+                        root.display(),
+                        dir.display()
+                    ),
                 );
             }
         }
@@ -555,6 +573,28 @@ timeout_secs = 5
         let good = "[protect]\naddresses = [\"10.0.0.0/8\", \"fd00::/8\", \"192.0.2.1\"]\nunits = [\"web-*.service\", \"db\"]\n[restart]\nallowed_units = [\"*.service\"]\n";
         let c = Config::from_toml(good).unwrap();
         assert_eq!(c.protect.addresses.len(), 3);
+    }
+
+    #[test]
+    fn hot_patch_roots_never_cover_the_agents_own_files() {
+        for (root, what) in [
+            ("/var", "ledger.dir"),
+            ("/var/log/antibody", "ledger.dir"),
+            ("/var/lib/antibody/backups", "state.dir"),
+            ("/etc", "the configuration directory"),
+            ("/", "ledger.dir"),
+        ] {
+            let text = format!("[hot_patch]\nallowed_paths = [\"/srv/app\", \"{root}\"]\n");
+            let err = Config::from_toml(&text).unwrap_err().to_string();
+            assert!(
+                err.starts_with("hot_patch.allowed_paths[1]: ") && err.contains(what),
+                "{err}"
+            );
+        }
+        assert!(
+            Config::from_toml("[hot_patch]\nallowed_paths = [\"/srv/app\", \"/etc/nginx\"]\n")
+                .is_ok()
+        );
     }
 
     #[test]

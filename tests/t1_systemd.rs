@@ -531,7 +531,7 @@ async fn what_systemd_reports_about_a_unit_is_guarded_again_at_apply() {
         (in_session, "runs in user-1000.slice, under user.slice"),
         (
             alias,
-            "alias.service is vael.service: vael.service matches none of restart.allowed_units",
+            "alias.service is an alias of vael.service: name the unit itself",
         ),
     ];
     for (facts, why) in expected {

@@ -87,7 +87,13 @@ pub fn apply(base: &[u8], patch: &Patch<'_, [u8]>) -> Result<Vec<u8>, String> {
         let Some(high) = lines.len().checked_sub(pre.len()).filter(|h| *h >= copied) else {
             return Err(does_not_apply());
         };
-        let stated = hunk.old_range().start().saturating_sub(1) as isize;
+        // `@@ -2,0 …` (a hunk that only inserts) means "after line 2";
+        // any other range starts at its line.
+        let range = hunk.old_range();
+        let stated = match range.len() {
+            0 => range.start(),
+            _ => range.start().saturating_sub(1),
+        } as isize;
         let expected = (stated + offset).clamp(copied as isize, high as isize) as usize;
         let mut found = None;
         for at in outwards(expected, copied, high) {
@@ -169,6 +175,44 @@ mod tests {
                 "round {round}"
             );
         }
+    }
+
+    #[test]
+    fn diffs_without_context_apply_as_diffy_does() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let mut options = diffy::DiffOptions::new();
+        options.set_context_len(0);
+        for round in 0..300 {
+            let n = rng.usize(1..40);
+            let old: Vec<String> = (0..n).map(|i| format!("line {i}\n")).collect();
+            let mut new = old.clone();
+            for _ in 0..rng.usize(1..5) {
+                let at = rng.usize(0..=new.len());
+                match rng.u8(0..2) {
+                    0 => new.insert(at, format!("added {round}\n")),
+                    _ if at < new.len() => {
+                        new.remove(at);
+                    }
+                    _ => new.push("tail\n".into()),
+                }
+            }
+            let (old, new) = (old.concat(), new.concat());
+            if old == new {
+                continue;
+            }
+            let text = options.create_patch(&old, &new).to_string();
+            let patch = Patch::from_bytes(text.as_bytes()).unwrap();
+            assert_eq!(
+                apply(old.as_bytes(), &patch).unwrap(),
+                new.as_bytes(),
+                "round {round}:\n{text}"
+            );
+        }
+        // The reviewer's case: insert after line 2.
+        let patch = Patch::from_bytes(b"--- a/f\n+++ b/f\n@@ -2,0 +3 @@\n+X\n").unwrap();
+        assert_eq!(apply(b"a\nb\nc\n", &patch).unwrap(), b"a\nb\nX\nc\n");
+        let at_top = Patch::from_bytes(b"--- a/f\n+++ b/f\n@@ -0,0 +1 @@\n+X\n").unwrap();
+        assert_eq!(apply(b"a\n", &at_top).unwrap(), b"X\na\n");
     }
 
     #[test]

@@ -187,7 +187,7 @@ impl ActionHandler for HotPatch {
                 )));
             }
             let patched = job.patch(&target)?;
-            dir.replace(&patched, target.mode, target.uid, target.gid)
+            dir.replace(&target, &patched)
                 .map_err(ActionError::transient)?;
             Ok(applied(summary("patched")))
         })
@@ -224,7 +224,7 @@ impl ActionHandler for HotPatch {
                     prepared.backup.display()
                 )));
             }
-            dir.replace(&original, target.mode, target.uid, target.gid)
+            dir.replace(&target, &original)
                 .map_err(ActionError::transient)?;
             Ok(format!(
                 "restored {file} from {} (sha256 {})",

@@ -125,11 +125,20 @@ pub fn protected_address(addr: IpAddr, configured: &[String]) -> Option<String> 
 /// `10.1.2.3/8` means `10.0.0.0/8`). Anything else is an error, never
 /// skipped: a guard entry that silently does nothing fails open.
 pub fn address_prefix(entry: &str) -> Result<IpNet, String> {
-    if let Ok(addr) = entry.parse::<IpAddr>() {
-        return Ok(IpNet::from(addr));
-    }
-    entry.parse::<IpNet>().map(|net| net.trunc()).map_err(|_| {
-        format!("{entry:?} is neither an address nor a CIDR prefix (such as 10.0.0.0/8)")
+    let net = match entry.parse::<IpAddr>() {
+        Ok(addr) => IpNet::from(addr),
+        Err(_) => entry.parse::<IpNet>().map(|net| net.trunc()).map_err(|_| {
+            format!("{entry:?} is neither an address nor a CIDR prefix (such as 10.0.0.0/8)")
+        })?,
+    };
+    // An IPv4-mapped entry (`::ffff:10.0.0.5`, `::ffff:10.0.0.0/104`)
+    // protects the IPv4 addresses it maps, as addresses are compared.
+    Ok(match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.network().to_ipv4_mapped() {
+            Some(v4) => IpNet::new(IpAddr::V4(v4), v6.prefix_len() - 96).unwrap_or(net),
+            None => net,
+        },
+        other => other,
     })
 }
 
@@ -255,6 +264,18 @@ mod tests {
             address_prefix("10.1.2.3/8").unwrap().to_string(),
             "10.0.0.0/8"
         );
+        // IPv4-mapped entries protect the IPv4 addresses they map.
+        let mapped = [
+            "::ffff:192.0.2.9".to_string(),
+            "::ffff:198.51.100.0/120".into(),
+        ];
+        for a in ["192.0.2.9", "198.51.100.77", "::ffff:198.51.100.1"] {
+            assert!(
+                protected_address_among(a.parse().unwrap(), &mapped, &[]).is_some(),
+                "{a}"
+            );
+        }
+        assert!(protected_address_among("198.51.101.1".parse().unwrap(), &mapped, &[]).is_none());
         for bad in [
             "db.example",
             "10.0.0.0/33",

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use serde_json::{json, Value};
 
 use super::unit_guard::{
-    protected_by_another_name, refusal, refusal_at_apply, UnitPolicy, UnitUse,
+    alias_refusal, protected_by_another_name, refusal, refusal_at_apply, UnitPolicy, UnitUse,
 };
 use super::unit_name::normalize_unit_name;
 use super::{ActionCtx, ActionError, ActionHandler, Applied, Recovered, ValidateCtx, Validated};
@@ -40,12 +40,14 @@ pub fn unit_param(
 ) -> Result<String, AgentError> {
     let unit = normalize_unit_name(given).map_err(|why| params.error(field, why))?;
     let policy = unit_policy(ctx.config, ctx.own_unit);
-    let why = refusal(&unit, use_, &policy).or_else(|| {
-        let names = crate::sys::unit_files::names_on_disk(&unit);
-        protected_by_another_name(&unit, &names, &policy)
-    });
+    let names = crate::sys::unit_files::names_on_disk(&unit);
+    let why =
+        refusal(&unit, use_, &policy).or_else(|| protected_by_another_name(&unit, &names, &policy));
     if let Some(why) = why {
         return Err(params.error_named(ErrorName::ProtectedTarget, field, why));
+    }
+    if let Some(own) = names.last().filter(|own| **own != unit) {
+        return Err(params.error(field, alias_refusal(&unit, own)));
     }
     Ok(unit)
 }
@@ -54,11 +56,7 @@ pub fn unit_param(
 /// unit (its names, file, `RefuseManual*`, slice): an alias made after
 /// validation, or one no unit file shows, is caught here before anything
 /// is changed.
-pub async fn refuse_at_apply(
-    ctx: &ActionCtx<'_>,
-    unit: &str,
-    use_: UnitUse,
-) -> Result<(), ActionError> {
+pub async fn refuse_at_apply(ctx: &ActionCtx<'_>, unit: &str) -> Result<(), ActionError> {
     let facts = ctx
         .sys
         .systemd
@@ -66,7 +64,7 @@ pub async fn refuse_at_apply(
         .await
         .map_err(action_error)?;
     let policy = unit_policy(ctx.config, ctx.own_unit);
-    match refusal_at_apply(unit, use_, &facts, &policy) {
+    match refusal_at_apply(unit, &facts, &policy) {
         Some(why) => Err(ActionError::permanent(format!("refused at apply: {why}"))),
         None => Ok(()),
     }
@@ -83,6 +81,11 @@ impl ActionHandler for RestartService {
     }
 
     fn flap_limited(&self) -> bool {
+        true
+    }
+
+    /// The unit's alias links are read from the unit directories.
+    fn validates_on_disk(&self) -> bool {
         true
     }
 
@@ -107,10 +110,7 @@ impl ActionHandler for RestartService {
 
     async fn dry_run(&self, ctx: &ActionCtx<'_>) -> Result<Value, ActionError> {
         let unit = unit_of(ctx);
-        let (current, ()) = tokio::try_join!(
-            unit_now(ctx, unit),
-            refuse_at_apply(ctx, unit, UnitUse::Restart)
-        )?;
+        let (current, ()) = tokio::try_join!(unit_now(ctx, unit), refuse_at_apply(ctx, unit))?;
         Ok(json!({
             "unit": unit,
             "current": current,
@@ -121,10 +121,7 @@ impl ActionHandler for RestartService {
 
     async fn prepare(&self, ctx: &ActionCtx<'_>) -> Result<Option<Value>, ActionError> {
         let unit = unit_of(ctx);
-        let (before, ()) = tokio::try_join!(
-            unit_now(ctx, unit),
-            refuse_at_apply(ctx, unit, UnitUse::Restart)
-        )?;
+        let (before, ()) = tokio::try_join!(unit_now(ctx, unit), refuse_at_apply(ctx, unit))?;
         Ok(Some(json!(before)))
     }
 

@@ -57,6 +57,12 @@ impl ActionHandler for ThrottleEntity {
         true
     }
 
+    /// A unit's alias links are read from the unit directories (and an
+    /// address's guard reads the routing table).
+    fn validates_on_disk(&self) -> bool {
+        true
+    }
+
     fn validate(
         &self,
         params: &Fields<'_>,

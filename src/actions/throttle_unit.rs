@@ -7,7 +7,6 @@
 use serde_json::{json, Value};
 
 use super::restart_service::{action_error, refuse_at_apply};
-use super::unit_guard::UnitUse;
 use super::{ActionCtx, ActionError, Applied, Recovered};
 use crate::sys::systemd::ResourceLimits;
 
@@ -58,7 +57,7 @@ fn seconds(ctx: &ActionCtx<'_>) -> u64 {
 
 pub async fn dry_run(ctx: &ActionCtx<'_>, unit: &str) -> Result<Value, ActionError> {
     let systemd = &ctx.sys.systemd;
-    refuse_at_apply(ctx, unit, UnitUse::Throttle).await?;
+    refuse_at_apply(ctx, unit).await?;
     let status = systemd.unit_status(unit).await.map_err(action_error)?;
     let before = systemd.resource_limits(unit).await.map_err(action_error)?;
     let after = throttled_limits(ctx.params, &before);
@@ -81,7 +80,7 @@ pub async fn prepare(ctx: &ActionCtx<'_>, unit: &str) -> Result<Value, ActionErr
             .await
             .map_err(action_error)
     };
-    let (before, ()) = tokio::try_join!(limits, refuse_at_apply(ctx, unit, UnitUse::Throttle))?;
+    let (before, ()) = tokio::try_join!(limits, refuse_at_apply(ctx, unit))?;
     Ok(json!(before))
 }
 

@@ -88,17 +88,22 @@ pub struct UnitPolicy<'a> {
 }
 
 impl<'a> UnitPolicy<'a> {
+    /// The policy of `protect.units` and `restart.allowed_units`. Their
+    /// entries were checked when the config was loaded; should one not
+    /// compile here all the same, it fails closed: a bad protected entry
+    /// protects every unit, a bad allowed entry allows none.
     pub fn new(own_unit: Option<&'a str>, protected: &[String], allowed: &[String]) -> Self {
-        let compile = |entries: &[String]| {
+        let compile = |entries: &[String], instead: &str| -> Vec<Pattern> {
             entries
                 .iter()
-                .filter_map(|e| unit_pattern(e).ok())
+                .map(|e| unit_pattern(e).unwrap_or_else(|_| Pattern::new(instead).expect("a glob")))
                 .collect()
         };
         UnitPolicy {
             own_unit,
-            protected: compile(protected),
-            allowed: compile(allowed),
+            protected: compile(protected, "*"),
+            // No unit name holds a '/'.
+            allowed: compile(allowed, "/"),
         }
     }
 }
@@ -108,6 +113,11 @@ impl<'a> UnitPolicy<'a> {
 /// names (`web-*.service`, `*.scope`). Anything else is an error, never
 /// skipped: a guard that silently does nothing fails open.
 pub fn unit_pattern(entry: &str) -> Result<Pattern, String> {
+    if let Some(unit) = entry.strip_prefix("unit:") {
+        return Err(format!(
+            "{entry:?}: name the unit without \"unit:\" (as {unit:?})"
+        ));
+    }
     let is_glob = entry.contains(['*', '?', '[']);
     let text = if is_glob {
         let legal = entry
@@ -116,6 +126,14 @@ pub fn unit_pattern(entry: &str) -> Result<Pattern, String> {
         if !legal || entry.is_empty() {
             return Err(format!(
                 "{entry:?} is neither a unit name nor a glob of unit names"
+            ));
+        }
+        // A glob that cannot match a unit's suffix matches no unit: a
+        // guard that silently does nothing.
+        let typed = super::unit_name::has_unit_suffix(entry) || entry.ends_with('*');
+        if !typed {
+            return Err(format!(
+                "{entry:?} matches no unit: a glob of unit names ends in a unit type (\"web-*.service\") or in *"
             ));
         }
         entry.to_string()
@@ -184,6 +202,15 @@ pub fn protected_by_another_name(
         })
 }
 
+/// Why a unit must be named by its own name, not an alias: plans on one
+/// unit share one scheduling target, one flap count and one throttle base
+/// only under one name.
+pub fn alias_refusal(alias: &str, unit: &str) -> String {
+    format!(
+        "{alias} is an alias of {unit}: name the unit itself, so that every plan on it shares one target"
+    )
+}
+
 /// Whether a slice is `user.slice` or below it: slices nest by their
 /// names (`user-1000.slice` is a child of `user.slice`).
 fn under_user_slice(slice: &str) -> bool {
@@ -195,19 +222,12 @@ fn under_user_slice(slice: &str) -> bool {
 /// to systemd only), the unit it really is (`Id`, for `allowed_units`),
 /// a unit file the agent can name, no `RefuseManualStart=`/`Stop=`, not
 /// under `user.slice`.
-pub fn refusal_at_apply(
-    unit: &str,
-    use_: UnitUse,
-    facts: &UnitFacts,
-    policy: &UnitPolicy<'_>,
-) -> Option<String> {
+pub fn refusal_at_apply(unit: &str, facts: &UnitFacts, policy: &UnitPolicy<'_>) -> Option<String> {
     if let Some(why) = protected_by_another_name(unit, &facts.names, policy) {
         return Some(why);
     }
     if facts.id != unit {
-        if let Some(why) = refusal(&facts.id, use_, policy) {
-            return Some(format!("{unit} is {}: {why}", facts.id));
-        }
+        return Some(alias_refusal(unit, &facts.id));
     }
     if facts.load_state != "loaded" {
         return Some(format!(
@@ -373,30 +393,50 @@ mod tests {
     }
 
     #[test]
+    fn a_policy_entry_that_does_not_compile_fails_closed() {
+        let bad = ["foo bar".to_string()];
+        let protect_all = UnitPolicy::new(None, &bad, &[]);
+        assert!(refusal("vael.service", UnitUse::Restart, &protect_all).is_some());
+        let allow_none = UnitPolicy::new(None, &[], &bad);
+        assert!(refusal("vael.service", UnitUse::Restart, &allow_none).is_some());
+    }
+
+    #[test]
     fn entries_that_are_no_unit_and_no_glob_are_errors() {
         assert!(unit_pattern("web").unwrap().matches("web.service"));
         assert!(unit_pattern("web-*.service")
             .unwrap()
             .matches("web-2.service"));
         assert!(unit_pattern("*.scope").unwrap().matches("run-u1.scope"));
-        for bad in ["", "foo bar", "a/b", "web-*/x", "[", "10.0.0.1 x"] {
+        for bad in [
+            "",
+            "foo bar",
+            "a/b",
+            "web-*/x",
+            "[",
+            "10.0.0.1 x",
+            "web-?",
+            "unit:db",
+            "unit:web-*",
+        ] {
             assert!(unit_pattern(bad).is_err(), "{bad:?} accepted");
         }
+        assert!(unit_pattern("web-?.service").is_ok());
+        assert!(unit_pattern("web-*").unwrap().matches("web-1.service"));
     }
 
     #[test]
     fn at_apply_every_name_the_file_origin_and_the_slice_count() {
         let p = policy();
-        let use_ = UnitUse::Restart;
         assert_eq!(
-            refusal_at_apply("web.service", use_, &facts("web.service"), &p),
+            refusal_at_apply("web.service", &facts("web.service"), &p),
             None
         );
 
         let mut alias = facts("www.service");
         alias.id = "systemd-logind.service".into();
         alias.names = vec!["systemd-logind.service".into(), "www.service".into()];
-        let why = refusal_at_apply("www.service", use_, &alias, &p).unwrap();
+        let why = refusal_at_apply("www.service", &alias, &p).unwrap();
         assert!(
             why.contains("another name of systemd-logind.service"),
             "{why}"
@@ -404,32 +444,37 @@ mod tests {
 
         let mut refusing = facts("web.service");
         refusing.refuse_manual_start = true;
-        let why = refusal_at_apply("web.service", use_, &refusing, &p).unwrap();
+        let why = refusal_at_apply("web.service", &refusing, &p).unwrap();
         assert!(why.contains("RefuseManualStart=yes"), "{why}");
 
         let mut fileless = facts("web.service");
         fileless.fragment_path.clear();
-        let why = refusal_at_apply("web.service", use_, &fileless, &p).unwrap();
+        let why = refusal_at_apply("web.service", &fileless, &p).unwrap();
         assert!(why.contains("no FragmentPath"), "{why}");
 
         let mut masked = facts("web.service");
         masked.load_state = "masked".into();
-        assert!(refusal_at_apply("web.service", use_, &masked, &p)
+        assert!(refusal_at_apply("web.service", &masked, &p)
             .unwrap()
             .contains("LoadState=masked"));
 
         let mut in_session = facts("web.service");
         in_session.slice = "user-1000.slice".into();
-        let why = refusal_at_apply("web.service", use_, &in_session, &p).unwrap();
+        let why = refusal_at_apply("web.service", &in_session, &p).unwrap();
         assert!(why.contains("under user.slice"), "{why}");
 
-        // allowed_units judges the unit systemd resolves the name to.
+        // A name systemd resolves to another unit is refused: plans on one
+        // unit must share one target (and allowed_units must not be
+        // passed by an alias).
         let allowed = ["web*.service".to_string()];
         let strict = UnitPolicy::new(None, &[], &allowed);
         let mut aliased = facts("web2.service");
         aliased.id = "vael.service".into();
         aliased.names = vec!["vael.service".into(), "web2.service".into()];
-        let why = refusal_at_apply("web2.service", use_, &aliased, &strict).unwrap();
-        assert!(why.contains("web2.service is vael.service"), "{why}");
+        let why = refusal_at_apply("web2.service", &aliased, &strict).unwrap();
+        assert!(
+            why.starts_with("web2.service is an alias of vael.service"),
+            "{why}"
+        );
     }
 }

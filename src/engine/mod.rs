@@ -95,8 +95,13 @@ type LedgerWalk = Shared<BoxFuture<'static, (bool, Option<u64>, String)>>;
 /// times the longest one `nft` run may take.
 const FIREWALL_STALL_MS: u64 = 3 * crate::sys::nft::cli::NFT_TIMEOUT.as_millis() as u64;
 
-/// `ListPlans` answers with at most this many plans, whatever its `limit`.
+/// The start's reconcile of the firewall gives up after this long.
+const START_RECONCILE_LIMIT: Duration = Duration::from_secs(20);
+
+/// `ListPlans` answers with at most this many plans, whatever its `limit`,
+/// and at most this many bytes (the newest plans that fit).
 pub const MAX_LIST_PLANS: usize = 1000;
+pub const MAX_LIST_BYTES: usize = 16 << 20;
 
 /// A start that read at least this many records writes a checkpoint.
 const CHECKPOINT_AFTER_RECORDS: u64 = 10_000;
@@ -418,18 +423,19 @@ impl Engine {
     /// serialized after it is released, so a big answer never holds up
     /// the plans that run.
     pub fn list_plans(&self, status: Option<PlanStatus>, limit: u32) -> String {
-        let limit = match limit {
-            0 => 100,
-            n => (n as usize).min(MAX_LIST_PLANS),
-        };
         let plans: Vec<Plan> = self
             .lock()
             .state
-            .list(status, limit)
+            .list(status, list_limit(limit))
             .into_iter()
             .cloned()
             .collect();
-        serde_json::to_string(&plans).expect("plans serialize")
+        json_array_within(
+            plans
+                .iter()
+                .map(|p| serde_json::to_string(p).expect("plans serialize")),
+            MAX_LIST_BYTES,
+        )
     }
 
     /// `DryRun`: the plan that would be made and each action's exact change.
@@ -823,7 +829,18 @@ impl Engine {
     /// A failed reconcile is returned (it is retried every round).
     pub async fn recover_before_ready(self: &Arc<Self>) -> Result<(), FirewallError> {
         self.settle_in_flight().await;
-        let reconciled = self.reconcile_firewall().await.map(|_| ());
+        // Bounded: a firewall that does not answer (each nft run is) must
+        // not hold the start; the reconcile loop tries again every round,
+        // and the holds were taken before the first nft run.
+        let reconciled = tokio::time::timeout(START_RECONCILE_LIMIT, self.reconcile_firewall())
+            .await
+            .unwrap_or_else(|_| {
+                Err(FirewallError(format!(
+                    "the reconcile did not finish within {} s of the start; it is tried again every round",
+                    START_RECONCILE_LIMIT.as_secs()
+                )))
+            })
+            .map(|_| ());
         self.run_overdue_reverts().await;
         reconciled
     }
@@ -891,6 +908,33 @@ impl Engine {
     }
 }
 
+/// `ListPlans`' `limit`: 0 means 100; never more than [`MAX_LIST_PLANS`].
+fn list_limit(limit: u32) -> usize {
+    match limit {
+        0 => 100,
+        n => (n as usize).min(MAX_LIST_PLANS),
+    }
+}
+
+/// A JSON array of `items`, in order, as many as fit in `max_bytes` (at
+/// least one): a bus message has a size limit, and a plan may carry a
+/// 64 KiB alert.
+fn json_array_within(items: impl Iterator<Item = String>, max_bytes: usize) -> String {
+    let mut answer = String::from("[");
+    for item in items {
+        let first = answer.len() == 1;
+        if !first && answer.len() + item.len() + 2 > max_bytes {
+            break;
+        }
+        if !first {
+            answer.push(',');
+        }
+        answer.push_str(&item);
+    }
+    answer.push(']');
+    answer
+}
+
 fn plan_journal_fields(
     source: &str,
     severity: crate::plan::Severity,
@@ -905,4 +949,31 @@ fn plan_journal_fields(
         fields.push(("ANTIBODY_ACTION", action));
     }
     fields
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_plans_answers_are_bounded_in_count_and_bytes() {
+        assert_eq!(list_limit(0), 100);
+        assert_eq!(list_limit(7), 7);
+        assert_eq!(list_limit(u32::MAX), MAX_LIST_PLANS);
+        let items = || {
+            ["\"aaaa\"", "\"bbbb\"", "\"cccc\""]
+                .map(String::from)
+                .into_iter()
+        };
+        assert_eq!(
+            json_array_within(items(), 1000),
+            r#"["aaaa","bbbb","cccc"]"#
+        );
+        assert_eq!(json_array_within(items(), 16), r#"["aaaa","bbbb"]"#);
+        assert_eq!(json_array_within(items(), 3), r#"["aaaa"]"#, "at least one");
+        let empty: [String; 0] = [];
+        assert_eq!(json_array_within(empty.into_iter(), 10), "[]");
+        let parsed: Value = serde_json::from_str(&json_array_within(items(), 16)).unwrap();
+        assert_eq!(parsed.as_array().unwrap().len(), 2);
+    }
 }

@@ -45,13 +45,18 @@ pub fn replay(ledger_dir: &Path, state_dir: &Path) -> io::Result<Replayed> {
                 checkpoint.chain_broken_at,
                 checkpoint.chain_report,
             );
-            let mut replayed = fold(ledger_dir, state_dir, Some(&position), plans)?;
+            let mut replayed = fold(
+                ledger_dir,
+                state_dir,
+                Some(&position),
+                plans,
+                archived_active,
+            )?;
             if replayed.scan.ok() {
                 replayed.chain = stored;
             }
             replayed.from_checkpoint = true;
             replayed.checkpoint_seq = position.tip.seq;
-            replayed.archived_active = archived_active;
             return Ok(replayed);
         }
         note = Some(format!(
@@ -59,7 +64,7 @@ pub fn replay(ledger_dir: &Path, state_dir: &Path) -> io::Result<Replayed> {
             checkpoint.seq
         ));
     }
-    let mut replayed = fold(ledger_dir, state_dir, None, HashMap::new())?;
+    let mut replayed = fold(ledger_dir, state_dir, None, HashMap::new(), 0)?;
     replayed.note = note;
     Ok(replayed)
 }
@@ -69,6 +74,7 @@ fn fold(
     state_dir: &Path,
     start: Option<&Position>,
     mut plans: HashMap<String, Plan>,
+    mut archived_active: usize,
 ) -> io::Result<Replayed> {
     let mut unknown_records = 0;
     let scan = scan_from(ledger_dir, start, |record| {
@@ -87,6 +93,9 @@ fn fold(
                 // back into memory (for a rollback) after it.
                 if !plans.contains_key(id) {
                     if let Some(plan) = load_archived(state_dir, id) {
+                        // Counted among the archived plans' mitigations
+                        // until now; from here, among those in memory.
+                        archived_active = archived_active.saturating_sub(plan.in_force_count());
                         plans.insert(id.clone(), plan);
                     }
                 }
@@ -104,7 +113,7 @@ fn fold(
         chain,
         from_checkpoint: false,
         checkpoint_seq: 0,
-        archived_active: 0,
+        archived_active,
         unknown_records,
         note: None,
     })

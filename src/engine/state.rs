@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use crate::plan::{ActionState, Plan, PlanStatus};
+use crate::plan::{Plan, PlanStatus};
 
 #[derive(Default)]
 pub struct EngineState {
@@ -25,12 +25,8 @@ pub struct EngineState {
     archived_active: usize,
 }
 
-/// Applied, reversible, not yet reverted: what is in force now.
 fn in_force(plan: &Plan) -> usize {
-    plan.actions
-        .iter()
-        .filter(|a| a.seed.reversible && a.state == ActionState::Applied)
-        .count()
+    plan.in_force_count()
 }
 
 impl EngineState {
@@ -228,6 +224,12 @@ impl EngineState {
     /// Mitigations in force in archived plans (kept in checkpoints).
     pub fn archived_active(&self) -> usize {
         self.archived_active
+    }
+
+    /// The `plan_created` seq of the oldest plan in memory: a start without
+    /// its checkpoint must be able to replay from there.
+    pub fn oldest_seq(&self) -> Option<u64> {
+        self.by_seq.keys().next().copied()
     }
 
     pub fn add_timers(&mut self, plan: &Plan) {

@@ -74,6 +74,59 @@ fn archive_one(state_dir: &Path, plan: &Plan) -> io::Result<()> {
     fs::rename(&tmp, &path)
 }
 
+/// Removes the archived plans whose every record came before `before_ms`
+/// (their newest log line is older) and that hold no mitigation in force,
+/// with their hot_patch backups: (plans, backups) removed. A plan with a
+/// patch still in force keeps its archive and backup: a rollback needs
+/// them. Reads each archive (retention runs after a checkpoint, off the
+/// engine loop).
+pub fn prune_archives(state_dir: &Path, before_ms: u64) -> io::Result<(u64, u64)> {
+    let (plans_dir, backups_dir) = (state_dir.join("plans"), state_dir.join("backups"));
+    let entries = match fs::read_dir(&plans_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((0, 0)),
+        Err(e) => return Err(e),
+    };
+    let backups: Vec<String> = fs::read_dir(&backups_dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let (mut plans, mut removed_backups) = (0, 0);
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().to_string();
+        let Some(plan) = name
+            .strip_suffix(".json")
+            .and_then(|id| load_archived(state_dir, id))
+        else {
+            continue;
+        };
+        let newest = plan
+            .log
+            .iter()
+            .filter_map(|line| crate::time::parse_rfc3339(&line.ts))
+            .max()
+            .unwrap_or(u64::MAX);
+        if newest >= before_ms || plan.in_force_count() > 0 {
+            continue;
+        }
+        fs::remove_file(entry.path())?;
+        plans += 1;
+        let prefix = format!("{}.", plan.id);
+        for backup in backups.iter().filter(|b| b.starts_with(&prefix)) {
+            fs::remove_file(backups_dir.join(backup))?;
+            removed_backups += 1;
+        }
+    }
+    File::open(&plans_dir)?.sync_all()?;
+    if removed_backups > 0 {
+        File::open(&backups_dir)?.sync_all()?;
+    }
+    Ok((plans, removed_backups))
+}
+
 pub fn load_archived(state_dir: &Path, id: &str) -> Option<Plan> {
     let bytes = fs::read(archive_path(state_dir, id)?).ok()?;
     let mut plan: Plan = serde_json::from_slice(&bytes).ok()?;

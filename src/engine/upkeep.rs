@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{store, Engine};
+use crate::ledger::retention;
 use crate::plan::{Event, Plan};
 use crate::time::now_ms;
 
@@ -112,6 +113,47 @@ impl Engine {
         written >= CHECKPOINT_EVERY_RECORDS || (written > 0 && since.elapsed() >= CHECKPOINT_EVERY)
     }
 
+    /// Retention (`ledger.max_bytes`, `ledger.retain_days`), after a
+    /// checkpoint: removes the oldest segments no start can need (before
+    /// the newest checkpoint and the oldest plan in memory) behind an
+    /// anchor, then the archived plans and backups whose records went with
+    /// them, and records what it removed. Returns that record's payload.
+    pub async fn prune_ledger(self: &Arc<Self>) -> std::io::Result<Option<Event>> {
+        let config = self.config();
+        let policy = retention::Policy {
+            max_bytes: config.ledger.max_bytes,
+            retain_days: config.ledger.retain_days,
+        };
+        let checkpoint_seq = self.checkpoint_seq.load(Ordering::Relaxed);
+        if checkpoint_seq == 0 || (policy.max_bytes == 0 && policy.retain_days == 0) {
+            return Ok(None);
+        }
+        let oldest_plan = self.lock().state.oldest_seq().unwrap_or(u64::MAX);
+        let keep_from = checkpoint_seq.min(oldest_plan);
+        let (ledger_dir, state_dir) = (config.ledger.dir.clone(), config.state.dir.clone());
+        let pruned = tokio::task::spawn_blocking(move || {
+            let Some(pruned) = retention::prune(&ledger_dir, keep_from, policy, now_ms())? else {
+                return Ok(None);
+            };
+            let (plans, backups) = store::prune_archives(&state_dir, pruned.first_kept_ts_ms)?;
+            Ok::<_, std::io::Error>(Some((pruned, plans, backups)))
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        let Some((pruned, archived_plans, backups)) = pruned else {
+            return Ok(None);
+        };
+        let event = Event::LedgerPruned {
+            segments: pruned.segments,
+            bytes: pruned.bytes,
+            first_kept_seq: pruned.first_kept_seq,
+            archived_plans,
+            backups,
+        };
+        self.record_agent(event.clone()).await;
+        Ok(Some(event))
+    }
+
     /// Records what the journal mirror had to drop since the last round:
     /// the ledger holds those records; the journal (and any copy of it)
     /// has a gap there, now said in the journal too.
@@ -150,7 +192,12 @@ impl Engine {
             self.record_journal_drops().await;
             if self.checkpoint_due(last_checkpoint) && !self.is_stopping() {
                 match self.checkpoint_now().await {
-                    Ok(_) => last_checkpoint = Instant::now(),
+                    Ok(_) => {
+                        last_checkpoint = Instant::now();
+                        if let Err(e) = self.prune_ledger().await {
+                            eprintln!("<4>antibodyd: ledger retention failed (tried again after the next checkpoint): {e}");
+                        }
+                    }
                     Err(e) => eprintln!(
                         "<4>antibodyd: cannot write the checkpoint (tried again next round): {e}"
                     ),

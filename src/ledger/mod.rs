@@ -2,6 +2,7 @@
 //! group-committed appends, chain verification.
 
 pub mod record;
+pub mod retention;
 pub mod scan;
 pub mod segments;
 pub mod writer;

@@ -43,6 +43,9 @@ pub struct ScanReport {
     pub torn_tail: Option<TornTail>,
     /// Number, path and length of the newest segment.
     pub last_segment: Option<(u64, PathBuf, u64)>,
+    /// Records before the first kept one, removed by retention (their
+    /// last hash is the anchor's).
+    pub removed_before: u64,
 }
 
 impl ScanReport {
@@ -75,6 +78,18 @@ pub fn scan_from(
     let mut out = ScanReport::default();
     if let Some(start) = start {
         out.tip = start.tip.clone();
+    } else if let Some(anchor) = super::retention::read_anchor(dir) {
+        // Retention removed the segments before the anchor's: the chain
+        // starts from the record the anchor names. Segments from before it
+        // still there (a removal cut short) are walked as usual.
+        let first = segments.first().map(|(number, _)| *number);
+        if first.is_some_and(|n| n >= anchor.segment) {
+            out.tip = Tip {
+                seq: anchor.seq,
+                hash: anchor.hash,
+            };
+            out.removed_before = anchor.seq;
+        }
     }
     let last_index = segments.len().saturating_sub(1);
     for (i, (number, path)) in segments.iter().enumerate() {
@@ -116,7 +131,14 @@ pub fn scan_from(
         out.last_segment = Some((*number, path.clone(), offset));
     }
     if out.ok() {
-        out.report = format!("chain intact: {} record(s)", out.tip.seq);
+        out.report = match out.removed_before {
+            0 => format!("chain intact: {} record(s)", out.tip.seq),
+            removed => format!(
+                "chain intact from seq {}: {} record(s) (the {removed} before were removed by ledger retention)",
+                removed + 1,
+                out.tip.seq - removed
+            ),
+        };
     }
     Ok(out)
 }

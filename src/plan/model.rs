@@ -207,6 +207,15 @@ impl Plan {
             .map(|(i, _)| i)
     }
 
+    /// Mitigations of this plan in force now: applied, reversible, not
+    /// yet reverted.
+    pub fn in_force_count(&self) -> usize {
+        self.actions
+            .iter()
+            .filter(|a| a.seed.reversible && a.state == ActionState::Applied)
+            .count()
+    }
+
     /// Timed reverts still to come: (deadline ms, action index).
     pub fn pending_timed_reverts(&self) -> impl Iterator<Item = (u64, usize)> + '_ {
         self.actions

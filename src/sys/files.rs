@@ -37,6 +37,31 @@ pub struct Target {
     pub mode: u32,
     pub uid: u32,
     pub gid: u32,
+    /// Which file was read, as it was: the write checks that the name
+    /// still leads to it, unchanged, just before it renames over it.
+    pub identity: Identity,
+}
+
+/// A file as `stat` tells it apart from another, or from itself changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    dev: u64,
+    ino: u64,
+    size: i64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Identity {
+    fn of(stat: &rustix::fs::Stat) -> Identity {
+        Identity {
+            dev: stat.st_dev,
+            ino: stat.st_ino,
+            size: stat.st_size,
+            mtime: (stat.st_mtime, stat.st_mtime_nsec as i64),
+            ctime: (stat.st_ctime, stat.st_ctime_nsec as i64),
+        }
+    }
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -143,6 +168,21 @@ fn refuse_by_stat(path: &Path, stat: &rustix::fs::Stat) -> Result<(), TargetErro
             path.display()
         )));
     }
+    if stat.st_mode & 0o6000 != 0 {
+        return Err(TargetError::Refused(format!(
+            "{} is set-user-ID or set-group-ID; hot_patch changes no such file",
+            path.display()
+        )));
+    }
+    // A rename would give this name new content and leave the file's other
+    // names with the old: not a patch of "the file", so refused.
+    if stat.st_nlink > 1 {
+        return Err(TargetError::Refused(format!(
+            "{} has {} hard links; hot_patch changes files with one name only",
+            path.display(),
+            stat.st_nlink
+        )));
+    }
     if stat.st_size as u64 > MAX_TARGET_BYTES {
         return Err(TargetError::Refused(format!(
             "{} is {} bytes; hot_patch takes files of at most 16 MiB",
@@ -207,12 +247,35 @@ impl TargetDir {
             mode: stat.st_mode & 0o7777,
             uid: stat.st_uid,
             gid: stat.st_gid,
+            identity: Identity::of(&stat),
         })
     }
 
-    /// Replaces the file's content, giving it `mode`, `uid` and `gid`.
-    pub fn replace(&self, content: &[u8], mode: u32, uid: u32, gid: u32) -> Result<(), String> {
-        replace_in(&self.dir, &self.name, &self.path, content, mode, uid, gid)
+    /// Replaces `read`'s file (as [`TargetDir::read`] returned it) with
+    /// `content`, keeping its mode and owner, if the name still leads to
+    /// that file unchanged just before the rename.
+    pub fn replace(&self, read: &Target, content: &[u8]) -> Result<(), String> {
+        let unchanged = || {
+            let stat =
+                rustix::fs::statat(&self.dir, self.name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(|e| format!("{}: {}", self.path.display(), std::io::Error::from(e)))?;
+            if Identity::of(&stat) == read.identity {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{} changed while it was being patched; left as it is",
+                    self.path.display()
+                ))
+            }
+        };
+        replace_in(
+            &self.dir,
+            &self.name,
+            &self.path,
+            content,
+            (read.mode, read.uid, read.gid),
+            unchanged,
+        )
     }
 }
 
@@ -221,25 +284,21 @@ pub fn check_target(path: &Path, roots: &[PathBuf]) -> Result<(), TargetError> {
     open_target_dir(path, roots)?.check()
 }
 
-/// Writes `content` as `name` in the open directory `dir` (whose path,
-/// for messages, is `shown`'s parent): a new temporary file, its owner and
-/// mode, fsync, `renameat` over `name`, fsync of the directory.
+/// Writes `content` as `name` in the open directory `dir` (`shown` names
+/// it in messages): a new temporary file, its owner and mode, fsync, then,
+/// if `still` agrees, `renameat` over `name`, and fsync of the directory.
 fn replace_in(
     dir: &OwnedFd,
     name: &OsStr,
     shown: &Path,
     content: &[u8],
-    mode: u32,
-    uid: u32,
-    gid: u32,
+    (mode, uid, gid): (u32, u32, u32),
+    still: impl FnOnce() -> Result<(), String>,
 ) -> Result<(), String> {
     let at =
         |what: &str, e: Errno| format!("{what} {}: {}", shown.display(), std::io::Error::from(e));
-    let temp = format!(
-        ".{}.antibody-{}",
-        name.to_string_lossy(),
-        uuid::Uuid::new_v4().simple()
-    );
+    // Not derived from the target's name, which may be up to NAME_MAX long.
+    let temp = format!(".antibody-{}.tmp", uuid::Uuid::new_v4().simple());
     let written = (|| {
         let fd = rustix::fs::openat(
             dir,
@@ -257,10 +316,11 @@ fn replace_in(
             Some(rustix::fs::Gid::from_raw(gid)),
         )
         .map_err(|e| at("the owner of the new", e))?;
-        // After chown, which clears set-id bits.
-        rustix::fs::fchmod(&file, Mode::from_raw_mode(mode))
+        // After chown; never a set-id bit (set-id targets are refused).
+        rustix::fs::fchmod(&file, Mode::from_raw_mode(mode & 0o1777))
             .map_err(|e| at("the mode of the new", e))?;
         rustix::fs::fsync(&file).map_err(|e| at("fsync of the new", e))?;
+        still()?;
         rustix::fs::renameat(dir, temp.as_str(), dir, name).map_err(|e| at("rename over", e))
     })();
     if let Err(e) = written {
@@ -280,16 +340,18 @@ pub fn write_own_file(dir: &Path, name: &str, content: &[u8], mode: u32) -> Resu
         Mode::empty(),
     )
     .map_err(|e| format!("{}: {}", dir.display(), std::io::Error::from(e)))?;
-    let uid = rustix::process::geteuid().as_raw();
-    let gid = rustix::process::getegid().as_raw();
+    let owner = (
+        mode,
+        rustix::process::geteuid().as_raw(),
+        rustix::process::getegid().as_raw(),
+    );
     replace_in(
         &fd,
         OsStr::new(name),
         &dir.join(name),
         content,
-        mode,
-        uid,
-        gid,
+        owner,
+        || Ok(()),
     )
 }
 
@@ -312,9 +374,7 @@ mod tests {
         fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
         let target_dir = open_target_dir(&path, &roots).unwrap();
         let before = target_dir.read().unwrap();
-        target_dir
-            .replace(b"new\n", before.mode, before.uid, before.gid)
-            .unwrap();
+        target_dir.replace(&before, b"new\n").unwrap();
         let after = read(&path, &roots).unwrap();
         assert_eq!(after.content, b"new\n");
         assert_eq!(
@@ -377,6 +437,38 @@ mod tests {
         assert!(
             matches!(missing, Err(TargetError::Unreadable(_))),
             "{missing:?}"
+        );
+    }
+
+    #[test]
+    fn set_id_files_files_with_other_names_and_files_changed_meanwhile_are_left_alone() {
+        let root = tempfile::tempdir().unwrap();
+        let roots = [root.path().to_path_buf()];
+        let refused = |path: &Path| match read(path, &roots) {
+            Err(TargetError::Refused(why)) => why,
+            other => panic!("{} not refused: {other:?}", path.display()),
+        };
+        let setuid = root.path().join("tool");
+        fs::write(&setuid, "#!/bin/sh\n").unwrap();
+        fs::set_permissions(&setuid, fs::Permissions::from_mode(0o4755)).unwrap();
+        assert!(refused(&setuid).contains("set-user-ID or set-group-ID"));
+        let linked = root.path().join("a.conf");
+        fs::write(&linked, "x\n").unwrap();
+        fs::hard_link(&linked, root.path().join("b.conf")).unwrap();
+        assert!(refused(&linked).contains("has 2 hard links"));
+
+        let path = root.path().join("app.conf");
+        fs::write(&path, "old\n").unwrap();
+        let dir = open_target_dir(&path, &roots).unwrap();
+        let read = dir.read().unwrap();
+        fs::write(&path, "edited meanwhile\n").unwrap();
+        let err = dir.replace(&read, b"new\n").unwrap_err();
+        assert!(err.contains("changed while it was being patched"), "{err}");
+        assert_eq!(fs::read_to_string(&path).unwrap(), "edited meanwhile\n");
+        assert_eq!(
+            fs::read_dir(root.path()).unwrap().count(),
+            4,
+            "no temporary left"
         );
     }
 

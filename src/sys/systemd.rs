@@ -175,6 +175,11 @@ fn classify(e: zbus::Error, what: &str) -> SystemdError {
 
 /// How long opening the connection to systemd may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one call to systemd may take (a hung Manager fails the call,
+/// as out of reach, rather than hold a plan, a reconcile or the start
+/// forever). A restart's wait for its job is bounded apart, by
+/// `restart.timeout_secs`.
+const CALL_TIMEOUT: Duration = Duration::from_secs(25);
 
 /// The real Manager, over one system-bus connection of its own.
 #[derive(Default)]
@@ -204,7 +209,9 @@ impl SystemdManager {
         // A bus daemon being restarted can leave a connection waiting in
         // its socket's backlog: bounded, so no caller waits on it forever.
         let opened = tokio::time::timeout(CONNECT_TIMEOUT, async {
-            let conn = zbus::Connection::system()
+            let conn = zbus::connection::Builder::system()
+                .method_timeout(CALL_TIMEOUT)
+                .build()
                 .await
                 .map_err(|e| SystemdError::Unreachable(format!("system bus: {e}")))?;
             let manager = manager_on(&conn).await?;
@@ -334,11 +341,9 @@ impl Reader {
         T::Error: std::fmt::Display,
     {
         let iface = zbus::names::InterfaceName::from_static_str_unchecked(interface);
-        let value = self
-            .proxy
-            .get(iface, name)
-            .await
-            .map_err(|e| classify(e.into(), &format!("{} {name}", self.what)))?;
+        let value = self.proxy.get(iface, name).await;
+        crate::sys::sdnotify::note_start_progress(1);
+        let value = value.map_err(|e| classify(e.into(), &format!("{} {name}", self.what)))?;
         T::try_from(value).map_err(|e| SystemdError::Refused(format!("{} {name}: {e}", self.what)))
     }
 }

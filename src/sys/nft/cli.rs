@@ -178,7 +178,10 @@ async fn run_batch(mut child: Child, payload: &[u8], timeout: Duration) -> Resul
             .await
             .map_err(|e| BatchError::Failed(format!("cannot wait for nft: {e}")))
     };
-    let output = tokio::time::timeout(timeout, run).await.map_err(|_| {
+    let output = tokio::time::timeout(timeout, run).await;
+    // A start that waits on nft is still moving while each run ends.
+    crate::sys::sdnotify::note_start_progress(1);
+    let output = output.map_err(|_| {
         BatchError::TimedOut(format!(
             "nft did not finish a batch within {} s and was killed",
             timeout.as_secs_f64()
@@ -229,8 +232,9 @@ impl Driver for NftCli {
             .stdin(Stdio::null())
             .kill_on_drop(true)
             .output();
-        let output = tokio::time::timeout(self.timeout, listing)
-            .await
+        let output = tokio::time::timeout(self.timeout, listing).await;
+        crate::sys::sdnotify::note_start_progress(1);
+        let output = output
             .map_err(|_| {
                 format!(
                     "nft did not list the table within {} s and was killed",
