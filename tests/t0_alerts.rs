@@ -1263,7 +1263,27 @@ fn isolate_socket_rows() -> Vec<Bad> {
 }
 
 fn hot_patch_rows() -> Vec<Bad> {
+    let one_patch =
+        format!(r#"{{"type":"hot_patch","file":"/srv/app/a.conf","diff":"{GOOD_DIFF}"}}"#);
     vec![
+        bad(
+            "five hot_patch actions in one alert",
+            alert(&[one_patch.as_str(); 5].join(",")),
+            Inv,
+            "actions[4].type:",
+            "an alert may carry at most 4 hot_patch action(s)",
+        ),
+        bad(
+            "a diff that changes nothing",
+            hot_patch(
+                "/srv/app/app.conf",
+                r#"--- a/app.conf\n+++ b/app.conf\n@@ -1 +1 @@\n-same\n+same\n"#,
+                None,
+            ),
+            Inv,
+            "actions[0].diff:",
+            "changes nothing",
+        ),
         bad_default(
             "hot_patch while allowed_paths is empty",
             hot_patch("/srv/app/app.conf", GOOD_DIFF, None),

@@ -21,9 +21,49 @@ use diffy::{Line, Patch};
 pub const MAX_COMPARED_BYTES: u64 = 64 << 20;
 
 /// The file's lines, each with its `\n` (the last may have none), as diffy
-/// splits them, so hunk lines compare byte for byte.
-fn split_lines(base: &[u8]) -> Vec<&[u8]> {
-    base.split_inclusive(|b| *b == b'\n').collect()
+/// splits them, so hunk lines compare byte for byte. Kept as the offsets
+/// where lines end (4 bytes a line: a 16 MiB file of empty lines is
+/// 32 MiB of index, not 128 MiB of slices).
+struct Lines<'a> {
+    base: &'a [u8],
+    ends: Vec<u32>,
+}
+
+impl<'a> Lines<'a> {
+    fn new(base: &'a [u8]) -> Lines<'a> {
+        let mut ends: Vec<u32> = base
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| **b == b'\n')
+            .map(|(i, _)| (i + 1) as u32)
+            .collect();
+        if ends.last().map_or(0, |e| *e as usize) < base.len() {
+            ends.push(base.len() as u32);
+        }
+        Lines { base, ends }
+    }
+
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Where line `i` starts (`len()` for the end of the file).
+    fn start(&self, i: usize) -> usize {
+        if i == 0 {
+            0
+        } else {
+            self.ends[i - 1] as usize
+        }
+    }
+
+    fn line(&self, i: usize) -> &'a [u8] {
+        &self.base[self.start(i)..self.ends[i] as usize]
+    }
+
+    /// Lines `from..to`, as one slice of the file.
+    fn run(&self, from: usize, to: usize) -> &'a [u8] {
+        &self.base[self.start(from)..self.start(to)]
+    }
 }
 
 fn pre_image<'a>(lines: &[Line<'a, [u8]>]) -> Vec<&'a [u8]> {
@@ -75,7 +115,8 @@ fn outwards(from: usize, low: usize, high: usize) -> impl Iterator<Item = usize>
 
 /// `base` with `patch` applied, or which hunk does not apply.
 pub fn apply(base: &[u8], patch: &Patch<'_, [u8]>) -> Result<Vec<u8>, String> {
-    let lines = split_lines(base);
+    assert!(base.len() < u32::MAX as usize, "targets are at most 16 MiB");
+    let lines = Lines::new(base);
     let mut out = Vec::with_capacity(base.len() + 1024);
     let mut copied = 0usize; // lines[..copied] are settled
     let mut offset = 0isize; // where the last hunk was found, against its header
@@ -98,7 +139,8 @@ pub fn apply(base: &[u8], patch: &Patch<'_, [u8]>) -> Result<Vec<u8>, String> {
         let mut found = None;
         for at in outwards(expected, copied, high) {
             let mut matched = true;
-            for (want, have) in pre.iter().zip(&lines[at..]) {
+            for (k, want) in pre.iter().enumerate() {
+                let have = lines.line(at + k);
                 let cost = want.len().min(have.len()).max(1) as u64;
                 budget = budget.checked_sub(cost).ok_or_else(|| {
                     format!(
@@ -106,7 +148,7 @@ pub fn apply(base: &[u8], patch: &Patch<'_, [u8]>) -> Result<Vec<u8>, String> {
                         MAX_COMPARED_BYTES >> 20
                     )
                 })?;
-                if want != have {
+                if *want != have {
                     matched = false;
                     break;
                 }
@@ -117,18 +159,14 @@ pub fn apply(base: &[u8], patch: &Patch<'_, [u8]>) -> Result<Vec<u8>, String> {
             }
         }
         let at = found.ok_or_else(does_not_apply)?;
-        for line in &lines[copied..at] {
-            out.extend_from_slice(line);
-        }
+        out.extend_from_slice(lines.run(copied, at));
         for line in post_image(hunk.lines()) {
             out.extend_from_slice(line);
         }
         copied = at + pre.len();
         offset = at as isize - stated;
     }
-    for line in &lines[copied..] {
-        out.extend_from_slice(line);
-    }
+    out.extend_from_slice(lines.run(copied, lines.len()));
     Ok(out)
 }
 

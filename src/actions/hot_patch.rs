@@ -21,6 +21,8 @@ use crate::sys::files::{
 };
 
 pub const MAX_DIFF_BYTES: usize = 60 * 1024;
+/// hot_patch actions one alert may carry.
+pub const MAX_PER_ALERT: usize = 4;
 
 pub struct HotPatch;
 
@@ -138,6 +140,13 @@ impl ActionHandler for HotPatch {
 
     fn validates_on_disk(&self) -> bool {
         true
+    }
+
+    /// Each may read and hash a 16 MiB file and search it for its hunks
+    /// (bounded per diff): four keep a `DryRun` of one alert well under a
+    /// second of one core (BENCHMARKS.md, "hot_patch worst case").
+    fn max_per_alert(&self) -> usize {
+        MAX_PER_ALERT
     }
 
     async fn prepare(&self, ctx: &ActionCtx<'_>) -> Result<Option<Value>, ActionError> {

@@ -129,6 +129,12 @@ pub trait ActionHandler: Send + Sync {
         false
     }
 
+    /// How many actions of this type one alert may carry (an alert has at
+    /// most 32 in all).
+    fn max_per_alert(&self) -> usize {
+        usize::MAX
+    }
+
     /// The exact change `apply` would make now, without making it.
     async fn dry_run(&self, ctx: &ActionCtx<'_>) -> Result<Value, ActionError>;
 
@@ -203,6 +209,7 @@ impl Registry {
         alert: &Alert,
         ctx: &ValidateCtx<'_>,
     ) -> Result<Vec<ActionSeed>, AgentError> {
+        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
         alert
             .actions
             .iter()
@@ -219,6 +226,18 @@ impl Registry {
                         ),
                     )
                 })?;
+                let count = seen.entry(kind.clone()).or_default();
+                *count += 1;
+                if *count > handler.max_per_alert() {
+                    return Err(AgentError::at(
+                        ErrorName::InvalidAlert,
+                        &format!("{path}.type"),
+                        format!(
+                            "an alert may carry at most {} {kind} action(s)",
+                            handler.max_per_alert()
+                        ),
+                    ));
+                }
                 let fields = Fields { path, map: &params };
                 let validated = handler.validate(&fields, ctx)?;
                 Ok(ActionSeed {

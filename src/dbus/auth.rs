@@ -70,15 +70,19 @@ pub fn allowed(
     if caller.uid == 0 {
         return true;
     }
-    let groups = match permission {
-        Permission::Submit => &auth.submit_groups,
-        Permission::Read => &auth.read_groups,
-        Permission::Rollback => &auth.rollback_groups,
-    };
-    groups
+    groups_for(permission, auth)
         .iter()
         .filter_map(|name| gid_of(name))
         .any(|gid| caller.gids.contains(&gid))
+}
+
+/// The groups whose members the group rule lets through for `permission`.
+fn groups_for(permission: Permission, auth: &AuthConfig) -> &[String] {
+    match permission {
+        Permission::Submit => &auth.submit_groups,
+        Permission::Read => &auth.read_groups,
+        Permission::Rollback => &auth.rollback_groups,
+    }
 }
 
 /// What to do with a call, before any polkit round trip.
@@ -128,6 +132,28 @@ pub fn polkit_verdict(answer: polkit::Answer, caller: &Caller, action: &str) -> 
             "polkit is unreachable ({why}), so {action} is denied to {who} (auth.polkit = true)"
         ))),
     }
+}
+
+/// The gids of the groups the group rule would consult for this call
+/// (none for root or under polkit), looked up on a blocking thread: the
+/// group database may be a file, or sssd or LDAP across the network.
+async fn group_ids(
+    caller: &Caller,
+    permission: Permission,
+    auth: &AuthConfig,
+) -> Vec<(String, u32)> {
+    if caller.uid == 0 || auth.polkit {
+        return Vec::new();
+    }
+    let names = groups_for(permission, auth).to_vec();
+    tokio::task::spawn_blocking(move || {
+        names
+            .into_iter()
+            .filter_map(|name| gid_by_name(&name).map(|gid| (name, gid)))
+            .collect()
+    })
+    .await
+    .unwrap_or_default()
 }
 
 fn gid_by_name(name: &str) -> Option<u32> {
@@ -190,7 +216,9 @@ impl Authorizer {
         auth: &AuthConfig,
     ) -> Result<Caller, Error> {
         let caller = self.caller(conn, header).await?;
-        match decide(&caller, permission, auth, gid_by_name) {
+        let gids = group_ids(&caller, permission, auth).await;
+        let gid_of = |name: &str| gids.iter().find(|(n, _)| n == name).map(|(_, gid)| *gid);
+        match decide(&caller, permission, auth, gid_of) {
             Decision::Allow => Ok(caller),
             Decision::Deny => Err(Error::AccessDenied(format!(
                 "uid {} may not {}",

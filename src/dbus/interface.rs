@@ -64,7 +64,7 @@ impl Antibody {
         #[zbus(connection)] conn: &Connection,
     ) -> Result<String, Error> {
         self.require(conn, &header, Permission::Read).await?;
-        Ok(self.engine.get_plan(plan_id)?.to_string())
+        Ok(self.engine.fetch_plan(plan_id).await?)
     }
 
     /// Plans newest first; an empty status means all; limit 0 means 100,

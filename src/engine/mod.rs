@@ -198,6 +198,15 @@ impl Engine {
             .map(|p| serde_json::to_value(p).expect("plans serialize"))
     }
 
+    /// An archived plan, read on a blocking thread.
+    async fn load_archived(&self, id: &str) -> Option<Plan> {
+        let (dir, id) = (self.config().state.dir.clone(), id.to_string());
+        tokio::task::spawn_blocking(move || store::load_archived(&dir, &id))
+            .await
+            .ok()
+            .flatten()
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner
             .lock()
@@ -413,6 +422,22 @@ impl Engine {
         }
     }
 
+    /// `GetPlan`, as D-Bus answers it: copied from memory (serialized
+    /// after the lock), or read from the archive on a blocking thread.
+    pub async fn fetch_plan(&self, id: &str) -> Result<String, AgentError> {
+        let in_memory = self.lock().state.plans.get(id).cloned();
+        let plan = match in_memory {
+            Some(plan) => Some(plan),
+            None => self.load_archived(id).await,
+        };
+        plan.map(|p| {
+            serde_json::to_value(p)
+                .expect("plans serialize")
+                .to_string()
+        })
+        .ok_or_else(|| AgentError::new(ErrorName::NotFound, format!("no plan with id {id:?}")))
+    }
+
     pub fn get_plan(&self, id: &str) -> Result<Value, AgentError> {
         self.plan_value(id)
             .ok_or_else(|| AgentError::new(ErrorName::NotFound, format!("no plan with id {id:?}")))
@@ -484,7 +509,7 @@ impl Engine {
     pub async fn rollback(&self, id: &str, by: &str) -> Result<(), AgentError> {
         let in_memory = self.lock().state.plans.contains_key(id);
         if !in_memory {
-            if let Some(plan) = store::load_archived(&self.config().state.dir, id) {
+            if let Some(plan) = self.load_archived(id).await {
                 self.lock().state.readmit(plan);
             }
         }

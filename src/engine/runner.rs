@@ -200,27 +200,39 @@ async fn fail_action(
 }
 
 /// Re-checks the guards under the config in force now (DESIGN.md §3:
-/// enforced at validation and again at apply).
-fn recheck_guards(
+/// enforced at validation and again at apply), on a blocking thread when
+/// they look at files.
+async fn recheck_guards(
     engine: &Engine,
-    handler: &dyn ActionHandler,
+    handler: Arc<dyn ActionHandler>,
     index: usize,
     job: &ActionJob,
 ) -> Result<(), String> {
     let config = engine.config();
-    let empty = serde_json::Map::new();
-    let fields = Fields {
-        path: format!("actions[{index}]"),
-        map: job.params.as_object().unwrap_or(&empty),
+    let own_unit = engine.own_unit.clone();
+    let params = job.params.clone();
+    let on_disk = handler.validates_on_disk();
+    let check = move || {
+        let empty = serde_json::Map::new();
+        let fields = Fields {
+            path: format!("actions[{index}]"),
+            map: params.as_object().unwrap_or(&empty),
+        };
+        let vctx = ValidateCtx {
+            config: &config,
+            own_unit: own_unit.as_deref(),
+        };
+        handler
+            .validate(&fields, &vctx)
+            .map(|_| ())
+            .map_err(|e| format!("refused at apply: {}", e.message))
     };
-    let vctx = ValidateCtx {
-        config: &config,
-        own_unit: engine.own_unit.as_deref(),
-    };
-    handler
-        .validate(&fields, &vctx)
-        .map(|_| ())
-        .map_err(|e| format!("refused at apply: {}", e.message))
+    if !on_disk {
+        return check();
+    }
+    tokio::task::spawn_blocking(check)
+        .await
+        .unwrap_or_else(|e| Err(format!("refused at apply: the guards' task failed: {e}")))
 }
 
 async fn apply_action(
@@ -243,7 +255,7 @@ async fn apply_action(
         let error = format!("gave up: all {max_attempts} attempt(s) used (the last was interrupted by an agent restart)");
         return fail_action(engine, carry, plan_id, index, &job.kind, attempt - 1, error).await;
     }
-    if let Err(error) = recheck_guards(engine, handler.as_ref(), index, &job) {
+    if let Err(error) = recheck_guards(engine, handler.clone(), index, &job).await {
         return fail_action(engine, carry, plan_id, index, &job.kind, attempt, error).await;
     }
     // Retries are one restart: the limiter counts actions, at their first attempt.
