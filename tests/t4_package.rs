@@ -161,6 +161,15 @@ fn the_package_installs_a_hardened_service_that_does_its_job() {
         tb.sh("stat -c '%a %U %G' /var/log/antibody /var/lib/antibody /etc/antibody"),
         "750 root root\n700 root root\n755 root root\n"
     );
+    // Webhook URLs (tokens) live in the config: root's alone.
+    assert_eq!(
+        tb.sh("stat -c '%a %U %G' /etc/antibody/antibody.toml"),
+        "640 root root\n"
+    );
+    assert_eq!(
+        tb.show("antibody.service", "RestartPreventExitStatus"),
+        "78"
+    );
     // Every installed file is as shipped (the package carries md5sums).
     assert_eq!(tb.sh("dpkg --verify antibody"), "");
     // The sandbox: only CAP_NET_ADMIN (bit 12) is left to the agent.
@@ -434,6 +443,30 @@ fn with_auth_polkit_the_real_polkitd_decides() {
     });
     let (ok, _, err) = as_alice("ListPlans su '' 5");
     assert!(ok, "read is granted by the rule: {err}");
+
+    // Rollback: polkit's rule is the one place that grants it to alice (the
+    // bus policy lets the antibody group reach RollbackPlan, the agent asks
+    // polkit); without a rule, denied.
+    let finished = tb.sh(&format!("{SUBMIT} {}", restart_alert("sleeper")));
+    let plan_id = finished.split('"').nth(1).expect("plan id").to_string();
+    tb.finished_plan(&plan_id);
+    let rollback = format!("RollbackPlan s {plan_id}");
+    let (ok, _, err) = as_alice(&rollback);
+    assert!(!ok && err.contains("polkit does not authorize"), "{err}");
+    std::fs::write(
+        machine_root(&tb).join("etc/polkit-1/rules.d/60-antibody-rollback.rules"),
+        "polkit.addRule(function(action, subject) {\n\
+           if (action.id == \"org.vael.antibody.rollback\" && subject.isInGroup(\"antibody\")) {\n\
+             return polkit.Result.YES;\n\
+           }\n\
+         });\n",
+    )
+    .unwrap();
+    tb.wait_until(
+        "polkitd to load the rollback rule",
+        Duration::from_secs(30),
+        || as_alice(&rollback).0,
+    );
 
     // polkit unreachable (stopped, and not activatable): denied, said so.
     tb.sh("systemctl mask --runtime polkit.service && systemctl stop polkit.service");
