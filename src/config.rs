@@ -399,10 +399,17 @@ impl Config {
             if !root.is_absolute() {
                 return bad(&key, "must be an absolute path");
             }
-            if let Some((what, dir)) = own
-                .iter()
-                .find(|(_, dir)| dir.starts_with(root) || root.starts_with(dir))
-            {
+            // Compared as they are and, where they exist, with their links
+            // resolved (a root may be a link to one of them).
+            let real = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+            let overlaps = |dir: &Path| {
+                let (dir_real, root_real) = (real(dir), real(root));
+                dir.starts_with(root)
+                    || root.starts_with(dir)
+                    || dir_real.starts_with(&root_real)
+                    || root_real.starts_with(&dir_real)
+            };
+            if let Some((what, dir)) = own.iter().find(|(_, dir)| overlaps(dir)) {
                 return bad(
                     &key,
                     &format!(

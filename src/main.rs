@@ -205,6 +205,7 @@ async fn run(args: Args, config: Config) -> Result<(), String> {
             // reconcile go on without the bus) and serves the new bus as
             // soon as it accepts connections.
             _ = closed(&bus) => {
+                notices.detach();
                 eprintln!("<4>antibodyd: lost the system bus connection; serving {} again once the bus is back", dbus::BUS_NAME);
                 bus = None;
             }

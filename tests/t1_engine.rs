@@ -953,6 +953,18 @@ async fn a_caller_other_than_root_creates_plans_at_its_rate_and_duplicates_are_f
         .await
         .unwrap();
     assert_eq!((Some(again), created), (first, false));
+    // A dry run costs a token too: none left.
+    let err = rig
+        .engine
+        .dry_run_as(&alert("alice preview", json!([step("a")])), alice)
+        .await
+        .unwrap_err();
+    assert_eq!(err.name, ErrorName::RateLimited, "{err}");
+    assert!(rig
+        .engine
+        .dry_run(&alert("root preview", json!([step("a")])))
+        .await
+        .is_ok());
     // Another uid, and root, have buckets of their own (root: none).
     assert!(rig
         .engine

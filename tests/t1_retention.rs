@@ -18,14 +18,13 @@ fn notice(message: &str) -> Value {
     json!({"type": "notify_operator", "channel": "journal", "message": message})
 }
 
+/// The segment files' names, in chain order.
 fn segments(ledger: &Path) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(ledger)
+    ledger::segments::list_segments(ledger)
         .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
-        .filter(|n| n.starts_with("ledger-"))
-        .collect();
-    names.sort();
-    names
+        .into_iter()
+        .map(|(_, path)| path.file_name().unwrap().to_string_lossy().to_string())
+        .collect()
 }
 
 fn ledger_bytes(ledger: &Path) -> u64 {
@@ -78,29 +77,37 @@ async fn the_oldest_segments_go_behind_an_anchor_and_the_chain_still_verifies() 
     assert_eq!(segments(&ledger)[0], "ledger-00000001.jsonl");
 
     rig.engine.checkpoint_now().await.unwrap();
+    let archives = || fs::read_dir(state.join("plans")).unwrap().count();
+    let archived_before = archives();
     let Some(Event::LedgerPruned {
+        first_segment,
+        last_segment,
         segments: removed,
         first_kept_seq,
-        archived_plans,
-        backups,
         ..
     }) = rig.engine.prune_ledger().await.unwrap()
     else {
         panic!("nothing was pruned");
     };
-    assert!(!removed.is_empty());
-
+    assert_eq!((first_segment, removed), (1, last_segment));
     assert!(
         ledger_bytes(&ledger) <= 16384 + 4096 + 1024,
         "{} bytes left",
         ledger_bytes(&ledger)
     );
-    assert!(!segments(&ledger).contains(&removed[0]));
+    assert_eq!(
+        segments(&ledger)[0],
+        format!("ledger-{:08}.jsonl", last_segment + 1)
+    );
     assert!(
-        archived_plans > 0,
+        archives() < archived_before,
         "plans whose records all went are pruned"
     );
-    assert_eq!(backups, 0, "the patch in force keeps its backup");
+    assert_eq!(
+        fs::read_dir(state.join("backups")).unwrap().count(),
+        1,
+        "the patch in force keeps its backup"
+    );
     let anchor: Value =
         serde_json::from_slice(&fs::read(ledger.join("anchor.json")).unwrap()).unwrap();
     assert_eq!(anchor["seq"], first_kept_seq - 1);
@@ -119,7 +126,6 @@ async fn the_oldest_segments_go_behind_an_anchor_and_the_chain_still_verifies() 
     );
     assert!(rig.engine.get_plan(&patched).is_ok());
     assert!(rig.engine.get_plan(ids.last().unwrap()).is_ok());
-    assert!(fs::read_dir(state.join("backups")).unwrap().count() == 1);
     assert_eq!(rig.engine.active_mitigations(), 1);
     let after_prune = ledger_kinds(&rig);
     assert!(after_prune.contains(&"ledger_pruned".to_string()));
@@ -154,14 +160,12 @@ async fn the_oldest_segments_go_behind_an_anchor_and_the_chain_still_verifies() 
     assert_eq!(whole.engine.active_mitigations(), 0);
 }
 
-#[test]
-fn a_missing_segment_after_the_anchor_is_a_break_not_a_shorter_chain() {
-    let dir = tempfile::tempdir().unwrap();
-    let ledger = dir.path().join("ledger");
+/// A ledger of 200 small records in segments of 4 KiB, written directly.
+fn small_segments(ledger: &Path) -> Vec<String> {
     tokio::runtime::Runtime::new().unwrap().block_on(async {
         let writer = LedgerWriter::start(
             WriterOptions {
-                dir: ledger.clone(),
+                dir: ledger.to_path_buf(),
                 segment_bytes: 4096,
                 tip: Tip::default(),
                 last_segment: None,
@@ -182,36 +186,106 @@ fn a_missing_segment_after_the_anchor_is_a_break_not_a_shorter_chain() {
                 .unwrap();
         }
     });
-    let names = segments(&ledger);
+    segments(ledger)
+}
+
+#[test]
+fn an_anchor_that_no_ledger_pruned_record_confirms_is_a_break() {
+    // Someone removes the first segment and writes the anchor by hand:
+    // the kept chain holds no record of it.
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger");
+    let names = small_segments(&ledger);
     assert!(names.len() >= 4);
-    let first_of = |name: &str| -> ledger::Record {
-        let text = fs::read_to_string(ledger.join(name)).unwrap();
-        serde_json::from_str(text.lines().next().unwrap()).unwrap()
-    };
-    // As retention would: anchor at segment 2, segment 1 removed.
-    let kept = first_of(&names[1]);
+    let text = fs::read_to_string(ledger.join(&names[1])).unwrap();
+    let kept: ledger::Record = serde_json::from_str(text.lines().next().unwrap()).unwrap();
     let anchor = json!({"segment": 2, "seq": kept.seq - 1, "hash": kept.prev});
     fs::write(ledger.join("anchor.json"), anchor.to_string()).unwrap();
     fs::remove_file(ledger.join(&names[0])).unwrap();
     let scan = ledger::scan(&ledger, |_| {}).unwrap();
-    assert!(scan.ok(), "{}", scan.report);
-    // Segment 3 also gone: a hole after the anchor is a break.
-    fs::remove_file(ledger.join(&names[2])).unwrap();
-    let scan = ledger::scan(&ledger, |_| {}).unwrap();
     assert!(!scan.ok());
     assert!(
-        scan.report.contains("a record was removed or moved"),
+        scan.report
+            .contains("no ledger_pruned record in it says so"),
         "{}",
         scan.report
     );
-    // An anchor that does not match the first kept record is a break too.
-    let forged = json!({"segment": 2, "seq": kept.seq - 1, "hash": "00"});
-    fs::write(ledger.join("anchor.json"), forged.to_string()).unwrap();
-    let scan = ledger::scan(&ledger, |_| {}).unwrap();
-    assert!(!scan.ok());
+}
+
+/// An engine whose ledger is over `max_bytes`, with a checkpoint taken.
+async fn over_its_size() -> Rig {
+    let rig = start(
+        "[ledger]\nsegment_bytes = 4096\nmax_bytes = 8192\n[state]\nkeep_finished_plans = 0\n[queue]\ndedupe_window_secs = 0\n",
+    )
+    .await;
+    for n in 0..30 {
+        let (id, _) = rig
+            .engine
+            .submit(&alert(&format!("plan {n}"), json!([notice("a")])))
+            .await
+            .unwrap();
+        wait_finished(&rig.engine, &id).await;
+    }
+    rig.engine.evict_finished().unwrap();
+    rig.engine.checkpoint_now().await.unwrap();
+    rig
+}
+
+#[tokio::test]
+async fn a_prune_cut_short_leaves_a_verifiable_chain_and_the_next_round_finishes_it() {
+    let rig = over_its_size().await;
+    let ledger = rig.dir.path().join("ledger");
+    let kept_aside = tempfile::tempdir().unwrap();
+    for name in segments(&ledger) {
+        fs::copy(ledger.join(&name), kept_aside.path().join(&name)).unwrap();
+    }
+    let Some(Event::LedgerPruned {
+        first_segment,
+        last_segment,
+        ..
+    }) = rig.engine.prune_ledger().await.unwrap()
+    else {
+        panic!("nothing was pruned");
+    };
     assert!(
-        scan.report.contains("prev does not match"),
-        "{}",
-        scan.report
+        last_segment > first_segment,
+        "the test wants a cut of two segments or more"
+    );
+    // As if the agent had died after removing only the first of them.
+    for number in first_segment + 1..=last_segment {
+        let name = format!("ledger-{number:08}.jsonl");
+        fs::copy(kept_aside.path().join(&name), ledger.join(&name)).unwrap();
+    }
+    let (ok, report) = rig.engine.verify_ledger().await;
+    assert!(ok, "{report}");
+    assert!(report.starts_with("chain intact from seq "), "{report}");
+    // The next round removes what was left below the anchor.
+    rig.engine.checkpoint_now().await.unwrap();
+    rig.engine.prune_ledger().await.unwrap();
+    let first_kept = format!("ledger-{:08}.jsonl", last_segment + 1);
+    assert!(
+        segments(&ledger)[0] >= first_kept,
+        "{:?}",
+        segments(&ledger)
+    );
+    assert!(rig.engine.verify_ledger().await.0);
+}
+
+#[tokio::test]
+async fn nothing_is_pruned_while_the_chain_is_known_broken() {
+    let rig = over_its_size().await;
+    let ledger = rig.dir.path().join("ledger");
+    // Alter a record in the first segment, and let VerifyLedger find it.
+    let first = ledger.join(&segments(&ledger)[0]);
+    let text = fs::read_to_string(&first)
+        .unwrap()
+        .replacen("plan 0", "plan X", 1);
+    fs::write(&first, text).unwrap();
+    let (ok, _) = rig.engine.verify_ledger().await;
+    assert!(!ok);
+    assert_eq!(rig.engine.prune_ledger().await.unwrap(), None);
+    assert!(
+        first.exists(),
+        "the broken segment stays for whoever investigates"
     );
 }

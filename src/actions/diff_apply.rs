@@ -23,7 +23,7 @@ pub const MAX_COMPARED_BYTES: u64 = 64 << 20;
 /// The file's lines, each with its `\n` (the last may have none), as diffy
 /// splits them, so hunk lines compare byte for byte. Kept as the offsets
 /// where lines end (4 bytes a line: a 16 MiB file of empty lines is
-/// 32 MiB of index, not 128 MiB of slices).
+/// 64 MiB of index, not 256 MiB of slices).
 struct Lines<'a> {
     base: &'a [u8],
     ends: Vec<u32>,
@@ -159,8 +159,17 @@ pub fn apply(base: &[u8], patch: &Patch<'_, [u8]>) -> Result<Vec<u8>, String> {
             }
         }
         let at = found.ok_or_else(does_not_apply)?;
+        let post = post_image(hunk.lines());
+        // A line without its newline ("\ No newline at end of file") can
+        // only end the file: elsewhere it would join two lines.
+        let ends_file = at + pre.len() == lines.len();
+        if !ends_file && post.last().is_some_and(|l| !l.ends_with(b"\n")) {
+            return Err(format!(
+                "hunk #{number} ends without a newline but does not end the file"
+            ));
+        }
         out.extend_from_slice(lines.run(copied, at));
-        for line in post_image(hunk.lines()) {
+        for line in post {
             out.extend_from_slice(line);
         }
         copied = at + pre.len();
@@ -251,6 +260,15 @@ mod tests {
         assert_eq!(apply(b"a\nb\nc\n", &patch).unwrap(), b"a\nb\nX\nc\n");
         let at_top = Patch::from_bytes(b"--- a/f\n+++ b/f\n@@ -0,0 +1 @@\n+X\n").unwrap();
         assert_eq!(apply(b"a\n", &at_top).unwrap(), b"X\na\n");
+        // A line without its newline in the middle of the file would join
+        // two lines: refused.
+        let joining = Patch::from_bytes(
+            b"--- a/f\n+++ b/f\n@@ -1 +1 @@\n-a\n+A\n\\ No newline at end of file\n",
+        )
+        .unwrap();
+        assert!(apply(b"a\nb\n", &joining)
+            .unwrap_err()
+            .contains("does not end the file"));
     }
 
     #[test]

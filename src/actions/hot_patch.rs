@@ -287,11 +287,21 @@ fn prepared(ctx: &ActionCtx<'_>) -> Result<Prepared, ActionError> {
         .ok_or_else(|| ActionError::permanent("the file's state before the patch was not recorded"))
 }
 
+/// hot_patch's file work runs one at a time: each may hold a 16 MiB file,
+/// its patched copy and a line index, so many callers at once (a loop of
+/// `DryRun`s) cannot add up to more memory or cores than one.
+static FILE_WORK: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
 /// Runs file work (reads, hashing, the diff, fsyncs) on a blocking thread,
-/// never on the async workers that serve the bus and the engine.
+/// never on the async workers that serve the bus and the engine, one at a
+/// time ([`FILE_WORK`]).
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, ActionError> + Send + 'static,
 ) -> Result<T, ActionError> {
+    let _turn = FILE_WORK
+        .acquire()
+        .await
+        .map_err(|e| ActionError::transient(format!("the hot_patch queue: {e}")))?;
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| ActionError::transient(format!("the hot_patch task failed: {e}")))?

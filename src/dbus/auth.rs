@@ -146,15 +146,21 @@ async fn group_ids(
         return Vec::new();
     }
     let names = groups_for(permission, auth).to_vec();
-    tokio::task::spawn_blocking(move || {
+    let lookup = tokio::task::spawn_blocking(move || {
         names
             .into_iter()
             .filter_map(|name| gid_by_name(&name).map(|gid| (name, gid)))
             .collect()
-    })
-    .await
-    .unwrap_or_default()
+    });
+    // A group database that does not answer grants nothing.
+    match tokio::time::timeout(GROUP_LOOKUP_TIMEOUT, lookup).await {
+        Ok(Ok(gids)) => gids,
+        _ => Vec::new(),
+    }
 }
+
+/// How long looking up the configured groups may take.
+const GROUP_LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn gid_by_name(name: &str) -> Option<u32> {
     Group::from_name(name)

@@ -97,8 +97,13 @@ impl Antibody {
         #[zbus(header)] header: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<String, Error> {
-        self.require(conn, &header, Permission::Submit).await?;
-        Ok(self.engine.dry_run(alert_json).await?.to_string())
+        let caller = self.require(conn, &header, Permission::Submit).await?;
+        let limited = (caller.uid != 0).then_some(caller.uid);
+        Ok(self
+            .engine
+            .dry_run_as(alert_json, limited)
+            .await?
+            .to_string())
     }
 
     /// Revert the reversible actions of a finished plan, newest first.

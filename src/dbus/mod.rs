@@ -36,9 +36,28 @@ impl NoticeSignal for NoticeSignals {
         let iface = crate::sync::lock(&self.current)
             .clone()
             .ok_or("the agent is not on the bus")?;
-        Antibody::operator_notice(iface.signal_emitter(), channel, severity, message)
+        let sent = Antibody::operator_notice(iface.signal_emitter(), channel, severity, message);
+        // A bus daemon that stops reading (its socket still open) must not
+        // hold the plan: a transient failure, retried.
+        tokio::time::timeout(NOTICE_TIMEOUT, sent)
             .await
+            .map_err(|_| {
+                format!(
+                    "the bus did not take it within {} s",
+                    NOTICE_TIMEOUT.as_secs()
+                )
+            })?
             .map_err(|e| e.to_string())
+    }
+}
+
+/// How long handing an `OperatorNotice` to the bus may take.
+const NOTICE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl NoticeSignals {
+    /// The connection went away: notices fail at once until the next one.
+    pub fn detach(&self) {
+        *crate::sync::lock(&self.current) = None;
     }
 }
 

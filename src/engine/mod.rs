@@ -86,6 +86,9 @@ pub struct Engine {
     ledger_walks: AtomicU64,
     /// The journal mirror, asked by the upkeep what it had to drop.
     mirror: Option<JournalMirror>,
+    /// Walks of the ledger's files (VerifyLedger) hold it shared; retention
+    /// holds it exclusively while it removes segments.
+    ledger_files: Arc<tokio::sync::RwLock<()>>,
 }
 
 /// A running walk of the chain: (ok, broken at, report).
@@ -173,7 +176,18 @@ impl Engine {
             verifying: Mutex::new(None),
             ledger_walks: AtomicU64::new(0),
             mirror: parts.mirror,
+            ledger_files: Arc::default(),
         });
+        // Without the checkpoint (and its count) after retention removed
+        // segments, plans archived with a patch in force whose first
+        // records are gone are counted from the archive itself.
+        if !from_checkpoint && ledger::retention::read_anchor(&engine.config().ledger.dir).is_some()
+        {
+            let mut inner = engine.lock();
+            let in_memory = inner.state.plans.keys().cloned().collect();
+            let archived = store::archived_in_force(&engine.config().state.dir, &in_memory);
+            inner.state.set_archived_active(archived);
+        }
         // A long replay is not repeated at the next start: archive what
         // memory need not hold and checkpoint the rest, before any append.
         if tail_records >= CHECKPOINT_AFTER_RECORDS {
@@ -331,10 +345,6 @@ impl Engine {
                 Admission::Joining(creation.clone())
             } else if let Some(id) = inner.state.dedupe_hit(&hash, now_ms(), window_ms) {
                 Admission::Existing(id.to_string())
-            } else if let Err(refusal) = self.flap_check_seed(&inner.state, &seed, &config) {
-                drop(inner);
-                self.notify_rate_limited("", (seed.source, seed.severity), &refusal.message);
-                return Err(refusal);
             } else if open >= config.queue.max {
                 return Err(AgentError::new(
                     ErrorName::QueueFull,
@@ -343,19 +353,14 @@ impl Engine {
                         config.queue.max
                     ),
                 ));
-            } else if let Some(wait_ms) = uid.and_then(|uid| {
-                let (rate, burst) = (config.auth.submit_rate_per_sec, config.auth.submit_burst);
-                inner.submit_buckets.take(uid, now_ms(), rate, burst).err()
-            }) {
-                return Err(AgentError::new(
-                    ErrorName::RateLimited,
-                    format!(
-                        "uid {} creates plans faster than auth.submit_rate_per_sec = {} (auth.submit_burst = {}); the next may come in {wait_ms} ms",
-                        uid.unwrap_or_default(),
-                        config.auth.submit_rate_per_sec,
-                        config.auth.submit_burst
-                    ),
-                ));
+            } else if let Err(refusal) = take_token(&mut inner, uid, &config) {
+                // Before the flap limiter, whose refusals notify the operator:
+                // a caller past its rate cannot make notices either.
+                return Err(refusal);
+            } else if let Err(refusal) = self.flap_check_seed(&inner.state, &seed, &config) {
+                drop(inner);
+                self.notify_rate_limited("", (seed.source, seed.severity), &refusal.message);
+                return Err(refusal);
             } else {
                 let (tx, rx) = watch::channel(None);
                 inner.creating.insert(hash.clone(), rx);
@@ -409,6 +414,10 @@ impl Engine {
                 Ok((id, true))
             }
             Err(e) => {
+                // Nothing was created: the token goes back.
+                if let Some(uid) = uid {
+                    inner.submit_buckets.refund(uid, config.auth.submit_burst);
+                }
                 drop(inner);
                 self.storage_ok.store(false, Ordering::Relaxed);
                 self.emit(AgentEvent::CountersChanged);
@@ -463,10 +472,23 @@ impl Engine {
         )
     }
 
-    /// `DryRun`: the plan that would be made and each action's exact change.
+    /// `DryRun` by root: see [`Engine::dry_run_as`].
     pub async fn dry_run(&self, alert_json: &str) -> Result<Value, AgentError> {
+        self.dry_run_as(alert_json, None).await
+    }
+
+    /// `DryRun`: the plan that would be made and each action's exact change.
+    /// It reads the system (and files, for hot_patch) without creating
+    /// anything, so a caller other than root pays for it with a token of
+    /// its bucket, as for a plan.
+    pub async fn dry_run_as(
+        &self,
+        alert_json: &str,
+        uid: Option<u32>,
+    ) -> Result<Value, AgentError> {
         let config = self.config();
         let seed = self.seed_from_alert(alert_json, &config).await?;
+        take_token(&mut self.lock(), uid, &config)?;
         let existing = {
             let inner = self.lock();
             let window_ms = config.queue.dedupe_window_secs.saturating_mul(1000);
@@ -555,9 +577,14 @@ impl Engine {
                 None => {
                     let dir = self.config().ledger.dir.clone();
                     self.ledger_walks.fetch_add(1, Ordering::Relaxed);
+                    let files = self.ledger_files.clone();
                     let walk = async move {
-                        match tokio::task::spawn_blocking(move || ledger::scan(&dir, |_| {})).await
-                        {
+                        let reading = files.read_owned().await;
+                        let scan = move || {
+                            let _reading = reading;
+                            ledger::scan(&dir, |_| {})
+                        };
+                        match tokio::task::spawn_blocking(scan).await {
                             Ok(Ok(scan)) => (scan.ok(), scan.broken_at, scan.report),
                             Ok(Err(e)) => {
                                 (false, None, format!("the ledger could not be read: {e}"))
@@ -728,7 +755,8 @@ impl Engine {
         match written {
             Ok(durable) => {
                 self.storage_ok.store(true, Ordering::Relaxed);
-                self.lock().state.fold(plan_id, event, durable.ts_ms);
+                let seq = durable.record.seq;
+                self.lock().state.fold(plan_id, event, seq, durable.ts_ms);
                 Ok(durable)
             }
             Err(e) => {
@@ -784,6 +812,25 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Appends an agent-level record (no plan) and says whether it is
+    /// durable: for a record that must be on disk before what it announces.
+    async fn record_agent_durably(&self, event: Event) -> Result<Durable, String> {
+        let (kind, payload) = event.to_parts();
+        let fields = vec![("PRIORITY", "5".to_string())];
+        let written = self
+            .write_one(Entry {
+                kind,
+                plan_id: None,
+                payload,
+                journal_fields: fields,
+            })
+            .await;
+        if written.is_err() {
+            self.storage_ok.store(false, Ordering::Relaxed);
+        }
+        written
     }
 
     /// Appends an agent-level record (no plan). Failures are logged only.
@@ -931,6 +978,26 @@ impl Engine {
             }
         }
     }
+}
+
+/// Takes one of `uid`'s tokens (none for root, `None`): `RateLimited`
+/// when its bucket is empty.
+fn take_token(inner: &mut Inner, uid: Option<u32>, config: &Config) -> Result<(), AgentError> {
+    let Some(uid) = uid else {
+        return Ok(());
+    };
+    let (rate, burst) = (config.auth.submit_rate_per_sec, config.auth.submit_burst);
+    inner
+        .submit_buckets
+        .take(uid, now_ms(), rate, burst)
+        .map_err(|wait_ms| {
+            AgentError::new(
+                ErrorName::RateLimited,
+                format!(
+                    "uid {uid} creates plans faster than auth.submit_rate_per_sec = {rate} (auth.submit_burst = {burst}); the next may come in {wait_ms} ms"
+                ),
+            )
+        })
 }
 
 /// `ListPlans`' `limit`: 0 means 100; never more than [`MAX_LIST_PLANS`].

@@ -51,6 +51,13 @@ impl SubmitBuckets {
         }
     }
 
+    /// Gives back a token taken for a plan that was not created.
+    pub fn refund(&mut self, uid: u32, burst: u32) {
+        if let Some(bucket) = self.buckets.get_mut(&uid) {
+            bucket.tokens = (bucket.tokens + 1.0).min(f64::from(burst.max(1)));
+        }
+    }
+
     fn forget_fullest(&mut self, now_ms: u64, rate: f64, burst: f64) {
         let level = |b: &Bucket| {
             (b.tokens + now_ms.saturating_sub(b.at_ms) as f64 / 1000.0 * rate).min(burst)
@@ -86,6 +93,10 @@ mod tests {
         assert_eq!(b.take(1000, 100_000, 10, 3), Ok(()));
         assert_eq!(b.take(1000, 100_000, 10, 3), Ok(()));
         assert!(b.take(1000, 100_000, 10, 3).is_err());
+        // A token given back (the plan could not be recorded).
+        assert!(b.take(1000, 100_000, 10, 3).is_err());
+        b.refund(1000, 3);
+        assert_eq!(b.take(1000, 100_000, 10, 3), Ok(()));
         // Rate 0: no limit.
         for _ in 0..10 {
             assert_eq!(b.take(7, 0, 0, 1), Ok(()));

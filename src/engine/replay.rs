@@ -101,6 +101,7 @@ fn fold(
                 }
                 if let Some(plan) = plans.get_mut(id) {
                     plan.apply_event(&event, ts_ms);
+                    plan.last_seq = plan.last_seq.max(record.seq);
                 }
             }
             (_, None) => {}

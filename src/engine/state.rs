@@ -77,10 +77,11 @@ impl EngineState {
 
     /// Folds a durable event into its plan, keeping the count of
     /// mitigations in force.
-    pub fn fold(&mut self, id: &str, event: &crate::plan::Event, ts_ms: u64) {
+    pub fn fold(&mut self, id: &str, event: &crate::plan::Event, seq: u64, ts_ms: u64) {
         if let Some(plan) = self.plans.get_mut(id) {
             let before = in_force(plan);
             plan.apply_event(event, ts_ms);
+            plan.last_seq = plan.last_seq.max(seq);
             self.active = self.active + in_force(plan) - before;
         }
     }
@@ -226,6 +227,11 @@ impl EngineState {
         self.archived_active
     }
 
+    /// Sets that count, when it was counted from the archive itself.
+    pub fn set_archived_active(&mut self, count: usize) {
+        self.archived_active = count;
+    }
+
     /// The `plan_created` seq of the oldest plan in memory: a start without
     /// its checkpoint must be able to replay from there.
     pub fn oldest_seq(&self) -> Option<u64> {
@@ -362,7 +368,7 @@ mod tests {
         for i in 0..5u64 {
             let id = format!("p{i}");
             s.finish_running(&id);
-            s.fold(&id, &Event::PlanStarted {}, 1_000);
+            s.fold(&id, &Event::PlanStarted {}, 7, 1_000);
             if i == 1 || i == 2 {
                 // p1 keeps a timed mitigation in force; p2 an untimed one
                 // (a hot_patch), which may go to the archive.
@@ -375,6 +381,7 @@ mod tests {
                         changes: json!({}),
                         revert_at_ms: (i == 1).then_some(10_000_000),
                     },
+                    7,
                     1_000,
                 );
             } else {
@@ -384,6 +391,7 @@ mod tests {
                         index: 0,
                         reason: "r".into(),
                     },
+                    7,
                     1_000,
                 );
             }
@@ -392,6 +400,7 @@ mod tests {
                 &Event::PlanFinished {
                     status: PlanStatus::Success,
                 },
+                7,
                 2_000,
             );
         }

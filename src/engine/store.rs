@@ -74,13 +74,12 @@ fn archive_one(state_dir: &Path, plan: &Plan) -> io::Result<()> {
     fs::rename(&tmp, &path)
 }
 
-/// Removes the archived plans whose every record came before `before_ms`
-/// (their newest log line is older) and that hold no mitigation in force,
-/// with their hot_patch backups: (plans, backups) removed. A plan with a
-/// patch still in force keeps its archive and backup: a rollback needs
-/// them. Reads each archive (retention runs after a checkpoint, off the
-/// engine loop).
-pub fn prune_archives(state_dir: &Path, before_ms: u64) -> io::Result<(u64, u64)> {
+/// Removes the archived plans whose every record is gone from the ledger
+/// (the newest before `first_kept_seq`) and that hold no mitigation in
+/// force, with their hot_patch backups: (plans, backups) removed. A plan
+/// with a patch still in force keeps its archive and backup: a rollback
+/// needs them. Sequence numbers decide, never the clock.
+pub fn prune_archives(state_dir: &Path, first_kept_seq: u64) -> io::Result<(u64, u64)> {
     let (plans_dir, backups_dir) = (state_dir.join("plans"), state_dir.join("backups"));
     let entries = match fs::read_dir(&plans_dir) {
         Ok(entries) => entries,
@@ -103,13 +102,16 @@ pub fn prune_archives(state_dir: &Path, before_ms: u64) -> io::Result<(u64, u64)
         else {
             continue;
         };
-        let newest = plan
-            .log
-            .iter()
-            .filter_map(|line| crate::time::parse_rfc3339(&line.ts))
-            .max()
-            .unwrap_or(u64::MAX);
-        if newest >= before_ms || plan.in_force_count() > 0 {
+        // Without `last_seq`: created before the cut, and nothing that
+        // records later (no rollback, no timed end).
+        let gone = if plan.last_seq > 0 {
+            plan.last_seq < first_kept_seq
+        } else {
+            plan.seq < first_kept_seq
+                && plan.rollback.is_none()
+                && plan.actions.iter().all(|a| a.revert_at_ms.is_none())
+        };
+        if !gone || plan.in_force_count() > 0 {
             continue;
         }
         fs::remove_file(entry.path())?;
@@ -125,6 +127,22 @@ pub fn prune_archives(state_dir: &Path, before_ms: u64) -> io::Result<(u64, u64)
         File::open(&backups_dir)?.sync_all()?;
     }
     Ok((plans, removed_backups))
+}
+
+/// Mitigations in force in the archived plans other than `in_memory`
+/// (a start without a usable checkpoint after retention: see
+/// `Engine::open`).
+pub fn archived_in_force(state_dir: &Path, in_memory: &std::collections::HashSet<String>) -> usize {
+    let Ok(entries) = fs::read_dir(state_dir.join("plans")) else {
+        return 0;
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter_map(|name| name.strip_suffix(".json").map(str::to_string))
+        .filter(|id| !in_memory.contains(id))
+        .filter_map(|id| load_archived(state_dir, &id))
+        .map(|plan| plan.in_force_count())
+        .sum()
 }
 
 pub fn load_archived(state_dir: &Path, id: &str) -> Option<Plan> {

@@ -114,10 +114,13 @@ impl Engine {
     }
 
     /// Retention (`ledger.max_bytes`, `ledger.retain_days`), after a
-    /// checkpoint: removes the oldest segments no start can need (before
-    /// the newest checkpoint and the oldest plan in memory) behind an
-    /// anchor, then the archived plans and backups whose records went with
-    /// them, and records what it removed. Returns that record's payload.
+    /// checkpoint and only while the chain last verified intact (a prune
+    /// must never hide a break): removes the oldest segments no start can
+    /// need (before the newest checkpoint and the oldest plan in memory),
+    /// with the order `ledger::retention` describes (the `ledger_pruned`
+    /// record durable first), then the archived plans and backups whose
+    /// records are all gone. Walks of the chain wait meanwhile. Returns the
+    /// record, when segments went.
     pub async fn prune_ledger(self: &Arc<Self>) -> std::io::Result<Option<Event>> {
         let config = self.config();
         let policy = retention::Policy {
@@ -128,30 +131,58 @@ impl Engine {
         if checkpoint_seq == 0 || (policy.max_bytes == 0 && policy.retain_days == 0) {
             return Ok(None);
         }
+        if !self.ledger_health().ok {
+            return Ok(None);
+        }
         let oldest_plan = self.lock().state.oldest_seq().unwrap_or(u64::MAX);
         let keep_from = checkpoint_seq.min(oldest_plan);
         let (ledger_dir, state_dir) = (config.ledger.dir.clone(), config.state.dir.clone());
-        let pruned = tokio::task::spawn_blocking(move || {
-            let Some(pruned) = retention::prune(&ledger_dir, keep_from, policy, now_ms())? else {
-                return Ok(None);
+        let _files = self.ledger_files.write().await;
+        let cut = {
+            let dir = ledger_dir.clone();
+            tokio::task::spawn_blocking(move || {
+                retention::remove_leftovers(&dir)?;
+                retention::plan(&dir, keep_from, policy, now_ms())
+            })
+            .await
+            .map_err(std::io::Error::other)??
+        };
+        let mut event = None;
+        if let Some(cut) = cut {
+            let record = Event::LedgerPruned {
+                first_segment: cut.remove.first().map_or(0, |s| s.number),
+                last_segment: cut.remove.last().map_or(0, |s| s.number),
+                segments: cut.remove.len() as u64,
+                bytes: cut.bytes(),
+                first_kept_seq: cut.first_kept_seq(),
+                prev_hash: cut.anchor.hash.clone(),
             };
-            let (plans, backups) = store::prune_archives(&state_dir, pruned.first_kept_ts_ms)?;
-            Ok::<_, std::io::Error>(Some((pruned, plans, backups)))
+            self.record_agent_durably(record.clone())
+                .await
+                .map_err(|e| std::io::Error::other(format!("the ledger_pruned record: {e}")))?;
+            let dir = ledger_dir.clone();
+            tokio::task::spawn_blocking(move || retention::execute(&dir, &cut))
+                .await
+                .map_err(std::io::Error::other)??;
+            event = Some(record);
+        }
+        // Each round, not only when segments went: a round cut short by a
+        // crash or an error is finished by the next.
+        let pruned = tokio::task::spawn_blocking(move || {
+            let Some(anchor) = retention::read_anchor(&ledger_dir) else {
+                return Ok((0, 0));
+            };
+            store::prune_archives(&state_dir, anchor.seq.saturating_add(1))
         })
         .await
         .map_err(std::io::Error::other)??;
-        let Some((pruned, archived_plans, backups)) = pruned else {
-            return Ok(None);
-        };
-        let event = Event::LedgerPruned {
-            segments: pruned.segments,
-            bytes: pruned.bytes,
-            first_kept_seq: pruned.first_kept_seq,
-            archived_plans,
-            backups,
-        };
-        self.record_agent(event.clone()).await;
-        Ok(Some(event))
+        if pruned != (0, 0) {
+            eprintln!(
+                "<6>antibodyd: ledger retention removed {} archived plan(s) and {} hot_patch backup(s) whose records are gone",
+                pruned.0, pruned.1
+            );
+        }
+        Ok(event)
     }
 
     /// Records what the journal mirror had to drop since the last round:
@@ -161,10 +192,8 @@ impl Engine {
         let Some(dropped) = self.mirror.as_ref().and_then(|m| m.take_dropped()) else {
             return;
         };
-        eprintln!(
-            "<4>antibodyd: journald fell behind: ledger records {}..={} ({}) were not mirrored to the journal",
-            dropped.first_seq, dropped.last_seq, dropped.count
-        );
+        // Recorded, and so mirrored too (not to stderr, which journald,
+        // behind, may be slow to take).
         self.record_agent(Event::JournalDropped {
             count: dropped.count,
             first_seq: dropped.first_seq,

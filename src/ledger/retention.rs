@@ -1,16 +1,23 @@
 //! Ledger retention (`ledger.max_bytes`, `ledger.retain_days`): the
 //! oldest closed segments are removed, but never a record a start could
-//! still need, and never without an anchor:
+//! still need, never across a break, and never without a trace:
 //! - only segments wholly before the newest checkpoint and before the
 //!   oldest plan still in memory go (a start replays from the checkpoint,
 //!   and without one, from the first kept record: every plan it must
 //!   rebuild then begins in a kept segment);
-//! - before any is removed, `anchor.json` in the ledger directory records
-//!   the first kept segment, and the seq and hash the first kept record
-//!   follows (its `prev`), durably; the scan then starts its chain there,
-//!   so `VerifyLedger` verifies "from seq N".
+//! - the chain must hold across the cut (the last removed record's hash is
+//!   the first kept record's `prev`), and the engine prunes only while the
+//!   whole chain last verified intact;
+//! - the engine first appends a `ledger_pruned` record naming the cut
+//!   (durable), then `anchor.json` records the first kept segment and the
+//!   seq and hash its first record follows, then the segments go. The scan
+//!   starts the chain at the anchor only when the kept chain holds that
+//!   record, so deleting old segments and writing an anchor by hand shows
+//!   as a break; segments left below the anchor by a removal cut short are
+//!   skipped by the scan and removed by the next round.
 //!
-//! [`segments_to_remove`] is pure; [`prune`] does the files.
+//! [`segments_to_remove`] is pure; [`plan`], [`execute`] and
+//! [`remove_leftovers`] do the files (blocking).
 
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
@@ -58,6 +65,7 @@ pub struct SegmentInfo {
     pub bytes: u64,
     pub first: Record,
     pub last_seq: u64,
+    pub last_hash: String,
     pub last_ts_ms: u64,
 }
 
@@ -123,29 +131,38 @@ fn segment_info(number: u64, path: PathBuf) -> io::Result<Option<SegmentInfo>> {
         bytes,
         first,
         last_seq: last.seq,
+        last_hash: last.hash,
         last_ts_ms: crate::time::parse_rfc3339(&last.ts).unwrap_or(u64::MAX),
     }))
 }
 
-/// What [`prune`] removed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Pruned {
-    pub segments: Vec<String>,
-    pub bytes: u64,
-    pub first_kept_seq: u64,
-    /// When the first kept record was written: plans archived before it
-    /// have all their records in the removed segments.
+/// A cut retention decided on: the segments to remove and the anchor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cut {
+    pub remove: Vec<SegmentInfo>,
+    pub anchor: Anchor,
+    /// When the first kept record was written.
     pub first_kept_ts_ms: u64,
 }
 
-/// Removes the oldest segments `policy` asks for (see
-/// [`segments_to_remove`]), after writing the anchor. Blocking.
-pub fn prune(
+impl Cut {
+    pub fn bytes(&self) -> u64 {
+        self.remove.iter().map(|s| s.bytes).sum()
+    }
+
+    pub fn first_kept_seq(&self) -> u64 {
+        self.anchor.seq.saturating_add(1)
+    }
+}
+
+/// Decides what `policy` removes now (see [`segments_to_remove`]), if
+/// anything, checking that the chain holds across the cut. Reads only.
+pub fn plan(
     dir: &Path,
     keep_from_seq: u64,
     policy: Policy,
     now_ms: u64,
-) -> io::Result<Option<Pruned>> {
+) -> io::Result<Option<Cut>> {
     if policy.max_bytes == 0 && policy.retain_days == 0 {
         return Ok(None);
     }
@@ -163,49 +180,70 @@ pub fn prune(
             None => break,
         }
     }
-    let remove = segments_to_remove(&closed, total, keep_from_seq, policy, now_ms);
-    if remove == 0 {
+    let count = segments_to_remove(&closed, total, keep_from_seq, policy, now_ms);
+    if count == 0 {
         return Ok(None);
     }
     // The first kept segment: the next closed one, or the open one.
-    let kept = match closed.get(remove) {
+    let kept = match closed.get(count) {
         Some(info) => info.clone(),
         None => {
-            let (number, path) = segments[remove].clone();
+            let (number, path) = segments[count].clone();
             match segment_info(number, path)? {
                 Some(info) => info,
                 None => return Ok(None),
             }
         }
     };
-    write_anchor(
-        dir,
-        &Anchor {
-            segment: kept.number,
-            seq: kept.first.seq - 1,
-            hash: kept.first.prev.clone(),
-        },
-    )?;
-    let mut pruned = Pruned {
-        segments: Vec::new(),
-        bytes: 0,
-        first_kept_seq: kept.first.seq,
-        first_kept_ts_ms: crate::time::parse_rfc3339(&kept.first.ts).unwrap_or(0),
-    };
-    for segment in &closed[..remove] {
-        fs::remove_file(&segment.path)?;
-        pruned.bytes += segment.bytes;
-        pruned.segments.push(
-            segment
-                .path
-                .file_name()
-                .unwrap_or_default()
-                .to_string_lossy()
-                .into(),
-        );
+    let last_removed = &closed[count - 1];
+    if kept.first.prev != last_removed.last_hash
+        || Some(kept.first.seq) != last_removed.last_seq.checked_add(1)
+    {
+        return Err(io::Error::other(format!(
+            "the chain does not hold between segments {} and {}; nothing removed",
+            last_removed.number, kept.number
+        )));
     }
-    sync_dir(dir)?;
-    Ok(Some(pruned))
+    Ok(Some(Cut {
+        remove: closed[..count].to_vec(),
+        anchor: Anchor {
+            segment: kept.number,
+            seq: last_removed.last_seq,
+            hash: last_removed.last_hash.clone(),
+        },
+        first_kept_ts_ms: crate::time::parse_rfc3339(&kept.first.ts).unwrap_or(0),
+    }))
+}
+
+/// Carries out a cut whose `ledger_pruned` record is durable: the anchor,
+/// then the segments, then the directory's fsync.
+pub fn execute(dir: &Path, cut: &Cut) -> io::Result<()> {
+    write_anchor(dir, &cut.anchor)?;
+    for segment in &cut.remove {
+        fs::remove_file(&segment.path)?;
+    }
+    sync_dir(dir)
+}
+
+/// Removes segments a cut left below its anchor (a removal cut short):
+/// how many. Only while the anchor's own segment is there.
+pub fn remove_leftovers(dir: &Path) -> io::Result<usize> {
+    let Some(anchor) = read_anchor(dir) else {
+        return Ok(0);
+    };
+    let segments = list_segments(dir)?;
+    if !segments.iter().any(|(n, _)| *n == anchor.segment) {
+        return Ok(0);
+    }
+    let mut removed = 0;
+    for (_, path) in segments.iter().filter(|(n, _)| *n < anchor.segment) {
+        fs::remove_file(path)?;
+        removed += 1;
+    }
+    if removed > 0 {
+        sync_dir(dir)?;
+    }
+    Ok(removed)
 }
 
 #[cfg(test)]
@@ -226,6 +264,7 @@ mod tests {
                 "g".into(),
             ),
             last_seq,
+            last_hash: String::new(),
             last_ts_ms,
         }
     }

@@ -74,21 +74,24 @@ pub fn scan_from(
     start: Option<&Position>,
     mut visit: impl FnMut(&Record),
 ) -> io::Result<ScanReport> {
-    let segments = list_segments(dir)?;
+    let mut segments = list_segments(dir)?;
     let mut out = ScanReport::default();
+    let mut anchored: Option<super::retention::Anchor> = None;
+    let mut confirmed = false;
     if let Some(start) = start {
         out.tip = start.tip.clone();
     } else if let Some(anchor) = super::retention::read_anchor(dir) {
         // Retention removed the segments before the anchor's: the chain
-        // starts from the record the anchor names. Segments from before it
-        // still there (a removal cut short) are walked as usual.
-        let first = segments.first().map(|(number, _)| *number);
-        if first.is_some_and(|n| n >= anchor.segment) {
+        // starts from the record the anchor names, and segments still
+        // below it (a removal cut short) are not part of it.
+        if segments.iter().any(|(n, _)| *n >= anchor.segment) {
+            segments.retain(|(n, _)| *n >= anchor.segment);
             out.tip = Tip {
                 seq: anchor.seq,
-                hash: anchor.hash,
+                hash: anchor.hash.clone(),
             };
             out.removed_before = anchor.seq;
+            anchored = Some(anchor);
         }
     }
     let last_index = segments.len().saturating_sub(1);
@@ -126,9 +129,22 @@ pub fn scan_from(
                 break;
             }
             offset += n as u64;
-            check_line(&mut out, &name, line_no, &line, &mut visit);
+            check_line(&mut out, &name, line_no, &line, &mut |record| {
+                confirmed |= anchored.as_ref().is_some_and(|a| confirms(record, a));
+                visit(record)
+            });
         }
         out.last_segment = Some((*number, path.clone(), offset));
+    }
+    if let Some(anchor) = anchored.filter(|_| !confirmed) {
+        note_break(
+            &mut out,
+            anchor.seq.saturating_add(1),
+            format!(
+                "anchor.json: the chain is said to start after seq {}, but no ledger_pruned record in it says so (records were removed outside retention)",
+                anchor.seq
+            ),
+        );
     }
     if out.ok() {
         out.report = match out.removed_before {
@@ -136,7 +152,7 @@ pub fn scan_from(
             removed => format!(
                 "chain intact from seq {}: {} record(s) (the {removed} before were removed by ledger retention)",
                 removed + 1,
-                out.tip.seq - removed
+                out.tip.seq.saturating_sub(removed)
             ),
         };
     }
@@ -180,7 +196,7 @@ fn check_line(
     line: &[u8],
     visit: &mut impl FnMut(&Record),
 ) {
-    let expected_seq = out.tip.seq + 1;
+    let expected_seq = out.tip.seq.saturating_add(1);
     let record: Record = match serde_json::from_slice(line) {
         Ok(r) => r,
         Err(e) => {
@@ -221,6 +237,15 @@ fn check_line(
         hash: record.hash.clone(),
     };
     visit(&record);
+}
+
+/// Whether `record` is the `ledger_pruned` record that made `anchor`.
+fn confirms(record: &Record, anchor: &super::retention::Anchor) -> bool {
+    record.kind == "ledger_pruned"
+        && record.payload["first_kept_seq"].as_u64() == anchor.seq.checked_add(1)
+        && record.payload["prev_hash"].as_str() == Some(anchor.hash.as_str())
+        && record.payload["first_segment"].as_u64().is_some()
+        && record.payload["last_segment"].as_u64() == anchor.segment.checked_sub(1)
 }
 
 fn note_break(out: &mut ScanReport, seq: u64, report: String) {

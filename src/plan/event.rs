@@ -137,15 +137,18 @@ pub enum Event {
         first_seq: u64,
         last_seq: u64,
     },
-    /// Retention (`ledger.max_bytes`, `ledger.retain_days`) removed the
-    /// oldest segments, after a checkpoint and the anchor: the chain now
-    /// verifies from `first_kept_seq`.
+    /// Retention (`ledger.max_bytes`, `ledger.retain_days`) removes the
+    /// oldest segments, `first_segment` to `last_segment`: written, durably,
+    /// before the anchor and before any is removed. The chain then
+    /// verifies from `first_kept_seq`, whose `prev` is `prev_hash`; the
+    /// scan accepts an anchor only when the kept chain holds this record.
     LedgerPruned {
-        segments: Vec<String>,
+        first_segment: u64,
+        last_segment: u64,
+        segments: u64,
         bytes: u64,
         first_kept_seq: u64,
-        archived_plans: u64,
-        backups: u64,
+        prev_hash: String,
     },
 }
 
@@ -249,6 +252,7 @@ impl Plan {
             finished_at: None,
             rollback: None,
             seq,
+            last_seq: seq,
             created_ms: ts_ms,
             finished_ms: None,
             actions,

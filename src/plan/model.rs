@@ -159,6 +159,11 @@ pub struct Plan {
     pub rollback: Option<Rollback>,
     /// Ledger sequence of the `plan_created` record: submission order.
     pub seq: u64,
+    /// Ledger sequence of the plan's newest record (0 in plans archived
+    /// before it was kept): retention removes an archived plan only once
+    /// all its records are gone.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub last_seq: u64,
     #[serde(skip)]
     pub created_ms: u64,
     #[serde(skip)]
@@ -227,5 +232,9 @@ impl Plan {
 }
 
 fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+fn is_zero_u64(n: &u64) -> bool {
     *n == 0
 }
