@@ -1,6 +1,8 @@
 //! Files for `hot_patch`, reached only through descriptors: the allowed
 //! root is opened once and the file's directory is walked to with
-//! `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)`,
+//! `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)`
+//! (or, where the sandbox or the kernel refuses openat2, the same walk one
+//! `openat(O_NOFOLLOW)` per component: [`walk_beneath`]),
 //! so no symlink (in any component) and no `..` can lead out of the root,
 //! and nothing swapped in after the walk can redirect what follows. The
 //! read, the temporary file, its fsync, the `renameat` over the target and
@@ -121,12 +123,10 @@ pub fn open_target_dir(path: &Path, roots: &[PathBuf]) -> Result<TargetDir, Targ
     )
     .map_err(|e| walk_error(path, root, e))?;
     let parent = relative.parent().filter(|p| !p.as_os_str().is_empty());
-    let dir = rustix::fs::openat2(
+    let dir = open_beneath(
         &root_fd,
         parent.unwrap_or(Path::new(".")),
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-        BENEATH,
+        OFlags::RDONLY | OFlags::DIRECTORY,
     )
     .map_err(|e| walk_error(path, root, e))?;
     Ok(TargetDir {
@@ -134,6 +134,79 @@ pub fn open_target_dir(path: &Path, roots: &[PathBuf]) -> Result<TargetDir, Targ
         name,
         path: path.to_path_buf(),
     })
+}
+
+/// Opens `relative` below the directory `dir`, following no symbolic link
+/// in any component and never leaving `dir`: `openat2` with
+/// RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS; where
+/// that is not to be had (ENOSYS: a kernel before 5.6, or a seccomp filter
+/// such as the one systemd's `RestrictSUIDSGID=` installs, which cannot
+/// look inside `openat2`'s arguments and so refuses it), the same walk by
+/// hand ([`walk_beneath`]).
+fn open_beneath(dir: &OwnedFd, relative: &Path, flags: OFlags) -> Result<OwnedFd, Errno> {
+    // For a file, O_NOFOLLOW: an O_PATH open then gives the link itself,
+    // which fstat names as one. Not for a directory, where it would make
+    // a trailing link ENOTDIR rather than RESOLVE_NO_SYMLINKS' ELOOP.
+    // (openat2 refuses O_PATH with any flag but CLOEXEC, DIRECTORY, NOFOLLOW.)
+    let flags = match flags.contains(OFlags::DIRECTORY) {
+        true => flags | OFlags::CLOEXEC,
+        false => flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+    };
+    #[cfg(test)]
+    if tests::WITHOUT_OPENAT2.with(|w| w.get()) {
+        return walk_beneath(dir, relative, flags);
+    }
+    match rustix::fs::openat2(dir, relative, flags, Mode::empty(), BENEATH) {
+        Err(Errno::NOSYS) => walk_beneath(dir, relative, flags),
+        other => other,
+    }
+}
+
+/// [`open_beneath`] without `openat2`: from `dir`, one
+/// `openat(O_PATH | O_DIRECTORY | O_NOFOLLOW)` per directory component,
+/// each from the descriptor the one before returned, then the last
+/// component with `flags` and O_NOFOLLOW. Only plain names are walked (no
+/// `..`, no root): validation's rule, checked again here. A symbolic link
+/// anywhere is ELOOP, as openat2 answers.
+fn walk_beneath(dir: &OwnedFd, relative: &Path, flags: OFlags) -> Result<OwnedFd, Errno> {
+    use std::path::Component;
+    let mut names = Vec::new();
+    for component in relative.components() {
+        match component {
+            Component::Normal(name) => names.push(name),
+            Component::CurDir => {}
+            Component::ParentDir | Component::RootDir | Component::Prefix(_) => {
+                return Err(Errno::XDEV)
+            }
+        }
+    }
+    let step = |at: &OwnedFd, name: &OsStr, flags: OFlags| {
+        rustix::fs::openat(
+            at,
+            name,
+            flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| match e {
+            // O_DIRECTORY | O_NOFOLLOW on a link: say it is one.
+            Errno::NOTDIR if is_symlink(at, name) => Errno::LOOP,
+            other => other,
+        })
+    };
+    let Some((last, parents)) = names.split_last() else {
+        return step(dir, OsStr::new("."), flags);
+    };
+    let mut current: Option<OwnedFd> = None;
+    for name in parents {
+        let at = current.as_ref().unwrap_or(dir);
+        current = Some(step(at, name, OFlags::PATH | OFlags::DIRECTORY)?);
+    }
+    step(current.as_ref().unwrap_or(dir), last, flags)
+}
+
+fn is_symlink(dir: &OwnedFd, name: &OsStr) -> bool {
+    rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+        .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Symlink)
 }
 
 fn walk_error(path: &Path, root: &Path, e: Errno) -> TargetError {
@@ -199,15 +272,8 @@ impl TargetDir {
     }
 
     fn open_file(&self, flags: OFlags) -> Result<OwnedFd, TargetError> {
-        // openat2 refuses O_PATH with any flag but these three.
-        rustix::fs::openat2(
-            &self.dir,
-            self.name.as_os_str(),
-            flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-            BENEATH,
-        )
-        .map_err(|e| walk_error(&self.path, Path::new("its root"), e))
+        open_beneath(&self.dir, Path::new(&self.name), flags)
+            .map_err(|e| walk_error(&self.path, Path::new("its root"), e))
     }
 
     /// The guards on the file itself, without reading it (an `O_PATH`
@@ -360,6 +426,106 @@ mod tests {
     use super::*;
     use std::fs;
     use std::os::unix::fs::PermissionsExt;
+
+    thread_local! {
+        /// Set: this thread's walks go the way a kernel or sandbox without
+        /// openat2 makes them go.
+        pub(super) static WITHOUT_OPENAT2: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    #[test]
+    fn without_openat2_the_walk_refuses_what_openat2_refuses() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        fs::write(outside.path().join("app.conf"), "x").unwrap();
+        fs::create_dir(root.path().join("real")).unwrap();
+        fs::write(root.path().join("real/app.conf"), "x").unwrap();
+        std::os::unix::fs::symlink(outside.path(), root.path().join("out")).unwrap();
+        std::os::unix::fs::symlink(root.path().join("real"), root.path().join("in")).unwrap();
+        std::os::unix::fs::symlink("app.conf", root.path().join("real/link.conf")).unwrap();
+        let root_fd: OwnedFd =
+            rustix::fs::open(root.path(), OFlags::PATH | OFlags::DIRECTORY, Mode::empty()).unwrap();
+        let rd = OFlags::RDONLY;
+        let both = |relative: &str| {
+            let walked = walk_beneath(&root_fd, Path::new(relative), rd | OFlags::NOFOLLOW).err();
+            let direct = rustix::fs::openat2(
+                &root_fd,
+                relative,
+                rd | OFlags::NOFOLLOW,
+                Mode::empty(),
+                BENEATH,
+            )
+            .err();
+            (walked, direct)
+        };
+        assert_eq!(both("real/app.conf"), (None, None));
+        assert_eq!(both("out/app.conf"), (Some(Errno::LOOP), Some(Errno::LOOP)));
+        assert_eq!(both("in/app.conf"), (Some(Errno::LOOP), Some(Errno::LOOP)));
+        assert_eq!(
+            both("real/link.conf"),
+            (Some(Errno::LOOP), Some(Errno::LOOP))
+        );
+        assert_eq!(both("../x"), (Some(Errno::XDEV), Some(Errno::XDEV)));
+        assert_eq!(both("real/absent").0, Some(Errno::NOENT));
+    }
+
+    #[test]
+    fn without_openat2_a_directory_swapped_for_a_link_never_leads_a_write_out_of_the_root() {
+        WITHOUT_OPENAT2.with(|w| w.set(true));
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        fs::write(outside.path().join("app.conf"), "secret\n").unwrap();
+        let conf = root.path().join("conf");
+        fs::create_dir(&conf).unwrap();
+        fs::write(conf.join("app.conf"), "old\n").unwrap();
+        let swapped = root.path().join("conf-swap");
+        std::os::unix::fs::symlink(outside.path(), &swapped).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let racer = {
+            let (stop, conf, swapped) = (stop.clone(), conf.clone(), swapped.clone());
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    for _ in 0..2 {
+                        nix::fcntl::renameat2(
+                            nix::fcntl::AT_FDCWD,
+                            &conf,
+                            nix::fcntl::AT_FDCWD,
+                            &swapped,
+                            nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+                        )
+                        .unwrap();
+                    }
+                    (0..2000).for_each(|_| std::hint::spin_loop());
+                }
+            })
+        };
+        let roots = [root.path().to_path_buf()];
+        let mut written = 0;
+        for n in 0..3000 {
+            let Ok(dir) = open_target_dir(&conf.join("app.conf"), &roots) else {
+                continue;
+            };
+            let Ok(target) = dir.read() else { continue };
+            if dir
+                .replace(&target, format!("new {n}\n").as_bytes())
+                .is_ok()
+            {
+                written += 1;
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        racer.join().unwrap();
+        assert!(written > 0, "the race left no write to check");
+        assert_eq!(
+            fs::read_to_string(outside.path().join("app.conf")).unwrap(),
+            "secret\n"
+        );
+        assert_eq!(
+            fs::read_dir(outside.path()).unwrap().count(),
+            1,
+            "files made outside"
+        );
+    }
 
     fn read(path: &Path, roots: &[PathBuf]) -> Result<Target, TargetError> {
         open_target_dir(path, roots)?.read()
