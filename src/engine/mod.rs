@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
-use futures_util::future::{BoxFuture, FutureExt, Shared};
+use futures_util::future::{BoxFuture, Shared};
 use serde_json::{json, Value};
 use tokio::sync::{watch, Notify};
 
@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::error::{AgentError, ErrorName};
 use crate::events::{AgentEvent, EventSender};
 use crate::ledger::{self, Durable, Entry, JournalFields, LedgerWriter, ScanReport, WriterOptions};
-use crate::plan::{parse_alert, Event, Plan, PlanSeed, PlanStatus};
+use crate::plan::{parse_alert, Event, Plan, PlanSeed};
 use crate::sys::journal::{priority_for, JournalMirror};
 use crate::sys::nft::FirewallError;
 use crate::sys::Sys;
@@ -27,13 +27,16 @@ pub mod flap;
 mod flap_guard;
 mod mitigations;
 mod notices;
+mod queries;
 mod rate_limit;
+mod records;
 pub mod replay;
 mod runner;
 pub mod state;
 pub mod store;
 mod unit_holds;
 mod upkeep;
+mod verify;
 
 use state::EngineState;
 
@@ -201,24 +204,6 @@ impl Engine {
     /// not re-read; [`Engine::verify_ledger`] re-walks it in the background).
     pub fn started_from_checkpoint(&self) -> bool {
         self.from_checkpoint
-    }
-
-    /// A plan from memory, or taken back from the archive.
-    fn plan_value(&self, id: &str) -> Option<Value> {
-        if let Some(plan) = self.lock().state.plans.get(id) {
-            return Some(serde_json::to_value(plan).expect("plans serialize"));
-        }
-        store::load_archived(&self.config().state.dir, id)
-            .map(|p| serde_json::to_value(p).expect("plans serialize"))
-    }
-
-    /// An archived plan, read on a blocking thread.
-    async fn load_archived(&self, id: &str) -> Option<Plan> {
-        let (dir, id) = (self.config().state.dir.clone(), id.to_string());
-        tokio::task::spawn_blocking(move || store::load_archived(&dir, &id))
-            .await
-            .ok()
-            .flatten()
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -431,47 +416,6 @@ impl Engine {
         }
     }
 
-    /// `GetPlan`, as D-Bus answers it: copied from memory (serialized
-    /// after the lock), or read from the archive on a blocking thread.
-    pub async fn fetch_plan(&self, id: &str) -> Result<String, AgentError> {
-        let in_memory = self.lock().state.plans.get(id).cloned();
-        let plan = match in_memory {
-            Some(plan) => Some(plan),
-            None => self.load_archived(id).await,
-        };
-        plan.map(|p| {
-            serde_json::to_value(p)
-                .expect("plans serialize")
-                .to_string()
-        })
-        .ok_or_else(|| AgentError::new(ErrorName::NotFound, format!("no plan with id {id:?}")))
-    }
-
-    pub fn get_plan(&self, id: &str) -> Result<Value, AgentError> {
-        self.plan_value(id)
-            .ok_or_else(|| AgentError::new(ErrorName::NotFound, format!("no plan with id {id:?}")))
-    }
-
-    /// `ListPlans`: newest first; `limit` 0 means 100, and at most
-    /// [`MAX_LIST_PLANS`]. The plans are copied under the engine's lock and
-    /// serialized after it is released, so a big answer never holds up
-    /// the plans that run.
-    pub fn list_plans(&self, status: Option<PlanStatus>, limit: u32) -> String {
-        let plans: Vec<Plan> = self
-            .lock()
-            .state
-            .list(status, list_limit(limit))
-            .into_iter()
-            .cloned()
-            .collect();
-        json_array_within(
-            plans
-                .iter()
-                .map(|p| serde_json::to_string(p).expect("plans serialize")),
-            MAX_LIST_BYTES,
-        )
-    }
-
     /// `DryRun` by root: see [`Engine::dry_run_as`].
     pub async fn dry_run(&self, alert_json: &str) -> Result<Value, AgentError> {
         self.dry_run_as(alert_json, None).await
@@ -565,141 +509,6 @@ impl Engine {
         Ok(())
     }
 
-    /// Re-walks the whole chain (off the async threads) and remembers the
-    /// result. One walk at a time: callers that come while one runs share
-    /// its result rather than start another (a loop of callers cannot
-    /// keep the disk busy with as many walks).
-    pub async fn verify_ledger(&self) -> (bool, String) {
-        let walk = {
-            let mut slot = crate::sync::lock(&self.verifying);
-            match slot.as_ref() {
-                Some(walk) => walk.clone(),
-                None => {
-                    let dir = self.config().ledger.dir.clone();
-                    self.ledger_walks.fetch_add(1, Ordering::Relaxed);
-                    let files = self.ledger_files.clone();
-                    let walk = async move {
-                        let reading = files.read_owned().await;
-                        let scan = move || {
-                            let _reading = reading;
-                            ledger::scan(&dir, |_| {})
-                        };
-                        match tokio::task::spawn_blocking(scan).await {
-                            Ok(Ok(scan)) => (scan.ok(), scan.broken_at, scan.report),
-                            Ok(Err(e)) => {
-                                (false, None, format!("the ledger could not be read: {e}"))
-                            }
-                            Err(e) => (false, None, format!("verification task failed: {e}")),
-                        }
-                    }
-                    .boxed()
-                    .shared();
-                    *slot = Some(walk.clone());
-                    walk
-                }
-            }
-        };
-        let (ok, broken_at, report) = walk.clone().await;
-        {
-            let mut slot = crate::sync::lock(&self.verifying);
-            if slot.as_ref().is_some_and(|w| w.ptr_eq(&walk)) {
-                *slot = None;
-            }
-        }
-        let newly_broken = {
-            let mut health = self.ledger_health.lock().unwrap_or_else(|p| p.into_inner());
-            let newly = !ok && health.ok;
-            *health = LedgerHealth {
-                ok,
-                broken_at,
-                report: report.clone(),
-            };
-            newly
-        };
-        if newly_broken {
-            self.note_chain_broken().await;
-        }
-        self.emit(AgentEvent::CountersChanged);
-        (ok, report)
-    }
-
-    /// How many walks of the chain `VerifyLedger` has started (callers
-    /// that shared a running walk do not count).
-    pub fn ledger_walks(&self) -> u64 {
-        self.ledger_walks.load(Ordering::Relaxed)
-    }
-
-    /// Records that the chain is broken, at critical priority. The agent
-    /// keeps working: stopping would hand an attacker an off switch.
-    pub async fn note_chain_broken(&self) {
-        let health = self.ledger_health();
-        if let Some(broken_at) = health.broken_at {
-            self.record_agent(Event::ChainBroken {
-                broken_at,
-                report: health.report,
-            })
-            .await;
-        }
-    }
-
-    pub fn ledger_health(&self) -> LedgerHealth {
-        self.ledger_health
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    pub fn queue_depth(&self) -> u32 {
-        self.lock().state.queue_depth() as u32
-    }
-
-    pub fn active_mitigations(&self) -> u32 {
-        self.lock().state.active_mitigations() as u32
-    }
-
-    /// Healthy: the chain is intact, the last write succeeded, the engine
-    /// loop ticked recently and the firewall is not stuck on a batch.
-    pub fn healthy(&self) -> bool {
-        let beat_age = now_ms().saturating_sub(self.heartbeat_ms.load(Ordering::Relaxed));
-        self.ledger_health().ok
-            && self.storage_ok.load(Ordering::Relaxed)
-            && beat_age < 10_000
-            && self.sys.firewall.stalled_for_ms() < FIREWALL_STALL_MS
-    }
-
-    /// `Status`: the seed's `GET /status`.
-    pub fn status(&self) -> Value {
-        let (queue_depth, in_flight, active) = {
-            let inner = self.lock();
-            (
-                inner.state.queue_depth(),
-                inner.state.running.len(),
-                inner.state.active_mitigations(),
-            )
-        };
-        let health = self.ledger_health();
-        json!({
-            "healthy": self.healthy(),
-            "queue_depth": queue_depth,
-            "in_flight": in_flight,
-            "active_mitigations": active,
-            "ledger": {"ok": health.ok, "records": self.ledger.records(), "broken_at": health.broken_at},
-            "version": VERSION,
-            "uptime_secs": self.started.elapsed().as_secs(),
-        })
-    }
-
-    /// A one-line summary for systemd's `STATUS=`.
-    pub fn status_line(&self) -> String {
-        let inner = self.lock();
-        format!(
-            "{} queued, {} running, {} active mitigation(s)",
-            inner.state.queue_depth(),
-            inner.state.running.len(),
-            inner.state.active_mitigations()
-        )
-    }
-
     /// Beat at least this often, so a watchdog shorter than the loop's
     /// default one second still hears a healthy idle engine in time.
     pub fn set_heartbeat_interval(&self, every: Duration) {
@@ -710,150 +519,6 @@ impl Engine {
     /// Milliseconds since the engine loop last proved itself alive.
     pub fn heartbeat_age_ms(&self) -> u64 {
         now_ms().saturating_sub(self.heartbeat_ms.load(Ordering::Relaxed))
-    }
-
-    /// Appends an event about a plan and folds it in once durable. Returns
-    /// the ledger error if the write failed.
-    /// The journal fields of a plan's record.
-    fn journal_fields(&self, plan_id: &str, event: &Event) -> JournalFields {
-        let inner = self.lock();
-        match inner.state.plans.get(plan_id) {
-            Some(plan) => {
-                let action = event
-                    .action_index()
-                    .and_then(|i| plan.actions.get(i))
-                    .map(|a| a.seed.kind.clone());
-                plan_journal_fields(plan.source.as_str(), plan.severity, action)
-            }
-            None => Vec::new(),
-        }
-    }
-
-    fn entry(&self, plan_id: &str, event: &Event) -> Entry {
-        let (kind, payload) = event.to_parts();
-        Entry {
-            kind,
-            plan_id: Some(plan_id.to_string()),
-            payload,
-            journal_fields: self.journal_fields(plan_id, event),
-        }
-    }
-
-    async fn write_one(&self, entry: Entry) -> ledger::writer::AppendResult {
-        crate::sys::sdnotify::note_start_progress(1);
-        let mut written = self.ledger.write_now(vec![entry]).await;
-        written.pop().expect("one answer per entry")
-    }
-
-    /// Folds a durable event into its plan.
-    fn settled(
-        &self,
-        plan_id: &str,
-        event: &Event,
-        written: Result<Durable, String>,
-    ) -> Result<Durable, String> {
-        match written {
-            Ok(durable) => {
-                self.storage_ok.store(true, Ordering::Relaxed);
-                let seq = durable.record.seq;
-                self.lock().state.fold(plan_id, event, seq, durable.ts_ms);
-                Ok(durable)
-            }
-            Err(e) => {
-                self.storage_ok.store(false, Ordering::Relaxed);
-                Err(e)
-            }
-        }
-    }
-
-    async fn try_record(&self, plan_id: &str, event: Event) -> Result<Durable, String> {
-        let _folding = self.fold_gate.read().await;
-        let written = self.write_one(self.entry(plan_id, &event)).await;
-        self.settled(plan_id, &event, written)
-    }
-
-    /// Records several events of one plan in one write (one fdatasync). One
-    /// that fails is recorded again, as [`Engine::record`] does.
-    async fn record_all(&self, plan_id: &str, events: Vec<Event>) {
-        let entries = events.iter().map(|e| self.entry(plan_id, e)).collect();
-        let folding = self.fold_gate.read().await;
-        let written = self.ledger.write_now(entries).await;
-        let failed: Vec<Event> = events
-            .into_iter()
-            .zip(written)
-            .filter_map(|(event, written)| {
-                self.settled(plan_id, &event, written)
-                    .is_err()
-                    .then_some(event)
-            })
-            .collect();
-        drop(folding);
-        for event in failed {
-            self.record(plan_id, event).await;
-        }
-    }
-
-    /// Like [`Engine::try_record`] for steps already taken: the ledger must
-    /// hear of them, so a failed write is retried until it succeeds (the
-    /// agent reports itself unhealthy meanwhile).
-    async fn record(&self, plan_id: &str, event: Event) -> Durable {
-        let mut delay = Duration::from_millis(100);
-        loop {
-            match self.try_record(plan_id, event.clone()).await {
-                Ok(durable) => return durable,
-                Err(e) => {
-                    eprintln!(
-                        "<2>antibody: cannot record {} of plan {plan_id}: {e}; retrying",
-                        event.kind()
-                    );
-                    self.emit(AgentEvent::CountersChanged);
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
-    }
-
-    /// Appends an agent-level record (no plan) and says whether it is
-    /// durable: for a record that must be on disk before what it announces.
-    async fn record_agent_durably(&self, event: Event) -> Result<Durable, String> {
-        let (kind, payload) = event.to_parts();
-        let fields = vec![("PRIORITY", "5".to_string())];
-        let written = self
-            .write_one(Entry {
-                kind,
-                plan_id: None,
-                payload,
-                journal_fields: fields,
-            })
-            .await;
-        if written.is_err() {
-            self.storage_ok.store(false, Ordering::Relaxed);
-        }
-        written
-    }
-
-    /// Appends an agent-level record (no plan). Failures are logged only.
-    pub async fn record_agent(&self, event: Event) {
-        let (kind, payload) = event.to_parts();
-        let priority = match event {
-            Event::ChainBroken { .. } => 2,
-            Event::NftDrift { .. } | Event::JournalDropped { .. } => 4,
-            _ => 6,
-        };
-        let fields = vec![("PRIORITY", priority.to_string())];
-        let written = self
-            .write_one(Entry {
-                kind,
-                plan_id: None,
-                payload,
-                journal_fields: fields,
-            })
-            .await;
-        if let Err(e) = written {
-            self.storage_ok.store(false, Ordering::Relaxed);
-            eprintln!("<2>antibody: cannot record {}: {e}", event.kind());
-        }
     }
 
     /// Stop starting new work; steps under way finish (see main's grace).
@@ -1000,33 +665,6 @@ fn take_token(inner: &mut Inner, uid: Option<u32>, config: &Config) -> Result<()
         })
 }
 
-/// `ListPlans`' `limit`: 0 means 100; never more than [`MAX_LIST_PLANS`].
-fn list_limit(limit: u32) -> usize {
-    match limit {
-        0 => 100,
-        n => (n as usize).min(MAX_LIST_PLANS),
-    }
-}
-
-/// A JSON array of `items`, in order, as many as fit in `max_bytes` (at
-/// least one): a bus message has a size limit, and a plan may carry a
-/// 64 KiB alert.
-fn json_array_within(items: impl Iterator<Item = String>, max_bytes: usize) -> String {
-    let mut answer = String::from("[");
-    for item in items {
-        let first = answer.len() == 1;
-        if !first && answer.len() + item.len() + 2 > max_bytes {
-            break;
-        }
-        if !first {
-            answer.push(',');
-        }
-        answer.push_str(&item);
-    }
-    answer.push(']');
-    answer
-}
-
 fn plan_journal_fields(
     source: &str,
     severity: crate::plan::Severity,
@@ -1041,31 +679,4 @@ fn plan_journal_fields(
         fields.push(("ANTIBODY_ACTION", action));
     }
     fields
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn list_plans_answers_are_bounded_in_count_and_bytes() {
-        assert_eq!(list_limit(0), 100);
-        assert_eq!(list_limit(7), 7);
-        assert_eq!(list_limit(u32::MAX), MAX_LIST_PLANS);
-        let items = || {
-            ["\"aaaa\"", "\"bbbb\"", "\"cccc\""]
-                .map(String::from)
-                .into_iter()
-        };
-        assert_eq!(
-            json_array_within(items(), 1000),
-            r#"["aaaa","bbbb","cccc"]"#
-        );
-        assert_eq!(json_array_within(items(), 16), r#"["aaaa","bbbb"]"#);
-        assert_eq!(json_array_within(items(), 3), r#"["aaaa"]"#, "at least one");
-        let empty: [String; 0] = [];
-        assert_eq!(json_array_within(empty.into_iter(), 10), "[]");
-        let parsed: Value = serde_json::from_str(&json_array_within(items(), 16)).unwrap();
-        assert_eq!(parsed.as_array().unwrap().len(), 2);
-    }
 }
