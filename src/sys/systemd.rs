@@ -470,6 +470,8 @@ impl Systemd for SystemdManager {
                 read.get::<bool>(UNIT_IFACE, "RefuseManualStop"),
                 slice,
             )?;
+        // A missing unit is told as every other read tells it.
+        require_loaded(unit, &load_state)?;
         Ok(UnitFacts {
             id,
             names,

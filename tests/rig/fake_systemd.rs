@@ -146,6 +146,7 @@ impl Systemd for FakeSystemd {
         if let Some(facts) = self.facts.lock().unwrap().get(unit) {
             return Ok(facts.clone());
         }
+        self.with_unit(unit, |_| ())?;
         let names = self.names.lock().unwrap().get(unit).cloned();
         Ok(UnitFacts {
             id: unit.to_string(),
