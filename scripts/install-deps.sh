@@ -11,7 +11,11 @@ export DEBIAN_FRONTEND=noninteractive
 # util-linux: setpriv (unprivileged callers), nsenter; procps, iproute2: test
 # plumbing; systemd-container, debootstrap: the T4 testbed (tests/testbed/);
 # nftables: nft for the T3 tests (always inside network namespaces they create).
+# libsystemd-dev, pkg-config: antibodyctl reads journal files through
+# libsystemd (verify --journal, fleet); systemd-journal-remote, openssl:
+# the T4 fleet test's collector and uploaders, and their certificates.
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
     dbus-daemon dbus-bin systemd util-linux procps iproute2 nftables ca-certificates \
-    systemd-container debootstrap >/dev/null
+    systemd-container debootstrap libsystemd-dev pkg-config systemd-journal-remote \
+    openssl >/dev/null

@@ -7,6 +7,7 @@ pub mod dbus;
 pub mod engine;
 pub mod error;
 pub mod events;
+pub mod fleet;
 pub mod ledger;
 pub mod plan;
 pub mod sync;

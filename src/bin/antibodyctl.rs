@@ -8,6 +8,9 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use antibody::dbus::proxy::AntibodyProxy;
+
+#[path = "antibodyctl/fleet.rs"]
+mod fleet;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use futures_util::StreamExt;
 use serde_json::{json, Map, Value};
@@ -34,7 +37,9 @@ Exit codes:
   3  cannot reach the bus or the agent (not running, no answer in time,
      connection lost)
   4  submit --wait: the plan ended 'failed'
-  5  verify: the ledger's hash chain is broken";
+  5  verify: the ledger's hash chain is broken (verify --journal, fleet: a
+     host's chain in the journal copy has a hole or a bad record, or the
+     copy holds no record at all)";
 
 const ALERT_HELP: &str = "\
 The alert is read from FILE ('-' for stdin) as is, or built from the flags:
@@ -107,7 +112,23 @@ enum Command {
     /// Print the agent's signals as they come, until Ctrl-C.
     Watch,
     /// Re-walk the ledger's hash chain; exit 5 if it is broken (VerifyLedger).
-    Verify,
+    /// With --journal, re-walk every host's chain from journal files instead
+    /// (a fleet collector's copy; needs no agent).
+    Verify {
+        /// Journal files or directories (as systemd-journal-remote writes
+        /// them, e.g. /var/log/journal/remote); per host: records, seq
+        /// range, holes, the first bad record, agent versions.
+        #[arg(long, value_name = "PATH", num_args = 1..)]
+        journal: Vec<std::path::PathBuf>,
+    },
+    /// One line per host from journal files: last record, plans of the last
+    /// 24 h by status, mitigations in force now, the chain's verdict (needs
+    /// no agent); exit 5 if a chain is broken.
+    Fleet {
+        /// Journal files or directories, as for verify --journal.
+        #[arg(long, value_name = "PATH", num_args = 1.., required = true)]
+        journal: Vec<std::path::PathBuf>,
+    },
     /// Show the plan an alert would make and each action's exact change (DryRun).
     #[command(after_long_help = ALERT_HELP)]
     DryRun {
@@ -135,7 +156,7 @@ enum Command {
 }
 
 /// Commands answered from the CLI's own definition, without the bus.
-fn offline_command(command: &Command) -> Option<Outcome> {
+fn offline_command(command: &Command, json_out: bool) -> Option<Outcome> {
     match command {
         Command::Completions { shell } => {
             clap_complete::generate(
@@ -150,6 +171,10 @@ fn offline_command(command: &Command) -> Option<Outcome> {
             clap_mangen::generate_to(Cli::command(), dir)
                 .map_err(|e| Failure::Usage(format!("man pages into {}: {e}", dir.display()))),
         ),
+        Command::Verify { journal } if !journal.is_empty() => {
+            Some(fleet::verify_journal(journal, json_out))
+        }
+        Command::Fleet { journal } => Some(fleet::summarize(journal, json_out)),
         _ => None,
     }
 }
@@ -798,13 +823,13 @@ async fn run(cli: Cli, matches: &ArgMatches) -> Outcome {
         }
         _ => None,
     };
-    if let Some(outcome) = offline_command(&cli.command) {
+    if let Some(outcome) = offline_command(&cli.command, json_out) {
         return outcome;
     }
     let (conn, proxy) = connect(timeout).await?;
     match cli.command {
         // Answered by offline_command above.
-        Command::Completions { .. } | Command::Man { .. } => Ok(()),
+        Command::Completions { .. } | Command::Man { .. } | Command::Fleet { .. } => Ok(()),
         Command::Submit { wait, .. } => {
             cmd_submit(&proxy, alert.unwrap_or_default(), wait, json_out).await
         }
@@ -859,7 +884,7 @@ async fn run(cli: Cli, matches: &ArgMatches) -> Outcome {
             Ok(())
         }
         Command::Watch => cmd_watch(&conn, json_out).await,
-        Command::Verify => {
+        Command::Verify { .. } => {
             let (ok, report) = proxy.verify_ledger().await.map_err(call_failure)?;
             if json_out {
                 print_json(&json!({"ok": ok, "report": report}));

@@ -8,7 +8,7 @@ use std::io;
 use std::path::Path;
 
 use super::store::{load_archived, load_checkpoint};
-use crate::ledger::{record_at, scan_from, Position, ScanReport};
+use crate::ledger::{record_at, scan_from, Position, Record, ScanReport};
 use crate::plan::{Event, Plan};
 use crate::time::parse_rfc3339;
 
@@ -69,6 +69,39 @@ pub fn replay(ledger_dir: &Path, state_dir: &Path) -> io::Result<Replayed> {
     Ok(replayed)
 }
 
+/// Folds one record into `plans`, as the running engine folded it: a
+/// `plan_created` makes the plan, any other plan record updates it (taken
+/// from `elsewhere` first when it is not in `plans`, such as an archived
+/// plan). False when the record's kind is unknown to this build.
+pub fn fold_record(
+    plans: &mut HashMap<String, Plan>,
+    record: &Record,
+    mut elsewhere: impl FnMut(&str) -> Option<Plan>,
+) -> bool {
+    let Ok(event) = Event::from_parts(&record.kind, &record.payload) else {
+        return false;
+    };
+    let ts_ms = parse_rfc3339(&record.ts).unwrap_or(0);
+    match (event, &record.plan_id) {
+        (Event::PlanCreated { plan }, _) => {
+            plans.insert(plan.id.clone(), Plan::from_seed(plan, record.seq, ts_ms));
+        }
+        (event, Some(id)) => {
+            if !plans.contains_key(id) {
+                if let Some(plan) = elsewhere(id) {
+                    plans.insert(id.clone(), plan);
+                }
+            }
+            if let Some(plan) = plans.get_mut(id) {
+                plan.apply_event(&event, ts_ms);
+                plan.last_seq = plan.last_seq.max(record.seq);
+            }
+        }
+        (_, None) => {}
+    }
+    true
+}
+
 fn fold(
     ledger_dir: &Path,
     state_dir: &Path,
@@ -79,32 +112,17 @@ fn fold(
     let mut unknown_records = 0;
     let scan = scan_from(ledger_dir, start, |record| {
         crate::sys::sdnotify::note_start_progress(1);
-        let Ok(event) = Event::from_parts(&record.kind, &record.payload) else {
+        let folded = fold_record(&mut plans, record, |id| {
+            // A plan archived before the checkpoint may have been taken
+            // back into memory (for a rollback) after it: counted among
+            // the archived plans' mitigations until now; from here, among
+            // those in memory.
+            let plan = load_archived(state_dir, id)?;
+            archived_active = archived_active.saturating_sub(plan.in_force_count());
+            Some(plan)
+        });
+        if !folded {
             unknown_records += 1;
-            return;
-        };
-        let ts_ms = parse_rfc3339(&record.ts).unwrap_or(0);
-        match (event, &record.plan_id) {
-            (Event::PlanCreated { plan }, _) => {
-                plans.insert(plan.id.clone(), Plan::from_seed(plan, record.seq, ts_ms));
-            }
-            (event, Some(id)) => {
-                // A plan archived before the checkpoint may have been taken
-                // back into memory (for a rollback) after it.
-                if !plans.contains_key(id) {
-                    if let Some(plan) = load_archived(state_dir, id) {
-                        // Counted among the archived plans' mitigations
-                        // until now; from here, among those in memory.
-                        archived_active = archived_active.saturating_sub(plan.in_force_count());
-                        plans.insert(id.clone(), plan);
-                    }
-                }
-                if let Some(plan) = plans.get_mut(id) {
-                    plan.apply_event(&event, ts_ms);
-                    plan.last_seq = plan.last_seq.max(record.seq);
-                }
-            }
-            (_, None) => {}
         }
     })?;
     let chain = (scan.ok(), scan.broken_at, scan.report.clone());

@@ -30,6 +30,9 @@ const MAX_BATCH: usize = 4096;
 #[derive(Debug, Clone)]
 pub struct Durable {
     pub record: Record,
+    /// The record's line as written to the segment (with its newline):
+    /// what the journal mirror carries, byte for byte.
+    pub line: String,
     pub ts_ms: u64,
     /// Extra journald fields the appender attached (not part of the record).
     pub journal_fields: JournalFields,
@@ -388,13 +391,15 @@ impl WriterState {
                 append.entry.payload,
                 self.tip.hash.clone(),
             );
-            buf.extend_from_slice(record.to_line().as_bytes());
+            let line = record.to_line();
+            buf.extend_from_slice(line.as_bytes());
             self.tip = Tip {
                 seq: record.seq,
                 hash: record.hash.clone(),
             };
             sealed.push(Durable {
                 record,
+                line,
                 ts_ms,
                 journal_fields: append.entry.journal_fields,
             });

@@ -15,6 +15,9 @@ use crate::plan::Severity;
 
 const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
 
+/// The journal field that carries a ledger record's exact line.
+pub const RECORD_FIELD: &str = "ANTIBODY_RECORD";
+
 /// One `MESSAGE_ID` per record kind (and for operator notices); the catalog
 /// in `systemd/antibody.catalog` explains each.
 pub const MESSAGE_IDS: [(&str, &str); 22] = [
@@ -104,10 +107,13 @@ impl Journal {
                 return;
             }
         }
+        // The record itself stays out of stderr lines: the message says it.
         let extra: Vec<String> = entry
             .fields
             .iter()
-            .filter(|(k, _)| k.starts_with("ANTIBODY_"))
+            .filter(|(k, _)| {
+                k.starts_with("ANTIBODY_") && *k != RECORD_FIELD && *k != "ANTIBODY_PREV"
+            })
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
         // One write per line: `eprintln!` would issue a write(2) per
@@ -129,6 +135,14 @@ pub fn record_entry(durable: &Durable) -> JournalEntry {
         ("ANTIBODY_SEQ", r.seq.to_string()),
         ("ANTIBODY_KIND", r.kind.clone()),
         ("ANTIBODY_HASH", r.hash.clone()),
+        ("ANTIBODY_PREV", r.prev.clone()),
+        // The exact line the ledger holds: any copy of the journal (a
+        // fleet's collector) can check each record's hash and re-walk the
+        // chain (`antibodyctl verify --journal`).
+        (
+            RECORD_FIELD,
+            durable.line.trim_end_matches('\n').to_string(),
+        ),
     ];
     if let Some(id) = message_id(&r.kind) {
         fields.push(("MESSAGE_ID", id.to_string()));
@@ -294,6 +308,37 @@ mod tests {
     }
 
     #[test]
+    fn a_mirrored_entry_carries_the_exact_line_and_the_previous_hash() {
+        let record = crate::ledger::Record::seal(
+            7,
+            "2026-01-01T00:00:00.000Z".into(),
+            "plan_created".into(),
+            Some("p".into()),
+            serde_json::json!({"a": "ü \"q\""}),
+            "ab".repeat(32),
+        );
+        let line = record.to_line();
+        let entry = record_entry(&Durable {
+            record: record.clone(),
+            line: line.clone(),
+            ts_ms: 0,
+            journal_fields: Vec::new(),
+        });
+        let field = |name: &str| {
+            entry
+                .fields
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.clone())
+                .unwrap()
+        };
+        assert_eq!(field(RECORD_FIELD) + "\n", line);
+        assert_eq!(field("ANTIBODY_PREV"), "ab".repeat(32));
+        let back: crate::ledger::Record = serde_json::from_str(&field(RECORD_FIELD)).unwrap();
+        assert_eq!(back.expected_hash(), record.hash);
+    }
+
+    #[test]
     fn a_mirror_that_falls_behind_drops_and_counts_rather_than_grow() {
         let (release, held) = std::sync::mpsc::channel::<()>();
         let held = Mutex::new(held);
@@ -314,6 +359,7 @@ mod tests {
                 serde_json::json!({}),
                 crate::ledger::GENESIS.into(),
             ),
+            line: String::new(),
             ts_ms: 0,
             journal_fields: Vec::new(),
         };

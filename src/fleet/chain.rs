@@ -1,0 +1,446 @@
+//! Re-walking each host's ledger chain from a copy of its journal (pure).
+//! Every journal entry that mirrors a ledger record carries the record's
+//! exact line (`ANTIBODY_RECORD`), so the copy on a fleet's collector can
+//! be checked as the ledger is: each record's hash against its content,
+//! each `prev` against the record before, and the seq range for holes.
+//!
+//! A history that begins after seq 1 (the host's journal was vacuumed, or
+//! retention removed the start) is said, not failed. A hole in the middle,
+//! a record whose hash or `prev` does not hold, two different records
+//! with one seq, or an entry that mirrors a record without carrying it
+//! (dropped, truncated, or written by an agent older than this check) is
+//! a failure: a copy that cannot be checked is never called whole.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+use crate::ledger::{Record, GENESIS};
+
+/// One journal entry that mirrors a ledger record, as read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mirrored {
+    /// `_MACHINE_ID` and `_HOSTNAME`, as journald stamped them.
+    pub machine_id: String,
+    pub hostname: String,
+    /// `ANTIBODY_SEQ`, `ANTIBODY_HASH`, `ANTIBODY_RECORD`.
+    pub seq: Option<u64>,
+    pub hash: Option<String>,
+    pub record: Option<String>,
+}
+
+/// Seqs `from..=to` that no entry holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Hole {
+    pub from: u64,
+    pub to: u64,
+}
+
+/// The first record (by seq) that does not hold, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Bad {
+    pub seq: u64,
+    pub why: String,
+}
+
+/// What the copy says of one host's chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HostReport {
+    pub machine_id: String,
+    pub hostname: String,
+    /// Distinct records seen.
+    pub records: u64,
+    pub first_seq: Option<u64>,
+    pub last_seq: Option<u64>,
+    /// The history seen begins after seq 1 (not a failure).
+    pub begins_after_start: bool,
+    pub holes: Vec<Hole>,
+    /// Seq ranges the agent itself recorded it could not mirror
+    /// (`journal_dropped`): holes there are explained, still holes.
+    pub dropped_by_agent: Vec<Hole>,
+    pub first_bad: Option<Bad>,
+    pub versions: Vec<String>,
+    pub ok: bool,
+}
+
+/// One record's place in its chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Link {
+    seq: u64,
+    hash: [u8; 32],
+    prev: [u8; 32],
+}
+
+#[derive(Default)]
+struct Host {
+    hostname: String,
+    links: Vec<Link>,
+    bad: BTreeMap<u64, String>,
+    versions: BTreeSet<String>,
+    dropped: Vec<Hole>,
+}
+
+impl Host {
+    fn bad(&mut self, seq: u64, why: String) {
+        self.bad.entry(seq).or_insert(why);
+    }
+}
+
+/// The chains of every host seen, built entry by entry.
+#[derive(Default)]
+pub struct Chains {
+    hosts: BTreeMap<String, Host>,
+}
+
+fn hash_bytes(hex_text: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(hex_text, &mut out).ok()?;
+    Some(out)
+}
+
+impl Chains {
+    /// Takes one entry; returns its record when it holds one whose hash
+    /// matches its content (for [`super::summary`]).
+    pub fn add(&mut self, entry: Mirrored) -> Option<Record> {
+        let host = self.hosts.entry(entry.machine_id).or_default();
+        if !entry.hostname.is_empty() {
+            host.hostname = entry.hostname;
+        }
+        let field_seq = entry.seq.unwrap_or(0);
+        let Some(text) = entry.record else {
+            host.bad(
+                field_seq,
+                "its journal entry carries no ANTIBODY_RECORD (dropped, or written by an agent that did not mirror records), so it cannot be checked".into(),
+            );
+            return None;
+        };
+        let record: Record = match serde_json::from_str(&text) {
+            Ok(record) => record,
+            Err(e) => {
+                host.bad(
+                    field_seq,
+                    format!("its ANTIBODY_RECORD is not a ledger record ({e})"),
+                );
+                return None;
+            }
+        };
+        let (hash, prev) = match (hash_bytes(&record.hash), hash_bytes(&record.prev)) {
+            (Some(hash), Some(prev)) => (hash, prev),
+            _ => {
+                host.bad(
+                    record.seq,
+                    "its hash or prev is not 64 hexadecimal digits".into(),
+                );
+                return None;
+            }
+        };
+        if record.expected_hash() != record.hash {
+            host.bad(
+                record.seq,
+                "its hash does not match its content (the record was altered)".into(),
+            );
+            return None;
+        }
+        if entry.seq != Some(record.seq) || entry.hash.as_deref() != Some(record.hash.as_str()) {
+            host.bad(
+                record.seq,
+                "its journal entry's ANTIBODY_SEQ or ANTIBODY_HASH disagrees with its record"
+                    .into(),
+            );
+        }
+        match record.kind.as_str() {
+            "agent_started" => {
+                if let Some(version) = record.payload["version"].as_str() {
+                    host.versions.insert(version.to_string());
+                }
+            }
+            "journal_dropped" => {
+                let seqs = (
+                    record.payload["first_seq"].as_u64(),
+                    record.payload["last_seq"].as_u64(),
+                );
+                if let (Some(from), Some(to)) = seqs {
+                    host.dropped.push(Hole { from, to });
+                }
+            }
+            _ => {}
+        }
+        host.links.push(Link {
+            seq: record.seq,
+            hash,
+            prev,
+        });
+        Some(record)
+    }
+
+    /// Each host's report, hosts by machine id.
+    pub fn reports(self) -> Vec<HostReport> {
+        self.hosts
+            .into_iter()
+            .map(|(machine_id, host)| report(machine_id, host))
+            .collect()
+    }
+}
+
+fn report(machine_id: String, mut host: Host) -> HostReport {
+    let mut links = std::mem::take(&mut host.links);
+    links.sort_by_key(|l| (l.seq, l.hash));
+    links.dedup();
+    let mut holes = Vec::new();
+    for pair in links.windows(2) {
+        let (before, after) = (pair[0], pair[1]);
+        if after.seq == before.seq {
+            host.bad(
+                after.seq,
+                format!("two different records have seq {}", after.seq),
+            );
+        } else if after.seq == before.seq + 1 {
+            if after.prev != before.hash {
+                host.bad(
+                    after.seq,
+                    format!(
+                        "its prev does not match the hash of record seq {}",
+                        before.seq
+                    ),
+                );
+            }
+        } else {
+            holes.push(Hole {
+                from: before.seq + 1,
+                to: after.seq - 1,
+            });
+        }
+    }
+    let genesis = hash_bytes(GENESIS).expect("64 hex digits");
+    if let Some(first) = links.first().filter(|l| l.seq == 1 && l.prev != genesis) {
+        host.bad(
+            first.seq,
+            "the first record does not follow the genesis hash".into(),
+        );
+    }
+    let first_bad = host
+        .bad
+        .into_iter()
+        .next()
+        .map(|(seq, why)| Bad { seq, why });
+    let (first_seq, last_seq) = (links.first().map(|l| l.seq), links.last().map(|l| l.seq));
+    let distinct = links.iter().map(|l| l.seq).collect::<BTreeSet<_>>().len() as u64;
+    HostReport {
+        machine_id,
+        hostname: host.hostname,
+        records: distinct,
+        first_seq,
+        last_seq,
+        begins_after_start: first_seq.is_some_and(|s| s > 1),
+        ok: first_bad.is_none() && holes.is_empty(),
+        holes,
+        dropped_by_agent: host.dropped,
+        first_bad,
+        versions: host.versions.into_iter().collect(),
+    }
+}
+
+impl HostReport {
+    /// One line for a person.
+    pub fn describe(&self) -> String {
+        let name = if self.hostname.is_empty() {
+            self.machine_id.clone()
+        } else {
+            format!("{} ({})", self.hostname, self.machine_id)
+        };
+        let range = match (self.first_seq, self.last_seq) {
+            (Some(a), Some(b)) => format!("seq {a}..{b}"),
+            _ => "no records".into(),
+        };
+        let mut parts = vec![format!("{} record(s), {range}", self.records)];
+        if self.begins_after_start {
+            parts.push(format!(
+                "history begins at seq {} (earlier records are not in this copy)",
+                self.first_seq.unwrap_or(0)
+            ));
+        }
+        for hole in &self.holes {
+            let explained = self
+                .dropped_by_agent
+                .iter()
+                .any(|d| d.from <= hole.from && hole.to <= d.to);
+            let seqs = if hole.from == hole.to {
+                format!("seq {}", hole.from)
+            } else {
+                format!("seq {}..{}", hole.from, hole.to)
+            };
+            parts.push(match explained {
+                true => {
+                    format!("HOLE at {seqs} (the agent recorded that journald could not take them)")
+                }
+                false => format!("HOLE at {seqs}"),
+            });
+        }
+        if let Some(bad) = &self.first_bad {
+            parts.push(format!("first BAD record at seq {}: {}", bad.seq, bad.why));
+        }
+        if !self.versions.is_empty() {
+            parts.push(format!("agent version(s) {}", self.versions.join(", ")));
+        }
+        let verdict = if self.ok {
+            "chain whole"
+        } else {
+            "chain BROKEN"
+        };
+        format!("{name}: {verdict}; {}", parts.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A host's chain of `n` records, as its journal would mirror them.
+    fn chain(machine: &str, n: u64) -> Vec<(Record, Mirrored)> {
+        let mut prev = GENESIS.to_string();
+        (1..=n)
+            .map(|seq| {
+                let kind = if seq == 1 {
+                    "agent_started"
+                } else {
+                    "plan_started"
+                };
+                let record = Record::seal(
+                    seq,
+                    "2026-11-30T00:00:00.000Z".into(),
+                    kind.into(),
+                    None,
+                    json!({"version": "0.1.0"}),
+                    prev.clone(),
+                );
+                prev = record.hash.clone();
+                let mirrored = mirror(machine, &record);
+                (record, mirrored)
+            })
+            .collect()
+    }
+
+    fn mirror(machine: &str, record: &Record) -> Mirrored {
+        Mirrored {
+            machine_id: machine.into(),
+            hostname: format!("host-{machine}"),
+            seq: Some(record.seq),
+            hash: Some(record.hash.clone()),
+            record: Some(record.to_line().trim_end().to_string()),
+        }
+    }
+
+    fn verify(entries: impl IntoIterator<Item = Mirrored>) -> Vec<HostReport> {
+        let mut chains = Chains::default();
+        for e in entries {
+            chains.add(e);
+        }
+        chains.reports()
+    }
+
+    #[test]
+    fn whole_chains_of_several_hosts_in_any_order_verify() {
+        let mut entries: Vec<Mirrored> = chain("a", 5).into_iter().map(|(_, m)| m).collect();
+        entries.extend(chain("b", 3).into_iter().map(|(_, m)| m).rev());
+        entries.push(entries[0].clone()); // a duplicate is the same record
+        let reports = verify(entries);
+        assert_eq!(reports.len(), 2);
+        for r in &reports {
+            assert!(r.ok, "{}", r.describe());
+            assert_eq!(r.versions, ["0.1.0"]);
+        }
+        assert_eq!(reports[0].records, 5);
+        assert!(reports[0]
+            .describe()
+            .starts_with("host-a (a): chain whole; 5 record(s), seq 1..5"));
+    }
+
+    #[test]
+    fn a_history_that_begins_later_is_said_not_failed() {
+        let entries = chain("a", 9).into_iter().skip(4).map(|(_, m)| m);
+        let report = &verify(entries)[0];
+        assert!(report.ok && report.begins_after_start);
+        assert!(report.describe().contains("history begins at seq 5"));
+    }
+
+    #[test]
+    fn a_missing_record_is_a_hole_and_an_altered_one_is_bad() {
+        let mut entries: Vec<Mirrored> = chain("a", 10).into_iter().map(|(_, m)| m).collect();
+        entries.remove(6); // seq 7
+        entries.remove(2); // seq 3
+        let report = &verify(entries.clone())[0];
+        assert!(!report.ok);
+        assert_eq!(
+            report.holes,
+            [Hole { from: 3, to: 3 }, Hole { from: 7, to: 7 }]
+        );
+        assert!(report.describe().contains("HOLE at seq 3; HOLE at seq 7"));
+
+        let mut altered = chain("a", 6);
+        let text = altered[3]
+            .1
+            .record
+            .take()
+            .unwrap()
+            .replace("0.1.0", "6.6.6");
+        altered[3].1.record = Some(text);
+        let report = &verify(altered.into_iter().map(|(_, m)| m))[0];
+        assert_eq!(report.first_bad.as_ref().unwrap().seq, 4);
+        assert!(report
+            .first_bad
+            .as_ref()
+            .unwrap()
+            .why
+            .contains("does not match its content"));
+    }
+
+    #[test]
+    fn a_record_rewritten_with_its_own_hash_breaks_the_next_prev() {
+        let mut entries = chain("a", 5);
+        // Rewritten and resealed: its own hash holds, the link after it not.
+        let forged = Record::seal(
+            3,
+            "t".into(),
+            "plan_started".into(),
+            None,
+            json!({"x": 1}),
+            entries[1].0.hash.clone(),
+        );
+        entries[2].1 = mirror("a", &forged);
+        let report = &verify(entries.into_iter().map(|(_, m)| m))[0];
+        let bad = report.first_bad.as_ref().unwrap();
+        assert_eq!(bad.seq, 4);
+        assert!(bad
+            .why
+            .contains("prev does not match the hash of record seq 3"));
+    }
+
+    #[test]
+    fn an_entry_without_its_record_and_two_records_with_one_seq_are_failures() {
+        let mut entries: Vec<Mirrored> = chain("a", 4).into_iter().map(|(_, m)| m).collect();
+        entries[1].record = None;
+        let report = &verify(entries.clone())[0];
+        assert!(!report.ok);
+        assert!(report
+            .first_bad
+            .as_ref()
+            .unwrap()
+            .why
+            .contains("carries no ANTIBODY_RECORD"));
+
+        let other = chain("a", 4)[1].0.clone();
+        let mut twin = other.clone();
+        twin.payload = json!({"version": "other"});
+        let twin = Record::seal(2, twin.ts, twin.kind, None, twin.payload, twin.prev);
+        let mut entries: Vec<Mirrored> = chain("a", 4).into_iter().map(|(_, m)| m).collect();
+        entries.push(mirror("a", &twin));
+        let report = &verify(entries)[0];
+        assert!(report
+            .first_bad
+            .as_ref()
+            .unwrap()
+            .why
+            .contains("two different records have seq 2"));
+    }
+}

@@ -1,0 +1,225 @@
+//! T2: `antibodyctl verify --journal` and `antibodyctl fleet` against
+//! journal files the real `systemd-journal-remote` writes. Three hosts'
+//! ledgers are made by the engine (T1 rig), each record is turned into the
+//! journal entry the agent's mirror sends (`record_entry`, the same
+//! function), and the entries go through `systemd-journal-remote` as an
+//! export stream, as a collector receives them. Copies with a record
+//! removed or edited are made the same way. (The booted fleet, with
+//! `systemd-journal-upload` between machines, is `t4_fleet`.)
+
+mod rig;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use antibody::ledger::Durable;
+use antibody::sys::journal::record_entry;
+use rig::*;
+
+struct Host {
+    machine_id: String,
+    hostname: String,
+    records: Vec<ledger::Record>,
+}
+
+/// A host's ledger after `plans` journal notices (and, with `isolate`, an
+/// isolation of 10.9.9.9 for ten minutes).
+async fn host(n: u32, plans: u32, isolate: bool) -> Host {
+    let rig = start("").await;
+    for p in 0..plans {
+        let notice =
+            json!([{"type": "notify_operator", "channel": "journal", "message": format!("m{p}")}]);
+        let (id, _) = rig
+            .engine
+            .submit(&alert(&format!("host {n} plan {p}"), notice))
+            .await
+            .unwrap();
+        wait_finished(&rig.engine, &id).await;
+    }
+    if isolate {
+        let isolation = json!([{"type": "isolate_socket", "sid": "10.9.9.9", "seconds": 600}]);
+        let (id, _) = rig
+            .engine
+            .submit(&alert("isolate", isolation))
+            .await
+            .unwrap();
+        assert_eq!(wait_finished(&rig.engine, &id).await["status"], "success");
+    }
+    let dir = stop(rig).await;
+    let mut records = Vec::new();
+    ledger::scan(&dir.path().join("ledger"), |r| records.push(r.clone())).unwrap();
+    Host {
+        machine_id: format!("{n:032x}"),
+        hostname: format!("host{n}"),
+        records,
+    }
+}
+
+/// The export-format entry the agent's journal mirror makes of `record`,
+/// with the fields journald adds.
+fn export_entry(host: &Host, record: &ledger::Record) -> String {
+    let ts_ms = antibody::time::parse_rfc3339(&record.ts).unwrap();
+    let entry = record_entry(&Durable {
+        record: record.clone(),
+        line: record.to_line(),
+        ts_ms,
+        journal_fields: Vec::new(),
+    });
+    let mut text = format!(
+        "__REALTIME_TIMESTAMP={}\n__MONOTONIC_TIMESTAMP={}\n_BOOT_ID={}\n_MACHINE_ID={}\n_HOSTNAME={}\nPRIORITY={}\nMESSAGE={}\n",
+        ts_ms * 1000 + record.seq,
+        record.seq,
+        host.machine_id,
+        host.machine_id,
+        host.hostname,
+        entry.priority,
+        entry.message.replace('\n', " ")
+    );
+    for (key, value) in &entry.fields {
+        text.push_str(&format!("{key}={value}\n"));
+    }
+    text.push('\n');
+    text
+}
+
+/// A collector's journal directory holding `entries`, as
+/// `systemd-journal-remote` writes it.
+fn collector(dir: &Path, entries: &[String]) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut remote = Command::new("/lib/systemd/systemd-journal-remote")
+        .arg(format!("--output={}", dir.join("remote.journal").display()))
+        .arg("-")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("systemd-journal-remote (Debian's systemd-journal-remote package)");
+    remote
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(entries.concat().as_bytes())
+        .unwrap();
+    let out = remote.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir.to_path_buf()
+}
+
+fn antibodyctl(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_antibodyctl"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[tokio::test]
+async fn a_collectors_copy_verifies_per_host_and_names_holes_and_altered_records() {
+    let hosts = vec![
+        host(1, 8, false).await,
+        host(2, 5, false).await,
+        host(3, 3, true).await,
+    ];
+    let entries = |skip: &dyn Fn(&Host, &ledger::Record) -> bool| -> Vec<String> {
+        hosts
+            .iter()
+            .flat_map(|h| {
+                h.records
+                    .iter()
+                    .filter(|r| !skip(h, r))
+                    .map(|r| export_entry(h, r))
+            })
+            .collect()
+    };
+    let work = tempfile::tempdir().unwrap();
+    let whole = collector(&work.path().join("whole"), &entries(&|_, _| false));
+    let whole_text = whole.to_str().unwrap();
+
+    let (code, out) = antibodyctl(&["verify", "--journal", whole_text]);
+    assert_eq!(code, 0, "{out}");
+    for h in &hosts {
+        let line = format!(
+            "{} ({}): chain whole; {} record(s), seq 1..{}",
+            h.hostname,
+            h.machine_id,
+            h.records.len(),
+            h.records.len()
+        );
+        assert!(out.contains(&line), "{line}\n{out}");
+    }
+    let (code, out) = antibodyctl(&["--json", "verify", "--journal", whole_text]);
+    assert_eq!(code, 0);
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["ok"], true);
+    assert_eq!(report["hosts"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        report["hosts"][0]["versions"],
+        json!([]),
+        "the rig writes no agent_started"
+    );
+
+    // The fleet: host 3 holds its isolation.
+    let (code, out) = antibodyctl(&["fleet", "--journal", whole_text]);
+    assert_eq!(code, 0, "{out}");
+    let host3 = out.lines().find(|l| l.starts_with("host3 ")).unwrap();
+    assert!(host3.contains("last 24 h: 4 success"), "{host3}");
+    assert!(
+        host3.contains("1 in force (isolate_socket addr:10.9.9.9 until "),
+        "{host3}"
+    );
+    assert!(host3.ends_with("chain whole"), "{host3}");
+    let host1 = out.lines().find(|l| l.starts_with("host1 ")).unwrap();
+    assert!(host1.contains("nothing in force"), "{host1}");
+
+    // A copy with one record of host 2 removed names the hole.
+    let holed = collector(
+        &work.path().join("holed"),
+        &entries(&|h, r| h.hostname == "host2" && r.seq == 5),
+    );
+    let (code, out) = antibodyctl(&["verify", "--journal", holed.to_str().unwrap()]);
+    assert_eq!(code, 5, "{out}");
+    assert!(
+        out.contains("host2 (") && out.contains("chain BROKEN") && out.contains("HOLE at seq 5"),
+        "{out}"
+    );
+    assert_eq!(out.matches("chain whole").count(), 2, "{out}");
+
+    // A copy with one record of host 1 edited names it as bad.
+    let mut edited = entries(&|_, _| false);
+    let target = edited
+        .iter()
+        .position(|e| e.contains("_HOSTNAME=host1\n") && e.contains("\nANTIBODY_SEQ=7\n"))
+        .unwrap();
+    // The record's time, in its ANTIBODY_RECORD only: the hash no longer holds.
+    edited[target] = edited[target].replacen(
+        "ANTIBODY_RECORD={\"seq\":7,\"ts\":\"2026",
+        "ANTIBODY_RECORD={\"seq\":7,\"ts\":\"2025",
+        1,
+    );
+    assert_ne!(
+        edited[target],
+        entries(&|_, _| false)[target],
+        "the edit took"
+    );
+    let bad = collector(&work.path().join("edited"), &edited);
+    let (code, out) = antibodyctl(&["verify", "--journal", bad.to_str().unwrap()]);
+    assert_eq!(code, 5, "{out}");
+    assert!(
+        out.contains("first BAD record at seq 7: its hash does not match its content"),
+        "{out}"
+    );
+
+    // A directory with no Antibody records is not called whole.
+    let empty = tempfile::tempdir().unwrap();
+    let (code, out) = antibodyctl(&["verify", "--journal", empty.path().to_str().unwrap()]);
+    assert_eq!(code, 5, "{out}");
+    assert!(out.contains("no Antibody ledger records"), "{out}");
+}
