@@ -42,6 +42,10 @@ EXPECTED=(
     /usr/share/fish/vendor_completions.d/antibodyctl.fish
     /usr/share/doc/antibody/examples/hot-patch.conf
     /usr/share/doc/antibody/examples/50-antibody.rules
+    /usr/share/doc/antibody/examples/fleet/journal-remote.conf
+    /usr/share/doc/antibody/examples/fleet/journal-upload.conf
+    /usr/share/doc/antibody/examples/fleet/journal-upload-retry.conf
+    /usr/share/doc/antibody/examples/fleet/make-certificates.sh
 )
 EXPECTED_DEB=(/usr/share/zsh/vendor-completions/_antibodyctl)
 EXPECTED_RPM=(/usr/share/zsh/site-functions/_antibodyctl)

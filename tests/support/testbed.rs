@@ -28,9 +28,14 @@ fn bin_dir() -> PathBuf {
 }
 
 fn run_script(args: &[&str]) -> Output {
+    run_script_with(args, &[])
+}
+
+fn run_script_with(args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(script())
         .args(args)
         .env("ANTIBODY_BIN_DIR", bin_dir())
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .output()
         .expect("tests/testbed/testbed.sh runs")
@@ -43,6 +48,13 @@ fn text(bytes: &[u8]) -> String {
 impl Testbed {
     /// Boots a machine for `test` and starts the agent in it.
     pub fn boot(test: &str) -> Testbed {
+        Testbed::boot_with(test, None, true)
+    }
+
+    /// Boots a machine for `test`, alone on its private network or, with
+    /// `zone`, on that zone's bridge with the other machines booted into
+    /// it; with `agent`, installs and starts the agent.
+    pub fn boot_with(test: &str, zone: Option<&str>, agent: bool) -> Testbed {
         require_root();
         let name = format!("ab-{test}-{}", std::process::id())
             .replace('_', "-")
@@ -50,8 +62,14 @@ impl Testbed {
             .take(40)
             .collect::<String>();
         let machine = Testbed { name };
-        for step in ["boot", "install"] {
-            let out = run_script(&[step, &machine.name]);
+        let env: Vec<(&str, &str)> = zone.map(|z| ("TESTBED_ZONE", z)).into_iter().collect();
+        let steps: &[&str] = if agent {
+            &["boot", "install"]
+        } else {
+            &["boot"]
+        };
+        for step in steps {
+            let out = run_script_with(&[step, &machine.name], &env);
             assert!(
                 out.status.success(),
                 "testbed {step} failed: {}\n{}",
@@ -59,7 +77,9 @@ impl Testbed {
                 text(&out.stderr)
             );
         }
-        machine.wait_active("antibody.service");
+        if agent {
+            machine.wait_active("antibody.service");
+        }
         machine
     }
 

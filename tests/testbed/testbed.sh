@@ -53,10 +53,17 @@ boot() {
     [[ ! -e $dir ]] || stop "$name" || true
     mkdir -p "$dir"
     cp -a --reflink=auto "$root" "$dir/root"
+    # A machine id of its own: copies of one root would share one, and hosts
+    # of a fleet are told apart by it (_MACHINE_ID in their journals).
+    tr -d '-' </proc/sys/kernel/random/uuid >"$dir/root/etc/machine-id"
     # setsid: the container must not share the caller's process group, so a
     # test runner's signals do not reach it; stdin from /dev/null (CI has none).
+    # Alone on a private network, or (TESTBED_ZONE=Z) on the zone Z's
+    # bridge vz-Z with the other machines booted into it (interface host0).
+    local network=--private-network
+    [[ -z ${TESTBED_ZONE:-} ]] || network=--network-zone=$TESTBED_ZONE
     setsid systemd-nspawn -D "$dir/root" --boot --register=no --keep-unit \
-        --private-network --machine="$name" </dev/null >"$dir/console.log" 2>&1 &
+        "$network" --machine="$name" </dev/null >"$dir/console.log" 2>&1 &
     nspawn=$!
     echo "$nspawn" >"$dir/nspawn"
     for _ in $(seq 1 200); do
