@@ -134,7 +134,7 @@ impl Chains {
                 return None;
             }
         };
-        if record.expected_hash() != record.hash {
+        if !record.hash_holds() {
             host.bad(
                 record.seq,
                 "its hash does not match its content (the record was altered)".into(),

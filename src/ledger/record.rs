@@ -5,7 +5,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::plan::canonical::canonical_sha256;
+use sha2::{Digest, Sha256};
+
+use crate::plan::canonical::{write_canonical, write_scalar};
 
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -103,18 +105,51 @@ impl Record {
     }
 
     /// The hash this record's content calls for (whatever `hash` says).
+    /// The SHA-256 of the canonical JSON of every field but `hash`: the
+    /// object `{kind, payload, plan_id (when on the line), prev, seq, ts}`
+    /// with its keys sorted, written straight into one buffer (a walk of
+    /// the ledger hashes every record; no copy of the payload is made).
     pub fn expected_hash(&self) -> String {
-        let mut value = serde_json::json!({
-            "seq": self.seq,
-            "ts": self.ts,
-            "kind": self.kind,
-            "payload": self.payload,
-            "prev": self.prev,
-        });
-        if self.plan_id_on_line {
-            value["plan_id"] = self.plan_id.clone().map_or(Value::Null, Value::String);
+        hex::encode(self.expected_digest())
+    }
+
+    /// Whether `hash` is the hash of the record's content (compared as
+    /// bytes: a walk of the ledger asks this of every record).
+    pub fn hash_holds(&self) -> bool {
+        let mut stated = [0u8; 32];
+        hex::decode_to_slice(&self.hash, &mut stated).is_ok() && stated == self.expected_digest()
+    }
+
+    fn expected_digest(&self) -> [u8; 32] {
+        thread_local! {
+            /// One buffer per thread, reused record after record.
+            static CANONICAL: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
-        canonical_sha256(&value)
+        CANONICAL.with(|buffer| {
+            let mut out = buffer.borrow_mut();
+            out.clear();
+            self.write_canonical_fields(&mut out);
+            Sha256::digest(&*out).into()
+        })
+    }
+
+    /// The canonical JSON of every field but `hash`, keys sorted.
+    fn write_canonical_fields(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"kind\":");
+        write_scalar(&self.kind, out);
+        out.extend_from_slice(b",\"payload\":");
+        write_canonical(&self.payload, out);
+        if self.plan_id_on_line {
+            out.extend_from_slice(b",\"plan_id\":");
+            write_scalar(&self.plan_id, out);
+        }
+        out.extend_from_slice(b",\"prev\":");
+        write_scalar(&self.prev, out);
+        out.extend_from_slice(b",\"seq\":");
+        write_scalar(&self.seq, out);
+        out.extend_from_slice(b",\"ts\":");
+        write_scalar(&self.ts, out);
+        out.push(b'}');
     }
 
     pub fn to_line(&self) -> String {
@@ -127,6 +162,7 @@ impl Record {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plan::canonical::canonical_sha256;
     use serde_json::json;
 
     #[test]
@@ -177,5 +213,30 @@ mod tests {
         assert!(!old.plan_id_on_line);
         assert_eq!(old.expected_hash(), old_hash);
         assert!(!old.to_line().contains("plan_id"), "written back as it was");
+    }
+
+    #[test]
+    fn the_hash_written_straight_is_the_hash_of_the_records_canonical_object() {
+        let payloads = [
+            json!({}),
+            json!({"plan": {"id": "p", "actions": [{"type": "x", "params": {"b": 1, "a": [1.5, null, "é\n"]}}]}}),
+            json!({"z": true, "a": {"y": -3, "x": "\"q\""}}),
+        ];
+        for (i, payload) in payloads.into_iter().enumerate() {
+            for plan_id in [None, Some("p-1".to_string())] {
+                let r = Record::seal(
+                    i as u64 + 1,
+                    "2026-11-30T00:00:00.000Z".into(),
+                    "action_applied".into(),
+                    plan_id.clone(),
+                    payload.clone(),
+                    "ab".repeat(32),
+                );
+                let value = json!({"seq": r.seq, "ts": r.ts, "kind": r.kind, "payload": payload,
+                                   "prev": r.prev, "plan_id": plan_id});
+                assert_eq!(r.hash, canonical_sha256(&value));
+                assert_eq!(r.expected_hash(), r.hash);
+            }
+        }
     }
 }

@@ -8,39 +8,49 @@ use sha2::{Digest, Sha256};
 /// than trusting serde_json's map order, which a `preserve_order` feature
 /// anywhere in the dependency graph would silently change.
 pub fn canonical_json(value: &Value) -> String {
-    let mut out = String::new();
+    let mut out = Vec::new();
     write_canonical(value, &mut out);
-    out
+    String::from_utf8(out).expect("JSON is UTF-8")
 }
 
-fn write_canonical(value: &Value, out: &mut String) {
+/// Appends `value`'s canonical JSON to `out`, allocating nothing per key
+/// or scalar (a ledger walk hashes a million records this way).
+pub fn write_canonical(value: &Value, out: &mut Vec<u8>) {
     match value {
         Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            out.push('{');
-            for (i, key) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                out.push_str(&Value::String(key.clone()).to_string());
-                out.push(':');
-                write_canonical(&map[key], out);
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            // Already in order unless a preserve_order map was built.
+            if !entries.windows(2).all(|w| w[0].0 <= w[1].0) {
+                entries.sort_by(|a, b| a.0.cmp(b.0));
             }
-            out.push('}');
+            out.push(b'{');
+            for (i, (key, item)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_scalar(key, out);
+                out.push(b':');
+                write_canonical(item, out);
+            }
+            out.push(b'}');
         }
         Value::Array(items) => {
-            out.push('[');
+            out.push(b'[');
             for (i, item) in items.iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
                 write_canonical(item, out);
             }
-            out.push(']');
+            out.push(b']');
         }
-        scalar => out.push_str(&scalar.to_string()),
+        scalar => write_scalar(scalar, out),
     }
+}
+
+/// A string, number, bool or null as serde_json writes it, no whitespace.
+pub fn write_scalar<T: serde::Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) {
+    serde_json::to_writer(&mut *out, value).expect("scalars serialize");
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -78,6 +88,71 @@ mod tests {
     fn strings_are_escaped() {
         let v = json!({"k\"": "line\nbreak"});
         assert_eq!(canonical_json(&v), r#"{"k\"":"line\nbreak"}"#);
+    }
+
+    /// The construction before this writer (a key re-made as a JSON string
+    /// and printed, scalars printed): hashes must never change.
+    fn earlier_canonical(value: &Value) -> String {
+        match value {
+            Value::Object(map) => {
+                let mut keys: Vec<&String> = map.keys().collect();
+                keys.sort();
+                let parts: Vec<String> = keys
+                    .into_iter()
+                    .map(|k| {
+                        format!(
+                            "{}:{}",
+                            Value::String(k.clone()),
+                            earlier_canonical(&map[k])
+                        )
+                    })
+                    .collect();
+                format!("{{{}}}", parts.join(","))
+            }
+            Value::Array(items) => {
+                let parts: Vec<String> = items.iter().map(earlier_canonical).collect();
+                format!("[{}]", parts.join(","))
+            }
+            scalar => scalar.to_string(),
+        }
+    }
+
+    #[test]
+    fn the_writer_makes_exactly_what_the_earlier_construction_made() {
+        let mut rng = fastrand::Rng::with_seed(3);
+        let text = |rng: &mut fastrand::Rng| -> String {
+            let pool = ["a", "ü", "\"", "\\", "\n", "\u{1}", "é€", "z", "0", " "];
+            (0..rng.usize(0..6))
+                .map(|_| pool[rng.usize(0..pool.len())])
+                .collect()
+        };
+        fn value(
+            rng: &mut fastrand::Rng,
+            depth: u32,
+            text: &dyn Fn(&mut fastrand::Rng) -> String,
+        ) -> Value {
+            match rng.u8(0..if depth > 3 { 5 } else { 7 }) {
+                0 => Value::Null,
+                1 => json!(rng.bool()),
+                2 => json!(rng.i64(..)),
+                3 => json!(rng.f64() * 1e6 - 5e5),
+                4 => json!(text(rng)),
+                5 => Value::Array(
+                    (0..rng.usize(0..4))
+                        .map(|_| value(rng, depth + 1, text))
+                        .collect(),
+                ),
+                _ => Value::Object(
+                    (0..rng.usize(0..5))
+                        .map(|_| (text(rng), value(rng, depth + 1, text)))
+                        .collect(),
+                ),
+            }
+        }
+        for _ in 0..2000 {
+            let v = value(&mut rng, 0, &text);
+            assert_eq!(canonical_json(&v), earlier_canonical(&v), "{v}");
+        }
     }
 
     #[test]

@@ -1,0 +1,169 @@
+//! `cargo bench --bench fleet_bench` (as root; BENCHMARKS.md, "Fleet"):
+//! - the walk `VerifyLedger` runs (`ledger::scan`) over a 1 000 000-record
+//!   ledger, against `sha256sum` of the same segment files, same run (the
+//!   files in the page cache for both);
+//! - `antibodyctl verify --journal` over 1 000 000 records from three
+//!   hosts, as the agent's journal mirror writes them (`record_entry`),
+//!   imported by `systemd-journal-remote`: records per second.
+//!
+//! Each timing is the median of 3. The files go under BENCH_DIR (default
+//! /var/tmp); about 3 GB at the peak.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::io::{BufWriter, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use antibody::ledger::{self, Durable};
+use antibody::sys::journal::record_entry;
+
+const RECORDS: u64 = 1_000_000;
+const RUNS: usize = 3;
+
+fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+fn time(mut run: impl FnMut()) -> Duration {
+    median(
+        (0..RUNS)
+            .map(|_| {
+                let start = Instant::now();
+                run();
+                start.elapsed()
+            })
+            .collect(),
+    )
+}
+
+fn segments(dir: &Path) -> Vec<String> {
+    ledger::segments::list_segments(dir)
+        .unwrap()
+        .into_iter()
+        .map(|(_, p)| p.display().to_string())
+        .collect()
+}
+
+/// Writes the export-format entries of `ledger`'s records, as host `n`'s
+/// journal would hold them, to `out`.
+fn export_host(ledger: &Path, n: u32, out: &mut impl Write) {
+    let machine = format!("{n:032x}");
+    ledger::scan(ledger, |record| {
+        let ts_ms = antibody::time::parse_rfc3339(&record.ts).unwrap();
+        let entry = record_entry(&Durable {
+            record: record.clone(),
+            line: record.to_line(),
+            ts_ms,
+            journal_fields: Vec::new(),
+        });
+        write!(
+            out,
+            "__REALTIME_TIMESTAMP={}\n__MONOTONIC_TIMESTAMP={}\n_BOOT_ID={machine}\n_MACHINE_ID={machine}\n_HOSTNAME=host{n}\nPRIORITY={}\nMESSAGE={}\n",
+            ts_ms * 1000 + record.seq % 1000,
+            record.seq,
+            entry.priority,
+            entry.message
+        )
+        .unwrap();
+        for (key, value) in &entry.fields {
+            writeln!(out, "{key}={value}").unwrap();
+        }
+        writeln!(out).unwrap();
+    })
+    .unwrap();
+}
+
+#[tokio::main]
+async fn main() {
+    support::require_root();
+    let base = std::env::var("BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into());
+    let work = tempfile::tempdir_in(base).unwrap();
+
+    // 1. VerifyLedger's walk against sha256sum of the same bytes.
+    let big = work.path().join("ledger");
+    support::write_filler_ledger(&big, RECORDS).await;
+    let files = segments(&big);
+    let bytes: u64 = files
+        .iter()
+        .map(|f| std::fs::metadata(f).unwrap().len())
+        .sum();
+    let sha = || {
+        let status = Command::new("sha256sum")
+            .args(&files)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    sha(); // into the page cache
+    let sha_time = time(sha);
+    let walk_time = time(|| {
+        let scan = ledger::scan(&big, |_| {}).unwrap();
+        assert!(scan.ok() && scan.records == RECORDS);
+    });
+
+    // 2. verify --journal over three hosts' records.
+    let per_host = RECORDS / 3;
+    let journal_dir = work.path().join("remote");
+    std::fs::create_dir_all(&journal_dir).unwrap();
+    let mut remote = Command::new("/lib/systemd/systemd-journal-remote")
+        .arg("--split-mode=none")
+        .arg(format!(
+            "--output={}",
+            journal_dir.join("remote.journal").display()
+        ))
+        .arg("-")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("systemd-journal-remote");
+    {
+        let mut pipe = BufWriter::with_capacity(1 << 20, remote.stdin.take().unwrap());
+        for n in 1..=3u32 {
+            let dir = work.path().join(format!("host{n}"));
+            support::write_filler_ledger(&dir, per_host + u64::from(n == 3)).await;
+            export_host(&dir, n, &mut pipe);
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+        pipe.flush().unwrap();
+    }
+    assert!(remote.wait().unwrap().success());
+    let verify = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_antibodyctl"))
+            .args(["--json", "verify", "--journal"])
+            .arg(&journal_dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let verify_time = time(verify);
+
+    let secs = |d: Duration| d.as_secs_f64();
+    println!("| measure ({RECORDS} records, median of {RUNS}) | time | rate | ratio |");
+    println!("|---|---|---|---|");
+    println!(
+        "| `sha256sum` of the ledger's segments ({:.0} MB, baseline) | {:.2} s | {:.0} MB/s | 1.00× |",
+        bytes as f64 / 1e6,
+        secs(sha_time),
+        bytes as f64 / 1e6 / secs(sha_time)
+    );
+    println!(
+        "| the walk `VerifyLedger` runs (`ledger::scan`) over the same files | {:.2} s | {:.0} records/s | {:.2}× sha256sum's speed (goal ≥ 0.7×) |",
+        secs(walk_time),
+        RECORDS as f64 / secs(walk_time),
+        secs(sha_time) / secs(walk_time)
+    );
+    println!(
+        "| `antibodyctl verify --journal`, three hosts' records in journal files | {:.2} s | {:.0} records/s | |",
+        secs(verify_time),
+        RECORDS as f64 / secs(verify_time)
+    );
+}
