@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
+use crate::ledger::record::parse_hash;
 use crate::ledger::{Record, GENESIS};
 
 /// One journal entry that mirrors a ledger record, as read.
@@ -92,12 +93,6 @@ pub struct Chains {
     hosts: BTreeMap<String, Host>,
 }
 
-fn hash_bytes(hex_text: &str) -> Option<[u8; 32]> {
-    let mut out = [0u8; 32];
-    hex::decode_to_slice(hex_text, &mut out).ok()?;
-    Some(out)
-}
-
 impl Chains {
     /// Takes one entry; returns its record when it holds one whose hash
     /// matches its content (for [`super::summary`]).
@@ -124,7 +119,7 @@ impl Chains {
                 return None;
             }
         };
-        let (hash, prev) = match (hash_bytes(&record.hash), hash_bytes(&record.prev)) {
+        let (hash, prev) = match (parse_hash(&record.hash), parse_hash(&record.prev)) {
             (Some(hash), Some(prev)) => (hash, prev),
             _ => {
                 host.bad(
@@ -211,7 +206,7 @@ fn report(machine_id: String, mut host: Host) -> HostReport {
             });
         }
     }
-    let genesis = hash_bytes(GENESIS).expect("64 hex digits");
+    let genesis = parse_hash(GENESIS).expect("64 hex digits");
     if let Some(first) = links.first().filter(|l| l.seq == 1 && l.prev != genesis) {
         host.bad(
             first.seq,

@@ -207,35 +207,43 @@ fn check_line(
             return;
         }
     };
-    let place = format!("record seq {} ({segment} line {line_no})", record.seq);
+    // The place is only spelled out when there is a break to report.
+    let place = || format!("record seq {} ({segment} line {line_no})", record.seq);
     if !record.hash_holds() {
         note_break(
             out,
             record.seq,
-            format!("{place}: hash does not match its content (the record was altered)"),
+            format!(
+                "{}: hash does not match its content (the record was altered)",
+                place()
+            ),
         );
     } else if record.seq != expected_seq {
         note_break(
             out,
             record.seq,
-            format!("{place}: expected seq {expected_seq} (a record was removed or moved)"),
+            format!(
+                "{}: expected seq {expected_seq} (a record was removed or moved)",
+                place()
+            ),
         );
     } else if record.prev != out.tip.hash {
         note_break(
             out,
             record.seq,
             format!(
-                "{place}: prev does not match the hash of record seq {}",
+                "{}: prev does not match the hash of record seq {}",
+                place(),
                 out.tip.seq
             ),
         );
     }
     out.records += 1;
+    visit(&record);
     out.tip = Tip {
         seq: record.seq,
-        hash: record.hash.clone(),
+        hash: record.hash,
     };
-    visit(&record);
 }
 
 /// Whether `record` is the `ledger_pruned` record that made `anchor`.
