@@ -18,8 +18,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use antibody::ledger::{self, Durable};
-use antibody::sys::journal::record_entry;
+use antibody::ledger;
 
 const RECORDS: u64 = 1_000_000;
 const RUNS: usize = 3;
@@ -54,26 +53,8 @@ fn segments(dir: &Path) -> Vec<String> {
 fn export_host(ledger: &Path, n: u32, out: &mut impl Write) {
     let machine = format!("{n:032x}");
     ledger::scan(ledger, |record| {
-        let ts_ms = antibody::time::parse_rfc3339(&record.ts).unwrap();
-        let entry = record_entry(&Durable {
-            record: record.clone(),
-            line: record.to_line(),
-            ts_ms,
-            journal_fields: Vec::new(),
-        });
-        write!(
-            out,
-            "__REALTIME_TIMESTAMP={}\n__MONOTONIC_TIMESTAMP={}\n_BOOT_ID={machine}\n_MACHINE_ID={machine}\n_HOSTNAME=host{n}\nPRIORITY={}\nMESSAGE={}\n",
-            ts_ms * 1000 + record.seq % 1000,
-            record.seq,
-            entry.priority,
-            entry.message
-        )
-        .unwrap();
-        for (key, value) in &entry.fields {
-            writeln!(out, "{key}={value}").unwrap();
-        }
-        writeln!(out).unwrap();
+        let entry = support::journal_export_entry(&machine, &format!("host{n}"), record);
+        out.write_all(entry.as_bytes()).unwrap();
     })
     .unwrap();
 }

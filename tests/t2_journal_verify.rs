@@ -8,13 +8,12 @@
 //! `systemd-journal-upload` between machines, is `t4_fleet`.)
 
 mod rig;
+mod support;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use antibody::ledger::Durable;
-use antibody::sys::journal::record_entry;
 use rig::*;
 
 struct Host {
@@ -54,33 +53,6 @@ async fn host(n: u32, plans: u32, isolate: bool) -> Host {
         hostname: format!("host{n}"),
         records,
     }
-}
-
-/// The export-format entry the agent's journal mirror makes of `record`,
-/// with the fields journald adds.
-fn export_entry(host: &Host, record: &ledger::Record) -> String {
-    let ts_ms = antibody::time::parse_rfc3339(&record.ts).unwrap();
-    let entry = record_entry(&Durable {
-        record: record.clone(),
-        line: record.to_line(),
-        ts_ms,
-        journal_fields: Vec::new(),
-    });
-    let mut text = format!(
-        "__REALTIME_TIMESTAMP={}\n__MONOTONIC_TIMESTAMP={}\n_BOOT_ID={}\n_MACHINE_ID={}\n_HOSTNAME={}\nPRIORITY={}\nMESSAGE={}\n",
-        ts_ms * 1000 + record.seq,
-        record.seq,
-        host.machine_id,
-        host.machine_id,
-        host.hostname,
-        entry.priority,
-        entry.message.replace('\n', " ")
-    );
-    for (key, value) in &entry.fields {
-        text.push_str(&format!("{key}={value}\n"));
-    }
-    text.push('\n');
-    text
 }
 
 /// A collector's journal directory holding `entries`, as
@@ -135,7 +107,7 @@ async fn a_collectors_copy_verifies_per_host_and_names_holes_and_altered_records
                 h.records
                     .iter()
                     .filter(|r| !skip(h, r))
-                    .map(|r| export_entry(h, r))
+                    .map(|r| support::journal_export_entry(&h.machine_id, &h.hostname, r))
             })
             .collect()
     };

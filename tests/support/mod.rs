@@ -343,3 +343,35 @@ pub async fn write_filler_ledger(ledger_dir: &Path, records: u64) {
         p.await.unwrap().unwrap();
     }
 }
+
+/// The export-format entry (`systemd-journal-remote`'s input) that host
+/// `machine_id`'s journal holds for `record`: the fields the agent's
+/// journal mirror sends (`record_entry`, the same function) and those
+/// journald adds.
+pub fn journal_export_entry(
+    machine_id: &str,
+    hostname: &str,
+    record: &antibody::ledger::Record,
+) -> String {
+    use antibody::ledger::Durable;
+    use antibody::sys::journal::record_entry;
+    let ts_ms = antibody::time::parse_rfc3339(&record.ts).unwrap();
+    let entry = record_entry(&Durable {
+        record: record.clone(),
+        line: record.to_line(),
+        ts_ms,
+        journal_fields: Vec::new(),
+    });
+    let mut text = format!(
+        "__REALTIME_TIMESTAMP={}\n__MONOTONIC_TIMESTAMP={}\n_BOOT_ID={machine_id}\n_MACHINE_ID={machine_id}\n_HOSTNAME={hostname}\nPRIORITY={}\nMESSAGE={}\n",
+        ts_ms * 1000 + record.seq % 1000,
+        record.seq,
+        entry.priority,
+        entry.message.replace('\n', " ")
+    );
+    for (key, value) in &entry.fields {
+        text.push_str(&format!("{key}={value}\n"));
+    }
+    text.push('\n');
+    text
+}
