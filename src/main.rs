@@ -25,6 +25,9 @@ use antibody::{dbus, events};
 
 /// How long a stop waits for steps under way before leaving them to recovery.
 const STOP_GRACE: Duration = Duration::from_secs(20);
+/// How long a stop waits for the journal mirror to drain: with STOP_GRACE,
+/// inside the unit's TimeoutStopSec=30s.
+const MIRROR_FLUSH_GRACE: Duration = Duration::from_secs(5);
 /// The longest wait between two tries to reach a restarted system bus.
 const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(2);
 /// How long one try may take.
@@ -127,13 +130,14 @@ async fn run(args: Args, config: Config) -> Result<(), String> {
     // Until READY=1: a long replay keeps pushing the start's deadline
     // (EXTEND_TIMEOUT_USEC) while it makes progress.
     let keepalive = sdnotify::StartKeepalive::start();
+    let mirror = JournalMirror::start(journal);
     let engine = Engine::open(
         config,
         EngineParts {
             registry: Registry::builtin(),
             sys,
             events,
-            mirror: Some(JournalMirror::start(journal)),
+            mirror: Some(mirror.clone()),
             own_unit: own_unit(),
         },
     )
@@ -241,6 +245,16 @@ async fn run(args: Args, config: Config) -> Result<(), String> {
         if let Err(e) = firewall.remove_table().await {
             eprintln!("<4>antibodyd: nft.remove_on_stop: cannot remove inet antibody: {e}");
         }
+    }
+    // The last records (agent_stopping, the checkpoint's) reach the
+    // journal, and so a fleet's collector, before the process ends.
+    let flushed = tokio::task::spawn_blocking(move || mirror.flush(MIRROR_FLUSH_GRACE))
+        .await
+        .unwrap_or(false);
+    if !flushed {
+        eprintln!(
+            "<4>antibodyd: the journal mirror did not drain at stop; the ledger keeps every record"
+        );
     }
     if let Some(connection) = bus.filter(|c| !c.is_closed()) {
         let _ = connection.release_name(dbus::BUS_NAME).await;

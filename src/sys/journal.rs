@@ -100,11 +100,14 @@ impl Journal {
         self.to_journald
     }
 
-    pub fn send(&self, entry: &JournalEntry) {
+    /// Sends `entry` to journald, or where there is none to stderr. False
+    /// when journald is there and would not take it (the line then goes
+    /// to stderr, without its fields): the entry is lost to the journal.
+    pub fn send(&self, entry: &JournalEntry) -> bool {
         if self.to_journald {
             let fields = entry.fields.iter().map(|(k, v)| (*k, v.as_str()));
             if journal_send(to_priority(entry.priority), &entry.message, fields).is_ok() {
-                return;
+                return true;
             }
         }
         // The record itself stays out of stderr lines: the message says it.
@@ -125,6 +128,7 @@ impl Journal {
             extra.join(" ")
         );
         let _ = std::io::stderr().lock().write_all(line.as_bytes());
+        !self.to_journald
     }
 }
 
@@ -185,7 +189,12 @@ pub fn record_entry(durable: &Durable) -> JournalEntry {
 /// hold up the ledger's writer.
 pub const MIRROR_QUEUE: usize = 16_384;
 
-/// What the mirror's queue could not take since it was last asked.
+/// Bytes the queued entries hold at most: each carries its whole record,
+/// and a plan's record can be hundreds of KiB (a 64 KiB alert, escaped).
+pub const MIRROR_QUEUE_BYTES: usize = 64 << 20;
+
+/// What the mirror could not hand to journald since it was last asked:
+/// entries the queue had no room for, and entries journald refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Dropped {
     pub count: u64,
@@ -193,17 +202,47 @@ pub struct Dropped {
     pub last_seq: u64,
 }
 
+struct Queued {
+    seq: u64,
+    entry: JournalEntry,
+}
+
 #[derive(Default)]
 struct MirrorQueue {
-    entries: std::collections::VecDeque<JournalEntry>,
+    entries: std::collections::VecDeque<Queued>,
+    bytes: usize,
+    /// Entries the thread has taken and not finished sending.
+    in_flight: usize,
     dropped: Option<Dropped>,
+}
+
+impl MirrorQueue {
+    fn note_dropped(&mut self, seq: u64) {
+        let dropped = self.dropped.get_or_insert(Dropped {
+            count: 0,
+            first_seq: seq,
+            last_seq: seq,
+        });
+        dropped.count += 1;
+        dropped.first_seq = dropped.first_seq.min(seq);
+        dropped.last_seq = dropped.last_seq.max(seq);
+    }
+}
+
+#[derive(Default)]
+struct Shared {
+    queue: Mutex<MirrorQueue>,
+    /// Entries are waiting.
+    ready: Condvar,
+    /// The queue is empty and nothing is being sent.
+    idle: Condvar,
 }
 
 /// A thread that mirrors durable records to the journal, off the commit
 /// path, from a bounded queue.
 #[derive(Clone)]
 pub struct JournalMirror {
-    queue: Arc<(Mutex<MirrorQueue>, Condvar)>,
+    shared: Arc<Shared>,
 }
 
 impl JournalMirror {
@@ -211,52 +250,82 @@ impl JournalMirror {
         JournalMirror::start_with(move |entry| journal.send(entry))
     }
 
-    /// A mirror whose thread hands each entry to `send`.
-    pub fn start_with(send: impl Fn(&JournalEntry) + Send + 'static) -> JournalMirror {
-        let queue: Arc<(Mutex<MirrorQueue>, Condvar)> = Arc::default();
-        let shared = queue.clone();
+    /// A mirror whose thread hands each entry to `send`, which says
+    /// whether journald took it.
+    pub fn start_with(send: impl Fn(&JournalEntry) -> bool + Send + 'static) -> JournalMirror {
+        let shared: Arc<Shared> = Arc::default();
+        let thread_side = shared.clone();
         std::thread::Builder::new()
             .name("journal-mirror".into())
             .spawn(move || loop {
-                let batch: Vec<JournalEntry> = {
-                    let (lock, ready) = &*shared;
-                    let mut q = crate::sync::lock(lock);
+                let batch: Vec<Queued> = {
+                    let mut q = crate::sync::lock(&thread_side.queue);
                     while q.entries.is_empty() {
-                        q = ready.wait(q).unwrap_or_else(|p| p.into_inner());
+                        q = thread_side.ready.wait(q).unwrap_or_else(|p| p.into_inner());
                     }
+                    q.bytes = 0;
+                    q.in_flight = q.entries.len();
                     q.entries.drain(..).collect()
                 };
-                batch.iter().for_each(&send);
+                let refused: Vec<u64> = batch
+                    .iter()
+                    .filter(|queued| !send(&queued.entry))
+                    .map(|queued| queued.seq)
+                    .collect();
+                let mut q = crate::sync::lock(&thread_side.queue);
+                for seq in refused {
+                    q.note_dropped(seq);
+                }
+                q.in_flight = 0;
+                if q.entries.is_empty() {
+                    thread_side.idle.notify_all();
+                }
             })
             .expect("spawn journal mirror thread");
-        JournalMirror { queue }
+        JournalMirror { shared }
     }
 
     /// Queues the batch's entries; those that do not fit are counted.
     pub fn mirror(&self, batch: &[Durable]) {
-        let (lock, ready) = &*self.queue;
-        let mut q = crate::sync::lock(lock);
+        let mut q = crate::sync::lock(&self.shared.queue);
         for durable in batch {
-            if q.entries.len() < MIRROR_QUEUE {
-                q.entries.push_back(record_entry(durable));
-                continue;
+            let entry = record_entry(durable);
+            let bytes = entry.message.len()
+                + entry
+                    .fields
+                    .iter()
+                    .map(|(k, v)| k.len() + v.len())
+                    .sum::<usize>();
+            if q.entries.len() < MIRROR_QUEUE && q.bytes + bytes <= MIRROR_QUEUE_BYTES {
+                q.bytes += bytes;
+                q.entries.push_back(Queued {
+                    seq: durable.record.seq,
+                    entry,
+                });
+            } else {
+                q.note_dropped(durable.record.seq);
             }
-            let seq = durable.record.seq;
-            let dropped = q.dropped.get_or_insert(Dropped {
-                count: 0,
-                first_seq: seq,
-                last_seq: seq,
-            });
-            dropped.count += 1;
-            dropped.last_seq = seq;
         }
-        ready.notify_one();
+        self.shared.ready.notify_one();
     }
 
     /// What was dropped since the last call, if anything (the engine
     /// records it in the ledger, and so, in time, in the journal).
     pub fn take_dropped(&self) -> Option<Dropped> {
-        crate::sync::lock(&self.queue.0).dropped.take()
+        crate::sync::lock(&self.shared.queue).dropped.take()
+    }
+
+    /// Waits, at most `timeout`, until every queued entry has been handed
+    /// to journald (at stop: the last records reach the journal, and so
+    /// a fleet's collector). False if time ran out first.
+    pub fn flush(&self, timeout: std::time::Duration) -> bool {
+        let q = crate::sync::lock(&self.shared.queue);
+        let (_q, waited) = self
+            .shared
+            .idle
+            .wait_timeout_while(q, timeout, |q| !q.entries.is_empty() || q.in_flight > 0)
+            .unwrap_or_else(|p| p.into_inner());
+        !waited.timed_out()
     }
 }
 
@@ -338,6 +407,95 @@ mod tests {
         assert_eq!(back.expected_hash(), record.hash);
     }
 
+    /// A durable record `seq` whose line is `line_bytes` long.
+    fn durable_of(seq: u64, line_bytes: usize) -> Durable {
+        Durable {
+            record: crate::ledger::Record::seal(
+                seq,
+                "2026-01-01T00:00:00Z".into(),
+                "agent_started".into(),
+                None,
+                serde_json::json!({}),
+                crate::ledger::GENESIS.into(),
+            ),
+            line: "x".repeat(line_bytes),
+            ts_ms: 0,
+            journal_fields: Vec::new(),
+        }
+    }
+
+    fn durable(seq: u64) -> Durable {
+        durable_of(seq, 0)
+    }
+
+    #[test]
+    fn large_records_are_dropped_by_bytes_before_the_count_is_reached() {
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let held = Mutex::new(held);
+        let mirror = JournalMirror::start_with(move |_| {
+            let _ = crate::sync::lock(&held).recv();
+            true
+        });
+        mirror.mirror(&[durable(1)]);
+        while !crate::sync::lock(&mirror.shared.queue).entries.is_empty() {
+            std::thread::yield_now();
+        }
+        // 1 MiB records: 63 fit beside their other fields, not 64.
+        let batch: Vec<Durable> = (2..=101).map(|seq| durable_of(seq, 1 << 20)).collect();
+        mirror.mirror(&batch);
+        let dropped = mirror.take_dropped().expect("some dropped");
+        assert_eq!((dropped.first_seq, dropped.last_seq), (65, 101));
+        assert_eq!(dropped.count, 37);
+        assert!(crate::sync::lock(&mirror.shared.queue).bytes <= MIRROR_QUEUE_BYTES);
+        for _ in 0..=64 {
+            release.send(()).unwrap();
+        }
+        assert!(mirror.flush(std::time::Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn entries_journald_refuses_are_counted_as_dropped_and_flush_waits_for_the_rest() {
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let seen = sent.clone();
+        let mirror = JournalMirror::start_with(move |entry| {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            let seq = entry
+                .fields
+                .iter()
+                .find(|(k, _)| *k == "ANTIBODY_SEQ")
+                .map(|(_, v)| v.clone())
+                .unwrap();
+            crate::sync::lock(&seen).push(seq.clone());
+            seq != "3" && seq != "7"
+        });
+        let batch: Vec<Durable> = (1..=50).map(durable).collect();
+        mirror.mirror(&batch);
+        assert!(mirror.flush(std::time::Duration::from_secs(10)));
+        assert_eq!(
+            crate::sync::lock(&sent).len(),
+            50,
+            "flush returned before the last"
+        );
+        assert_eq!(
+            mirror.take_dropped(),
+            Some(Dropped {
+                count: 2,
+                first_seq: 3,
+                last_seq: 7
+            })
+        );
+    }
+
+    #[test]
+    fn flush_gives_up_at_its_timeout() {
+        let mirror = JournalMirror::start_with(|_| {
+            std::thread::sleep(std::time::Duration::from_secs(2));
+            true
+        });
+        mirror.mirror(&[durable(1)]);
+        assert!(!mirror.flush(std::time::Duration::from_millis(50)));
+    }
+
     #[test]
     fn a_mirror_that_falls_behind_drops_and_counts_rather_than_grow() {
         let (release, held) = std::sync::mpsc::channel::<()>();
@@ -349,20 +507,8 @@ mod tests {
             if counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
                 let _ = crate::sync::lock(&held).recv();
             }
+            true
         });
-        let durable = |seq: u64| Durable {
-            record: crate::ledger::Record::seal(
-                seq,
-                "2026-01-01T00:00:00Z".into(),
-                "agent_started".into(),
-                None,
-                serde_json::json!({}),
-                crate::ledger::GENESIS.into(),
-            ),
-            line: String::new(),
-            ts_ms: 0,
-            journal_fields: Vec::new(),
-        };
         mirror.mirror(&[durable(1)]);
         while sent.load(std::sync::atomic::Ordering::SeqCst) == 0 {
             std::thread::yield_now();
