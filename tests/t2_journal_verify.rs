@@ -189,9 +189,73 @@ async fn a_collectors_copy_verifies_per_host_and_names_holes_and_altered_records
         "{out}"
     );
 
-    // A directory with no Antibody records is not called whole.
-    let empty = tempfile::tempdir().unwrap();
-    let (code, out) = antibodyctl(&["verify", "--journal", empty.path().to_str().unwrap()]);
+    // Journal files with no Antibody records are not called whole.
+    let others = collector(
+        &work.path().join("others"),
+        &[format!(
+            "__REALTIME_TIMESTAMP=1764460800000000\n__MONOTONIC_TIMESTAMP=1\n_BOOT_ID={m}\n_MACHINE_ID={m}\nMESSAGE=not ours\n\n",
+            m = "9".repeat(32)
+        )],
+    );
+    let (code, out) = antibodyctl(&["verify", "--journal", others.to_str().unwrap()]);
     assert_eq!(code, 5, "{out}");
     assert!(out.contains("no Antibody ledger records"), "{out}");
+
+    // A directory without journal files is a mistake in the command.
+    let empty = tempfile::tempdir().unwrap();
+    let (code, out) = antibodyctl(&["verify", "--journal", empty.path().to_str().unwrap()]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("no journal files in this directory"), "{out}");
+}
+
+/// A journal file the reader cannot open stops the check with its path:
+/// libsystemd's directory reader would pass over it, and the copy would
+/// be called whole on less than it holds.
+#[tokio::test]
+async fn a_journal_file_that_cannot_be_read_stops_the_check_with_its_path() {
+    let h = host(4, 1, false).await;
+    let entries: Vec<String> = h
+        .records
+        .iter()
+        .map(|r| support::journal_export_entry(&h.machine_id, &h.hostname, r))
+        .collect();
+    let work = tempfile::tempdir().unwrap();
+    let dir = collector(&work.path().join("remote"), &entries);
+    std::fs::copy(dir.join("remote.journal"), dir.join("sealed.journal")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    for (path, mode) in [
+        (work.path().to_path_buf(), 0o755),
+        (dir.clone(), 0o755),
+        (dir.join("remote.journal"), 0o644),
+        (dir.join("sealed.journal"), 0o600),
+    ] {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    // As root everything is readable: the reader runs as nobody, from a
+    // copy nobody can reach wherever the checkout lies.
+    let reader = work.path().join("antibodyctl");
+    std::fs::copy(env!("CARGO_BIN_EXE_antibodyctl"), &reader).unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&reader)
+        .args(["verify", "--journal", dir.to_str().unwrap()])
+        .output()
+        .expect("setpriv (util-linux)");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains(&format!(
+            "{}: Permission denied",
+            dir.join("sealed.journal").display()
+        )),
+        "{text}"
+    );
+
+    // A journal name that is no regular file is named, not opened.
+    std::fs::remove_file(dir.join("sealed.journal")).unwrap();
+    nix::unistd::mkfifo(&dir.join("pipe.journal"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let (code, out) = antibodyctl(&["verify", "--journal", dir.to_str().unwrap()]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("pipe.journal: not a regular file"), "{out}");
 }

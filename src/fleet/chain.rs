@@ -5,11 +5,22 @@
 //! each `prev` against the record before, and the seq range for holes.
 //!
 //! A history that begins after seq 1 (the host's journal was vacuumed, or
-//! retention removed the start) is said, not failed. A hole in the middle,
-//! a record whose hash or `prev` does not hold, two different records
-//! with one seq, or an entry that mirrors a record without carrying it
-//! (dropped, truncated, or written by an agent older than this check) is
-//! a failure: a copy that cannot be checked is never called whole.
+//! retention removed the start) is said, not failed; so are entries an
+//! agent older than this check wrote (a seq, no record) before the first
+//! entry that carries its record. A hole in the middle, a record whose
+//! hash or `prev` does not hold, two different records with one seq, an
+//! entry whose fields (`ANTIBODY_SEQ`, `_HASH`, `_PREV`, `_KIND`,
+//! `_PLAN_ID`) disagree with its record, or an entry after that first one
+//! that mirrors a record without carrying it is a failure: a copy that
+//! cannot be checked is never called whole. The entry's `MESSAGE` is for
+//! people and is not checked.
+//!
+//! What a copy cannot show (the hash is unkeyed SHA-256, and the check
+//! sees only what the copy holds): a history rewritten and resealed from
+//! some record through its end, records removed from the start or the
+//! end, a host whose entries are missing altogether, or hosts and entries
+//! fabricated whole. Those need the host's own ledger
+//! (`antibodyctl verify` there, its tip compared with the copy's).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -24,11 +35,37 @@ pub struct Mirrored {
     /// `_MACHINE_ID` and `_HOSTNAME`, as journald stamped them.
     pub machine_id: String,
     pub hostname: String,
-    /// `ANTIBODY_SEQ`, `ANTIBODY_HASH`, `ANTIBODY_RECORD`.
+    /// `ANTIBODY_SEQ`, `ANTIBODY_HASH`, `ANTIBODY_PREV`, `ANTIBODY_KIND`,
+    /// `ANTIBODY_PLAN_ID` (set only for a plan's record), `ANTIBODY_RECORD`.
     pub seq: Option<u64>,
     pub hash: Option<String>,
+    pub prev: Option<String>,
+    pub kind: Option<String>,
+    pub plan_id: Option<String>,
     pub record: Option<String>,
 }
+
+#[cfg(test)]
+impl Mirrored {
+    /// The entry the agent's mirror writes for `record` (tests).
+    pub(crate) fn of(machine_id: &str, hostname: &str, record: &Record) -> Mirrored {
+        Mirrored {
+            machine_id: machine_id.into(),
+            hostname: hostname.into(),
+            seq: Some(record.seq),
+            hash: Some(record.hash.clone()),
+            prev: Some(record.prev.clone()),
+            kind: Some(record.kind.clone()),
+            plan_id: record.plan_id.clone(),
+            record: Some(record.to_line().trim_end().to_string()),
+        }
+    }
+}
+
+/// The longest record line the check reads: far above any record the
+/// agent writes (an alert is at most 64 KiB), so a longer one is forged
+/// or cut, not a record.
+pub const MAX_RECORD_LINE_BYTES: usize = 16 << 20;
 
 /// Seqs `from..=to` that no entry holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -55,6 +92,10 @@ pub struct HostReport {
     pub last_seq: Option<u64>,
     /// The history seen begins after seq 1 (not a failure).
     pub begins_after_start: bool,
+    /// The last seq of the entries, before the first record seen, that
+    /// an agent older than this check mirrored without their records
+    /// (not a failure, not checked).
+    pub without_records_up_to: Option<u64>,
     pub holes: Vec<Hole>,
     /// Seq ranges the agent itself recorded it could not mirror
     /// (`journal_dropped`): holes there are explained, still holes.
@@ -77,6 +118,8 @@ struct Host {
     hostname: String,
     links: Vec<Link>,
     bad: BTreeMap<u64, String>,
+    /// Seqs of entries that carry no record.
+    without_record: BTreeSet<u64>,
     versions: BTreeSet<String>,
     dropped: Vec<Hole>,
 }
@@ -103,12 +146,16 @@ impl Chains {
         }
         let field_seq = entry.seq.unwrap_or(0);
         let Some(text) = entry.record else {
-            host.bad(
-                field_seq,
-                "its journal entry carries no ANTIBODY_RECORD (dropped, or written by an agent that did not mirror records), so it cannot be checked".into(),
-            );
+            host.without_record.insert(field_seq);
             return None;
         };
+        if text.len() > MAX_RECORD_LINE_BYTES {
+            host.bad(
+                field_seq,
+                format!("its ANTIBODY_RECORD is longer than {MAX_RECORD_LINE_BYTES} bytes, so it is not a record the agent wrote"),
+            );
+            return None;
+        }
         let record: Record = match serde_json::from_str(&text) {
             Ok(record) => record,
             Err(e) => {
@@ -136,11 +183,21 @@ impl Chains {
             );
             return None;
         }
-        if entry.seq != Some(record.seq) || entry.hash.as_deref() != Some(record.hash.as_str()) {
+        let disagreeing = fields_disagreeing(
+            &entry.seq,
+            &entry.hash,
+            &entry.prev,
+            &entry.kind,
+            &entry.plan_id,
+            &record,
+        );
+        if !disagreeing.is_empty() {
             host.bad(
                 record.seq,
-                "its journal entry's ANTIBODY_SEQ or ANTIBODY_HASH disagrees with its record"
-                    .into(),
+                format!(
+                    "its journal entry's {} disagree(s) with its record",
+                    disagreeing.join(", ")
+                ),
             );
         }
         match record.kind.as_str() {
@@ -177,10 +234,56 @@ impl Chains {
     }
 }
 
+/// The journal fields that say something other than the record they
+/// carry: each is there for `journalctl` filters, so each must not lie.
+fn fields_disagreeing(
+    seq: &Option<u64>,
+    hash: &Option<String>,
+    prev: &Option<String>,
+    kind: &Option<String>,
+    plan_id: &Option<String>,
+    record: &Record,
+) -> Vec<&'static str> {
+    let checks = [
+        ("ANTIBODY_SEQ", *seq == Some(record.seq)),
+        (
+            "ANTIBODY_HASH",
+            hash.as_deref() == Some(record.hash.as_str()),
+        ),
+        (
+            "ANTIBODY_PREV",
+            prev.as_deref() == Some(record.prev.as_str()),
+        ),
+        (
+            "ANTIBODY_KIND",
+            kind.as_deref() == Some(record.kind.as_str()),
+        ),
+        ("ANTIBODY_PLAN_ID", *plan_id == record.plan_id),
+    ];
+    checks
+        .into_iter()
+        .filter(|(_, agrees)| !agrees)
+        .map(|(name, _)| name)
+        .collect()
+}
+
 fn report(machine_id: String, mut host: Host) -> HostReport {
     let mut links = std::mem::take(&mut host.links);
     links.sort_by_key(|l| (l.seq, l.hash));
     links.dedup();
+    // Entries without their record: those before the first record are an
+    // older agent's (said); any after it lost its record (bad).
+    let first_record = links.first().map(|l| l.seq);
+    let (older, lost): (Vec<u64>, Vec<u64>) = std::mem::take(&mut host.without_record)
+        .into_iter()
+        .partition(|seq| first_record.is_some_and(|first| *seq < first));
+    if let Some(seq) = lost.first() {
+        let why = match first_record {
+            Some(_) => "its journal entry carries no ANTIBODY_RECORD though earlier ones do (dropped or cut), so it cannot be checked",
+            None => "no journal entry of this host carries its ANTIBODY_RECORD (an agent older than this check wrote them), so nothing can be checked",
+        };
+        host.bad(*seq, why.into());
+    }
     let mut holes = Vec::new();
     for pair in links.windows(2) {
         let (before, after) = (pair[0], pair[1]);
@@ -227,6 +330,7 @@ fn report(machine_id: String, mut host: Host) -> HostReport {
         first_seq,
         last_seq,
         begins_after_start: first_seq.is_some_and(|s| s > 1),
+        without_records_up_to: older.last().copied(),
         ok: first_bad.is_none() && holes.is_empty(),
         holes,
         dropped_by_agent: host.dropped,
@@ -248,10 +352,15 @@ impl HostReport {
             _ => "no records".into(),
         };
         let mut parts = vec![format!("{} record(s), {range}", self.records)];
-        if self.begins_after_start {
+        if self.begins_after_start && self.without_records_up_to.is_none() {
             parts.push(format!(
                 "history begins at seq {} (earlier records are not in this copy)",
                 self.first_seq.unwrap_or(0)
+            ));
+        }
+        if let Some(seq) = self.without_records_up_to {
+            parts.push(format!(
+                "entries up to seq {seq} were mirrored without their records by an older agent (not checked)"
             ));
         }
         for hole in &self.holes {
@@ -317,13 +426,7 @@ mod tests {
     }
 
     fn mirror(machine: &str, record: &Record) -> Mirrored {
-        Mirrored {
-            machine_id: machine.into(),
-            hostname: format!("host-{machine}"),
-            seq: Some(record.seq),
-            hash: Some(record.hash.clone()),
-            record: Some(record.to_line().trim_end().to_string()),
-        }
+        Mirrored::of(machine, &format!("host-{machine}"), record)
     }
 
     fn verify(entries: impl IntoIterator<Item = Mirrored>) -> Vec<HostReport> {
@@ -437,5 +540,67 @@ mod tests {
             .unwrap()
             .why
             .contains("two different records have seq 2"));
+    }
+
+    #[test]
+    fn an_older_agents_entries_before_the_first_record_are_said_not_failed() {
+        let mut entries: Vec<Mirrored> = chain("a", 6).into_iter().map(|(_, m)| m).collect();
+        for entry in &mut entries[..3] {
+            entry.record = None;
+        }
+        let report = &verify(entries.clone())[0];
+        assert!(report.ok, "{}", report.describe());
+        assert_eq!(report.without_records_up_to, Some(3));
+        assert_eq!((report.first_seq, report.records), (Some(4), 3));
+        assert!(report
+            .describe()
+            .contains("entries up to seq 3 were mirrored without their records by an older agent"));
+
+        // One after the first record lost its record: that one is bad.
+        entries[4].record = None;
+        let report = &verify(entries.clone())[0];
+        assert!(!report.ok);
+        assert_eq!(report.first_bad.as_ref().unwrap().seq, 5);
+
+        // None at all carries its record: nothing was checked.
+        for entry in &mut entries {
+            entry.record = None;
+        }
+        let report = &verify(entries)[0];
+        assert!(!report.ok);
+        assert!(report
+            .first_bad
+            .as_ref()
+            .unwrap()
+            .why
+            .contains("nothing can be checked"));
+    }
+
+    #[test]
+    fn an_entry_whose_fields_disagree_with_its_record_is_bad() {
+        let tamper: [(&str, fn(&mut Mirrored)); 4] = [
+            ("ANTIBODY_KIND", |m| m.kind = Some("plan_succeeded".into())),
+            ("ANTIBODY_PREV", |m| m.prev = Some(GENESIS.into())),
+            ("ANTIBODY_PLAN_ID", |m| m.plan_id = Some("p-forged".into())),
+            ("ANTIBODY_SEQ", |m| m.seq = Some(9)),
+        ];
+        for (field, change) in tamper {
+            let mut entries: Vec<Mirrored> = chain("a", 4).into_iter().map(|(_, m)| m).collect();
+            change(&mut entries[2]);
+            let report = &verify(entries)[0];
+            let bad = report.first_bad.as_ref().expect(field);
+            assert_eq!(bad.seq, 3, "{field}");
+            assert!(bad.why.contains(field), "{field}: {}", bad.why);
+        }
+    }
+
+    #[test]
+    fn a_record_longer_than_any_the_agent_writes_is_bad() {
+        let mut entries: Vec<Mirrored> = chain("a", 3).into_iter().map(|(_, m)| m).collect();
+        entries[1].record = Some("x".repeat(MAX_RECORD_LINE_BYTES + 1));
+        let report = &verify(entries)[0];
+        let bad = report.first_bad.as_ref().unwrap();
+        assert_eq!(bad.seq, 2);
+        assert!(bad.why.contains("longer than"));
     }
 }

@@ -1,40 +1,90 @@
 //! Reading journal files (as `systemd-journal-remote` writes them, or any
 //! journal directory) through libsystemd's own journal API: only entries
 //! whose `MESSAGE_ID` is one of a ledger record's, and only the fields the
-//! check needs. libsystemd's data threshold (64 KiB by default, past which
-//! a field may come back truncated) is lifted, so a record is read whole.
+//! check needs.
+//!
+//! Directories are walked here rather than by `sd_journal_open_directory`,
+//! which passes over a file it cannot open without a word: a verification
+//! that silently read less than it was given would call a partial copy
+//! whole. Every file found is opened first, so one that cannot be read
+//! stops the check with its path.
 
+use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use systemd::journal::{Journal, OpenDirectoryOptions, OpenFilesOptions};
+use systemd::journal::{Journal, OpenFilesOptions};
 
-use super::chain::Mirrored;
+use super::chain::{Mirrored, MAX_RECORD_LINE_BYTES};
 use crate::sys::journal::{MESSAGE_IDS, RECORD_FIELD};
 
 /// Reads every ledger record's journal entry under `paths` (journal
-/// files, or directories of them) and hands each to `visit`. Returns how
-/// many entries it read.
+/// files, or directories of them, walked down) and hands each to
+/// `visit`. Returns how many entries it read.
 pub fn read_mirrored(paths: &[PathBuf], mut visit: impl FnMut(Mirrored)) -> io::Result<u64> {
-    let (dirs, files): (Vec<&PathBuf>, Vec<&PathBuf>) = paths.iter().partition(|p| p.is_dir());
-    let mut read = 0;
-    for dir in dirs {
-        let mut journal = OpenDirectoryOptions::default()
-            .open_directory(path_text(dir)?)
-            .map_err(|e| at(dir, e))?;
-        read += read_journal(&mut journal, &mut visit).map_err(|e| at(dir, e))?;
+    let mut files = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let before = files.len();
+            journal_files_under(path, &mut files)?;
+            if files.len() == before {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("{}: no journal files in this directory", path.display()),
+                ));
+            }
+        } else {
+            files.push(path.clone());
+        }
     }
-    if !files.is_empty() {
-        let names = files
-            .iter()
-            .map(|f| path_text(f))
-            .collect::<io::Result<Vec<_>>>()?;
-        let mut journal = OpenFilesOptions::default()
-            .open_files(names)
-            .map_err(|e| at(files[0], e))?;
-        read += read_journal(&mut journal, &mut visit).map_err(|e| at(files[0], e))?;
+    for file in &files {
+        File::open(file).map_err(|e| at(file, e))?;
     }
-    Ok(read)
+    let names = files
+        .iter()
+        .map(|f| path_text(f))
+        .collect::<io::Result<Vec<_>>>()?;
+    let mut journal = OpenFilesOptions::default()
+        .open_files(names)
+        .map_err(|e| at(&files[0], e))?;
+    read_journal(&mut journal, &mut visit)
+}
+
+/// Journal files (`*.journal`, and `*.journal~` that journald set aside
+/// after an unclean close) under `dir`, at any depth, in name order.
+fn journal_files_under(dir: &Path, found: &mut Vec<PathBuf>) -> io::Result<()> {
+    let mut entries = std::fs::read_dir(dir)
+        .map_err(|e| at(dir, e))?
+        .map(|entry| entry.map(|e| e.path()))
+        .collect::<io::Result<Vec<_>>>()
+        .map_err(|e| at(dir, e))?;
+    entries.sort();
+    for path in entries {
+        // A link to a directory is not followed (no loops); a journal
+        // file's link is, and must end at a regular file (a FIFO would
+        // block the open below).
+        let kind = std::fs::symlink_metadata(&path).map_err(|e| at(&path, e))?;
+        if kind.is_dir() {
+            journal_files_under(&path, found)?;
+        } else if is_journal_file(&path) {
+            if !std::fs::metadata(&path)
+                .map_err(|e| at(&path, e))?
+                .is_file()
+            {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{}: not a regular file", path.display()),
+                ));
+            }
+            found.push(path);
+        }
+    }
+    Ok(())
+}
+
+fn is_journal_file(path: &Path) -> bool {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    name.ends_with(".journal") || name.ends_with(".journal~")
 }
 
 fn path_text(path: &Path) -> io::Result<&str> {
@@ -58,7 +108,12 @@ fn read_journal(journal: &mut Journal, visit: &mut impl FnMut(Mirrored)) -> io::
             journal.match_add("MESSAGE_ID", id.to_string())?;
         }
     }
-    journal.set_data_threshold(0)?;
+    // A compressed field is unpacked up to one byte past the longest
+    // record line the check accepts, so a longer one is named as too long
+    // rather than unpacked whole (a forged entry could hold gigabytes).
+    // libsystemd returns an uncompressed field whole: it is in the file,
+    // already bounded by the file's size.
+    journal.set_data_threshold(MAX_RECORD_LINE_BYTES + 1)?;
     let mut read = 0;
     while journal.next()? > 0 {
         let mut field = |name: &str| -> io::Result<Option<String>> {
@@ -76,6 +131,9 @@ fn read_journal(journal: &mut Journal, visit: &mut impl FnMut(Mirrored)) -> io::
             hostname: field("_HOSTNAME")?.unwrap_or_default(),
             seq: seq.and_then(|s| s.parse().ok()),
             hash: field("ANTIBODY_HASH")?,
+            prev: field("ANTIBODY_PREV")?,
+            kind: field("ANTIBODY_KIND")?,
+            plan_id: field("ANTIBODY_PLAN_ID")?,
             record,
         });
         read += 1;

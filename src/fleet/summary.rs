@@ -242,14 +242,7 @@ mod tests {
         let mut chains = Chains::default();
         let mut histories = Histories::default();
         for r in history {
-            let m = Mirrored {
-                machine_id: "m3".into(),
-                hostname: "host3".into(),
-                seq: Some(r.seq),
-                hash: Some(r.hash.clone()),
-                record: Some(r.to_line().trim_end().to_string()),
-            };
-            if let Some(record) = chains.add(m) {
+            if let Some(record) = chains.add(Mirrored::of("m3", "host3", &r)) {
                 histories.add("m3", record);
             }
         }
