@@ -139,13 +139,16 @@ pub struct Chains {
 impl Chains {
     /// Takes one entry; returns its record when it holds one whose hash
     /// matches its content (for [`super::summary`]).
-    pub fn add(&mut self, entry: Mirrored) -> Option<Record> {
-        let host = self.hosts.entry(entry.machine_id).or_default();
+    pub fn add(&mut self, mut entry: Mirrored) -> Option<Record> {
+        let host = self
+            .hosts
+            .entry(std::mem::take(&mut entry.machine_id))
+            .or_default();
         if !entry.hostname.is_empty() {
-            host.hostname = entry.hostname;
+            host.hostname = std::mem::take(&mut entry.hostname);
         }
         let field_seq = entry.seq.unwrap_or(0);
-        let Some(text) = entry.record else {
+        let Some(text) = entry.record.take() else {
             host.without_record.insert(field_seq);
             return None;
         };
@@ -183,14 +186,7 @@ impl Chains {
             );
             return None;
         }
-        let disagreeing = fields_disagreeing(
-            &entry.seq,
-            &entry.hash,
-            &entry.prev,
-            &entry.kind,
-            &entry.plan_id,
-            &record,
-        );
+        let disagreeing = fields_disagreeing(&entry, &record);
         if !disagreeing.is_empty() {
             host.bad(
                 record.seq,
@@ -236,29 +232,22 @@ impl Chains {
 
 /// The journal fields that say something other than the record they
 /// carry: each is there for `journalctl` filters, so each must not lie.
-fn fields_disagreeing(
-    seq: &Option<u64>,
-    hash: &Option<String>,
-    prev: &Option<String>,
-    kind: &Option<String>,
-    plan_id: &Option<String>,
-    record: &Record,
-) -> Vec<&'static str> {
+fn fields_disagreeing(entry: &Mirrored, record: &Record) -> Vec<&'static str> {
     let checks = [
-        ("ANTIBODY_SEQ", *seq == Some(record.seq)),
+        ("ANTIBODY_SEQ", entry.seq == Some(record.seq)),
         (
             "ANTIBODY_HASH",
-            hash.as_deref() == Some(record.hash.as_str()),
+            entry.hash.as_deref() == Some(record.hash.as_str()),
         ),
         (
             "ANTIBODY_PREV",
-            prev.as_deref() == Some(record.prev.as_str()),
+            entry.prev.as_deref() == Some(record.prev.as_str()),
         ),
         (
             "ANTIBODY_KIND",
-            kind.as_deref() == Some(record.kind.as_str()),
+            entry.kind.as_deref() == Some(record.kind.as_str()),
         ),
-        ("ANTIBODY_PLAN_ID", *plan_id == record.plan_id),
+        ("ANTIBODY_PLAN_ID", entry.plan_id == record.plan_id),
     ];
     checks
         .into_iter()
@@ -578,7 +567,8 @@ mod tests {
 
     #[test]
     fn an_entry_whose_fields_disagree_with_its_record_is_bad() {
-        let tamper: [(&str, fn(&mut Mirrored)); 4] = [
+        type Tamper = fn(&mut Mirrored);
+        let tamper: [(&str, Tamper); 4] = [
             ("ANTIBODY_KIND", |m| m.kind = Some("plan_succeeded".into())),
             ("ANTIBODY_PREV", |m| m.prev = Some(GENESIS.into())),
             ("ANTIBODY_PLAN_ID", |m| m.plan_id = Some("p-forged".into())),
