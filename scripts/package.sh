@@ -44,7 +44,7 @@ EXPECTED=(
     /usr/share/doc/antibody/examples/50-antibody.rules
     /usr/share/doc/antibody/examples/fleet/journal-remote.conf
     /usr/share/doc/antibody/examples/fleet/journal-upload.conf
-    /usr/share/doc/antibody/examples/fleet/journal-upload-retry.conf
+    /usr/share/doc/antibody/examples/fleet/journal-upload-service.conf
     /usr/share/doc/antibody/examples/fleet/make-certificates.sh
 )
 EXPECTED_DEB=(/usr/share/zsh/vendor-completions/_antibodyctl)

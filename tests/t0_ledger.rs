@@ -250,7 +250,13 @@ async fn concurrent_appends_form_one_contiguous_chain() {
     assert!(report.ok(), "{}", report.report);
     assert_eq!(report.broken_at, None);
     assert_eq!(report.records, N);
-    assert_eq!(report.report, format!("chain intact: {N} record(s)"));
+    assert_eq!(
+        report.report,
+        format!(
+            "chain intact: {N} record(s); tip seq {N} hash {}",
+            report.tip.hash
+        )
+    );
     assert_eq!(
         report.tip,
         Tip {
@@ -392,7 +398,9 @@ async fn segments_rotate_and_a_reopened_writer_continues_the_chain() {
     let (report, records) = scan_all(dir);
     assert!(report.ok(), "{}", report.report);
     assert_eq!(report.records, 100);
-    assert_eq!(report.report, "chain intact: 100 record(s)");
+    assert!(report
+        .report
+        .starts_with("chain intact: 100 record(s); tip seq 100 hash "));
     assert_eq!(seqs(&records), (1..=100).collect::<Vec<_>>());
     assert_chain_links(&records);
     assert_eq!(
@@ -777,7 +785,9 @@ async fn torn_tail_is_reported_and_cut_by_the_next_writer() {
 
     let (report, records) = scan_all(dir);
     assert!(report.ok(), "{}", report.report);
-    assert_eq!(report.report, "chain intact: 5 record(s)");
+    assert!(report
+        .report
+        .starts_with("chain intact: 5 record(s); tip seq 5 hash "));
     assert_eq!(
         report.torn_tail,
         Some(TornTail {

@@ -126,6 +126,8 @@ async fn a_collectors_copy_verifies_per_host_and_names_holes_and_altered_records
             h.records.len()
         );
         assert!(out.contains(&line), "{line}\n{out}");
+        let tip = format!("tip hash {}", h.records.last().unwrap().hash);
+        assert!(out.contains(&tip), "{tip}\n{out}");
     }
     let (code, out) = antibodyctl(&["--json", "verify", "--journal", whole_text]);
     assert_eq!(code, 0);

@@ -304,6 +304,25 @@ fn three_hosts_upload_to_a_collector_that_verifies_and_summarizes_every_chain() 
     collector.sh("systemctl start systemd-journal-remote.socket");
     wait_caught_up(&collector, &hosts);
 
+    // README: each host's own `antibodyctl verify` ends with its tip, the
+    // collector's copy's last record for that host.
+    let report = verify(&collector, REMOTE);
+    for (tb, name) in &hosts {
+        let copy = report["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["hostname"] == name.as_str())
+            .unwrap();
+        let tip = format!(
+            "tip seq {} hash {}",
+            copy["last_seq"],
+            copy["last_hash"].as_str().unwrap()
+        );
+        let own = tb.sh("antibodyctl verify");
+        assert!(own.contains(&tip), "{name}: {own} / the copy's {tip}");
+    }
+
     // Copies of the central journal: one with a record of host 2 removed,
     // one with a record of host 1 edited.
     let entries = exported_records(&collector);

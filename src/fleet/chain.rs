@@ -90,6 +90,9 @@ pub struct HostReport {
     pub records: u64,
     pub first_seq: Option<u64>,
     pub last_seq: Option<u64>,
+    /// The hash of the last record seen: once the upload has caught up,
+    /// the host's own ledger tip (`antibodyctl verify` there) must match.
+    pub last_hash: Option<String>,
     /// The history seen begins after seq 1 (not a failure).
     pub begins_after_start: bool,
     /// The last seq of the entries, before the first record seen, that
@@ -256,6 +259,10 @@ fn fields_disagreeing(entry: &Mirrored, record: &Record) -> Vec<&'static str> {
         .collect()
 }
 
+fn hex(bytes: &[u8; 32]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn report(machine_id: String, mut host: Host) -> HostReport {
     let mut links = std::mem::take(&mut host.links);
     links.sort_by_key(|l| (l.seq, l.hash));
@@ -318,6 +325,7 @@ fn report(machine_id: String, mut host: Host) -> HostReport {
         records: distinct,
         first_seq,
         last_seq,
+        last_hash: links.last().map(|l| hex(&l.hash)),
         begins_after_start: first_seq.is_some_and(|s| s > 1),
         without_records_up_to: older.last().copied(),
         ok: first_bad.is_none() && holes.is_empty(),
@@ -341,6 +349,9 @@ impl HostReport {
             _ => "no records".into(),
         };
         let mut parts = vec![format!("{} record(s), {range}", self.records)];
+        if let Some(hash) = &self.last_hash {
+            parts.push(format!("tip hash {hash}"));
+        }
         if self.begins_after_start && self.without_records_up_to.is_none() {
             parts.push(format!(
                 "history begins at seq {} (earlier records are not in this copy)",
@@ -438,6 +449,10 @@ mod tests {
             assert_eq!(r.versions, ["0.1.0"]);
         }
         assert_eq!(reports[0].records, 5);
+        assert_eq!(
+            reports[0].last_hash.as_deref(),
+            Some(chain("a", 5)[4].0.hash.as_str())
+        );
         assert!(reports[0]
             .describe()
             .starts_with("host-a (a): chain whole; 5 record(s), seq 1..5"));

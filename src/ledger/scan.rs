@@ -156,6 +156,11 @@ pub fn scan_from(
                 out.tip.seq.saturating_sub(removed)
             ),
         };
+        // The tip, for comparing a copy (a fleet collector's) with the
+        // ledger itself: a copy cut or resealed at its end shows another.
+        if out.tip.seq > 0 {
+            out.report += &format!("; tip seq {} hash {}", out.tip.seq, out.tip.hash);
+        }
     }
     Ok(out)
 }
