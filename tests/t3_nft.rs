@@ -204,6 +204,25 @@ struct Setup {
 }
 
 fn start(extra_toml: &str) -> Setup {
+    start_behind(extra_toml, &[])
+}
+
+/// `/etc/protocols` hidden (an empty file in its place), in a mount
+/// namespace of the command's own: as on a system without `netbase`.
+const WITHOUT_PROTOCOLS: [&str; 8] = [
+    "unshare",
+    "--mount",
+    "--propagation",
+    "private",
+    "sh",
+    "-c",
+    "mount --bind /dev/null /etc/protocols && exec \"$@\"",
+    "sh",
+];
+
+/// The agent in the server namespace, its command run behind `outer`
+/// (which must exec it in place).
+fn start_behind(extra_toml: &str, outer: &[&str]) -> Setup {
     require_root();
     let pair = NetPair::new();
     let bus = PrivateBus::start();
@@ -212,7 +231,7 @@ fn start(extra_toml: &str) -> Setup {
         home.path(),
         &format!("[nft]\nreconcile_interval_secs = 1\n{extra_toml}"),
     );
-    let wrapper = ["ip", "netns", "exec", pair.server.as_str()];
+    let wrapper = [outer, &["ip", "netns", "exec", pair.server.as_str()]].concat();
     let agent = Agent::start_wrapped(&bus, home.path(), &config, &[], &wrapper);
     Setup {
         pair,
@@ -395,6 +414,43 @@ async fn an_outside_flush_is_undone_by_reconcile() {
         "the drift is logged to the journal (stderr here): {}",
         s.agent.log_text()
     );
+}
+
+/// Where `/etc/protocols` is missing, nft lists a port isolation's
+/// protocol as a number; reconcile must still see its own element, not
+/// re-add it and record a drift every round.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_port_isolation_is_no_drift_on_a_system_without_etc_protocols() {
+    let s = start_behind("", &WITHOUT_PROTOCOLS);
+    let conn = s.bus.connect().await;
+    let p = proxy(&conn).await;
+    applied(
+        &p,
+        &format!(r#"{{"type":"isolate_socket","sid":"tcp:{PORT}","seconds":600}}"#),
+    )
+    .await;
+    let listing = must(
+        WITHOUT_PROTOCOLS[0],
+        &[
+            &WITHOUT_PROTOCOLS[1..],
+            &["ip", "netns", "exec", s.pair.server.as_str()],
+            &["nft", "-j", "list", "set", "inet", "antibody", "ports"],
+        ]
+        .concat(),
+    );
+    assert!(
+        listing.contains(&format!(r#"{{"concat": [6, {PORT}]}}"#)),
+        "nft writes the protocol as a number here: {listing}"
+    );
+    // Several reconcile rounds (one a second).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let kinds = ledger_kinds(&s.agent.ledger_dir());
+    assert!(
+        !kinds.iter().any(|k| k == "nft_drift"),
+        "no drift recorded: {kinds:?}\n{}",
+        s.agent.log_text()
+    );
+    assert_eq!(s.pair.elements("ports").len(), 1);
 }
 
 /// Counts UDP datagrams the server namespace receives on `port`, apart

@@ -131,9 +131,12 @@ impl Element {
             "addr4" | "addr6" => Element::Addr(addr(key)?),
             "ports" => {
                 let (proto, p) = concat(key)?;
-                let proto = match proto.as_str()? {
-                    "tcp" => ProtoKey::Tcp,
-                    "udp" => ProtoKey::Udp,
+                // nft names the protocol from /etc/protocols and writes
+                // its number where there is none (no `netbase`, as in
+                // minimal images and containers): both are the same key.
+                let proto = match (proto.as_str(), proto.as_u64()) {
+                    (Some("tcp"), _) | (_, Some(6)) => ProtoKey::Tcp,
+                    (Some("udp"), _) | (_, Some(17)) => ProtoKey::Udp,
                     _ => return None,
                 };
                 Element::Port(proto, port(&p)?)
@@ -217,6 +220,23 @@ mod tests {
             assert_eq!(Element::from_nft(&e.set_name(), &e.key()), Some(e));
             assert_eq!(Element::from_record(&e.to_record()), Some(e));
         }
+    }
+
+    #[test]
+    fn a_protocol_nft_writes_as_a_number_is_the_same_element() {
+        // nft -j on a system without /etc/protocols.
+        assert_eq!(
+            Element::from_nft("ports", &json!({"concat": [6, 8080]})),
+            Some(sid("tcp:8080"))
+        );
+        assert_eq!(
+            Element::from_nft("ports", &json!({"concat": [17, 53]})),
+            Some(sid("udp:53"))
+        );
+        assert_eq!(
+            Element::from_nft("ports", &json!({"concat": [132, 1]})),
+            None
+        );
     }
 
     #[test]
