@@ -130,14 +130,13 @@ async fn run(args: Args, config: Config) -> Result<(), String> {
     // Until READY=1: a long replay keeps pushing the start's deadline
     // (EXTEND_TIMEOUT_USEC) while it makes progress.
     let keepalive = sdnotify::StartKeepalive::start();
-    let mirror = JournalMirror::start(journal);
     let engine = Engine::open(
         config,
         EngineParts {
             registry: Registry::builtin(),
             sys,
             events,
-            mirror: Some(mirror.clone()),
+            mirror: Some(JournalMirror::start(journal)),
             own_unit: own_unit(),
         },
     )
@@ -228,6 +227,14 @@ async fn run(args: Args, config: Config) -> Result<(), String> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let _ = engine_loop.await;
+    // The last records (agent_stopping among them) reach the journal, and
+    // so a fleet's collector, before the process ends; what could not is
+    // recorded as dropped.
+    if !engine.drain_journal_mirror(MIRROR_FLUSH_GRACE).await {
+        eprintln!(
+            "<4>antibodyd: the journal mirror did not drain at stop; the ledger keeps every record"
+        );
+    }
     if engine.running_plans() == 0 {
         // Through the fold gate: a call still being answered (a submit
         // that passed its check before the stop) is either in it or after.
@@ -245,16 +252,6 @@ async fn run(args: Args, config: Config) -> Result<(), String> {
         if let Err(e) = firewall.remove_table().await {
             eprintln!("<4>antibodyd: nft.remove_on_stop: cannot remove inet antibody: {e}");
         }
-    }
-    // The last records (agent_stopping, the checkpoint's) reach the
-    // journal, and so a fleet's collector, before the process ends.
-    let flushed = tokio::task::spawn_blocking(move || mirror.flush(MIRROR_FLUSH_GRACE))
-        .await
-        .unwrap_or(false);
-    if !flushed {
-        eprintln!(
-            "<4>antibodyd: the journal mirror did not drain at stop; the ledger keeps every record"
-        );
     }
     if let Some(connection) = bus.filter(|c| !c.is_closed()) {
         let _ = connection.release_name(dbus::BUS_NAME).await;

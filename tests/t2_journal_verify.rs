@@ -254,10 +254,86 @@ async fn a_journal_file_that_cannot_be_read_stops_the_check_with_its_path() {
         "{text}"
     );
 
+    // Entries with Antibody's MESSAGE_ID that another process sent (any
+    // local user can): set aside and counted, the chain still whole.
+    let mut forged = entries.clone();
+    forged.push(
+        support::journal_export_entry(&h.machine_id, &h.hostname, h.records.last().unwrap())
+            .replace("\n_UID=0\n", "\n_UID=1000\n"),
+    );
+    let forged_dir = collector(&work.path().join("forged"), &forged);
+    let (code, out) = antibodyctl(&["verify", "--journal", forged_dir.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(
+            "1 entr(ies) SET ASIDE: Antibody's MESSAGE_ID, not written by antibody.service as root"
+        ),
+        "{out}"
+    );
+
     // A journal name that is no regular file is named, not opened.
     std::fs::remove_file(dir.join("sealed.journal")).unwrap();
     nix::unistd::mkfifo(&dir.join("pipe.journal"), nix::sys::stat::Mode::S_IRWXU).unwrap();
     let (code, out) = antibodyctl(&["verify", "--journal", dir.to_str().unwrap()]);
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("pipe.journal: not a regular file"), "{out}");
+}
+
+/// A file damaged inside (64 KiB of noise written over a part of it):
+/// with matches, libsystemd may stop walking it and drop it from the
+/// journal with only a debug log. The check says so, with the path,
+/// rather than verify what it read before. Where the damage stops the
+/// walk depends on the file's keyed hash tables (a random key per file),
+/// so the noise goes over each 64 KiB of the first 2 MiB in turn, on a
+/// fresh copy each time: some must stop the walk, and none may pass.
+#[test]
+fn a_journal_file_damaged_inside_stops_the_check_with_its_path() {
+    let entries: Vec<String> = (1..=3000)
+        .map(|seq| {
+            format!(
+                "__REALTIME_TIMESTAMP={}\n__MONOTONIC_TIMESTAMP={seq}\n_BOOT_ID={m}\n_MACHINE_ID={m}\n_HOSTNAME=h\n_UID=0\n_SYSTEMD_UNIT=antibody.service\nMESSAGE_ID={id}\nANTIBODY_SEQ={seq}\nMESSAGE={pad}\n\n",
+                1_764_460_800_000_000u64 + seq,
+                m = "1".repeat(32),
+                id = antibody::sys::journal::message_id("plan_created").unwrap(),
+                pad = "x".repeat(300),
+            )
+        })
+        .collect();
+    let work = tempfile::tempdir().unwrap();
+    let dir = collector(&work.path().join("damaged"), &entries);
+    let whole = dir.join("remote.journal");
+    let (code, out) = antibodyctl(&["verify", "--journal", whole.to_str().unwrap()]);
+    assert_eq!(code, 5, "read whole (and no record carried): {out}");
+
+    let mut noise = Vec::with_capacity(65_536);
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    while noise.len() < 65_536 {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        noise.extend_from_slice(&state.to_le_bytes());
+    }
+    let copy = work.path().join("copy.journal");
+    let mut stopped = 0;
+    for offset in (65_536..2 << 20).step_by(65_536) {
+        std::fs::copy(&whole, &copy).unwrap();
+        let mut f = std::fs::OpenOptions::new().write(true).open(&copy).unwrap();
+        std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(offset)).unwrap();
+        f.write_all(&noise).unwrap();
+        drop(f);
+        let (code, out) = antibodyctl(&["verify", "--journal", copy.to_str().unwrap()]);
+        match code {
+            2 => {
+                let said = format!(
+                    "{}: libsystemd gave up on this file partway",
+                    copy.display()
+                );
+                assert!(out.contains(&said), "{out}");
+                stopped += 1;
+            }
+            5 => {}
+            _ => panic!("noise at {offset}: exit {code}: {out}"),
+        }
+    }
+    assert!(stopped > 0, "no damage stopped libsystemd's walk");
 }

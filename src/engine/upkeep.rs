@@ -202,6 +202,27 @@ impl Engine {
         .await;
     }
 
+    /// At stop: waits (at most `grace`) for the journal mirror to hand
+    /// every record to journald, then records what it had to drop since
+    /// the last upkeep round (the round that would have said it is not
+    /// coming) and waits for that record too. False if time ran out: the
+    /// ledger keeps every record all the same.
+    pub async fn drain_journal_mirror(&self, grace: std::time::Duration) -> bool {
+        let Some(mirror) = self.mirror.clone() else {
+            return true;
+        };
+        let deadline = Instant::now() + grace;
+        let flush = |mirror: crate::sys::journal::JournalMirror| async move {
+            let left = deadline.saturating_duration_since(Instant::now());
+            tokio::task::spawn_blocking(move || mirror.flush(left))
+                .await
+                .unwrap_or(false)
+        };
+        let drained = flush(mirror.clone()).await;
+        self.record_journal_drops().await;
+        flush(mirror).await && drained
+    }
+
     /// Runs the upkeep every few seconds until the agent stops.
     pub async fn upkeep_loop(self: Arc<Self>) {
         let mut last_checkpoint = Instant::now();

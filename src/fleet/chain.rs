@@ -43,6 +43,10 @@ pub struct Mirrored {
     pub kind: Option<String>,
     pub plan_id: Option<String>,
     pub record: Option<String>,
+    /// `_UID` and `_SYSTEMD_UNIT`, which journald sets from the sender
+    /// (a local process cannot choose them).
+    pub uid: Option<String>,
+    pub unit: Option<String>,
 }
 
 #[cfg(test)]
@@ -58,9 +62,15 @@ impl Mirrored {
             kind: Some(record.kind.clone()),
             plan_id: record.plan_id.clone(),
             record: Some(record.to_line().trim_end().to_string()),
+            uid: Some(AGENT_UID.into()),
+            unit: Some(AGENT_UNIT.into()),
         }
     }
 }
+
+/// The unit and uid journald stamps on the agent's own entries.
+pub const AGENT_UNIT: &str = "antibody.service";
+pub const AGENT_UID: &str = "0";
 
 /// The longest record line the check reads: far above any record the
 /// agent writes (an alert is at most 64 KiB), so a longer one is forged
@@ -95,10 +105,16 @@ pub struct HostReport {
     pub last_hash: Option<String>,
     /// The history seen begins after seq 1 (not a failure).
     pub begins_after_start: bool,
-    /// The last seq of the entries, before the first record seen, that
-    /// an agent older than this check mirrored without their records
-    /// (not a failure, not checked).
-    pub without_records_up_to: Option<u64>,
+    /// The seqs of the entries, before the first record seen, that carry
+    /// no record: an agent older than this check mirrored them so, or the
+    /// records were stripped (said, not checked; a gap among them is a
+    /// hole all the same).
+    pub without_records: Option<Hole>,
+    /// Entries with a ledger record's `MESSAGE_ID` that journald did not
+    /// stamp as written by `antibody.service` as root (`_SYSTEMD_UNIT`,
+    /// `_UID`): any local process can send such an entry. Left out of
+    /// the chain, counted here.
+    pub set_aside: u64,
     pub holes: Vec<Hole>,
     /// Seq ranges the agent itself recorded it could not mirror
     /// (`journal_dropped`): holes there are explained, still holes.
@@ -123,6 +139,7 @@ struct Host {
     bad: BTreeMap<u64, String>,
     /// Seqs of entries that carry no record.
     without_record: BTreeSet<u64>,
+    set_aside: u64,
     versions: BTreeSet<String>,
     dropped: Vec<Hole>,
 }
@@ -150,9 +167,23 @@ impl Chains {
         if !entry.hostname.is_empty() {
             host.hostname = std::mem::take(&mut entry.hostname);
         }
+        if entry.uid.as_deref() != Some(AGENT_UID) || entry.unit.as_deref() != Some(AGENT_UNIT) {
+            host.set_aside += 1;
+            return None;
+        }
         let field_seq = entry.seq.unwrap_or(0);
         let Some(text) = entry.record.take() else {
-            host.without_record.insert(field_seq);
+            match entry.seq {
+                Some(seq) => host.without_record.insert(seq),
+                None => {
+                    host.bad(
+                        0,
+                        "an entry carries neither ANTIBODY_RECORD nor a readable ANTIBODY_SEQ"
+                            .into(),
+                    );
+                    false
+                }
+            };
             return None;
         };
         if text.len() > MAX_RECORD_LINE_BYTES {
@@ -268,7 +299,7 @@ fn report(machine_id: String, mut host: Host) -> HostReport {
     links.sort_by_key(|l| (l.seq, l.hash));
     links.dedup();
     // Entries without their record: those before the first record are an
-    // older agent's (said); any after it lost its record (bad).
+    // older agent's, or stripped (said); any after it lost its record (bad).
     let first_record = links.first().map(|l| l.seq);
     let (older, lost): (Vec<u64>, Vec<u64>) = std::mem::take(&mut host.without_record)
         .into_iter()
@@ -276,11 +307,30 @@ fn report(machine_id: String, mut host: Host) -> HostReport {
     if let Some(seq) = lost.first() {
         let why = match first_record {
             Some(_) => "its journal entry carries no ANTIBODY_RECORD though earlier ones do (dropped or cut), so it cannot be checked",
-            None => "no journal entry of this host carries its ANTIBODY_RECORD (an agent older than this check wrote them), so nothing can be checked",
+            None => "no journal entry of this host carries its ANTIBODY_RECORD (an agent older than this check wrote them, or they were stripped), so nothing can be checked",
         };
         host.bad(*seq, why.into());
     }
-    let mut holes = Vec::new();
+    if links.is_empty() && lost.is_empty() && host.set_aside > 0 {
+        host.bad(
+            0,
+            format!("none of its entries was written by {AGENT_UNIT} as root, so nothing can be checked"),
+        );
+    }
+    // Holes over every seq seen, with or without its record.
+    let seen: Vec<u64> = older
+        .iter()
+        .copied()
+        .chain(links.iter().map(|l| l.seq))
+        .collect();
+    let holes: Vec<Hole> = seen
+        .windows(2)
+        .filter(|pair| pair[1] > pair[0] + 1)
+        .map(|pair| Hole {
+            from: pair[0] + 1,
+            to: pair[1] - 1,
+        })
+        .collect();
     for pair in links.windows(2) {
         let (before, after) = (pair[0], pair[1]);
         if after.seq == before.seq {
@@ -288,21 +338,14 @@ fn report(machine_id: String, mut host: Host) -> HostReport {
                 after.seq,
                 format!("two different records have seq {}", after.seq),
             );
-        } else if after.seq == before.seq + 1 {
-            if after.prev != before.hash {
-                host.bad(
-                    after.seq,
-                    format!(
-                        "its prev does not match the hash of record seq {}",
-                        before.seq
-                    ),
-                );
-            }
-        } else {
-            holes.push(Hole {
-                from: before.seq + 1,
-                to: after.seq - 1,
-            });
+        } else if after.seq == before.seq + 1 && after.prev != before.hash {
+            host.bad(
+                after.seq,
+                format!(
+                    "its prev does not match the hash of record seq {}",
+                    before.seq
+                ),
+            );
         }
     }
     let genesis = parse_hash(GENESIS).expect("64 hex digits");
@@ -317,7 +360,7 @@ fn report(machine_id: String, mut host: Host) -> HostReport {
         .into_iter()
         .next()
         .map(|(seq, why)| Bad { seq, why });
-    let (first_seq, last_seq) = (links.first().map(|l| l.seq), links.last().map(|l| l.seq));
+    let (first_seq, last_seq) = (seen.first().copied(), links.last().map(|l| l.seq));
     let distinct = links.iter().map(|l| l.seq).collect::<BTreeSet<_>>().len() as u64;
     HostReport {
         machine_id,
@@ -327,7 +370,11 @@ fn report(machine_id: String, mut host: Host) -> HostReport {
         last_seq,
         last_hash: links.last().map(|l| hex(&l.hash)),
         begins_after_start: first_seq.is_some_and(|s| s > 1),
-        without_records_up_to: older.last().copied(),
+        without_records: older.first().zip(older.last()).map(|(from, to)| Hole {
+            from: *from,
+            to: *to,
+        }),
+        set_aside: host.set_aside,
         ok: first_bad.is_none() && holes.is_empty(),
         holes,
         dropped_by_agent: host.dropped,
@@ -352,15 +399,21 @@ impl HostReport {
         if let Some(hash) = &self.last_hash {
             parts.push(format!("tip hash {hash}"));
         }
-        if self.begins_after_start && self.without_records_up_to.is_none() {
+        if self.begins_after_start {
             parts.push(format!(
                 "history begins at seq {} (earlier records are not in this copy)",
                 self.first_seq.unwrap_or(0)
             ));
         }
-        if let Some(seq) = self.without_records_up_to {
+        if let Some(Hole { from, to }) = self.without_records {
             parts.push(format!(
-                "entries up to seq {seq} were mirrored without their records by an older agent (not checked)"
+                "entries seq {from}..{to} carry no record (an older agent's, or stripped): not checked"
+            ));
+        }
+        if self.set_aside > 0 {
+            parts.push(format!(
+                "{} entr(ies) SET ASIDE: Antibody's MESSAGE_ID, not written by {AGENT_UNIT} as root",
+                self.set_aside
             ));
         }
         for hole in &self.holes {
@@ -554,11 +607,22 @@ mod tests {
         }
         let report = &verify(entries.clone())[0];
         assert!(report.ok, "{}", report.describe());
-        assert_eq!(report.without_records_up_to, Some(3));
-        assert_eq!((report.first_seq, report.records), (Some(4), 3));
-        assert!(report
-            .describe()
-            .contains("entries up to seq 3 were mirrored without their records by an older agent"));
+        assert_eq!(report.without_records, Some(Hole { from: 1, to: 3 }));
+        assert_eq!((report.first_seq, report.records), (Some(1), 3));
+        assert!(report.describe().contains(
+            "entries seq 1..3 carry no record (an older agent's, or stripped): not checked"
+        ));
+
+        // A gap among them, or between them and the first record, is a hole.
+        let mut gapped = entries.clone();
+        gapped.remove(3); // seq 4, the first record
+        gapped.remove(1); // seq 2
+        let report = &verify(gapped)[0];
+        assert!(!report.ok);
+        assert_eq!(
+            report.holes,
+            [Hole { from: 2, to: 2 }, Hole { from: 4, to: 4 }]
+        );
 
         // One after the first record lost its record: that one is bad.
         entries[4].record = None;
@@ -607,5 +671,51 @@ mod tests {
         let bad = report.first_bad.as_ref().unwrap();
         assert_eq!(bad.seq, 2);
         assert!(bad.why.contains("longer than"));
+    }
+
+    #[test]
+    fn entries_not_stamped_as_the_agents_are_set_aside_and_said() {
+        let mut entries: Vec<Mirrored> = chain("a", 4).into_iter().map(|(_, m)| m).collect();
+        // A local user's forgery: another record at seq 3, and one past the tip.
+        let mut forged = chain("a", 5);
+        forged[2].1.record = Some(forged[2].1.record.take().unwrap().replace("0.1.0", "9"));
+        for (_, mut m) in forged.into_iter().skip(2) {
+            m.uid = Some("1000".into());
+            m.unit = Some("user@1000.service".into());
+            entries.push(m);
+        }
+        let report = &verify(entries)[0];
+        assert!(report.ok, "{}", report.describe());
+        assert_eq!((report.set_aside, report.last_seq), (3, Some(4)));
+        assert!(report.describe().contains(
+            "3 entr(ies) SET ASIDE: Antibody's MESSAGE_ID, not written by antibody.service as root"
+        ));
+
+        // A host with nothing but such entries is not called whole.
+        let mut only: Vec<Mirrored> = chain("b", 2).into_iter().map(|(_, m)| m).collect();
+        for m in &mut only {
+            m.unit = None;
+        }
+        let report = &verify(only)[0];
+        assert!(!report.ok);
+        assert!(report
+            .first_bad
+            .as_ref()
+            .unwrap()
+            .why
+            .contains("nothing can be checked"));
+    }
+
+    #[test]
+    fn an_entry_with_neither_record_nor_seq_is_bad() {
+        let mut entries: Vec<Mirrored> = chain("a", 3).into_iter().map(|(_, m)| m).collect();
+        entries[2].record = None;
+        entries[2].seq = None;
+        let report = &verify(entries)[0];
+        let bad = report.first_bad.as_ref().unwrap();
+        assert_eq!(bad.seq, 0);
+        assert!(bad
+            .why
+            .contains("neither ANTIBODY_RECORD nor a readable ANTIBODY_SEQ"));
     }
 }

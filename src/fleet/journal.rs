@@ -6,11 +6,13 @@
 //! Directories are walked here rather than by `sd_journal_open_directory`,
 //! which passes over a file it cannot open without a word: a verification
 //! that silently read less than it was given would call a partial copy
-//! whole. Every file found is opened first, so one that cannot be read
-//! stops the check with its path.
+//! whole. Each file is read on its own, so one that cannot be opened, or
+//! that libsystemd stops reading partway, stops the check with its path;
+//! one file open at a time, however many a collector holds.
 
 use std::fs::File;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use systemd::journal::{Journal, OpenFilesOptions};
@@ -34,20 +36,15 @@ pub fn read_mirrored(paths: &[PathBuf], mut visit: impl FnMut(Mirrored)) -> io::
                 ));
             }
         } else {
+            regular_file(path)?;
             files.push(path.clone());
         }
     }
-    for file in &files {
-        File::open(file).map_err(|e| at(file, e))?;
+    let mut read = 0;
+    for path in &files {
+        read += read_file(path, &mut visit).map_err(|e| at(path, e))?;
     }
-    let names = files
-        .iter()
-        .map(|f| path_text(f))
-        .collect::<io::Result<Vec<_>>>()?;
-    let mut journal = OpenFilesOptions::default()
-        .open_files(names)
-        .map_err(|e| at(&files[0], e))?;
-    read_journal(&mut journal, &mut visit)
+    Ok(read)
 }
 
 /// Journal files (`*.journal`, and `*.journal~` that journald set aside
@@ -60,44 +57,71 @@ fn journal_files_under(dir: &Path, found: &mut Vec<PathBuf>) -> io::Result<()> {
         .map_err(|e| at(dir, e))?;
     entries.sort();
     for path in entries {
-        // A link to a directory is not followed (no loops); a journal
-        // file's link is, and must end at a regular file (a FIFO would
-        // block the open below).
         let kind = std::fs::symlink_metadata(&path).map_err(|e| at(&path, e))?;
         if kind.is_dir() {
             journal_files_under(&path, found)?;
         } else if is_journal_file(&path) {
-            if !std::fs::metadata(&path)
-                .map_err(|e| at(&path, e))?
-                .is_file()
-            {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!("{}: not a regular file", path.display()),
-                ));
-            }
+            regular_file(&path)?;
             found.push(path);
+        } else if kind.file_type().is_symlink() && path.is_dir() {
+            // Not followed (a link can make a loop), and not passed over
+            // in silence either.
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{}: a link to a directory; name the directory itself",
+                    path.display()
+                ),
+            ));
         }
     }
     Ok(())
 }
 
 fn is_journal_file(path: &Path) -> bool {
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    name.ends_with(".journal") || name.ends_with(".journal~")
+    use std::os::unix::ffi::OsStrExt;
+    let name = path.file_name().map(|n| n.as_bytes()).unwrap_or(b"");
+    name.ends_with(b".journal") || name.ends_with(b".journal~")
 }
 
-fn path_text(path: &Path) -> io::Result<&str> {
-    path.to_str().ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{}: not UTF-8", path.display()),
-        )
-    })
+/// A journal file's name must end at a regular file (a FIFO would block
+/// the open).
+fn regular_file(path: &Path) -> io::Result<()> {
+    if std::fs::metadata(path).map_err(|e| at(path, e))?.is_file() {
+        return Ok(());
+    }
+    Err(io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("{}: not a regular file", path.display()),
+    ))
 }
 
 fn at(path: &Path, e: io::Error) -> io::Error {
     io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}
+
+/// One file, in a journal of its own: libsystemd drops a file it cannot
+/// iterate from a journal without a word (only a debug log), so each file
+/// is checked to be still there after its walk. The file is opened here
+/// and handed over as `/proc/self/fd/N`: one journal-remote renames while
+/// rotating is read whole under its new name, not missed.
+fn read_file(path: &Path, visit: &mut impl FnMut(Mirrored)) -> io::Result<u64> {
+    let file = File::open(path)?;
+    let by_fd = format!("/proc/self/fd/{}", file.as_raw_fd());
+    let mut journal = OpenFilesOptions::default().open_files([by_fd.as_str()])?;
+    journal.seek_tail()?;
+    let holds_entries = journal.previous()? > 0;
+    let read = read_journal(&mut journal, visit)?;
+    journal.match_flush()?;
+    journal.seek_tail()?;
+    if holds_entries && journal.previous()? == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "libsystemd gave up on this file partway (damaged or cut; `journalctl --verify --file` it): its entries after that point were not read",
+        ));
+    }
+    drop(file);
+    Ok(read)
 }
 
 fn read_journal(journal: &mut Journal, visit: &mut impl FnMut(Mirrored)) -> io::Result<u64> {
@@ -114,6 +138,7 @@ fn read_journal(journal: &mut Journal, visit: &mut impl FnMut(Mirrored)) -> io::
     // libsystemd returns an uncompressed field whole: it is in the file,
     // already bounded by the file's size.
     journal.set_data_threshold(MAX_RECORD_LINE_BYTES + 1)?;
+    journal.seek_head()?;
     let mut read = 0;
     while journal.next()? > 0 {
         let mut field = |name: &str| -> io::Result<Option<String>> {
@@ -134,6 +159,8 @@ fn read_journal(journal: &mut Journal, visit: &mut impl FnMut(Mirrored)) -> io::
             prev: field("ANTIBODY_PREV")?,
             kind: field("ANTIBODY_KIND")?,
             plan_id: field("ANTIBODY_PLAN_ID")?,
+            uid: field("_UID")?,
+            unit: field("_SYSTEMD_UNIT")?,
             record,
         });
         read += 1;

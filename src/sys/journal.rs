@@ -204,6 +204,7 @@ pub struct Dropped {
 
 struct Queued {
     seq: u64,
+    bytes: usize,
     entry: JournalEntry,
 }
 
@@ -211,8 +212,8 @@ struct Queued {
 struct MirrorQueue {
     entries: std::collections::VecDeque<Queued>,
     bytes: usize,
-    /// Entries the thread has taken and not finished sending.
-    in_flight: usize,
+    /// The thread has taken an entry and not finished sending it.
+    in_flight: bool,
     dropped: Option<Dropped>,
 }
 
@@ -257,26 +258,26 @@ impl JournalMirror {
         let thread_side = shared.clone();
         std::thread::Builder::new()
             .name("journal-mirror".into())
+            // One entry at a time: an entry's bytes are given back as it
+            // leaves the queue, so the caps bound everything held.
             .spawn(move || loop {
-                let batch: Vec<Queued> = {
+                let queued = {
                     let mut q = crate::sync::lock(&thread_side.queue);
-                    while q.entries.is_empty() {
+                    loop {
+                        if let Some(queued) = q.entries.pop_front() {
+                            q.bytes -= queued.bytes;
+                            q.in_flight = true;
+                            break queued;
+                        }
                         q = thread_side.ready.wait(q).unwrap_or_else(|p| p.into_inner());
                     }
-                    q.bytes = 0;
-                    q.in_flight = q.entries.len();
-                    q.entries.drain(..).collect()
                 };
-                let refused: Vec<u64> = batch
-                    .iter()
-                    .filter(|queued| !send(&queued.entry))
-                    .map(|queued| queued.seq)
-                    .collect();
+                let taken = send(&queued.entry);
                 let mut q = crate::sync::lock(&thread_side.queue);
-                for seq in refused {
-                    q.note_dropped(seq);
+                if !taken {
+                    q.note_dropped(queued.seq);
                 }
-                q.in_flight = 0;
+                q.in_flight = false;
                 if q.entries.is_empty() {
                     thread_side.idle.notify_all();
                 }
@@ -300,6 +301,7 @@ impl JournalMirror {
                 q.bytes += bytes;
                 q.entries.push_back(Queued {
                     seq: durable.record.seq,
+                    bytes,
                     entry,
                 });
             } else {
@@ -323,7 +325,7 @@ impl JournalMirror {
         let (_q, waited) = self
             .shared
             .idle
-            .wait_timeout_while(q, timeout, |q| !q.entries.is_empty() || q.in_flight > 0)
+            .wait_timeout_while(q, timeout, |q| !q.entries.is_empty() || q.in_flight)
             .unwrap_or_else(|p| p.into_inner());
         !waited.timed_out()
     }

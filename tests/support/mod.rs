@@ -363,7 +363,7 @@ pub fn journal_export_entry(
         journal_fields: Vec::new(),
     });
     let mut text = format!(
-        "__REALTIME_TIMESTAMP={}\n__MONOTONIC_TIMESTAMP={}\n_BOOT_ID={machine_id}\n_MACHINE_ID={machine_id}\n_HOSTNAME={hostname}\nPRIORITY={}\nMESSAGE={}\n",
+        "__REALTIME_TIMESTAMP={}\n__MONOTONIC_TIMESTAMP={}\n_BOOT_ID={machine_id}\n_MACHINE_ID={machine_id}\n_HOSTNAME={hostname}\n_UID=0\n_SYSTEMD_UNIT=antibody.service\nPRIORITY={}\nMESSAGE={}\n",
         ts_ms * 1000 + record.seq % 1000,
         record.seq,
         entry.priority,
