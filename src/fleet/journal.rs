@@ -141,29 +141,65 @@ fn read_journal(journal: &mut Journal, visit: &mut impl FnMut(Mirrored)) -> io::
     journal.seek_head()?;
     let mut read = 0;
     while journal.next()? > 0 {
-        let mut field = |name: &str| -> io::Result<Option<String>> {
-            Ok(journal
-                .get_data(name)?
-                .and_then(|f| f.value().map(|v| String::from_utf8_lossy(v).into_owned())))
-        };
-        let seq = field("ANTIBODY_SEQ")?;
-        let record = field(RECORD_FIELD)?;
-        if seq.is_none() && record.is_none() {
+        // One pass over the entry's fields (each get_data would walk them
+        // all again).
+        let mut fields = EntryFields::default();
+        journal.restart_data();
+        while let Some(field) = journal.enumerate_data()? {
+            fields.take(field.name(), field.value().unwrap_or_default());
+        }
+        if fields.seq.is_none() && fields.record.is_none() {
             continue;
         }
         visit(Mirrored {
-            machine_id: field("_MACHINE_ID")?.unwrap_or_default(),
-            hostname: field("_HOSTNAME")?.unwrap_or_default(),
-            seq: seq.and_then(|s| s.parse().ok()),
-            hash: field("ANTIBODY_HASH")?,
-            prev: field("ANTIBODY_PREV")?,
-            kind: field("ANTIBODY_KIND")?,
-            plan_id: field("ANTIBODY_PLAN_ID")?,
-            uid: field("_UID")?,
-            unit: field("_SYSTEMD_UNIT")?,
-            record,
+            machine_id: fields.machine_id.unwrap_or_default(),
+            hostname: fields.hostname.unwrap_or_default(),
+            seq: fields.seq.and_then(|s| s.parse().ok()),
+            hash: fields.hash,
+            prev: fields.prev,
+            kind: fields.kind,
+            plan_id: fields.plan_id,
+            uid: fields.uid,
+            unit: fields.unit,
+            record: fields.record,
         });
         read += 1;
     }
     Ok(read)
+}
+
+/// The fields of one entry the check reads (the first of each name).
+#[derive(Default)]
+struct EntryFields {
+    machine_id: Option<String>,
+    hostname: Option<String>,
+    seq: Option<String>,
+    hash: Option<String>,
+    prev: Option<String>,
+    kind: Option<String>,
+    plan_id: Option<String>,
+    uid: Option<String>,
+    unit: Option<String>,
+    record: Option<String>,
+}
+
+impl EntryFields {
+    fn take(&mut self, name: &[u8], value: &[u8]) {
+        let slot = match name {
+            b"_MACHINE_ID" => &mut self.machine_id,
+            b"_HOSTNAME" => &mut self.hostname,
+            b"ANTIBODY_SEQ" => &mut self.seq,
+            b"ANTIBODY_HASH" => &mut self.hash,
+            b"ANTIBODY_PREV" => &mut self.prev,
+            b"ANTIBODY_KIND" => &mut self.kind,
+            b"ANTIBODY_PLAN_ID" => &mut self.plan_id,
+            b"_UID" => &mut self.uid,
+            b"_SYSTEMD_UNIT" => &mut self.unit,
+            name if name == RECORD_FIELD.as_bytes() => &mut self.record,
+            _ => return,
+        };
+        if slot.is_none() {
+            *slot = Some(String::from_utf8_lossy(value).into_owned());
+        }
+    }
 }
