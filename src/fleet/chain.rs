@@ -482,6 +482,16 @@ mod tests {
         Mirrored::of(machine, &format!("host-{machine}"), record)
     }
 
+    /// Just the entries of [`chain`].
+    fn entries_of(machine: &str, n: u64) -> Vec<Mirrored> {
+        chain(machine, n).into_iter().map(|(_, m)| m).collect()
+    }
+
+    /// Why the first bad record is bad.
+    fn why(report: &HostReport) -> &str {
+        &report.first_bad.as_ref().expect("a bad record").why
+    }
+
     fn verify(entries: impl IntoIterator<Item = Mirrored>) -> Vec<HostReport> {
         let mut chains = Chains::default();
         for e in entries {
@@ -492,7 +502,7 @@ mod tests {
 
     #[test]
     fn whole_chains_of_several_hosts_in_any_order_verify() {
-        let mut entries: Vec<Mirrored> = chain("a", 5).into_iter().map(|(_, m)| m).collect();
+        let mut entries = entries_of("a", 5);
         entries.extend(chain("b", 3).into_iter().map(|(_, m)| m).rev());
         entries.push(entries[0].clone()); // a duplicate is the same record
         let reports = verify(entries);
@@ -521,7 +531,7 @@ mod tests {
 
     #[test]
     fn a_missing_record_is_a_hole_and_an_altered_one_is_bad() {
-        let mut entries: Vec<Mirrored> = chain("a", 10).into_iter().map(|(_, m)| m).collect();
+        let mut entries = entries_of("a", 10);
         entries.remove(6); // seq 7
         entries.remove(2); // seq 3
         let report = &verify(entries.clone())[0];
@@ -542,12 +552,7 @@ mod tests {
         altered[3].1.record = Some(text);
         let report = &verify(altered.into_iter().map(|(_, m)| m))[0];
         assert_eq!(report.first_bad.as_ref().unwrap().seq, 4);
-        assert!(report
-            .first_bad
-            .as_ref()
-            .unwrap()
-            .why
-            .contains("does not match its content"));
+        assert!(why(report).contains("does not match its content"));
     }
 
     #[test]
@@ -573,35 +578,25 @@ mod tests {
 
     #[test]
     fn an_entry_without_its_record_and_two_records_with_one_seq_are_failures() {
-        let mut entries: Vec<Mirrored> = chain("a", 4).into_iter().map(|(_, m)| m).collect();
+        let mut entries = entries_of("a", 4);
         entries[1].record = None;
         let report = &verify(entries.clone())[0];
         assert!(!report.ok);
-        assert!(report
-            .first_bad
-            .as_ref()
-            .unwrap()
-            .why
-            .contains("carries no ANTIBODY_RECORD"));
+        assert!(why(report).contains("carries no ANTIBODY_RECORD"));
 
         let other = chain("a", 4)[1].0.clone();
         let mut twin = other.clone();
         twin.payload = json!({"version": "other"});
         let twin = Record::seal(2, twin.ts, twin.kind, None, twin.payload, twin.prev);
-        let mut entries: Vec<Mirrored> = chain("a", 4).into_iter().map(|(_, m)| m).collect();
+        let mut entries = entries_of("a", 4);
         entries.push(mirror("a", &twin));
         let report = &verify(entries)[0];
-        assert!(report
-            .first_bad
-            .as_ref()
-            .unwrap()
-            .why
-            .contains("two different records have seq 2"));
+        assert!(why(report).contains("two different records have seq 2"));
     }
 
     #[test]
     fn an_older_agents_entries_before_the_first_record_are_said_not_failed() {
-        let mut entries: Vec<Mirrored> = chain("a", 6).into_iter().map(|(_, m)| m).collect();
+        let mut entries = entries_of("a", 6);
         for entry in &mut entries[..3] {
             entry.record = None;
         }
@@ -636,12 +631,7 @@ mod tests {
         }
         let report = &verify(entries)[0];
         assert!(!report.ok);
-        assert!(report
-            .first_bad
-            .as_ref()
-            .unwrap()
-            .why
-            .contains("nothing can be checked"));
+        assert!(why(report).contains("nothing can be checked"));
     }
 
     #[test]
@@ -654,7 +644,7 @@ mod tests {
             ("ANTIBODY_SEQ", |m| m.seq = Some(9)),
         ];
         for (field, change) in tamper {
-            let mut entries: Vec<Mirrored> = chain("a", 4).into_iter().map(|(_, m)| m).collect();
+            let mut entries = entries_of("a", 4);
             change(&mut entries[2]);
             let report = &verify(entries)[0];
             let bad = report.first_bad.as_ref().expect(field);
@@ -665,7 +655,7 @@ mod tests {
 
     #[test]
     fn a_record_longer_than_any_the_agent_writes_is_bad() {
-        let mut entries: Vec<Mirrored> = chain("a", 3).into_iter().map(|(_, m)| m).collect();
+        let mut entries = entries_of("a", 3);
         entries[1].record = Some("x".repeat(MAX_RECORD_LINE_BYTES + 1));
         let report = &verify(entries)[0];
         let bad = report.first_bad.as_ref().unwrap();
@@ -675,7 +665,7 @@ mod tests {
 
     #[test]
     fn entries_not_stamped_as_the_agents_are_set_aside_and_said() {
-        let mut entries: Vec<Mirrored> = chain("a", 4).into_iter().map(|(_, m)| m).collect();
+        let mut entries = entries_of("a", 4);
         // A local user's forgery: another record at seq 3, and one past the tip.
         let mut forged = chain("a", 5);
         forged[2].1.record = Some(forged[2].1.record.take().unwrap().replace("0.1.0", "9"));
@@ -692,23 +682,18 @@ mod tests {
         ));
 
         // A host with nothing but such entries is not called whole.
-        let mut only: Vec<Mirrored> = chain("b", 2).into_iter().map(|(_, m)| m).collect();
+        let mut only = entries_of("b", 2);
         for m in &mut only {
             m.unit = None;
         }
         let report = &verify(only)[0];
         assert!(!report.ok);
-        assert!(report
-            .first_bad
-            .as_ref()
-            .unwrap()
-            .why
-            .contains("nothing can be checked"));
+        assert!(why(report).contains("nothing can be checked"));
     }
 
     #[test]
     fn an_entry_with_neither_record_nor_seq_is_bad() {
-        let mut entries: Vec<Mirrored> = chain("a", 3).into_iter().map(|(_, m)| m).collect();
+        let mut entries = entries_of("a", 3);
         entries[2].record = None;
         entries[2].seq = None;
         let report = &verify(entries)[0];
