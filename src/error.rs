@@ -16,6 +16,9 @@ pub enum ErrorName {
     StorageFailure,
     /// `RollbackPlan` on a plan that is still pending or running.
     PlanNotFinished,
+    /// `RollbackPlan` on a finished plan with nothing applied and
+    /// reversible (all failed, skipped, not reversible, or reverted).
+    NothingToRevert,
 }
 
 impl ErrorName {
@@ -30,6 +33,7 @@ impl ErrorName {
             ErrorName::RateLimited => "RateLimited",
             ErrorName::StorageFailure => "StorageFailure",
             ErrorName::PlanNotFinished => "PlanNotFinished",
+            ErrorName::NothingToRevert => "NothingToRevert",
         }
     }
 

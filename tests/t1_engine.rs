@@ -156,8 +156,14 @@ async fn rollback_plan_reverts_a_finished_plan_newest_first() {
         .collect();
     assert_eq!(reverts, ["y", "x"]);
     assert_eq!(plan["rollback"]["by"], "uid 0 (test)");
-    // A second rollback has nothing left to undo.
-    rig.engine.rollback(&id, "again").await.unwrap();
+    // A second rollback has nothing left to undo, and says so.
+    let err = rig.engine.rollback(&id, "again").await.unwrap_err();
+    assert_eq!(err.name, ErrorName::NothingToRevert);
+    assert!(
+        err.message.contains("[0] step reverted; [1] step reverted"),
+        "{}",
+        err.message
+    );
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(rig.step.count("revert", "x"), 1);
 }
@@ -180,6 +186,25 @@ async fn rollback_refuses_unknown_and_unfinished_plans() {
     assert!(err.message.contains("in_progress"), "{}", err.message);
     gate.notify_one();
     wait_finished(&rig.engine, &id).await;
+
+    // A failed plan whose one action never applied: nothing to revert,
+    // said with each action's state; nothing is recorded for it.
+    rig.step.script("broken", vec![Outcome::Permanent]);
+    let (id, _) = rig
+        .engine
+        .submit(&alert("fails", json!([step("broken")])))
+        .await
+        .unwrap();
+    assert_eq!(wait_finished(&rig.engine, &id).await["status"], "failed");
+    let err = rig.engine.rollback(&id, "t").await.unwrap_err();
+    assert_eq!(err.name, ErrorName::NothingToRevert);
+    assert!(
+        err.message
+            .ends_with("no action of it is applied and reversible now ([0] step failed)"),
+        "{}",
+        err.message
+    );
+    assert!(rig.engine.get_plan(&id).unwrap()["rollback"].is_null());
 }
 
 #[tokio::test]

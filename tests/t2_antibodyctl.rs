@@ -315,12 +315,18 @@ fn dry_run_keeps_flag_order_and_changes_nothing() {
 }
 
 #[test]
-fn rollback_of_a_finished_plan_and_of_an_unknown_one() {
+fn rollback_of_a_plan_with_nothing_to_revert_and_of_an_unknown_one() {
     let f = up();
+    // A journal notice is not reversible: said, not "requested".
     let id = submit_notice(&f.bus, "rollback");
     let (code, out, err) = ctl(&f.bus, &["rollback", &id]);
-    assert_eq!(code, 0, "{err}");
-    assert_eq!(out.trim(), format!("rollback of plan {id} requested"));
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        err.starts_with(&format!(
+            "antibodyctl: NothingToRevert: plan {id} has nothing to revert: no action of it is applied and reversible now ([0] notify_operator applied, not reversible)"
+        )),
+        "{err}"
+    );
     let (code, _, err) = ctl(
         &f.bus,
         &["rollback", "00000000-0000-4000-8000-000000000000"],

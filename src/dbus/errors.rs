@@ -16,6 +16,8 @@ pub enum Error {
     RateLimited(String),
     StorageFailure(String),
     PlanNotFinished(String),
+    /// `RollbackPlan` of a finished plan with nothing in force to revert.
+    NothingToRevert(String),
     /// A method argument other than an alert is malformed (e.g. a status filter).
     InvalidArgument(String),
 }
@@ -33,6 +35,7 @@ impl From<AgentError> for Error {
             ErrorName::RateLimited => Error::RateLimited(m),
             ErrorName::StorageFailure => Error::StorageFailure(m),
             ErrorName::PlanNotFinished => Error::PlanNotFinished(m),
+            ErrorName::NothingToRevert => Error::NothingToRevert(m),
         }
     }
 }

@@ -500,6 +500,9 @@ impl Engine {
             {
                 return Ok(());
             }
+            if let Some(why) = plan.nothing_to_revert() {
+                return Err(AgentError::new(ErrorName::NothingToRevert, why));
+            }
         }
         self.try_record(id, Event::RollbackRequested { by: by.to_string() })
             .await

@@ -221,6 +221,37 @@ impl Plan {
             .count()
     }
 
+    /// Why a rollback of this plan would revert nothing (no action of it
+    /// is applied and reversible now), naming each action's state; `None`
+    /// when something is in force.
+    pub fn nothing_to_revert(&self) -> Option<String> {
+        if self.in_force_count() > 0 {
+            return None;
+        }
+        let actions: Vec<String> = self
+            .actions
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                let state = serde_json::to_value(a.state)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default();
+                let kind = if a.seed.reversible {
+                    ""
+                } else {
+                    ", not reversible"
+                };
+                format!("[{i}] {} {state}{kind}", a.seed.kind)
+            })
+            .collect();
+        Some(format!(
+            "plan {} has nothing to revert: no action of it is applied and reversible now ({})",
+            self.id,
+            actions.join("; ")
+        ))
+    }
+
     /// Timed reverts still to come: (deadline ms, action index).
     pub fn pending_timed_reverts(&self) -> impl Iterator<Item = (u64, usize)> + '_ {
         self.actions
