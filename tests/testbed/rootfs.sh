@@ -27,20 +27,20 @@ if [[ -f $ROOT/.antibody-testbed && "$(cat "$ROOT/.antibody-testbed")" == "$STAM
     exit 0
 fi
 
-# The machine's own mirror (there is no other network): the first URIs line
-# of its deb822 sources, else of sources.list, else Debian's default.
+# The machine's own mirror (it may have no other network): the first URIs
+# line of its deb822 sources, else of sources.list. With none configured,
+# debootstrap's own default is used (no host is named here).
 mirror=$(grep -h '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | head -n1 | awk '{print $2}' || true)
 if [[ -z $mirror ]]; then
     mirror=$(grep -h '^deb ' /etc/apt/sources.list 2>/dev/null | head -n1 | awk '{print $2}' || true)
 fi
-mirror=${mirror:-http://deb.debian.org/debian}
 
-echo "testbed: building the Debian 12 root filesystem from $mirror (about a minute, once)" >&2
+echo "testbed: building the Debian 12 root filesystem from ${mirror:-the default mirror of debootstrap} (about a minute, once)" >&2
 mkdir -p "$CACHE"
 rm -rf "$ROOT.new"
 debootstrap --variant=minbase \
     --include=systemd,systemd-sysv,dbus,iproute2,nftables,procps,systemd-journal-remote \
-    bookworm "$ROOT.new" "$mirror" >"$CACHE/debootstrap.log" 2>&1 || {
+    bookworm "$ROOT.new" ${mirror:+"$mirror"} >"$CACHE/debootstrap.log" 2>&1 || {
     echo "testbed: debootstrap failed; the end of $CACHE/debootstrap.log:" >&2
     tail -n 30 "$CACHE/debootstrap.log" >&2
     exit 1
