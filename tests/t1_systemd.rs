@@ -460,10 +460,29 @@ async fn dry_run_shows_the_unit_and_each_property_before_and_after() {
         throttle["changes"],
         json!([
             "CPUQuotaPerSecUSec: infinity -> 200000",
-            "IOWeight: infinity -> 10"
+            "IOWeight: [not set] -> 10"
         ])
     );
     assert!(rig.systemd.calls().is_empty(), "a dry run changes nothing");
+}
+
+/// The log says what systemd holds after the change, and names what it
+/// did not take; that is not drift afterwards.
+#[tokio::test]
+async fn a_property_the_unit_does_not_take_is_said_and_is_not_drift() {
+    let rig = start_with(&["web.service"], "").await;
+    rig.systemd
+        .keeps_io_weight
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let (_, plan) = run_to_end(&rig, "hog", json!([throttle("web.service", 60)])).await;
+    assert_eq!(plan["status"], "success");
+    let log = plan["log"].to_string();
+    assert!(
+        log.contains("throttled web.service for 60 s (CPUQuotaPerSecUSec: infinity -> 200000); systemd did not take: IOWeight asked 10, holds [not set]"),
+        "{log}"
+    );
+    rig.engine.reconcile_units().await;
+    assert!(ledger_payloads(&rig, "unit_drift").is_empty());
 }
 
 #[tokio::test]

@@ -25,30 +25,60 @@ pub fn throttled_limits(params: &Value, before: &ResourceLimits) -> ResourceLimi
     }
 }
 
-/// systemd's way of showing a limit: `infinity` for none.
-pub fn show_limit(value: u64) -> String {
-    if value == u64::MAX {
-        "infinity".into()
-    } else {
-        value.to_string()
+/// A limit as `systemctl show` writes it: no limit is `infinity`, an
+/// unset weight `[not set]` (both are u64::MAX on the bus).
+pub fn show_limit(property: &str, value: u64) -> String {
+    match (value, property) {
+        (u64::MAX, "IOWeight") => "[not set]".into(),
+        (u64::MAX, _) => "infinity".into(),
+        _ => value.to_string(),
     }
+}
+
+/// Each property with its value in `a` and in `b`.
+fn properties(a: &ResourceLimits, b: &ResourceLimits) -> [(&'static str, u64, u64); 3] {
+    [
+        (
+            "CPUQuotaPerSecUSec",
+            a.cpu_quota_per_sec_usec,
+            b.cpu_quota_per_sec_usec,
+        ),
+        ("MemoryHigh", a.memory_high, b.memory_high),
+        ("IOWeight", a.io_weight, b.io_weight),
+    ]
 }
 
 /// `CPUQuotaPerSecUSec: infinity -> 200000` for each property that changes.
 pub fn describe_change(before: &ResourceLimits, after: &ResourceLimits) -> Vec<String> {
-    [
-        (
-            "CPUQuotaPerSecUSec",
-            before.cpu_quota_per_sec_usec,
-            after.cpu_quota_per_sec_usec,
-        ),
-        ("MemoryHigh", before.memory_high, after.memory_high),
-        ("IOWeight", before.io_weight, after.io_weight),
-    ]
-    .into_iter()
-    .filter(|(_, b, a)| b != a)
-    .map(|(name, b, a)| format!("{name}: {} -> {}", show_limit(b), show_limit(a)))
-    .collect()
+    properties(before, after)
+        .into_iter()
+        .filter(|(_, b, a)| b != a)
+        .map(|(name, b, a)| format!("{name}: {} -> {}", show_limit(name, b), show_limit(name, a)))
+        .collect()
+}
+
+/// The properties systemd did not take: `IOWeight asked 10, holds [not
+/// set]` for each where what it holds is not what was asked.
+pub fn not_taken(asked: &ResourceLimits, held: &ResourceLimits) -> Vec<String> {
+    properties(asked, held)
+        .into_iter()
+        .filter(|(_, a, h)| a != h)
+        .map(|(name, a, h)| {
+            format!(
+                "{name} asked {}, holds {}",
+                show_limit(name, a),
+                show_limit(name, h)
+            )
+        })
+        .collect()
+}
+
+/// Whether any change the throttle asks for shows in `now`.
+fn any_taken(before: &ResourceLimits, after: &ResourceLimits, now: &ResourceLimits) -> bool {
+    properties(before, after)
+        .into_iter()
+        .zip(properties(now, now))
+        .any(|((_, b, a), (_, n, _))| a != b && n == a)
 }
 
 fn seconds(ctx: &ActionCtx<'_>) -> u64 {
@@ -89,18 +119,26 @@ pub async fn apply(ctx: &ActionCtx<'_>, unit: &str) -> Result<Applied, ActionErr
         .prepared_as::<ResourceLimits>()
         .ok_or_else(|| ActionError::permanent("the unit's previous limits were not recorded"))?;
     let after = throttled_limits(ctx.params, &before);
-    ctx.sys
-        .systemd
+    let systemd = &ctx.sys.systemd;
+    systemd
         .set_resource_limits(unit, &after)
         .await
         .map_err(action_error)?;
+    // What systemd holds now, not what was asked: a property the unit
+    // cannot take is said, and drift is judged against what is in force.
+    let held = systemd.resource_limits(unit).await.map_err(action_error)?;
     let secs = seconds(ctx);
+    let mut summary = format!(
+        "throttled {unit} for {secs} s ({})",
+        describe_change(&before, &held).join(", ")
+    );
+    let refused = not_taken(&after, &held);
+    if !refused.is_empty() {
+        summary.push_str(&format!("; systemd did not take: {}", refused.join(", ")));
+    }
     Ok(Applied {
-        summary: format!(
-            "throttled {unit} for {secs} s ({})",
-            describe_change(&before, &after).join(", ")
-        ),
-        changes: json!({"unit": unit, "before": before, "after": after}),
+        summary,
+        changes: json!({"unit": unit, "before": before, "after": held}),
         revert_after_secs: Some(secs),
     })
 }
@@ -148,13 +186,13 @@ pub async fn recover(ctx: &ActionCtx<'_>, unit: &str) -> Result<Recovered, Actio
         .resource_limits(unit)
         .await
         .map_err(action_error)?;
-    if now == after {
+    if any_taken(&before, &after, &now) {
         Ok(Recovered::TookEffect(Applied {
             summary: format!(
                 "{unit} was throttled before the agent stopped ({})",
-                describe_change(&before, &after).join(", ")
+                describe_change(&before, &now).join(", ")
             ),
-            changes: json!({"unit": unit, "before": before, "after": after}),
+            changes: json!({"unit": unit, "before": before, "after": now}),
             revert_after_secs: Some(seconds(ctx)),
         }))
     } else {
@@ -199,9 +237,25 @@ mod tests {
             describe_change(&UNLIMITED, &after),
             [
                 "CPUQuotaPerSecUSec: infinity -> 200000",
-                "IOWeight: infinity -> 10"
+                "IOWeight: [not set] -> 10"
             ]
         );
         assert!(describe_change(&after, &after).is_empty());
+    }
+
+    #[test]
+    fn a_property_systemd_did_not_take_is_named_and_a_partial_throttle_took_effect() {
+        let after = throttled_limits(&json!({"cpu_percent": 20}), &UNLIMITED);
+        let held = ResourceLimits {
+            io_weight: u64::MAX,
+            ..after
+        };
+        assert_eq!(
+            not_taken(&after, &held),
+            ["IOWeight asked 10, holds [not set]"]
+        );
+        assert!(not_taken(&after, &after).is_empty());
+        assert!(any_taken(&UNLIMITED, &after, &held));
+        assert!(!any_taken(&UNLIMITED, &after, &UNLIMITED));
     }
 }

@@ -42,6 +42,9 @@ pub struct FakeSystemd {
     pub facts: Mutex<HashMap<String, UnitFacts>>,
     /// This many next `SetUnitProperties` fail as if systemd were out of reach.
     pub failing_sets: Mutex<u32>,
+    /// `SetUnitProperties` succeeds but the unit keeps its IOWeight (as a
+    /// unit whose cgroup has no io controller might).
+    pub keeps_io_weight: std::sync::atomic::AtomicBool,
     /// `restart UNIT`, `set UNIT CPU/MEM/IO` in call order.
     pub calls: Mutex<Vec<String>>,
     next_job: Mutex<u32>,
@@ -185,6 +188,19 @@ impl Systemd for FakeSystemd {
             "set {unit} {}/{}/{}",
             limits.cpu_quota_per_sec_usec, limits.memory_high, limits.io_weight
         ));
-        self.with_unit(unit, |u| u.limits = *limits)
+        let keeps_io = self
+            .keeps_io_weight
+            .load(std::sync::atomic::Ordering::Relaxed);
+        self.with_unit(unit, |u| {
+            let io_weight = if keeps_io {
+                u.limits.io_weight
+            } else {
+                limits.io_weight
+            };
+            u.limits = ResourceLimits {
+                io_weight,
+                ..*limits
+            };
+        })
     }
 }
