@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [ "$(id -u)" -ne 0 ]; then
-    echo "demo.sh: run as root: the shipped bus policy lets only root own org.vael.Antibody" >&2
+    echo "demo-private-bus.sh: run as root: the shipped bus policy lets only root own org.vael.Antibody" >&2
     exit 1
 fi
 command -v dbus-daemon >/dev/null && command -v busctl >/dev/null || scripts/install-deps.sh

@@ -40,11 +40,8 @@ echo "== sleeper.service before"
 inside systemctl show -p MainPID -p InvocationID sleeper.service
 
 echo
-echo "== DryRun: what restarting it would do"
-inside busctl call org.vael.Antibody /org/vael/Antibody org.vael.Antibody DryRun s \
-    '{"source":"Watchdog","severity":"high","description":"sleeper stalled","actions":[{"type":"restart_service","name":"sleeper"}]}' \
-    | head -c 600
-echo
+echo "== DryRun: what restarting it would do (antibodyctl dry-run --source Watchdog --restart sleeper)"
+inside antibodyctl dry-run --source Watchdog --description "sleeper stalled" --restart sleeper
 
 echo
 echo "== a Watchdog alert, with busctl"
@@ -79,7 +76,7 @@ inside cat /run/antibody-signals.txt
 
 echo
 echo "== the audit trail: journalctl -u antibody ANTIBODY_PLAN_ID=$plan"
-inside journalctl -u antibody "ANTIBODY_PLAN_ID=$plan" --no-pager -o short-iso | cut -c1-220
+inside journalctl -u antibody "ANTIBODY_PLAN_ID=$plan" --no-pager -o short-iso
 
 echo
 echo "== the ledger's hash chain (antibodyctl verify)"
