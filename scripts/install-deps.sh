@@ -14,8 +14,18 @@ export DEBIAN_FRONTEND=noninteractive
 # libsystemd-dev, pkg-config: antibodyctl reads journal files through
 # libsystemd (verify --journal, fleet); systemd-journal-remote, openssl:
 # the T4 fleet test's collector and uploaders, and their certificates.
-apt-get update -qq
-apt-get install -y -qq --no-install-recommends \
-    dbus-daemon dbus-bin systemd util-linux procps iproute2 nftables ca-certificates \
-    systemd-container debootstrap libsystemd-dev pkg-config systemd-journal-remote \
-    openssl >/dev/null
+# apt's chatter (debconf's "delaying package configuration", progress) goes
+# to a log shown only when apt fails.
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+{
+    apt-get update -qq &&
+        apt-get install -y -qq --no-install-recommends \
+            dbus-daemon dbus-bin systemd util-linux procps iproute2 nftables ca-certificates \
+            systemd-container debootstrap libsystemd-dev pkg-config systemd-journal-remote \
+            openssl
+} >"$log" 2>&1 || {
+    echo "install-deps.sh: apt-get failed:" >&2
+    cat "$log" >&2
+    exit 1
+}
