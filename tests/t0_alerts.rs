@@ -1310,7 +1310,21 @@ fn hot_patch_rows() -> Vec<Bad> {
             hot_patch("/srv/app/../../etc/shadow", GOOD_DIFF, None),
             Inv,
             "actions[0].file:",
-            "without \".\" or \"..\"",
+            "without \".\", \"..\" or control characters",
+        ),
+        bad(
+            "hot_patch path with a NUL",
+            hot_patch("/srv/app/app.conf\\u0000", GOOD_DIFF, None),
+            Inv,
+            "actions[0].file:",
+            "or control characters",
+        ),
+        bad(
+            "hot_patch path with a newline",
+            hot_patch("/srv/app/app\\n.conf", GOOD_DIFF, None),
+            Inv,
+            "actions[0].file:",
+            "or control characters",
         ),
         bad(
             "hot_patch path ending in ..",

@@ -54,15 +54,21 @@ impl ActionHandler for HotPatch {
         // Checked on the text: `Path::components` silently drops inner `.`
         // and doubled slashes, and then two spellings of one file would be
         // two scheduling targets.
+        // No NUL (no path holds one: the open would fail after the plan
+        // was accepted) and no other control character (a name an
+        // operator could not read back in a log).
         let plain = file.len() > 1
             && file.starts_with('/')
+            && !file.chars().any(char::is_control)
             && file[1..]
                 .split('/')
                 .all(|part| !matches!(part, "" | "." | ".."));
         if !plain {
             return Err(params.error(
                 "file",
-                format!("{file:?} must be an absolute path without \".\" or \"..\""),
+                format!(
+                    "{file:?} must be an absolute path without \".\", \"..\" or control characters"
+                ),
             ));
         }
         let roots = &ctx.config.hot_patch.allowed_paths;
