@@ -776,3 +776,48 @@ async fn two_throttles_of_one_unit_ending_together_leave_it_unthrottled() {
     wait_reverted(&rig, &b, "b's end").await;
     assert_eq!(rig.systemd.unit("web.service").limits, UNLIMITED);
 }
+
+/// A feedback loop: the watchdog sees the restart it asked for and raises
+/// its alert again, at once, every time a plan ends. The same alert is the
+/// same plan (dedupe): one restart however often it comes back. A watchdog
+/// that stamps each alert (a counter in the description) makes new plans,
+/// and the flap limit ends the loop at three restarts in the window.
+#[tokio::test]
+async fn a_restart_that_raises_its_own_alert_again_does_not_loop() {
+    let rig = start_with(&["web.service", "db.service"], "").await;
+    let same = alert("web stalled", json!([restart("web")]));
+    let (first, created) = rig.engine.submit(&same).await.unwrap();
+    assert!(created);
+    for _ in 0..50 {
+        wait_finished(&rig.engine, &first).await;
+        let (again, created) = rig.engine.submit(&same).await.unwrap();
+        assert_eq!((again.as_str(), created), (first.as_str(), false));
+    }
+    assert_eq!(rig.systemd.count("restart db.service"), 0);
+
+    let mut refused = None;
+    for n in 0..50 {
+        match rig
+            .engine
+            .submit(&alert(&format!("db stalled #{n}"), json!([restart("db")])))
+            .await
+        {
+            Ok((id, _)) => {
+                wait_finished(&rig.engine, &id).await;
+            }
+            Err(e) => {
+                refused = Some((n, e));
+                break;
+            }
+        }
+    }
+    let (n, err) = refused.expect("the flap limit ends the loop");
+    assert_eq!(
+        (n, err.name),
+        (3, ErrorName::RateLimited),
+        "{}",
+        err.message
+    );
+    assert_eq!(rig.systemd.count("restart db.service"), 3);
+    assert_eq!(rig.systemd.count("restart web.service"), 1);
+}
