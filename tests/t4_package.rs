@@ -467,7 +467,7 @@ fn with_auth_polkit_the_real_polkitd_decides() {
         Duration::from_secs(30),
         || {
             let (ok, _, err) = as_alice(&rollback);
-            ok || err.contains("NothingToRevert")
+            ok || err.contains("has nothing to revert")
         },
     );
 
