@@ -18,5 +18,7 @@ echo "== packages: .deb and .rpm built and checked (lintian, rpmlint, contents);
 scripts/package.sh
 echo "== cargo test (T0 pure, T1 engine, T2 private dbus-daemon, T4 booted systemd)"
 cargo test --lib --bins --tests --no-fail-fast 2>&1 | tee target/test-output.txt
+echo "== fuzzing: alert, ledger_scan, diff_apply, ${FUZZ_SECONDS:-60} s each (FUZZ_SECONDS for longer)"
+scripts/fuzz.sh
 # A summary line scripts and CI can read.
 awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed\n", p, f }' target/test-output.txt
