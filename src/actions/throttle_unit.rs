@@ -77,8 +77,8 @@ pub fn not_taken(asked: &ResourceLimits, held: &ResourceLimits) -> Vec<String> {
 fn any_taken(before: &ResourceLimits, after: &ResourceLimits, now: &ResourceLimits) -> bool {
     properties(before, after)
         .into_iter()
-        .zip(properties(now, now))
-        .any(|((_, b, a), (_, n, _))| a != b && n == a)
+        .zip(properties(after, now))
+        .any(|((_, b, a), (_, _, n))| a != b && n == a)
 }
 
 fn seconds(ctx: &ActionCtx<'_>) -> u64 {

@@ -290,10 +290,6 @@ fn fields_disagreeing(entry: &Mirrored, record: &Record) -> Vec<&'static str> {
         .collect()
 }
 
-fn hex(bytes: &[u8; 32]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn report(machine_id: String, mut host: Host) -> HostReport {
     let mut links = std::mem::take(&mut host.links);
     links.sort_by_key(|l| (l.seq, l.hash));
@@ -368,7 +364,7 @@ fn report(machine_id: String, mut host: Host) -> HostReport {
         records: distinct,
         first_seq,
         last_seq,
-        last_hash: links.last().map(|l| hex(&l.hash)),
+        last_hash: links.last().map(|l| hex::encode(l.hash)),
         begins_after_start: first_seq.is_some_and(|s| s > 1),
         without_records: older.first().zip(older.last()).map(|(from, to)| Hole {
             from: *from,
