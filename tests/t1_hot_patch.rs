@@ -87,6 +87,31 @@ async fn a_patch_is_applied_keeping_the_mode_and_a_rollback_restores_the_file() 
 }
 
 #[tokio::test]
+async fn a_temporary_file_a_killed_write_left_is_removed_by_the_next_write() {
+    // The crash loop (t4_crash_loop.rs) found `.antibody-*.tmp` files left
+    // beside patched files after SIGKILLs mid-write. The temporary's name
+    // is now one per action: the revert finds this one and removes it.
+    let files = files();
+    let rig = start_for(&files).await;
+    let (id, plan) = run(&rig, json!([patch(&files.target)])).await;
+    assert_eq!(plan["status"], "success", "{plan}");
+    let leftover = files.root.path().join(format!(".antibody-{id}.0.tmp"));
+    fs::write(&leftover, "half of a revert's wri").unwrap();
+    rig.engine.rollback(&id, "test").await.unwrap();
+    wait_for(
+        || rig.engine.get_plan(&id).unwrap()["actions"][0]["state"] == "reverted",
+        "the rollback",
+    )
+    .await;
+    assert_eq!(fs::read_to_string(&files.target).unwrap(), ORIGINAL);
+    let names: Vec<_> = fs::read_dir(files.root.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["app.conf"], "left beside the target");
+}
+
+#[tokio::test]
 async fn a_later_failure_rolls_the_patch_back() {
     let files = files();
     let rig = start_for(&files).await;

@@ -176,7 +176,7 @@ impl ActionHandler for HotPatch {
         let prepared = prepared(ctx)?;
         let job = Job::of(ctx);
         blocking(move || {
-            let (dir, target) = job.open_and_read()?;
+            let (dir, target) = job.open_clear_and_read()?;
             let now = sha256_hex(&target.content);
             let summary = |what: &str| {
                 format!(
@@ -202,7 +202,7 @@ impl ActionHandler for HotPatch {
                 )));
             }
             let patched = job.patch(&target)?;
-            dir.replace(&target, &patched)
+            dir.replace(&target, &patched, &job.temp_name)
                 .map_err(ActionError::transient)?;
             Ok(applied(summary("patched")))
         })
@@ -215,7 +215,7 @@ impl ActionHandler for HotPatch {
         })?;
         let job = Job::of(ctx);
         blocking(move || {
-            let (dir, target) = job.open_and_read()?;
+            let (dir, target) = job.open_clear_and_read()?;
             let now = sha256_hex(&target.content);
             let file = prepared.file.display();
             if now == prepared.before_sha256 {
@@ -239,7 +239,7 @@ impl ActionHandler for HotPatch {
                     prepared.backup.display()
                 )));
             }
-            dir.replace(&target, &original)
+            dir.replace(&target, &original, &job.temp_name)
                 .map_err(ActionError::transient)?;
             Ok(format!(
                 "restored {file} from {} (sha256 {})",
@@ -259,7 +259,7 @@ impl ActionHandler for HotPatch {
             ));
         };
         let job = Job::of(ctx);
-        let now = blocking(move || Ok(sha256_hex(&job.open_and_read()?.1.content))).await?;
+        let now = blocking(move || Ok(sha256_hex(&job.open_clear_and_read()?.1.content))).await?;
         if now == prepared.after_sha256 {
             Ok(Recovered::TookEffect(Applied {
                 summary: format!(
@@ -323,6 +323,9 @@ struct Job {
     /// Where the content from before the patch is kept: one file per action.
     backup_dir: PathBuf,
     backup_name: String,
+    /// The new content's name beside the target until its rename: one per
+    /// action, so what a SIGKILL left is known and removed (DESIGN.md §4).
+    temp_name: String,
 }
 
 impl Job {
@@ -334,6 +337,7 @@ impl Job {
             sha256: ctx.params["sha256"].as_str().map(str::to_string),
             backup_dir: ctx.config.state.dir.join("backups"),
             backup_name: format!("{}.{}.orig", ctx.plan_id, ctx.index),
+            temp_name: format!(".antibody-{}.{}.tmp", ctx.plan_id, ctx.index),
         }
     }
 
@@ -347,6 +351,15 @@ impl Job {
         let refused = |e: TargetError| ActionError::permanent(e.message());
         let dir = open_target_dir(Path::new(&self.file), &self.roots).map_err(refused)?;
         let target = dir.read().map_err(refused)?;
+        Ok((dir, target))
+    }
+
+    /// As [`Job::open_and_read`], for the steps that write (apply, revert)
+    /// or follow one (recover): a temporary file this action left beside
+    /// the target when the agent was killed mid-write is removed first.
+    fn open_clear_and_read(&self) -> Result<(TargetDir, Target), ActionError> {
+        let (dir, target) = self.open_and_read()?;
+        dir.remove_leftover(&self.temp_name);
         Ok((dir, target))
     }
 

@@ -317,10 +317,20 @@ impl TargetDir {
         })
     }
 
+    /// Removes `temp`, a temporary file [`TargetDir::replace`] left beside
+    /// the target when the agent was killed before its rename. Quietly: it
+    /// is usually not there.
+    pub fn remove_leftover(&self, temp: &str) {
+        let _ = rustix::fs::unlinkat(&self.dir, temp, AtFlags::empty());
+    }
+
     /// Replaces `read`'s file (as [`TargetDir::read`] returned it) with
     /// `content`, keeping its mode and owner, if the name still leads to
-    /// that file unchanged just before the rename.
-    pub fn replace(&self, read: &Target, content: &[u8]) -> Result<(), String> {
+    /// that file unchanged just before the rename. The new content is
+    /// written as `temp` first: a name of the caller's, fixed for one
+    /// action, so after a SIGKILL mid-write the next try or the recovery
+    /// finds it and removes it (a random name would stay beside the file).
+    pub fn replace(&self, read: &Target, content: &[u8], temp: &str) -> Result<(), String> {
         let unchanged = || {
             let stat =
                 rustix::fs::statat(&self.dir, self.name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW)
@@ -336,7 +346,7 @@ impl TargetDir {
         };
         replace_in(
             &self.dir,
-            &self.name,
+            (&self.name, temp),
             &self.path,
             content,
             (read.mode, read.uid, read.gid),
@@ -351,11 +361,12 @@ pub fn check_target(path: &Path, roots: &[PathBuf]) -> Result<(), TargetError> {
 }
 
 /// Writes `content` as `name` in the open directory `dir` (`shown` names
-/// it in messages): a new temporary file, its owner and mode, fsync, then,
-/// if `still` agrees, `renameat` over `name`, and fsync of the directory.
+/// it in messages): a new temporary file `temp` (one a killed earlier try
+/// left is removed first), its owner and mode, fsync, then, if `still`
+/// agrees, `renameat` over `name`, and fsync of the directory.
 fn replace_in(
     dir: &OwnedFd,
-    name: &OsStr,
+    (name, temp): (&OsStr, &str),
     shown: &Path,
     content: &[u8],
     (mode, uid, gid): (u32, u32, u32),
@@ -363,12 +374,12 @@ fn replace_in(
 ) -> Result<(), String> {
     let at =
         |what: &str, e: Errno| format!("{what} {}: {}", shown.display(), std::io::Error::from(e));
-    // Not derived from the target's name, which may be up to NAME_MAX long.
-    let temp = format!(".antibody-{}.tmp", uuid::Uuid::new_v4().simple());
+    // O_EXCL below, so never through a link someone put in its place.
+    let _ = rustix::fs::unlinkat(dir, temp, AtFlags::empty());
     let written = (|| {
         let fd = rustix::fs::openat(
             dir,
-            temp.as_str(),
+            temp,
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::from_raw_mode(0o600),
         )
@@ -387,10 +398,10 @@ fn replace_in(
             .map_err(|e| at("the mode of the new", e))?;
         rustix::fs::fsync(&file).map_err(|e| at("fsync of the new", e))?;
         still()?;
-        rustix::fs::renameat(dir, temp.as_str(), dir, name).map_err(|e| at("rename over", e))
+        rustix::fs::renameat(dir, temp, dir, name).map_err(|e| at("rename over", e))
     })();
     if let Err(e) = written {
-        let _ = rustix::fs::unlinkat(dir, temp.as_str(), AtFlags::empty());
+        let _ = rustix::fs::unlinkat(dir, temp, AtFlags::empty());
         return Err(e);
     }
     rustix::fs::fsync(dir).map_err(|e| at("fsync of the directory of", e))
@@ -413,7 +424,7 @@ pub fn write_own_file(dir: &Path, name: &str, content: &[u8], mode: u32) -> Resu
     );
     replace_in(
         &fd,
-        OsStr::new(name),
+        (OsStr::new(name), &format!(".{name}.tmp")),
         &dir.join(name),
         content,
         owner,
@@ -507,7 +518,7 @@ mod tests {
             };
             let Ok(target) = dir.read() else { continue };
             if dir
-                .replace(&target, format!("new {n}\n").as_bytes())
+                .replace(&target, format!("new {n}\n").as_bytes(), ".t.tmp")
                 .is_ok()
             {
                 written += 1;
@@ -540,7 +551,7 @@ mod tests {
         fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
         let target_dir = open_target_dir(&path, &roots).unwrap();
         let before = target_dir.read().unwrap();
-        target_dir.replace(&before, b"new\n").unwrap();
+        target_dir.replace(&before, b"new\n", ".t.tmp").unwrap();
         let after = read(&path, &roots).unwrap();
         assert_eq!(after.content, b"new\n");
         assert_eq!(
@@ -628,7 +639,7 @@ mod tests {
         let dir = open_target_dir(&path, &roots).unwrap();
         let read = dir.read().unwrap();
         fs::write(&path, "edited meanwhile\n").unwrap();
-        let err = dir.replace(&read, b"new\n").unwrap_err();
+        let err = dir.replace(&read, b"new\n", ".t.tmp").unwrap_err();
         assert!(err.contains("changed while it was being patched"), "{err}");
         assert_eq!(fs::read_to_string(&path).unwrap(), "edited meanwhile\n");
         assert_eq!(
