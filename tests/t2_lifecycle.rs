@@ -10,7 +10,6 @@ mod support;
 use std::future::Future;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,6 +20,7 @@ use std::time::{Duration, Instant};
 use antibody::dbus::proxy::AntibodyProxy;
 use nix::sys::signal::Signal;
 use serde_json::Value;
+use support::notify::NotifySocket;
 use support::*;
 
 /// The longest any single D-Bus call may take before the test fails.
@@ -346,67 +346,6 @@ fn read_request(stream: &mut TcpStream) -> Option<Hook> {
         request_line: head.lines().next().unwrap_or_default().to_string(),
         body: serde_json::from_str(&body_text).unwrap_or(Value::String(body_text)),
     })
-}
-
-// ------------------------------------------------------- the notify socket
-
-/// A stand-in for systemd's notify socket.
-struct NotifySocket {
-    sock: UnixDatagram,
-    path: PathBuf,
-}
-
-impl NotifySocket {
-    fn bind(path: PathBuf) -> NotifySocket {
-        let sock = UnixDatagram::bind(&path).expect("bind the notify socket");
-        NotifySocket { sock, path }
-    }
-
-    /// The next datagram, or `None` once `until` passes.
-    fn recv(&self, until: Instant) -> Option<(Instant, String)> {
-        let mut buf = vec![0u8; 65536];
-        loop {
-            let left = until.checked_duration_since(Instant::now())?;
-            self.sock
-                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
-                .unwrap();
-            match self.sock.recv(&mut buf) {
-                Ok(n) => {
-                    return Some((
-                        Instant::now(),
-                        String::from_utf8_lossy(&buf[..n]).into_owned(),
-                    ))
-                }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(e) => panic!("recv on the notify socket: {e}"),
-            }
-        }
-    }
-
-    /// Reads datagrams until one has the line `line`; returns it and what came before.
-    fn wait_for_line(&self, line: &str, timeout: Duration) -> (String, Vec<String>) {
-        let until = Instant::now() + timeout;
-        let mut before = Vec::new();
-        loop {
-            match self.recv(until) {
-                Some((_, msg)) if msg.lines().any(|l| l == line) => return (msg, before),
-                Some((_, msg)) => before.push(msg),
-                None => {
-                    panic!("no {line} on the notify socket within {timeout:?}; got: {before:?}")
-                }
-            }
-        }
-    }
-}
-
-impl Drop for NotifySocket {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
 }
 
 // ------------------------------------------------------------ a small tmpfs

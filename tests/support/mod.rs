@@ -5,6 +5,7 @@
 //! temporary directory.
 #![allow(dead_code)]
 
+pub mod notify;
 pub mod testbed;
 
 use std::path::{Path, PathBuf};
