@@ -264,25 +264,29 @@ async fn sixteen_clients_a_slow_subscriber_and_a_verifier_leave_status_and_the_w
     let p99 = percentile(&latencies, 0.99);
     let max_gap = pings.windows(2).map(|w| w[1] - w[0]).max().unwrap();
     let peak = rss.iter().max().copied().unwrap();
-    println!(
-        "flood {secs} s, {CLIENTS} clients: {} plans accepted ({:.0}/s), refused {refused:?}; \
+    let figures = [
+        format!(
+            "flood {secs} s, {CLIENTS} clients: {} plans accepted ({:.0}/s), refused {refused:?}; \
          drained {drain_secs:.1} s later",
-        accepted.len(),
-        accepted.len() as f64 / secs as f64
-    );
-    println!(
-        "  Status: {} calls, p50 {p50:?}, p99 {p99:?}, max {:?}; ListPlans+VerifyLedger rounds {rounds}; \
-         slow subscriber read {} signals",
-        latencies.len(),
-        latencies.last().unwrap(),
-        received.load(Ordering::Relaxed)
-    );
-    println!(
-        "  RSS: start {} KiB, peak {peak} KiB, end {} KiB; watchdog: {} pings, largest gap {max_gap:?} (WATCHDOG_USEC {WATCHDOG:?})",
-        rss[0],
-        rss.last().unwrap(),
-        pings.len() - 2
-    );
+            accepted.len(),
+            accepted.len() as f64 / secs as f64
+        ),
+        format!(
+            "  Status: {} calls, p50 {p50:?}, p99 {p99:?}, max {:?}; \
+         ListPlans+VerifyLedger rounds {rounds}; slow subscriber read {} signals",
+            latencies.len(),
+            latencies.last().unwrap(),
+            received.load(Ordering::Relaxed)
+        ),
+        format!(
+            "  RSS: start {} KiB, peak {peak} KiB, end {} KiB; \
+         watchdog: {} pings, largest gap {max_gap:?} (WATCHDOG_USEC {WATCHDOG:?})",
+            rss[0],
+            rss.last().unwrap(),
+            pings.len() - 2
+        ),
+    ];
+    record_figures("flood", &figures.join("\n"));
     assert!(
         p99 <= Duration::from_millis(100),
         "Status p99 {p99:?} during the flood"

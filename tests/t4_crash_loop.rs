@@ -28,6 +28,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
+use support::record_figures;
 use support::testbed::Testbed;
 
 /// The stream's generator. Not the `rand` crate: a run must replay from its
@@ -471,6 +472,7 @@ fn plans_of_every_action_survive_sigkills_at_random_points() {
     let mut in_force_units: BTreeMap<&str, (u64, [String; 3])> = BTreeMap::new();
     let mut states: BTreeMap<String, usize> = BTreeMap::new();
     let mut statuses: BTreeMap<String, usize> = BTreeMap::new();
+    let mut failures: BTreeMap<String, usize> = BTreeMap::new();
     for (id, plan) in &plans {
         *statuses
             .entry(plan["status"].as_str().unwrap().to_string())
@@ -479,6 +481,20 @@ fn plans_of_every_action_survive_sigkills_at_random_points() {
             let state = action["state"].as_str().unwrap();
             let kind = action["type"].as_str().unwrap();
             *states.entry(format!("{kind} {state}")).or_default() += 1;
+            if state == "failed" {
+                let target = action["targets"][0].as_str().unwrap_or_default();
+                // Job numbers and hashes differ in each: counted as one.
+                let error: String = action["error"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .chars()
+                    .map(|c| if c.is_ascii_digit() { '#' } else { c })
+                    .take(70)
+                    .collect();
+                *failures
+                    .entry(format!("{kind} {target}: {error}"))
+                    .or_default() += 1;
+            }
             let reverted = reverts
                 .get(&(id.clone(), index as u64))
                 .copied()
@@ -590,28 +606,32 @@ fn plans_of_every_action_survive_sigkills_at_random_points() {
     let verify = tb.sh("antibodyctl verify");
     assert_eq!(count_kind("unit_drift"), 0, "unit drift recorded");
 
-    println!(
-        "crash loop: seed {seed}: {kills} kills in {loop_secs} s; plans accepted {}, refused {:?}",
-        submissions.accepted.len(),
-        submissions.refused
-    );
-    println!(
-        "  plans: {statuses:?}; in the ledger: {} plans, {} records",
-        created.len(),
-        records.len()
-    );
-    println!("  actions: {states:?}");
-    println!(
-        "  recoveries after a kill: {}; reverts: {}; starts: {}; nft drift rounds: {}",
-        count_kind("action_recovered"),
-        count_kind("action_reverted"),
-        count_kind("agent_started"),
-        count_kind("nft_drift")
-    );
-    println!(
-        "  in force at the end: {} nft elements, {} throttled units; files {contents:?}",
-        in_force_nft.len(),
-        in_force_units.len()
-    );
-    println!("  {}", verify.trim().replace('\n', "\n  "));
+    let figures = [
+        format!(
+            "crash loop: seed {seed}: {kills} kills in {loop_secs} s; plans accepted {}, refused {:?}",
+            submissions.accepted.len(),
+            submissions.refused
+        ),
+        format!(
+            "  plans: {statuses:?}; in the ledger: {} plans, {} records",
+            created.len(),
+            records.len()
+        ),
+        format!("  actions: {states:?}"),
+        format!("  failed actions: {failures:?}"),
+        format!(
+            "  recoveries after a kill: {}; reverts: {}; starts: {}; nft drift rounds: {}",
+            count_kind("action_recovered"),
+            count_kind("action_reverted"),
+            count_kind("agent_started"),
+            count_kind("nft_drift")
+        ),
+        format!(
+            "  in force at the end: {} nft elements, {} throttled units; files {contents:?}",
+            in_force_nft.len(),
+            in_force_units.len()
+        ),
+        format!("  {}", verify.trim().replace('\n', "\n  ")),
+    ];
+    record_figures("crash_loop", &figures.join("\n"));
 }

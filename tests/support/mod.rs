@@ -14,6 +14,16 @@ use std::time::{Duration, Instant};
 
 pub const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
+/// Prints a long test's figures and keeps them in `target/figures/NAME.txt`,
+/// which `scripts/test.sh` shows at the end of a run (cargo test keeps a
+/// passing test's output to itself).
+pub fn record_figures(name: &str, text: &str) {
+    println!("{text}");
+    let dir = Path::new(ROOT).join("target/figures");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(format!("{name}.txt")), format!("{text}\n")).unwrap();
+}
+
 /// Tests that need root fail loudly without it: they never skip.
 pub fn require_root() {
     assert!(
