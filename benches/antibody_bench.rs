@@ -35,6 +35,65 @@ fn rss_kib(pid: i32) -> u64 {
         .unwrap()
 }
 
+/// CPU time a process has used so far (all its threads, user and
+/// system), from `/proc/PID/stat`.
+fn cpu_secs(pid: i32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name, which may hold spaces: state is the
+    // 3rd field of the whole line, utime the 14th and stime the 15th.
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    let per_sec = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .unwrap()
+        .unwrap_or(100) as f64;
+    ticks as f64 / per_sec
+}
+
+/// CPU seconds used by each of some processes over one window.
+struct CpuWindow {
+    pids: Vec<i32>,
+    start: Vec<f64>,
+}
+
+impl CpuWindow {
+    fn open(pids: &[i32]) -> CpuWindow {
+        CpuWindow {
+            pids: pids.to_vec(),
+            start: pids.iter().map(|p| cpu_secs(*p)).collect(),
+        }
+    }
+
+    fn used(&self) -> Vec<f64> {
+        self.pids
+            .iter()
+            .zip(&self.start)
+            .map(|(p, s)| cpu_secs(*p) - s)
+            .collect()
+    }
+}
+
+/// Waits until the agent has nothing queued or running and its CPU has
+/// settled (under 2 % of a core over half a second), so that a row
+/// measures itself and not the backlog of the row before it.
+async fn wait_idle(proxy: &AntibodyProxy<'_>, pid: i32) {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        assert!(Instant::now() < deadline, "the agent never went idle");
+        let status: serde_json::Value =
+            serde_json::from_str(&proxy.status().await.unwrap()).unwrap();
+        if status["queue_depth"] != 0 || status["in_flight"] != 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        let window = CpuWindow::open(&[pid]);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if window.used()[0] < 0.01 {
+            return;
+        }
+    }
+}
+
 fn alert(n: usize, channel: &str) -> String {
     format!(
         r#"{{"source":"NEXUS","severity":"low","description":"bench alert {n}","actions":[{{"type":"notify_operator","channel":"{channel}","message":"bench {n}"}}]}}"#
@@ -132,7 +191,7 @@ async fn duplicate_latency(proxy: &AntibodyProxy<'_>) -> Duration {
     p50(samples)
 }
 
-async fn throughput(bus: &PrivateBus, clients: usize, per_client: usize) -> f64 {
+async fn throughput(bus: &PrivateBus, clients: usize, per_client: usize, first: usize) -> f64 {
     let mut proxies = Vec::new();
     for _ in 0..clients {
         let conn = bus.connect().await;
@@ -141,9 +200,9 @@ async fn throughput(bus: &PrivateBus, clients: usize, per_client: usize) -> f64 
         ));
         std::mem::forget(conn); // kept open by the proxy's clone
     }
-    calls_per_second(proxies, per_client, |proxy, n| async move {
+    calls_per_second(proxies, per_client, move |proxy, n| async move {
         let (_, created) = proxy
-            .submit_alert(&alert(1_000_000 + n, "journal"))
+            .submit_alert(&alert(first + n, "journal"))
             .await
             .unwrap();
         assert!(created);
@@ -273,7 +332,7 @@ async fn echo_server() {
 
 /// Alerts per second the echo service gets through the same dbus-daemon
 /// from 16 clients, the same way `throughput` measures the agent.
-async fn echo_throughput(bus: &PrivateBus, clients: usize, per_client: usize) -> f64 {
+async fn echo_throughput(bus: &PrivateBus, clients: usize, per_client: usize) -> Row {
     use std::io::BufRead;
     let mut server = std::process::Command::new(std::env::current_exe().unwrap())
         .arg("--echo-server")
@@ -300,6 +359,7 @@ async fn echo_throughput(bus: &PrivateBus, clients: usize, per_client: usize) ->
         proxies.push(Arc::new(proxy));
         std::mem::forget(conn);
     }
+    let window = CpuWindow::open(&[server.id() as i32, bus.pid()]);
     let rate = calls_per_second(proxies, per_client, |proxy, n| async move {
         let (_, created): (String, bool) = proxy
             .call("SubmitAlert", &(alert(n, "journal"),))
@@ -308,9 +368,84 @@ async fn echo_throughput(bus: &PrivateBus, clients: usize, per_client: usize) ->
         assert!(created);
     })
     .await;
+    let used = window.used();
     let _ = server.kill();
     let _ = server.wait();
-    rate
+    Row {
+        rate,
+        service_cpu: used[0],
+        bus_cpu: used[1],
+        count: clients * per_client,
+    }
+}
+
+/// One throughput row: the rate, and the CPU seconds the service (agent
+/// or echo) and the bus daemon used during it.
+struct Row {
+    rate: f64,
+    service_cpu: f64,
+    bus_cpu: f64,
+    count: usize,
+}
+
+impl Row {
+    fn cpu_cells(&self) -> String {
+        format!(
+            "service {:.2} s ({:.0} µs per call), bus {:.2} s",
+            self.service_cpu,
+            1e6 * self.service_cpu / self.count as f64,
+            self.bus_cpu
+        )
+    }
+}
+
+/// Runs `row` with the CPU of `pids` counted over it.
+async fn counted<F: std::future::Future<Output = f64>>(
+    pids: [i32; 2],
+    count: usize,
+    row: F,
+) -> Row {
+    let window = CpuWindow::open(&pids);
+    let rate = row.await;
+    let used = window.used();
+    Row {
+        rate,
+        service_cpu: used[0],
+        bus_cpu: used[1],
+        count,
+    }
+}
+
+/// The sustained rate: from the first `SubmitAlert` of 16 clients until
+/// every plan has finished (not only been answered), with the agent's and
+/// the bus's CPU over that whole time.
+async fn sustained(
+    bus: &PrivateBus,
+    proxy: &AntibodyProxy<'_>,
+    pid: i32,
+    clients: usize,
+    per_client: usize,
+) -> Row {
+    let window = CpuWindow::open(&[pid, bus.pid()]);
+    let start = Instant::now();
+    throughput(bus, clients, per_client, 5_000_000).await;
+    loop {
+        let status: serde_json::Value =
+            serde_json::from_str(&proxy.status().await.unwrap()).unwrap();
+        if status["queue_depth"] == 0 && status["in_flight"] == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let used = window.used();
+    let count = clients * per_client;
+    Row {
+        rate: count as f64 / elapsed,
+        service_cpu: used[0],
+        bus_cpu: used[1],
+        count,
+    }
 }
 
 async fn storm_rss(proxy: &AntibodyProxy<'_>, pid: i32) -> (u64, u64, usize) {
@@ -411,9 +546,18 @@ async fn main() {
         return;
     }
     let single_rate = 1.0 / submit.as_secs_f64();
-    let rate = throughput(&bus, 16, 1250).await;
-    let ping_rate = ping_throughput(&bus, 16, 1250).await;
-    let echo_rate = echo_throughput(&bus, 16, 1250).await;
+    // Each throughput row starts with the agent idle: measured right after
+    // the row before, a ceiling shares the cores with that row's backlog.
+    let pids = [agent.pid(), bus.pid()];
+    wait_idle(&proxy, agent.pid()).await;
+    let answered = counted(pids, 16 * 1250, throughput(&bus, 16, 1250, 1_000_000)).await;
+    wait_idle(&proxy, agent.pid()).await;
+    let ping = counted(pids, 16 * 1250, ping_throughput(&bus, 16, 1250)).await;
+    wait_idle(&proxy, agent.pid()).await;
+    let echo = echo_throughput(&bus, 16, 1250).await;
+    wait_idle(&proxy, agent.pid()).await;
+    let steady = sustained(&bus, &proxy, agent.pid(), 16, 1250).await;
+    let (rate, ping_rate, echo_rate) = (answered.rate, ping.rate, echo.rate);
     drop(agent);
 
     let empty_home = tempfile::tempdir_in(home.path()).unwrap();
@@ -430,15 +574,24 @@ async fn main() {
     println!("|---|---|---|---|---|");
     latency_rows.iter().for_each(|row| println!("{row}"));
     println!(
-        "| durable alerts/s, 16 clients × 1250 | {rate:.0}/s | 1 client {single_rate:.0}/s | {:.1}× | ≥ 20 000/s |",
+        "| durable alerts/s answered, 16 clients × 1250 (a burst the queue absorbs) | {rate:.0}/s; CPU: {} | 1 client {single_rate:.0}/s | {:.1}× | ≥ 20 000/s |",
+        answered.cpu_cells(),
         rate / single_rate
     );
     println!(
-        "| … the bus's ceiling: Ping round trips/s, 16 clients × 1250, same dbus-daemon | {ping_rate:.0}/s | | durable alerts reach {:.0} % of it | |",
+        "| sustained plans/s: 16 clients × 1250 distinct alerts, from the first `SubmitAlert` until every plan has finished | {:.0}/s; CPU: {} | echo ceiling {echo_rate:.0}/s | {:.2}× the echo | ≥ 0.8× |",
+        steady.rate,
+        steady.cpu_cells(),
+        steady.rate / echo_rate
+    );
+    println!(
+        "| … the bus's ceiling: Ping round trips/s, 16 clients × 1250, same dbus-daemon | {ping_rate:.0}/s; CPU: {} | | answered alerts reach {:.0} % of it | |",
+        ping.cpu_cells(),
         100.0 * rate / ping_rate
     );
     println!(
-        "| … the bus's ceiling for an alert's messages: a do-nothing service answering `SubmitAlert` and sending a plan's four signals, 16 clients × 1250 | {echo_rate:.0}/s | | durable alerts reach {:.0} % of it | |",
+        "| … the bus's ceiling for an alert's messages: a do-nothing service answering `SubmitAlert` and sending a plan's four signals, 16 clients × 1250 | {echo_rate:.0}/s; CPU: {} | | answered alerts reach {:.0} % of it | |",
+        echo.cpu_cells(),
         100.0 * rate / echo_rate
     );
     println!(

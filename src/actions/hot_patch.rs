@@ -304,13 +304,19 @@ static FILE_WORK: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, ActionError> + Send + 'static,
 ) -> Result<T, ActionError> {
-    let _turn = FILE_WORK
+    let turn = FILE_WORK
         .acquire()
         .await
         .map_err(|e| ActionError::transient(format!("the hot_patch queue: {e}")))?;
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| ActionError::transient(format!("the hot_patch task failed: {e}")))?
+    // The turn is held by the thread, not by this future: were the future
+    // dropped (a timeout around a step), the next job would still wait for
+    // this one's writes to end (two writes of one action share a name).
+    tokio::task::spawn_blocking(move || {
+        let _turn = turn;
+        work()
+    })
+    .await
+    .map_err(|e| ActionError::transient(format!("the hot_patch task failed: {e}")))?
 }
 
 /// What the file work needs from the action's context, owned, so it can
@@ -358,8 +364,12 @@ impl Job {
     /// or follow one (recover): a temporary file this action left beside
     /// the target when the agent was killed mid-write is removed first.
     fn open_clear_and_read(&self) -> Result<(TargetDir, Target), ActionError> {
-        let (dir, target) = self.open_and_read()?;
+        let refused = |e: TargetError| ActionError::permanent(e.message());
+        let dir = open_target_dir(Path::new(&self.file), &self.roots).map_err(refused)?;
+        // Before the read, which may refuse the target: the leftover goes
+        // even when the step itself cannot.
         dir.remove_leftover(&self.temp_name);
+        let target = dir.read().map_err(refused)?;
         Ok((dir, target))
     }
 

@@ -318,10 +318,13 @@ impl TargetDir {
     }
 
     /// Removes `temp`, a temporary file [`TargetDir::replace`] left beside
-    /// the target when the agent was killed before its rename. Quietly: it
-    /// is usually not there.
+    /// the target when the agent was killed before its rename, if it is
+    /// one (see [`clear_leftover`]). Quietly: it is usually not there.
     pub fn remove_leftover(&self, temp: &str) {
-        let _ = rustix::fs::unlinkat(&self.dir, temp, AtFlags::empty());
+        let owner = rustix::fs::statat(&self.dir, self.name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW)
+            .map(|st| st.st_uid)
+            .ok();
+        clear_leftover(&self.dir, temp, owner);
     }
 
     /// Replaces `read`'s file (as [`TargetDir::read`] returned it) with
@@ -360,10 +363,36 @@ pub fn check_target(path: &Path, roots: &[PathBuf]) -> Result<(), TargetError> {
     open_target_dir(path, roots)?.check()
 }
 
+/// Makes way for a write's temporary file `temp` in `dir`: true when the
+/// name is free, or held by what a killed write of the agent's left there
+/// (a regular file with one name, the agent's or, after its `fchown`, the
+/// target's owner's: `target_owner`), which is removed. Anything else at
+/// that name (a directory, a link, another user's file) is not the agent's
+/// to remove: false, and the write takes a name of its own, so nobody can
+/// hold a patch back by planting something at its predictable name.
+fn clear_leftover(dir: &OwnedFd, temp: &str, target_owner: Option<u32>) -> bool {
+    let ours = |uid: u32| uid == rustix::process::geteuid().as_raw() || Some(uid) == target_owner;
+    match rustix::fs::statat(dir, temp, AtFlags::SYMLINK_NOFOLLOW) {
+        Err(Errno::NOENT) => true,
+        Ok(st)
+            if rustix::fs::FileType::from_raw_mode(st.st_mode).is_file()
+                && st.st_nlink == 1
+                && ours(st.st_uid) =>
+        {
+            rustix::fs::unlinkat(dir, temp, AtFlags::empty()).is_ok()
+        }
+        _ => false,
+    }
+}
+
 /// Writes `content` as `name` in the open directory `dir` (`shown` names
 /// it in messages): a new temporary file `temp` (one a killed earlier try
-/// left is removed first), its owner and mode, fsync, then, if `still`
-/// agrees, `renameat` over `name`, and fsync of the directory.
+/// left is removed first; see [`clear_leftover`]), its owner and mode,
+/// fsync, then, if `still` agrees and `temp` is still the file written,
+/// `renameat` over `name`, and fsync of the directory.
+///
+/// One writer per `temp` at a time: callers give each action its own name
+/// and run file work one job at a time (hot_patch's `FILE_WORK`).
 fn replace_in(
     dir: &OwnedFd,
     (name, temp): (&OsStr, &str),
@@ -374,8 +403,15 @@ fn replace_in(
 ) -> Result<(), String> {
     let at =
         |what: &str, e: Errno| format!("{what} {}: {}", shown.display(), std::io::Error::from(e));
-    // O_EXCL below, so never through a link someone put in its place.
-    let _ = rustix::fs::unlinkat(dir, temp, AtFlags::empty());
+    // Not derived from the target's name, which may be up to NAME_MAX long.
+    let random;
+    let temp = if clear_leftover(dir, temp, Some(uid)) {
+        temp
+    } else {
+        random = format!(".antibody-{}.tmp", uuid::Uuid::new_v4().simple());
+        random.as_str()
+    };
+    // O_EXCL: never through a link someone put at that name meanwhile.
     let written = (|| {
         let fd = rustix::fs::openat(
             dir,
@@ -398,6 +434,17 @@ fn replace_in(
             .map_err(|e| at("the mode of the new", e))?;
         rustix::fs::fsync(&file).map_err(|e| at("fsync of the new", e))?;
         still()?;
+        // Whoever can write in the directory could have renamed the
+        // temporary away and put a file of theirs at its name.
+        let written = rustix::fs::fstat(&file).map_err(|e| at("fstat of the new", e))?;
+        let placed = rustix::fs::statat(dir, temp, AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| at("the temporary file beside", e))?;
+        if (placed.st_dev, placed.st_ino) != (written.st_dev, written.st_ino) {
+            return Err(format!(
+                "the temporary file beside {} was replaced by someone else; not renamed",
+                shown.display()
+            ));
+        }
         rustix::fs::renameat(dir, temp, dir, name).map_err(|e| at("rename over", e))
     })();
     if let Err(e) = written {
@@ -559,6 +606,87 @@ mod tests {
             (0o640, before.uid, before.gid)
         );
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    fn names_in(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_leftover_temporary_of_a_killed_write_is_removed_and_anything_else_there_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let roots = [dir.path().to_path_buf()];
+        let path = dir.path().join("app.conf");
+        fs::write(&path, "old\n").unwrap();
+        // What a SIGKILL mid-write leaves: the agent's own regular file.
+        fs::write(dir.path().join(".t.tmp"), "half").unwrap();
+        let target_dir = open_target_dir(&path, &roots).unwrap();
+        target_dir.remove_leftover(".t.tmp");
+        assert_eq!(names_in(dir.path()), ["app.conf"]);
+        fs::write(dir.path().join(".t.tmp"), "half").unwrap();
+        let before = target_dir.read().unwrap();
+        target_dir.replace(&before, b"new\n", ".t.tmp").unwrap();
+        assert_eq!(names_in(dir.path()), ["app.conf"]);
+
+        // A directory, a link or a file with a second name at that name is
+        // not the agent's: left there, and the write takes its own name.
+        fs::create_dir(dir.path().join(".d.tmp")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", dir.path().join(".l.tmp")).unwrap();
+        fs::write(dir.path().join("other"), "other\n").unwrap();
+        fs::hard_link(dir.path().join("other"), dir.path().join(".h.tmp")).unwrap();
+        for temp in [".d.tmp", ".l.tmp", ".h.tmp"] {
+            target_dir.remove_leftover(temp);
+            let before = target_dir.read().unwrap();
+            target_dir.replace(&before, temp.as_bytes(), temp).unwrap();
+            assert_eq!(fs::read(&path).unwrap(), temp.as_bytes());
+        }
+        assert_eq!(
+            names_in(dir.path()),
+            [".d.tmp", ".h.tmp", ".l.tmp", "app.conf", "other"]
+        );
+        assert!(dir.path().join(".d.tmp").is_dir());
+        assert_eq!(
+            fs::read_link(dir.path().join(".l.tmp")).unwrap(),
+            Path::new("/etc/passwd")
+        );
+    }
+
+    #[test]
+    fn a_temporary_swapped_for_another_file_before_the_rename_is_not_renamed() {
+        let dir = tempfile::tempdir().unwrap();
+        let fd = rustix::fs::open(
+            dir.path(),
+            OFlags::RDONLY | OFlags::DIRECTORY,
+            Mode::empty(),
+        )
+        .unwrap();
+        fs::write(dir.path().join("app.conf"), "old\n").unwrap();
+        let temp = dir.path().join(".t.tmp");
+        let err = replace_in(
+            &fd,
+            (OsStr::new("app.conf"), ".t.tmp"),
+            &dir.path().join("app.conf"),
+            b"new\n",
+            (0o644, 0, 0),
+            || {
+                // Someone with write access to the directory, between
+                // the checks and the rename.
+                fs::rename(&temp, dir.path().join("moved")).unwrap();
+                fs::write(&temp, "theirs\n").unwrap();
+                Ok(())
+            },
+        )
+        .unwrap_err();
+        assert!(err.contains("replaced by someone else"), "{err}");
+        assert_eq!(
+            fs::read_to_string(dir.path().join("app.conf")).unwrap(),
+            "old\n"
+        );
     }
 
     #[test]

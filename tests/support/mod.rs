@@ -70,6 +70,11 @@ impl PrivateBus {
         self.child = spawn_bus_daemon(self.dir.path(), &self.socket);
     }
 
+    /// The bus daemon's pid (benchmarks count its CPU time).
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
     pub fn address(&self) -> String {
         format!("unix:path={}", self.socket.display())
     }
