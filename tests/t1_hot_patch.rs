@@ -47,6 +47,16 @@ async fn run(rig: &Rig, actions: Value) -> (String, Value) {
     (id, plan)
 }
 
+/// `RollbackPlan` of a one-patch plan, until its action is reverted.
+async fn rollback_and_wait(rig: &Rig, id: &str) {
+    rig.engine.rollback(id, "test").await.unwrap();
+    wait_for(
+        || rig.engine.get_plan(id).unwrap()["actions"][0]["state"] == "reverted",
+        "the rollback",
+    )
+    .await;
+}
+
 fn mode(path: &Path) -> u32 {
     fs::metadata(path).unwrap().permissions().mode() & 0o7777
 }
@@ -76,12 +86,7 @@ async fn a_patch_is_applied_keeping_the_mode_and_a_rollback_restores_the_file() 
     // No temporary file is left beside the target.
     assert_eq!(fs::read_dir(files.root.path()).unwrap().count(), 1);
 
-    rig.engine.rollback(&id, "test").await.unwrap();
-    wait_for(
-        || rig.engine.get_plan(&id).unwrap()["actions"][0]["state"] == "reverted",
-        "the rollback",
-    )
-    .await;
+    rollback_and_wait(&rig, &id).await;
     assert_eq!(fs::read_to_string(&files.target).unwrap(), ORIGINAL);
     assert_eq!(mode(&files.target), 0o640);
 }
@@ -97,12 +102,7 @@ async fn a_temporary_file_a_killed_write_left_is_removed_by_the_next_write() {
     assert_eq!(plan["status"], "success", "{plan}");
     let leftover = files.root.path().join(format!(".antibody-{id}.0.tmp"));
     fs::write(&leftover, "half of a revert's wri").unwrap();
-    rig.engine.rollback(&id, "test").await.unwrap();
-    wait_for(
-        || rig.engine.get_plan(&id).unwrap()["actions"][0]["state"] == "reverted",
-        "the rollback",
-    )
-    .await;
+    rollback_and_wait(&rig, &id).await;
     assert_eq!(fs::read_to_string(&files.target).unwrap(), ORIGINAL);
     let names: Vec<_> = fs::read_dir(files.root.path())
         .unwrap()

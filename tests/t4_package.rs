@@ -120,6 +120,28 @@ fn install(tb: &Testbed, deb: &Path) {
     tb.wait_active("antibody.service");
 }
 
+/// What a package's scripts leave: the service enabled, started by
+/// systemd as `Type=notify` and running (so `READY=1` was reached), and
+/// the `antibody` group made by sysusers.
+fn assert_enabled_and_ready(tb: &Testbed) {
+    assert_eq!(tb.sh("systemctl is-enabled antibody").trim(), "enabled");
+    assert_eq!(tb.show("antibody.service", "Type"), "notify");
+    assert_eq!(tb.show("antibody.service", "SubState"), "running");
+    tb.sh("getent group antibody");
+}
+
+/// Root restarts `sleeper` through the agent with `busctl`, as the README
+/// shows: the plan succeeds and systemd has a new invocation. Its id.
+fn busctl_restarts_the_sleeper(tb: &Testbed) -> String {
+    let invocation = tb.show("sleeper.service", "InvocationID");
+    let reply = tb.sh(&format!("{SUBMIT} {}", restart_alert("sleeper")));
+    let plan_id = reply.split('"').nth(1).expect("plan id").to_string();
+    let plan = tb.finished_plan(&plan_id);
+    assert_eq!(plan["status"], "success", "{plan}");
+    assert_ne!(tb.show("sleeper.service", "InvocationID"), invocation);
+    plan_id
+}
+
 fn restart_alert(unit: &str) -> String {
     shell_quote(
         &json!({"source": "Watchdog", "severity": "high", "description": "stalled",
@@ -162,11 +184,7 @@ fn the_package_installs_a_hardened_service_that_does_its_job() {
     let deb = deb_path();
     let tb = boot_bare("run");
     install(&tb, &deb);
-    assert_eq!(tb.sh("systemctl is-enabled antibody").trim(), "enabled");
-    // Started by systemd as Type=notify: READY=1 was reached.
-    assert_eq!(tb.show("antibody.service", "Type"), "notify");
-    assert_eq!(tb.show("antibody.service", "SubState"), "running");
-    tb.sh("getent group antibody");
+    assert_enabled_and_ready(&tb);
     assert_eq!(
         tb.sh("stat -c '%a %U %G' /var/log/antibody /var/lib/antibody /etc/antibody"),
         "750 root root\n700 root root\n755 root root\n"
@@ -195,12 +213,7 @@ fn the_package_installs_a_hardened_service_that_does_its_job() {
     assert!(exposure <= 2.0, "exposure {exposure} (README records 1.9)");
 
     // Root restarts a unit through the agent: a new invocation.
-    let invocation = tb.show("sleeper.service", "InvocationID");
-    let reply = tb.sh(&format!("{SUBMIT} {}", restart_alert("sleeper")));
-    let plan_id = reply.split('"').nth(1).expect("plan id").to_string();
-    let plan = tb.finished_plan(&plan_id);
-    assert_eq!(plan["status"], "success", "{plan}");
-    assert_ne!(tb.show("sleeper.service", "InvocationID"), invocation);
+    let plan_id = busctl_restarts_the_sleeper(&tb);
     let kinds = tb.journal_kinds(&plan_id);
     assert_eq!(kinds.first().map(String::as_str), Some("plan_created"));
     assert_eq!(kinds.last().map(String::as_str), Some("plan_finished"));
@@ -615,10 +628,7 @@ fn the_rpm_installs_with_rpm_runs_its_scriptlets_and_erases_keeping_the_ledger()
     println!("{out}");
     // %post: the group and directories, enabled and started, READY.
     tb.wait_active("antibody.service");
-    assert_eq!(tb.sh("systemctl is-enabled antibody").trim(), "enabled");
-    assert_eq!(tb.show("antibody.service", "Type"), "notify");
-    assert_eq!(tb.show("antibody.service", "SubState"), "running");
-    tb.sh("getent group antibody");
+    assert_enabled_and_ready(&tb);
     assert_eq!(
         tb.sh("stat -c '%a %U %G' /var/log/antibody /var/lib/antibody /etc/antibody/antibody.toml"),
         "750 root root\n700 root root\n640 root root\n"
@@ -632,12 +642,7 @@ fn the_rpm_installs_with_rpm_runs_its_scriptlets_and_erases_keeping_the_ledger()
     assert_eq!(tb.sh("rpm -V --nodeps antibody"), "");
 
     // busctl restarts a unit through the installed agent.
-    let invocation = tb.show("sleeper.service", "InvocationID");
-    let reply = tb.sh(&format!("{SUBMIT} {}", restart_alert("sleeper")));
-    let plan_id = reply.split('"').nth(1).expect("plan id").to_string();
-    let plan = tb.finished_plan(&plan_id);
-    assert_eq!(plan["status"], "success", "{plan}");
-    assert_ne!(tb.show("sleeper.service", "InvocationID"), invocation);
+    let plan_id = busctl_restarts_the_sleeper(&tb);
 
     // Erase: %preun stops and disables it; the ledger and state stay.
     tb.sh("rpm -e antibody");
