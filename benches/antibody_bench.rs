@@ -50,27 +50,30 @@ fn cpu_secs(pid: i32) -> f64 {
     ticks as f64 / per_sec
 }
 
-/// CPU seconds used by each of some processes over one window.
+/// CPU seconds used by each of some groups of processes over one window
+/// (a bus may be two processes: dbus-broker-launch and dbus-broker).
 struct CpuWindow {
-    pids: Vec<i32>,
+    groups: Vec<Vec<i32>>,
     start: Vec<f64>,
 }
 
 impl CpuWindow {
-    fn open(pids: &[i32]) -> CpuWindow {
-        CpuWindow {
-            pids: pids.to_vec(),
-            start: pids.iter().map(|p| cpu_secs(*p)).collect(),
-        }
+    fn open(groups: Vec<Vec<i32>>) -> CpuWindow {
+        let start = groups.iter().map(|g| group_cpu_secs(g)).collect();
+        CpuWindow { groups, start }
     }
 
     fn used(&self) -> Vec<f64> {
-        self.pids
+        self.groups
             .iter()
             .zip(&self.start)
-            .map(|(p, s)| cpu_secs(*p) - s)
+            .map(|(g, s)| group_cpu_secs(g) - s)
             .collect()
     }
+}
+
+fn group_cpu_secs(pids: &[i32]) -> f64 {
+    pids.iter().map(|p| cpu_secs(*p)).sum()
 }
 
 /// Waits until the agent has nothing queued or running and its CPU has
@@ -86,7 +89,7 @@ async fn wait_idle(proxy: &AntibodyProxy<'_>, pid: i32) {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         }
-        let window = CpuWindow::open(&[pid]);
+        let window = CpuWindow::open(vec![vec![pid]]);
         tokio::time::sleep(Duration::from_millis(500)).await;
         if window.used()[0] < 0.01 {
             return;
@@ -359,7 +362,7 @@ async fn echo_throughput(bus: &PrivateBus, clients: usize, per_client: usize) ->
         proxies.push(Arc::new(proxy));
         std::mem::forget(conn);
     }
-    let window = CpuWindow::open(&[server.id() as i32, bus.pid()]);
+    let window = CpuWindow::open(vec![vec![server.id() as i32], bus.daemon_pids()]);
     let rate = calls_per_second(proxies, per_client, |proxy, n| async move {
         let (_, created): (String, bool) = proxy
             .call("SubmitAlert", &(alert(n, "journal"),))
@@ -401,11 +404,11 @@ impl Row {
 
 /// Runs `row` with the CPU of `pids` counted over it.
 async fn counted<F: std::future::Future<Output = f64>>(
-    pids: [i32; 2],
+    groups: Vec<Vec<i32>>,
     count: usize,
     row: F,
 ) -> Row {
-    let window = CpuWindow::open(&pids);
+    let window = CpuWindow::open(groups);
     let rate = row.await;
     let used = window.used();
     Row {
@@ -426,7 +429,7 @@ async fn sustained(
     clients: usize,
     per_client: usize,
 ) -> Row {
-    let window = CpuWindow::open(&[pid, bus.pid()]);
+    let window = CpuWindow::open(vec![vec![pid], bus.daemon_pids()]);
     let start = Instant::now();
     throughput(bus, clients, per_client, 5_000_000).await;
     loop {
@@ -546,18 +549,44 @@ async fn main() {
         return;
     }
     let single_rate = 1.0 / submit.as_secs_f64();
-    // Each throughput row starts with the agent idle: measured right after
-    // the row before, a ceiling shares the cores with that row's backlog.
-    let pids = [agent.pid(), bus.pid()];
-    wait_idle(&proxy, agent.pid()).await;
-    let answered = counted(pids, 16 * 1250, throughput(&bus, 16, 1250, 1_000_000)).await;
-    wait_idle(&proxy, agent.pid()).await;
-    let ping = counted(pids, 16 * 1250, ping_throughput(&bus, 16, 1250)).await;
-    wait_idle(&proxy, agent.pid()).await;
-    let echo = echo_throughput(&bus, 16, 1250).await;
-    wait_idle(&proxy, agent.pid()).await;
-    let steady = sustained(&bus, &proxy, agent.pid(), 16, 1250).await;
-    let (rate, ping_rate, echo_rate) = (answered.rate, ping.rate, echo.rate);
+    // The throughput rows on each bus daemon, alternating row by row so
+    // a drift of the machine falls on both alike; each row starts with the
+    // agent idle (measured right after the row before, a ceiling shares
+    // the cores with that row's backlog).
+    let broker_bus = PrivateBus::start_broker_with_extra(ECHO_POLICY);
+    let broker_home = tempfile::tempdir_in(home.path()).unwrap();
+    let broker_agent = Agent::start(&broker_bus, broker_home.path(), "[queue]\nmax = 200000\n");
+    let broker_conn = broker_bus.connect().await;
+    let broker_proxy = antibody::dbus::proxy::client(&broker_conn).await.unwrap();
+    let buses = [
+        ("dbus-daemon", &bus, &proxy, agent.pid()),
+        (
+            "dbus-broker",
+            &broker_bus,
+            &broker_proxy,
+            broker_agent.pid(),
+        ),
+    ];
+    // BENCH_PER_CLIENT: calls per client in these rows (1250 = 20 000 in
+    // all; fewer for a quick look).
+    let per: usize = std::env::var("BENCH_PER_CLIENT")
+        .map(|v| v.parse().expect("BENCH_PER_CLIENT: a number"))
+        .unwrap_or(1250);
+    let mut rows: [Vec<Row>; 2] = [Vec::new(), Vec::new()];
+    for kind in 0..4 {
+        for (i, (_, bus, proxy, pid)) in buses.iter().enumerate() {
+            wait_idle(proxy, *pid).await;
+            let groups = vec![vec![*pid], bus.daemon_pids()];
+            let row = match kind {
+                0 => counted(groups, 16 * per, throughput(bus, 16, per, 1_000_000)).await,
+                1 => counted(groups, 16 * per, ping_throughput(bus, 16, per)).await,
+                2 => echo_throughput(bus, 16, per).await,
+                _ => sustained(bus, proxy, *pid, 16, per).await,
+            };
+            rows[i].push(row);
+        }
+    }
+    drop(broker_agent);
     drop(agent);
 
     let empty_home = tempfile::tempdir_in(home.path()).unwrap();
@@ -573,27 +602,33 @@ async fn main() {
     println!("| measure | result | baseline (same run) | ratio | target |");
     println!("|---|---|---|---|---|");
     latency_rows.iter().for_each(|row| println!("{row}"));
-    println!(
-        "| durable alerts/s answered, 16 clients × 1250 (a burst the queue absorbs) | {rate:.0}/s; CPU: {} | 1 client {single_rate:.0}/s | {:.1}× | ≥ 20 000/s |",
-        answered.cpu_cells(),
-        rate / single_rate
-    );
-    println!(
-        "| sustained plans/s: 16 clients × 1250 distinct alerts, from the first `SubmitAlert` until every plan has finished | {:.0}/s; CPU: {} | echo ceiling {echo_rate:.0}/s | {:.2}× the echo | ≥ 0.8× |",
-        steady.rate,
-        steady.cpu_cells(),
-        steady.rate / echo_rate
-    );
-    println!(
-        "| … the bus's ceiling: Ping round trips/s, 16 clients × 1250, same dbus-daemon | {ping_rate:.0}/s; CPU: {} | | answered alerts reach {:.0} % of it | |",
-        ping.cpu_cells(),
-        100.0 * rate / ping_rate
-    );
-    println!(
-        "| … the bus's ceiling for an alert's messages: a do-nothing service answering `SubmitAlert` and sending a plan's four signals, 16 clients × 1250 | {echo_rate:.0}/s; CPU: {} | | answered alerts reach {:.0} % of it | |",
-        echo.cpu_cells(),
-        100.0 * rate / echo_rate
-    );
+    for ((name, ..), row) in buses.iter().zip(&rows) {
+        let [answered, ping, echo, steady] = &row[..] else {
+            unreachable!("four rows per bus")
+        };
+        let (rate, ping_rate, echo_rate) = (answered.rate, ping.rate, echo.rate);
+        println!(
+            "| {name}: durable alerts/s answered, 16 clients × {per} (a burst the queue absorbs) | {rate:.0}/s; CPU: {} | 1 client {single_rate:.0}/s | {:.1}× | ≥ 20 000/s |",
+            answered.cpu_cells(),
+            rate / single_rate
+        );
+        println!(
+            "| {name}: sustained plans/s, 16 clients × {per} distinct alerts, from the first `SubmitAlert` until every plan has finished | {:.0}/s; CPU: {} | echo ceiling {echo_rate:.0}/s | {:.2}× the echo | ≥ 0.8× |",
+            steady.rate,
+            steady.cpu_cells(),
+            steady.rate / echo_rate
+        );
+        println!(
+            "| {name}: … Ping round trips/s, 16 clients × {per} | {ping_rate:.0}/s; CPU: {} | | answered alerts reach {:.0} % of it | |",
+            ping.cpu_cells(),
+            100.0 * rate / ping_rate
+        );
+        println!(
+            "| {name}: … the echo ceiling: a do-nothing service answering `SubmitAlert` and sending a plan's four signals, 16 clients × {per} | {echo_rate:.0}/s; CPU: {} | | answered alerts reach {:.0} % of it | |",
+            echo.cpu_cells(),
+            100.0 * rate / echo_rate
+        );
+    }
     println!(
         "| 100 000 identical alerts | {storm_plans} plan(s), RSS {} → {} KiB (+{} KiB) | | | 1 plan, < 5 MB growth |",
         rss_before, rss_after, rss_after.saturating_sub(rss_before)

@@ -5,6 +5,7 @@
 //! temporary directory.
 #![allow(dead_code)]
 
+pub mod broker;
 pub mod notify;
 pub mod testbed;
 
@@ -38,6 +39,19 @@ pub struct PrivateBus {
     child: Child,
 }
 
+/// Writes the private bus's config into `dir` (`bus.conf`): Debian's
+/// system policy, the shipped one, then `extra`, listening on `socket`.
+fn write_bus_config(dir: &Path, socket: &Path, extra: &str) {
+    let template =
+        std::fs::read_to_string(Path::new(ROOT).join("tests/support/private-system-bus.conf.in"))
+            .expect("bus config template");
+    let config = template
+        .replace("@SOCKET@", socket.to_str().unwrap())
+        .replace("@POLICY@", &format!("{ROOT}/dbus/org.vael.Antibody.conf"))
+        .replace("@EXTRA@", extra);
+    std::fs::write(dir.join("bus.conf"), config).unwrap();
+}
+
 impl PrivateBus {
     pub fn start() -> PrivateBus {
         PrivateBus::start_with_extra("")
@@ -48,17 +62,38 @@ impl PrivateBus {
     pub fn start_with_extra(extra: &str) -> PrivateBus {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("system_bus_socket");
-        let template = std::fs::read_to_string(
-            Path::new(ROOT).join("tests/support/private-system-bus.conf.in"),
-        )
-        .expect("bus config template");
-        let config = template
-            .replace("@SOCKET@", socket.to_str().unwrap())
-            .replace("@POLICY@", &format!("{ROOT}/dbus/org.vael.Antibody.conf"))
-            .replace("@EXTRA@", extra);
-        std::fs::write(dir.path().join("bus.conf"), config).unwrap();
+        write_bus_config(dir.path(), &socket, extra);
         let child = spawn_bus_daemon(dir.path(), &socket);
         PrivateBus { dir, socket, child }
+    }
+
+    /// The same bus served by `dbus-broker` (see [`broker`]) instead of
+    /// `dbus-daemon`, with the same policy.
+    pub fn start_broker_with_extra(extra: &str) -> PrivateBus {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_bus_config(dir.path(), Path::new("/run/dbus/system_bus_socket"), extra);
+        let child = broker::spawn(dir.path());
+        let socket = PathBuf::from(format!(
+            "/proc/{}/root/run/dbus/system_bus_socket",
+            child.id()
+        ));
+        wait_until(
+            Duration::from_secs(10),
+            || socket.exists(),
+            "dbus-broker's socket",
+        );
+        PrivateBus { dir, socket, child }
+    }
+
+    /// The bus's processes (benchmarks count their CPU time): dbus-daemon,
+    /// or dbus-broker-launch and the dbus-broker it started.
+    pub fn daemon_pids(&self) -> Vec<i32> {
+        let pid = self.child.id() as i32;
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        std::iter::once(pid)
+            .chain(children.split_whitespace().filter_map(|c| c.parse().ok()))
+            .collect()
     }
 
     /// Stops the bus daemon and starts a new one on the same socket and
