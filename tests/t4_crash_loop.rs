@@ -626,6 +626,17 @@ fn plans_of_every_action_survive_sigkills_at_random_points() {
             count_kind("agent_started"),
             count_kind("nft_drift")
         ),
+        // What a reconcile found missing from the table and put back, if
+        // anything: the kernel's timeouts and the ledger's ends should
+        // agree, so each is worth a look.
+        format!(
+            "  nft drift: {:?}",
+            records
+                .iter()
+                .filter(|r| r["kind"] == "nft_drift")
+                .map(|r| r["payload"]["detail"].to_string())
+                .collect::<Vec<_>>()
+        ),
         format!(
             "  in force at the end: {} nft elements, {} throttled units; files {contents:?}",
             in_force_nft.len(),
