@@ -784,6 +784,42 @@ async fn finished_plans_are_archived_and_still_answer() {
     assert_eq!(rig.engine.get_plan(&ids[2]).unwrap(), before[2]);
 }
 
+/// A finished plan leaves memory once `state.keep_finished_plans` newer
+/// ones exist, even inside its dedupe window (holding every plan for the
+/// window grew memory with the alert rate under a flood: t2_flood.rs). An
+/// identical alert still returns it within the window, also after a
+/// restart from the checkpoint.
+#[tokio::test]
+async fn an_archived_plan_still_answers_an_identical_alert_within_its_window_across_a_restart() {
+    let extra = "[state]\nkeep_finished_plans = 0\n[queue]\ndedupe_window_secs = 600\n";
+    let rig = start(extra).await;
+    let notice = alert(
+        "same",
+        json!([{"type": "notify_operator", "channel": "journal", "message": "once"}]),
+    );
+    let (id, created) = rig.engine.submit(&notice).await.unwrap();
+    assert!(created);
+    wait_finished(&rig.engine, &id).await;
+    assert_eq!(
+        rig.engine.evict_finished().unwrap(),
+        1,
+        "archived in its window"
+    );
+    assert_eq!(
+        rig.engine.submit(&notice).await.unwrap(),
+        (id.clone(), false)
+    );
+
+    let dir = stop(rig).await;
+    let rig = open(dir, Step::default(), extra);
+    tokio::spawn(rig.engine.clone().run());
+    assert_eq!(
+        rig.engine.submit(&notice).await.unwrap(),
+        (id.clone(), false)
+    );
+    assert_eq!(rig.engine.get_plan(&id).unwrap()["status"], "success");
+}
+
 /// An instant notice (journal, dbus) is not written ahead: a crash would
 /// send it again either way, so its start rides in one write with its
 /// outcome. A webhook, which can take seconds, is written ahead, as is every

@@ -153,7 +153,11 @@ impl Engine {
         let engine = Arc::new(Engine {
             config: RwLock::new(Arc::new(config)),
             inner: Mutex::new(Inner {
-                state: EngineState::from_plans(replayed.plans, replayed.archived_active),
+                state: EngineState::from_plans(
+                    replayed.plans,
+                    replayed.archived_active,
+                    replayed.archived_dedupe,
+                ),
                 creating: HashMap::new(),
                 submit_buckets: Default::default(),
             }),

@@ -24,6 +24,8 @@ pub struct Replayed {
     pub checkpoint_seq: u64,
     /// Mitigations in force in archived plans, as the checkpoint counted.
     pub archived_active: usize,
+    /// Archived plans' dedupe entries, as the checkpoint kept them.
+    pub archived_dedupe: Vec<super::state::ArchivedDedupe>,
     /// Records whose kind this build does not know (written by a newer one).
     pub unknown_records: u64,
     pub note: Option<String>,
@@ -40,6 +42,7 @@ pub fn replay(ledger_dir: &Path, state_dir: &Path) -> io::Result<Replayed> {
                 .map(|p| (p.id.clone(), p))
                 .collect();
             let archived_active = checkpoint.archived_active;
+            let archived_dedupe = checkpoint.archived_dedupe;
             let stored = (
                 checkpoint.chain_ok,
                 checkpoint.chain_broken_at,
@@ -55,6 +58,7 @@ pub fn replay(ledger_dir: &Path, state_dir: &Path) -> io::Result<Replayed> {
             if replayed.scan.ok() {
                 replayed.chain = stored;
             }
+            replayed.archived_dedupe = archived_dedupe;
             replayed.from_checkpoint = true;
             replayed.checkpoint_seq = position.tip.seq;
             return Ok(replayed);
@@ -133,6 +137,7 @@ fn fold(
         from_checkpoint: false,
         checkpoint_seq: 0,
         archived_active,
+        archived_dedupe: Vec::new(),
         unknown_records,
         note: None,
     })

@@ -167,6 +167,10 @@ pub struct Checkpoint {
     /// not rolled back), so `ActiveMitigations` counts them after a start.
     #[serde(default)]
     pub archived_active: usize,
+    /// Finished plans archived while their dedupe window runs: an
+    /// identical alert after a restart still returns them.
+    #[serde(default)]
+    pub archived_dedupe: Vec<super::state::ArchivedDedupe>,
     pub plans: Vec<Plan>,
 }
 
@@ -207,6 +211,7 @@ pub fn new_checkpoint(
     position: &Position,
     chain: (bool, Option<u64>, String),
     archived_active: usize,
+    archived_dedupe: Vec<super::state::ArchivedDedupe>,
     plans: Vec<Plan>,
 ) -> Checkpoint {
     Checkpoint {
@@ -219,6 +224,7 @@ pub fn new_checkpoint(
         chain_broken_at: chain.1,
         chain_report: chain.2,
         archived_active,
+        archived_dedupe,
         plans,
     }
 }

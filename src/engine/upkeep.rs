@@ -32,14 +32,15 @@ impl Engine {
     pub fn evict_finished(&self) -> std::io::Result<usize> {
         let config = self.config();
         let plans: Vec<Plan> = {
-            let inner = self.lock();
+            let mut inner = self.lock();
             let window_ms = config.queue.dedupe_window_secs.saturating_mul(1000);
             // Restarts stay in memory while the flap limiter counts them.
             let flap_window_ms = config.restart.interval_secs.saturating_mul(1000);
             let now = now_ms();
+            inner.state.prune_dedupe(now, window_ms);
             inner
                 .state
-                .evictable(now, window_ms, config.state.keep_finished_plans)
+                .evictable(config.state.keep_finished_plans)
                 .iter()
                 .filter_map(|id| inner.state.plans.get(id))
                 .filter(|p| {
@@ -73,6 +74,7 @@ impl Engine {
             &self.ledger.position(),
             (health.ok, health.broken_at, health.report),
             inner.state.archived_active(),
+            inner.state.archived_dedupe(),
             inner.state.plans.values().cloned().collect(),
         )
     }
