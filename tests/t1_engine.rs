@@ -760,7 +760,7 @@ async fn finished_plans_are_archived_and_still_answer() {
         )
         .await;
     }
-    assert_eq!(rig.engine.evict_finished().unwrap(), 2);
+    assert_eq!(rig.engine.evict_finished(2).unwrap(), 2);
     assert_eq!(
         serde_json::from_str::<Value>(&rig.engine.list_plans(None, 0))
             .unwrap()
@@ -801,7 +801,7 @@ async fn an_archived_plan_still_answers_an_identical_alert_within_its_window_acr
     assert!(created);
     wait_finished(&rig.engine, &id).await;
     assert_eq!(
-        rig.engine.evict_finished().unwrap(),
+        rig.engine.evict_finished(2).unwrap(),
         1,
         "archived in its window"
     );

@@ -70,7 +70,7 @@ async fn the_oldest_segments_go_behind_an_anchor_and_the_chain_still_verifies() 
         ledger_bytes(&ledger) > 16384,
         "the test needs a ledger over max_bytes"
     );
-    let evicted = rig.engine.evict_finished().unwrap();
+    let evicted = rig.engine.evict_finished(2).unwrap();
     assert!(evicted >= 56, "{evicted}");
     // No checkpoint yet: nothing anchors the chain, nothing is removed.
     assert_eq!(rig.engine.prune_ledger().await.unwrap(), None);
@@ -226,7 +226,7 @@ async fn over_its_size() -> Rig {
             .unwrap();
         wait_finished(&rig.engine, &id).await;
     }
-    rig.engine.evict_finished().unwrap();
+    rig.engine.evict_finished(2).unwrap();
     rig.engine.checkpoint_now().await.unwrap();
     rig
 }

@@ -198,7 +198,7 @@ impl Engine {
         // A long replay is not repeated at the next start: archive what
         // memory need not hold and checkpoint the rest, before any append.
         if tail_records >= CHECKPOINT_AFTER_RECORDS {
-            engine.evict_finished()?;
+            engine.evict_finished(store::ARCHIVE_THREADS_AT_START)?;
             engine.write_checkpoint()?;
         }
         Ok(engine)

@@ -35,19 +35,24 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Threads that write and fsync archive files at once: concurrent fsyncs
-/// share the file system's journal commits (measured here: 1.18 ms a file
-/// one at a time, 0.33 ms with 16 threads).
-const ARCHIVE_THREADS: usize = 16;
+/// Threads that write and fsync archive files at once at start, before
+/// `READY=1`: concurrent fsyncs share the file system's journal commits
+/// (measured here: 1.18 ms a file one at a time, 0.33 ms with 16 threads).
+pub const ARCHIVE_THREADS_AT_START: usize = 16;
+/// ... and while the agent serves: under a flood of distinct alerts every
+/// plan past `state.keep_finished_plans` is archived within seconds, and 16
+/// writers on 2 cores doubled `Status`'s p99 (tests/t2_flood.rs); two
+/// leave the cores to the bus interface and the plans.
+pub const ARCHIVE_THREADS_SERVING: usize = 2;
 
 /// Archives finished plans: each file is written, fsynced and renamed into
 /// place, then the directory is fsynced once. Only the files written are
 /// synced, never the whole file system (a `syncfs` waits for every other
 /// writer's dirty data on a busy host).
-pub fn archive_plans(state_dir: &Path, plans: &[Plan]) -> io::Result<()> {
+pub fn archive_plans(state_dir: &Path, plans: &[Plan], writers: usize) -> io::Result<()> {
     let dir = state_dir.join("plans");
     fs::create_dir_all(&dir)?;
-    let chunk = plans.len().div_ceil(ARCHIVE_THREADS).max(1);
+    let chunk = plans.len().div_ceil(writers.max(1)).max(1);
     std::thread::scope(|scope| {
         let writers: Vec<_> = plans
             .chunks(chunk)

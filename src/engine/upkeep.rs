@@ -29,7 +29,7 @@ impl Engine {
     /// Archives finished plans memory need not hold, then forgets them.
     /// Blocking (file writes and fsyncs): async callers run it on a
     /// blocking thread.
-    pub fn evict_finished(&self) -> std::io::Result<usize> {
+    pub fn evict_finished(&self, writers: usize) -> std::io::Result<usize> {
         let config = self.config();
         let plans: Vec<Plan> = {
             let mut inner = self.lock();
@@ -53,7 +53,7 @@ impl Engine {
         if plans.is_empty() {
             return Ok(0);
         }
-        store::archive_plans(&config.state.dir, &plans)?;
+        store::archive_plans(&config.state.dir, &plans, writers)?;
         let mut inner = self.lock();
         for plan in &plans {
             // Only if nothing touched it meanwhile (e.g. a rollback request).
@@ -234,7 +234,11 @@ impl Engine {
                 return;
             }
             let engine = self.clone();
-            match tokio::task::spawn_blocking(move || engine.evict_finished()).await {
+            match tokio::task::spawn_blocking(move || {
+                engine.evict_finished(store::ARCHIVE_THREADS_SERVING)
+            })
+            .await
+            {
                 Ok(Err(e)) => eprintln!(
                     "<4>antibodyd: cannot archive finished plans (they stay in memory): {e}"
                 ),
