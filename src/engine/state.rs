@@ -37,6 +37,10 @@ pub struct ArchivedDedupe {
     pub alert_sha256: String,
     pub plan_id: String,
     pub finished_ms: u64,
+    /// The seq of its `plan_created` record: retention keeps the ledger
+    /// (and so the plan's archive) from here while the window runs.
+    #[serde(default)]
+    pub seq: u64,
 }
 
 fn in_force(plan: &Plan) -> usize {
@@ -86,8 +90,19 @@ impl EngineState {
 
     fn insert(&mut self, plan: Plan) {
         self.by_seq.insert(plan.seq, plan.id.clone());
-        self.dedupe
-            .insert(plan.alert_sha256.clone(), plan.id.clone());
+        // The newest plan of an alert answers it: an older one taken back
+        // into memory (a rollback of an archived plan) must not hide it.
+        let newer = match self.dedupe.get(&plan.alert_sha256) {
+            Some(current) => self
+                .plans
+                .get(current)
+                .is_none_or(|c| c.id == plan.id || c.seq <= plan.seq),
+            None => true,
+        };
+        if newer {
+            self.dedupe
+                .insert(plan.alert_sha256.clone(), plan.id.clone());
+        }
         self.active += in_force(&plan);
         if let Some(old) = self.plans.insert(plan.id.clone(), plan) {
             self.active -= in_force(&old);
@@ -116,18 +131,25 @@ impl EngineState {
     /// less than `window_ms` ago.
     pub fn dedupe_hit(&self, alert_sha256: &str, now_ms: u64, window_ms: u64) -> Option<&str> {
         let within = |done: u64| now_ms < done.saturating_add(window_ms);
-        if let Some(plan) = self
+        let in_memory = self
             .dedupe
             .get(alert_sha256)
             .and_then(|id| self.plans.get(id))
-        {
-            return plan
-                .finished_ms
-                .is_none_or(within)
-                .then_some(plan.id.as_str());
-        }
-        let archived = self.archived_dedupe.get(alert_sha256)?;
-        within(archived.finished_ms).then_some(archived.plan_id.as_str())
+            .filter(|p| p.finished_ms.is_none_or(within))
+            .map(|p| (p.seq, p.id.as_str()));
+        let archived = self
+            .archived_dedupe
+            .get(alert_sha256)
+            .filter(|d| within(d.finished_ms))
+            .map(|d| (d.seq, d.plan_id.as_str()));
+        // The newer of the two: an older plan of the alert may be in memory
+        // (taken back for a rollback, or kept for a timed revert) while a
+        // newer one was archived.
+        in_memory
+            .into_iter()
+            .chain(archived)
+            .max_by_key(|(seq, _)| *seq)
+            .map(|(_, id)| id)
     }
 
     /// Forgets archived plans' dedupe entries whose window has passed.
@@ -191,7 +213,7 @@ impl EngineState {
     }
 
     /// Finished plans memory need not hold: nothing left to run or revert
-    /// on a timer, out of the dedupe window, and older than the newest
+    /// on a timer, and older than the newest
     /// `keep` finished.
     pub fn evictable(&self, keep: usize) -> Vec<String> {
         let waiting: HashSet<&String> = self.waiting.values().collect();
@@ -227,16 +249,25 @@ impl EngineState {
             self.by_seq.remove(&plan.seq);
             if self.dedupe.get(&plan.alert_sha256).map(String::as_str) == Some(id) {
                 self.dedupe.remove(&plan.alert_sha256);
-                // Its dedupe window outlives it in memory.
+                // Its dedupe window outlives it in memory (unless a newer
+                // plan of the alert was archived before it).
                 if let Some(finished_ms) = plan.finished_ms {
-                    self.archived_dedupe.insert(
-                        plan.alert_sha256.clone(),
-                        ArchivedDedupe {
-                            alert_sha256: plan.alert_sha256,
-                            plan_id: plan.id,
-                            finished_ms,
-                        },
-                    );
+                    let older = |d: &ArchivedDedupe| d.finished_ms <= finished_ms;
+                    if self
+                        .archived_dedupe
+                        .get(&plan.alert_sha256)
+                        .is_none_or(older)
+                    {
+                        self.archived_dedupe.insert(
+                            plan.alert_sha256.clone(),
+                            ArchivedDedupe {
+                                alert_sha256: plan.alert_sha256,
+                                plan_id: plan.id,
+                                finished_ms,
+                                seq: plan.seq,
+                            },
+                        );
+                    }
                 }
             }
         }
@@ -279,8 +310,18 @@ impl EngineState {
 
     /// The `plan_created` seq of the oldest plan in memory: a start without
     /// its checkpoint must be able to replay from there.
+    /// The oldest `plan_created` seq retention must keep: of the plans in
+    /// memory, and of the archived plans whose dedupe window runs (their
+    /// archives answer `GetPlan` for the id an identical alert returns).
     pub fn oldest_seq(&self) -> Option<u64> {
-        self.by_seq.keys().next().copied()
+        let archived = self.archived_dedupe.values().map(|d| d.seq).min();
+        self.by_seq
+            .keys()
+            .next()
+            .copied()
+            .into_iter()
+            .chain(archived)
+            .min()
     }
 
     pub fn add_timers(&mut self, plan: &Plan) {
@@ -372,6 +413,59 @@ mod tests {
         assert_eq!(s.take_runnable(2).len(), 0);
         assert_eq!(s.open_plans(), 5);
         assert_eq!(s.queue_depth(), 3);
+    }
+
+    fn finish(s: &mut EngineState, id: &str, at_ms: u64) {
+        let p = s.plans.get_mut(id).unwrap();
+        p.apply_event(&Event::PlanStarted {}, at_ms);
+        p.apply_event(
+            &Event::PlanFinished {
+                status: PlanStatus::Success,
+            },
+            at_ms,
+        );
+    }
+
+    /// The newest plan of an alert answers an identical one, whichever of
+    /// the alert's plans are in memory or archived (a helper's review of
+    /// the archived dedupe found both ways to hide it).
+    #[test]
+    fn the_newest_plan_of_an_alert_answers_it_in_memory_or_archived() {
+        let mut s = EngineState::default();
+        s.accept(plan("old", 1, "h", &[]));
+        finish(&mut s, "old", 1_000);
+        s.accept(plan("new", 2, "h", &[]));
+        finish(&mut s, "new", 50_000);
+        // The new one archived, the old one taken back (a rollback).
+        s.evict("new");
+        assert_eq!(s.dedupe_hit("h", 60_000, 60_000), Some("new"));
+        assert_eq!(s.oldest_seq(), Some(1));
+        s.evict("old");
+        assert_eq!(
+            s.dedupe_hit("h", 60_000, 60_000),
+            Some("new"),
+            "the older end does not replace it"
+        );
+        let old = {
+            let mut p = plan("old", 1, "h", &[]);
+            p.apply_event(&Event::PlanStarted {}, 1_000);
+            p.apply_event(
+                &Event::PlanFinished {
+                    status: PlanStatus::Success,
+                },
+                1_000,
+            );
+            p
+        };
+        s.readmit(old);
+        assert_eq!(s.dedupe_hit("h", 60_000, 60_000), Some("new"));
+        // Retention keeps the archived one's records while its window runs.
+        assert_eq!(s.oldest_seq(), Some(1));
+        s.evict("old");
+        assert_eq!(s.oldest_seq(), Some(2));
+        s.prune_dedupe(110_000, 60_000);
+        assert_eq!(s.dedupe_hit("h", 60_000, 60_000), None);
+        assert_eq!(s.oldest_seq(), None);
     }
 
     #[test]

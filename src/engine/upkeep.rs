@@ -61,6 +61,10 @@ impl Engine {
                 inner.state.evict(&plan.id);
             }
         }
+        // Again: a plan archived just now may already be past its window
+        // (a short one), and its entry would hold the ledger back a round.
+        let window_ms = config.queue.dedupe_window_secs.saturating_mul(1000);
+        inner.state.prune_dedupe(now_ms(), window_ms);
         Ok(plans.len())
     }
 
