@@ -83,9 +83,7 @@ async fn wait_idle(proxy: &AntibodyProxy<'_>, pid: i32) {
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         assert!(Instant::now() < deadline, "the agent never went idle");
-        let status: serde_json::Value =
-            serde_json::from_str(&proxy.status().await.unwrap()).unwrap();
-        if status["queue_depth"] != 0 || status["in_flight"] != 0 {
+        if !is_drained(proxy).await {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         }
@@ -95,6 +93,12 @@ async fn wait_idle(proxy: &AntibodyProxy<'_>, pid: i32) {
             return;
         }
     }
+}
+
+/// Whether the agent has nothing queued and nothing running (`Status`).
+async fn is_drained(proxy: &AntibodyProxy<'_>) -> bool {
+    let status: serde_json::Value = serde_json::from_str(&proxy.status().await.unwrap()).unwrap();
+    status["queue_depth"] == 0 && status["in_flight"] == 0
 }
 
 fn alert(n: usize, channel: &str) -> String {
@@ -362,24 +366,22 @@ async fn echo_throughput(bus: &PrivateBus, clients: usize, per_client: usize) ->
         proxies.push(Arc::new(proxy));
         std::mem::forget(conn);
     }
-    let window = CpuWindow::open(vec![vec![server.id() as i32], bus.daemon_pids()]);
-    let rate = calls_per_second(proxies, per_client, |proxy, n| async move {
-        let (_, created): (String, bool) = proxy
-            .call("SubmitAlert", &(alert(n, "journal"),))
-            .await
-            .unwrap();
-        assert!(created);
-    })
+    let groups = vec![vec![server.id() as i32], bus.daemon_pids()];
+    let row = counted(
+        groups,
+        clients * per_client,
+        calls_per_second(proxies, per_client, |proxy, n| async move {
+            let (_, created): (String, bool) = proxy
+                .call("SubmitAlert", &(alert(n, "journal"),))
+                .await
+                .unwrap();
+            assert!(created);
+        }),
+    )
     .await;
-    let used = window.used();
     let _ = server.kill();
     let _ = server.wait();
-    Row {
-        rate,
-        service_cpu: used[0],
-        bus_cpu: used[1],
-        count: clients * per_client,
-    }
+    row
 }
 
 /// One throughput row: the rate, and the CPU seconds the service (agent
@@ -402,7 +404,8 @@ impl Row {
     }
 }
 
-/// Runs `row` with the CPU of `pids` counted over it.
+/// Runs `row` (its rate) with the CPU of each group of `groups` counted
+/// over it: the service first, then the bus.
 async fn counted<F: std::future::Future<Output = f64>>(
     groups: Vec<Vec<i32>>,
     count: usize,
@@ -429,26 +432,16 @@ async fn sustained(
     clients: usize,
     per_client: usize,
 ) -> Row {
-    let window = CpuWindow::open(vec![vec![pid], bus.daemon_pids()]);
-    let start = Instant::now();
-    throughput(bus, clients, per_client, 5_000_000).await;
-    loop {
-        let status: serde_json::Value =
-            serde_json::from_str(&proxy.status().await.unwrap()).unwrap();
-        if status["queue_depth"] == 0 && status["in_flight"] == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let elapsed = start.elapsed().as_secs_f64();
-    let used = window.used();
     let count = clients * per_client;
-    Row {
-        rate: count as f64 / elapsed,
-        service_cpu: used[0],
-        bus_cpu: used[1],
-        count,
-    }
+    counted(vec![vec![pid], bus.daemon_pids()], count, async {
+        let start = Instant::now();
+        throughput(bus, clients, per_client, 5_000_000).await;
+        while !is_drained(proxy).await {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        count as f64 / start.elapsed().as_secs_f64()
+    })
+    .await
 }
 
 async fn storm_rss(proxy: &AntibodyProxy<'_>, pid: i32) -> (u64, u64, usize) {

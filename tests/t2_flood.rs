@@ -62,13 +62,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 fn ledger_plans(dir: &std::path::Path) -> (BTreeSet<String>, BTreeSet<String>) {
     let mut created = BTreeSet::new();
     let mut finished = BTreeSet::new();
-    let mut segments: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
-        .collect();
-    segments.sort();
-    for segment in segments {
+    for segment in ledger_segments(dir) {
         for line in std::fs::read_to_string(&segment).unwrap().lines() {
             let Ok(record) = serde_json::from_str::<Value>(line) else {
                 continue; // the tail being written
@@ -101,19 +95,12 @@ async fn sixteen_clients_a_slow_subscriber_and_a_verifier_leave_status_and_the_w
     // Every client is root here, and the per-caller rate limit would
     // refuse most of a flood from one uid before it reached the queue:
     // the flood is of the agent's own limits (the queue, the bus).
-    let config = write_config(
-        &home,
-        "[auth]\nsubmit_rate_per_sec = 1000000\nsubmit_burst = 1000000\n",
-    );
-    let socket_path = notify.path.to_str().unwrap().to_string();
-    let agent = Agent::start_with_config(
+    let agent = Agent::start_notified(
         &bus,
         &home,
-        &config,
-        &[
-            ("NOTIFY_SOCKET", socket_path.as_str()),
-            ("WATCHDOG_USEC", &WATCHDOG.as_micros().to_string()),
-        ],
+        "[auth]\nsubmit_rate_per_sec = 1000000\nsubmit_burst = 1000000\n",
+        &notify,
+        WATCHDOG,
     );
     notify.wait_for_line("READY=1", Duration::from_secs(20));
     let pid = agent.pid();

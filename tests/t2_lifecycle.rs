@@ -119,27 +119,7 @@ fn webhook_channel(name: &str, url: &str, timeout_secs: u64) -> String {
 
 /// Every record of every segment under `home/ledger`, in chain order.
 fn ledger_records(home: &Path) -> Vec<Value> {
-    let dir = home.join("ledger");
-    let mut segments: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            let name = p.file_name().unwrap_or_default().to_string_lossy();
-            name.starts_with("ledger-") && name.ends_with(".jsonl")
-        })
-        .collect();
-    segments.sort();
-    let mut records = Vec::new();
-    for segment in segments {
-        let text = std::fs::read_to_string(&segment).unwrap();
-        for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            records.push(
-                serde_json::from_str(line)
-                    .unwrap_or_else(|e| panic!("{}: not JSON ({e}): {line}", segment.display())),
-            );
-        }
-    }
-    records
+    ledger_records_in(&home.join("ledger"))
 }
 
 fn records_of_kind(home: &Path, kind: &str) -> Vec<Value> {
@@ -408,17 +388,7 @@ async fn sd_notify_ready_watchdog_reload_stop() {
     let dir = tempfile::tempdir().unwrap();
     let notify = NotifySocket::bind(dir.path().join("notify.sock"));
     let home = dir.path().join("home");
-    let config = write_config(&home, "");
-    let socket_path = notify.path.to_str().unwrap().to_string();
-    let mut agent = Agent::start_with_config(
-        &bus,
-        &home,
-        &config,
-        &[
-            ("NOTIFY_SOCKET", socket_path.as_str()),
-            ("WATCHDOG_USEC", "600000"),
-        ],
-    );
+    let mut agent = Agent::start_notified(&bus, &home, "", &notify, Duration::from_millis(600));
 
     let (ready, before) = notify.wait_for_line("READY=1", Duration::from_secs(20));
     assert!(
@@ -497,17 +467,7 @@ async fn watchdog_pings_within_every_interval() {
     let dir = tempfile::tempdir().unwrap();
     let notify = NotifySocket::bind(dir.path().join("notify.sock"));
     let home = dir.path().join("home");
-    let config = write_config(&home, "");
-    let socket_path = notify.path.to_str().unwrap().to_string();
-    let _agent = Agent::start_with_config(
-        &bus,
-        &home,
-        &config,
-        &[
-            ("NOTIFY_SOCKET", socket_path.as_str()),
-            ("WATCHDOG_USEC", &WATCHDOG.as_micros().to_string()),
-        ],
-    );
+    let _agent = Agent::start_notified(&bus, &home, "", &notify, WATCHDOG);
     let until = Instant::now() + Duration::from_secs(20);
     let ready_at = loop {
         match notify.recv(until) {

@@ -24,12 +24,13 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use support::record_figures;
+use antibody::time::{now_ms, parse_rfc3339};
 use support::testbed::Testbed;
+use support::{ledger_records_in, record_figures};
 
 /// The stream's generator. Not the `rand` crate: a run must replay from its
 /// seed in any later build, and `rand` does not promise its generators'
@@ -187,58 +188,12 @@ fn env_number(name: &str) -> Option<u64> {
 
 /// The ledger as the agent wrote it, read from the machine's disk.
 fn ledger_records(tb: &Testbed) -> Vec<Value> {
-    let dir = tb.root().join("var/log/antibody");
-    let mut segments: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            let name = p.file_name().unwrap().to_string_lossy().into_owned();
-            name.starts_with("ledger-") && name.ends_with(".jsonl")
-        })
-        .collect();
-    segments.sort();
-    segments
-        .iter()
-        .flat_map(|s| {
-            std::fs::read_to_string(s)
-                .unwrap()
-                .lines()
-                .filter(|l| !l.is_empty())
-                .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
-                .collect::<Vec<Value>>()
-        })
-        .collect()
+    ledger_records_in(&tb.root().join("var/log/antibody"))
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
-/// Milliseconds since the epoch of an RFC 3339 UTC time the agent wrote.
+/// Milliseconds since the epoch of an RFC 3339 time the agent wrote.
 fn parse_ms(rfc3339: &str) -> u64 {
-    let secs = |s: &str| -> u64 { s.parse().unwrap() };
-    let (date, time) = rfc3339.trim_end_matches('Z').split_once('T').unwrap();
-    let d: Vec<u64> = date.split('-').map(secs).collect();
-    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
-    let t: Vec<u64> = hms.split(':').map(secs).collect();
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let (y, m) = if d[1] <= 2 {
-        (d[0] - 1, d[1] + 9)
-    } else {
-        (d[0], d[1] - 3)
-    };
-    let era = y / 400;
-    let yoe = y - era * 400;
-    let doy = (153 * m + 2) / 5 + d[2] - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let millis: u64 = format!("{:0<3}", &frac[..frac.len().min(3)])
-        .parse()
-        .unwrap();
-    ((days * 86_400 + t[0] * 3600 + t[1] * 60 + t[2]) * 1000) + millis
+    parse_rfc3339(rfc3339).unwrap_or_else(|| panic!("not RFC 3339: {rfc3339}"))
 }
 
 /// An nft element as a comparable key: `addr:A`, `port:tcp:P`,
@@ -554,13 +509,10 @@ fn plans_of_every_action_survive_sigkills_at_random_points() {
         let mut story = String::new();
         for (id, plan) in &plans {
             for (index, action) in plan["actions"].as_array().unwrap().iter().enumerate() {
-                if action_key(action).is_some_and(|k| differ.contains(&k)) {
+                if let Some(key) = action_key(action).filter(|k| differ.contains(k)) {
                     story += &format!(
-                        "\n  {id} #{index} {} {} revert_at {} log {}",
-                        action_key(action).unwrap(),
-                        action["state"],
-                        action["revert_at"],
-                        plan["log"]
+                        "\n  {id} #{index} {key} {} revert_at {} log {}",
+                        action["state"], action["revert_at"], plan["log"]
                     );
                 }
             }

@@ -354,21 +354,25 @@ impl Job {
     /// The target's directory, held open, and the target read through it,
     /// under the guards in force now.
     fn open_and_read(&self) -> Result<(TargetDir, Target), ActionError> {
-        let refused = |e: TargetError| ActionError::permanent(e.message());
-        let dir = open_target_dir(Path::new(&self.file), &self.roots).map_err(refused)?;
-        let target = dir.read().map_err(refused)?;
-        Ok((dir, target))
+        self.open_then_read(|_| {})
     }
 
     /// As [`Job::open_and_read`], for the steps that write (apply, revert)
     /// or follow one (recover): a temporary file this action left beside
-    /// the target when the agent was killed mid-write is removed first.
+    /// the target when the agent was killed mid-write is removed first,
+    /// before the read, which may refuse the target: the leftover goes
+    /// even when the step itself cannot.
     fn open_clear_and_read(&self) -> Result<(TargetDir, Target), ActionError> {
+        self.open_then_read(|dir| dir.remove_leftover(&self.temp_name))
+    }
+
+    fn open_then_read(
+        &self,
+        before_read: impl FnOnce(&TargetDir),
+    ) -> Result<(TargetDir, Target), ActionError> {
         let refused = |e: TargetError| ActionError::permanent(e.message());
         let dir = open_target_dir(Path::new(&self.file), &self.roots).map_err(refused)?;
-        // Before the read, which may refuse the target: the leftover goes
-        // even when the step itself cannot.
-        dir.remove_leftover(&self.temp_name);
+        before_read(&dir);
         let target = dir.read().map_err(refused)?;
         Ok((dir, target))
     }

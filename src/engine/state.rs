@@ -213,8 +213,8 @@ impl EngineState {
     }
 
     /// Finished plans memory need not hold: nothing left to run or revert
-    /// on a timer, and older than the newest
-    /// `keep` finished.
+    /// on a timer, and older than the newest `keep` finished (an identical
+    /// alert within the dedupe window still finds them: `archived_dedupe`).
     pub fn evictable(&self, keep: usize) -> Vec<String> {
         let waiting: HashSet<&String> = self.waiting.values().collect();
         let timed: HashSet<&String> = self.timers.iter().map(|(_, id, _)| id).collect();
@@ -308,10 +308,9 @@ impl EngineState {
         self.archived_active = count;
     }
 
-    /// The `plan_created` seq of the oldest plan in memory: a start without
-    /// its checkpoint must be able to replay from there.
     /// The oldest `plan_created` seq retention must keep: of the plans in
-    /// memory, and of the archived plans whose dedupe window runs (their
+    /// memory (a start without its checkpoint must be able to replay from
+    /// there), and of the archived plans whose dedupe window runs (their
     /// archives answer `GetPlan` for the id an identical alert returns).
     pub fn oldest_seq(&self) -> Option<u64> {
         let archived = self.archived_dedupe.values().map(|d| d.seq).min();
@@ -415,8 +414,8 @@ mod tests {
         assert_eq!(s.queue_depth(), 3);
     }
 
-    fn finish(s: &mut EngineState, id: &str, at_ms: u64) {
-        let p = s.plans.get_mut(id).unwrap();
+    /// Starts and ends `p` successfully at `at_ms`.
+    fn run_to_success(p: &mut Plan, at_ms: u64) {
         p.apply_event(&Event::PlanStarted {}, at_ms);
         p.apply_event(
             &Event::PlanFinished {
@@ -424,6 +423,10 @@ mod tests {
             },
             at_ms,
         );
+    }
+
+    fn finish(s: &mut EngineState, id: &str, at_ms: u64) {
+        run_to_success(s.plans.get_mut(id).unwrap(), at_ms);
     }
 
     /// The newest plan of an alert answers an identical one, whichever of
@@ -446,17 +449,8 @@ mod tests {
             Some("new"),
             "the older end does not replace it"
         );
-        let old = {
-            let mut p = plan("old", 1, "h", &[]);
-            p.apply_event(&Event::PlanStarted {}, 1_000);
-            p.apply_event(
-                &Event::PlanFinished {
-                    status: PlanStatus::Success,
-                },
-                1_000,
-            );
-            p
-        };
+        let mut old = plan("old", 1, "h", &[]);
+        run_to_success(&mut old, 1_000);
         s.readmit(old);
         assert_eq!(s.dedupe_hit("h", 60_000, 60_000), Some("new"));
         // Retention keeps the archived one's records while its window runs.

@@ -31,9 +31,9 @@ impl Engine {
     /// blocking thread.
     pub fn evict_finished(&self, writers: usize) -> std::io::Result<usize> {
         let config = self.config();
+        let window_ms = config.queue.dedupe_window_secs.saturating_mul(1000);
         let plans: Vec<Plan> = {
             let mut inner = self.lock();
-            let window_ms = config.queue.dedupe_window_secs.saturating_mul(1000);
             // Restarts stay in memory while the flap limiter counts them.
             let flap_window_ms = config.restart.interval_secs.saturating_mul(1000);
             let now = now_ms();
@@ -63,7 +63,6 @@ impl Engine {
         }
         // Again: a plan archived just now may already be past its window
         // (a short one), and its entry would hold the ledger back a round.
-        let window_ms = config.queue.dedupe_window_secs.saturating_mul(1000);
         inner.state.prune_dedupe(now_ms(), window_ms);
         Ok(plans.len())
     }

@@ -25,6 +25,36 @@ pub fn record_figures(name: &str, text: &str) {
     std::fs::write(dir.join(format!("{name}.txt")), format!("{text}\n")).unwrap();
 }
 
+/// The ledger segments under `dir` (`ledger-*.jsonl`), in chain order.
+pub fn ledger_segments(dir: &Path) -> Vec<PathBuf> {
+    let mut segments: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let name = p.file_name().unwrap_or_default().to_string_lossy();
+            name.starts_with("ledger-") && name.ends_with(".jsonl")
+        })
+        .collect();
+    segments.sort();
+    segments
+}
+
+/// Every record of every segment under `dir`, in chain order; a line that
+/// is not JSON fails the test (read it only where nothing is being written).
+pub fn ledger_records_in(dir: &Path) -> Vec<serde_json::Value> {
+    let mut records = Vec::new();
+    for segment in ledger_segments(dir) {
+        let text = std::fs::read_to_string(&segment).unwrap();
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            records.push(
+                serde_json::from_str(line)
+                    .unwrap_or_else(|e| panic!("{}: not JSON ({e}): {line}", segment.display())),
+            );
+        }
+    }
+    records
+}
+
 /// Tests that need root fail loudly without it: they never skip.
 pub fn require_root() {
     assert!(
@@ -195,6 +225,28 @@ impl Agent {
     pub fn start(bus: &PrivateBus, home: &Path, extra_toml: &str) -> Agent {
         let config = write_config(home, extra_toml);
         Agent::start_with_config(bus, home, &config, &[])
+    }
+
+    /// Writes `home/antibody.toml` (see [`write_config`]) and starts the
+    /// agent as systemd would a `Type=notify` unit with `WatchdogSec=`:
+    /// its notifications go to `notify`, its watchdog interval is `watchdog`.
+    pub fn start_notified(
+        bus: &PrivateBus,
+        home: &Path,
+        extra_toml: &str,
+        notify: &notify::NotifySocket,
+        watchdog: Duration,
+    ) -> Agent {
+        let config = write_config(home, extra_toml);
+        Agent::start_with_config(
+            bus,
+            home,
+            &config,
+            &[
+                ("NOTIFY_SOCKET", notify.path.to_str().unwrap()),
+                ("WATCHDOG_USEC", &watchdog.as_micros().to_string()),
+            ],
+        )
     }
 
     /// Starts the agent with an existing config file and extra environment.
