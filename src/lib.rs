@@ -13,3 +13,4 @@ pub mod plan;
 pub mod sync;
 pub mod sys;
 pub mod time;
+pub mod web;

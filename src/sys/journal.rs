@@ -96,6 +96,12 @@ impl Journal {
         }
     }
 
+    /// Lines to stderr only, journald or not (a process whose stderr
+    /// is not the journal's, e.g. under a test harness).
+    pub fn stderr() -> Journal {
+        Journal { to_journald: false }
+    }
+
     pub fn to_journald(&self) -> bool {
         self.to_journald
     }

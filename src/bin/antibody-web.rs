@@ -1,0 +1,159 @@
+//! antibody-web: wiring only — config and secrets, the listening socket
+//! (systemd's when socket-activated), the event pump and the HTTP server.
+//! Everything else lives in `antibody::web`.
+
+use std::future::IntoFuture;
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use libsystemd::activation::IsType;
+
+use antibody::sys::sdnotify;
+use antibody::web::config::{world_readable, Secrets, WebConfig, DEFAULT_WEB_CONFIG_PATH};
+use antibody::web::{routes, App};
+
+/// How long a stop waits for open requests and event streams.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Parser)]
+#[command(
+    name = "antibody-web",
+    version,
+    about = "Antibody's unprivileged HTTP/WebSocket bridge to the agent's D-Bus API"
+)]
+struct Args {
+    /// Configuration file.
+    #[arg(long, value_name = "FILE", default_value = DEFAULT_WEB_CONFIG_PATH)]
+    config: PathBuf,
+    /// Check the configuration and the secrets it names, print the
+    /// configuration with every default filled in, and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    // Before any thread exists: this also clears LISTEN_* from the environment.
+    let activated = libsystemd::activation::receive_descriptors(true).unwrap_or_default();
+    let missing_ok = args.config == std::path::Path::new(DEFAULT_WEB_CONFIG_PATH);
+    let loaded = WebConfig::load(&args.config, missing_ok).and_then(|config| {
+        let secrets = Secrets::load(&config)?;
+        Ok((config, secrets))
+    });
+    let (config, secrets) = match loaded {
+        Ok(pair) => pair,
+        Err(e) => {
+            eprintln!("<3>antibody-web: configuration: {e}");
+            return ExitCode::from(78); // EX_CONFIG
+        }
+    };
+    if args.check_config {
+        print!("{}", toml::to_string(&config).unwrap_or_default());
+        return ExitCode::SUCCESS;
+    }
+    for file in world_readable(&[
+        &config.sentinel_token_file,
+        config
+            .jwt_public_key_file
+            .as_deref()
+            .unwrap_or(&config.jwt_secret_file),
+    ]) {
+        if config.jwt_public_key_file.as_deref() != Some(file.as_path()) {
+            eprintln!(
+                "<4>antibody-web: {} is readable by every user: chmod 0640 it",
+                file.display()
+            );
+        }
+    }
+    // A socket systemd passed (antibody-web.socket) wins over `listen`.
+    let inherited = activated
+        .into_iter()
+        .find(|fd| fd.is_inet())
+        // SAFETY: systemd passed this descriptor to us alone, and it is an
+        // AF_INET/AF_INET6 socket (checked above) that nothing else owns.
+        .map(|fd| unsafe { std::net::TcpListener::from_raw_fd(fd.into_raw_fd()) });
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("<3>antibody-web: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(config, secrets, inherited)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("<3>antibody-web: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(
+    config: WebConfig,
+    secrets: Secrets,
+    inherited: Option<std::net::TcpListener>,
+) -> Result<(), String> {
+    let listener = match inherited {
+        Some(std) => {
+            std.set_nonblocking(true)
+                .map_err(|e| format!("the socket systemd passed: {e}"))?;
+            tokio::net::TcpListener::from_std(std)
+                .map_err(|e| format!("the socket systemd passed: {e}"))?
+        }
+        None => tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| format!("listen on {}: {e}", config.listen))?,
+    };
+    let local = listener
+        .local_addr()
+        .map_err(|e| format!("the listening socket: {e}"))?;
+    let app = App::new(&config, &secrets)?;
+    drop(secrets);
+    app.start_event_pump();
+    app.audit.info(&format!("listening on {local}"));
+    sdnotify::ready(&format!("listening on {local}"));
+
+    let router = routes::router(app);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async {
+        let _ = stop_rx.await;
+    });
+    let mut server = std::pin::pin!(server.into_future());
+    tokio::select! {
+        result = &mut server => return result.map_err(|e| format!("serving HTTP: {e}")),
+        _ = stop_signal() => {}
+    }
+    sdnotify::stopping();
+    let _ = stop_tx.send(());
+    // Event streams never end by themselves: give requests under way a
+    // moment, then go.
+    let _ = tokio::time::timeout(STOP_GRACE, server).await;
+    Ok(())
+}
+
+async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        // Without signal handlers the default action (exit) still applies.
+        _ => std::future::pending().await,
+    }
+}

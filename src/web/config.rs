@@ -1,0 +1,240 @@
+//! `antibody-web`'s configuration (`/etc/antibody/web.toml`) and the
+//! secrets it names. Parsing is pure; [`Secrets::load`] is the one place
+//! that reads the secret files, so a missing or unreadable secret stops the
+//! bridge at start-up instead of leaving a door open.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_WEB_CONFIG_PATH: &str = "/etc/antibody/web.toml";
+
+/// Shorter HMAC keys are guessable offline from one captured token.
+pub const MIN_HS256_SECRET_BYTES: usize = 32;
+/// A sentinel token is a bearer secret too: refuse a trivially short one.
+pub const MIN_SENTINEL_BYTES: usize = 16;
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebConfig {
+    /// Where to listen when systemd passes no socket.
+    pub listen: SocketAddr,
+    /// The NEXUS sentinel's bearer token (may only ingest alerts).
+    pub sentinel_token_file: PathBuf,
+    /// The HS256 key operators' JWTs are signed with.
+    pub jwt_secret_file: PathBuf,
+    /// When set, JWTs are EdDSA-signed and checked with this public key
+    /// (PEM) instead; the HS256 secret is then not read.
+    pub jwt_public_key_file: Option<PathBuf>,
+    /// When set, a JWT's `iss` must equal it.
+    pub jwt_issuer: Option<String>,
+    /// When set, a JWT's `aud` must contain it.
+    pub jwt_audience: Option<String>,
+    /// Seconds of clock skew allowed on `exp` and `nbf`.
+    pub jwt_leeway_secs: u64,
+    /// Authentication failures one peer may have within the window before
+    /// its requests are refused with 429.
+    pub auth_failures_max: u32,
+    pub auth_failure_window_secs: u64,
+    /// Messages one WebSocket client may have waiting; past that it is dropped.
+    pub ws_client_buffer: usize,
+    /// How long one call to the agent may take before the bridge answers 503.
+    pub agent_timeout_secs: u64,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        WebConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8470)),
+            sentinel_token_file: PathBuf::from("/etc/antibody/sentinel.token"),
+            jwt_secret_file: PathBuf::from("/etc/antibody/jwt.secret"),
+            jwt_public_key_file: None,
+            jwt_issuer: None,
+            jwt_audience: None,
+            jwt_leeway_secs: 30,
+            auth_failures_max: 10,
+            auth_failure_window_secs: 60,
+            ws_client_buffer: 256,
+            agent_timeout_secs: 10,
+        }
+    }
+}
+
+impl WebConfig {
+    /// Parses the TOML text; unknown keys are refused (a typo must not
+    /// silently fall back to a default).
+    pub fn parse(text: &str) -> Result<WebConfig, String> {
+        let config: WebConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        if config.auth_failures_max == 0 {
+            return Err("auth_failures_max must be at least 1".into());
+        }
+        if config.ws_client_buffer == 0 {
+            return Err("ws_client_buffer must be at least 1".into());
+        }
+        if config.agent_timeout_secs == 0 {
+            return Err("agent_timeout_secs must be at least 1".into());
+        }
+        Ok(config)
+    }
+
+    /// Reads and parses `path`. A missing file is fine only at the default
+    /// path (every key has a default; the secrets are checked separately).
+    pub fn load(path: &Path, missing_ok: bool) -> Result<WebConfig, String> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => WebConfig::parse(&text).map_err(|e| format!("{}: {e}", path.display())),
+            Err(e) if missing_ok && e.kind() == std::io::ErrorKind::NotFound => {
+                Ok(WebConfig::default())
+            }
+            Err(e) => Err(format!("{}: {e}", path.display())),
+        }
+    }
+}
+
+/// How operators' JWTs are checked: the algorithm is fixed here, never by
+/// the token.
+#[derive(Clone)]
+pub enum JwtKey {
+    Hs256(Vec<u8>),
+    /// PEM text of an Ed25519 public key.
+    EdDsaPem(Vec<u8>),
+}
+
+impl std::fmt::Debug for JwtKey {
+    // Never print key material.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JwtKey::Hs256(_) => f.write_str("JwtKey::Hs256(…)"),
+            JwtKey::EdDsaPem(_) => f.write_str("JwtKey::EdDsaPem(…)"),
+        }
+    }
+}
+
+/// The secrets the config names, read once at start-up.
+#[derive(Clone, Debug)]
+pub struct Secrets {
+    pub sentinel_token: Vec<u8>,
+    pub jwt_key: JwtKey,
+}
+
+impl Secrets {
+    pub fn load(config: &WebConfig) -> Result<Secrets, String> {
+        let sentinel_token = read_secret(&config.sentinel_token_file, "sentinel_token_file")?;
+        if sentinel_token.len() < MIN_SENTINEL_BYTES {
+            return Err(format!(
+                "sentinel_token_file {}: the token is {} bytes; at least {MIN_SENTINEL_BYTES} are required",
+                config.sentinel_token_file.display(),
+                sentinel_token.len()
+            ));
+        }
+        let jwt_key = match &config.jwt_public_key_file {
+            Some(path) => {
+                let pem = read_secret(path, "jwt_public_key_file")?;
+                // Parse now so a bad key fails the start, not every request.
+                jsonwebtoken::DecodingKey::from_ed_pem(&pem).map_err(|e| {
+                    format!(
+                        "jwt_public_key_file {}: not an Ed25519 public key in PEM: {e}",
+                        path.display()
+                    )
+                })?;
+                JwtKey::EdDsaPem(pem)
+            }
+            None => {
+                let secret = read_secret(&config.jwt_secret_file, "jwt_secret_file")?;
+                if secret.len() < MIN_HS256_SECRET_BYTES {
+                    return Err(format!(
+                        "jwt_secret_file {}: the key is {} bytes; HS256 needs at least {MIN_HS256_SECRET_BYTES}",
+                        config.jwt_secret_file.display(),
+                        secret.len()
+                    ));
+                }
+                JwtKey::Hs256(secret)
+            }
+        };
+        Ok(Secrets {
+            sentinel_token,
+            jwt_key,
+        })
+    }
+}
+
+/// The file's bytes without trailing whitespace (`echo secret > file`
+/// leaves a newline that is not part of the secret).
+fn read_secret(path: &Path, key: &str) -> Result<Vec<u8>, String> {
+    let mut bytes = std::fs::read(path)
+        .map_err(|e| format!("{key} {}: cannot read it: {e}", path.display()))?;
+    while bytes.last().is_some_and(|b| b.is_ascii_whitespace()) {
+        bytes.pop();
+    }
+    if bytes.is_empty() {
+        return Err(format!("{key} {}: the file is empty", path.display()));
+    }
+    Ok(bytes)
+}
+
+/// Secret files other users can read (a warning at start-up).
+pub fn world_readable(secrets: &[&Path]) -> Vec<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    secrets
+        .iter()
+        .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.permissions().mode() & 0o004 != 0))
+        .map(|p| p.to_path_buf())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_text_is_every_default() {
+        assert_eq!(WebConfig::parse("").unwrap(), WebConfig::default());
+        assert_eq!(
+            WebConfig::default().listen.to_string(),
+            "127.0.0.1:8470",
+            "the issue's default"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        let e = WebConfig::parse("lisen = \"0.0.0.0:1\"").unwrap_err();
+        assert!(e.contains("lisen"), "{e}");
+        let e = WebConfig::parse("listen = \"not an address\"").unwrap_err();
+        assert!(e.contains("listen"), "{e}");
+        assert!(WebConfig::parse("auth_failures_max = 0").is_err());
+    }
+
+    #[test]
+    fn secrets_are_required_trimmed_and_long_enough() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = WebConfig {
+            sentinel_token_file: dir.path().join("sentinel"),
+            jwt_secret_file: dir.path().join("jwt"),
+            ..WebConfig::default()
+        };
+        let e = Secrets::load(&config).unwrap_err();
+        assert!(e.contains("sentinel_token_file") && e.contains("cannot read"), "{e}");
+
+        std::fs::write(dir.path().join("sentinel"), "short\n").unwrap();
+        let e = Secrets::load(&config).unwrap_err();
+        assert!(e.contains("at least 16"), "{e}");
+
+        std::fs::write(dir.path().join("sentinel"), "0123456789abcdef0123\n").unwrap();
+        let e = Secrets::load(&config).unwrap_err();
+        assert!(e.contains("jwt_secret_file"), "{e}");
+        std::fs::write(dir.path().join("jwt"), "too short").unwrap();
+        let e = Secrets::load(&config).unwrap_err();
+        assert!(e.contains("at least 32"), "{e}");
+
+        std::fs::write(dir.path().join("jwt"), [b'k'; 40]).unwrap();
+        let secrets = Secrets::load(&config).unwrap();
+        assert_eq!(secrets.sentinel_token, b"0123456789abcdef0123");
+        assert!(matches!(secrets.jwt_key, JwtKey::Hs256(ref k) if k.len() == 40));
+
+        config.jwt_public_key_file = Some(dir.path().join("pub.pem"));
+        std::fs::write(dir.path().join("pub.pem"), "not a key").unwrap();
+        let e = Secrets::load(&config).unwrap_err();
+        assert!(e.contains("Ed25519"), "{e}");
+    }
+}

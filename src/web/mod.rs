@@ -1,0 +1,73 @@
+//! `antibody-web`: the unprivileged HTTP/WebSocket bridge to the agent
+//! (DESIGN.md §8). It holds no state of its own that matters: every answer
+//! comes from the agent's public D-Bus API, so it can be restarted, or the
+//! agent can, at any time.
+//!
+//! - [`config`]: `web.toml` and the secrets it names
+//! - [`auth`]: sentinel token and JWT checks; [`throttle`]: the slow-down
+//!   of peers that keep failing them
+//! - [`body`]: JSON request bodies; [`errors`]: the error answers
+//! - [`agent`]: the D-Bus link; [`routes`]: the HTTP routes
+//! - [`events`], [`hub`], [`ws`]: the `antibody_event` WebSocket
+//! - [`metrics`], [`audit`]: Prometheus and the journal
+
+pub mod agent;
+pub mod audit;
+pub mod auth;
+pub mod body;
+pub mod config;
+pub mod errors;
+pub mod events;
+pub mod hub;
+pub mod metrics;
+pub mod routes;
+pub mod throttle;
+pub mod ws;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agent::AgentLink;
+use audit::Audit;
+use auth::Verifier;
+use config::{Secrets, WebConfig};
+use hub::Hub;
+use metrics::Metrics;
+use throttle::FailureThrottle;
+
+/// Everything a request handler may use.
+pub struct App {
+    pub link: Arc<AgentLink>,
+    pub verifier: Verifier,
+    pub throttle: Mutex<FailureThrottle>,
+    pub audit: Audit,
+    pub hub: Arc<Hub>,
+    pub metrics: Metrics,
+}
+
+impl App {
+    pub fn new(config: &WebConfig, secrets: &Secrets) -> Result<Arc<App>, String> {
+        Ok(Arc::new(App {
+            link: Arc::new(AgentLink::new(Duration::from_secs(
+                config.agent_timeout_secs,
+            ))),
+            verifier: Verifier::new(config, secrets)?,
+            throttle: Mutex::new(FailureThrottle::new(
+                config.auth_failures_max,
+                Duration::from_secs(config.auth_failure_window_secs),
+            )),
+            audit: Audit::from_env(),
+            hub: Hub::new(config.ws_client_buffer),
+            metrics: Metrics::new(),
+        }))
+    }
+
+    /// Starts the one signal subscription that feeds every WebSocket client.
+    pub fn start_event_pump(self: &Arc<App>) {
+        tokio::spawn(events::pump(
+            self.link.clone(),
+            self.hub.clone(),
+            |_signal| {},
+        ));
+    }
+}

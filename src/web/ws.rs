@@ -1,0 +1,143 @@
+//! `GET /antibody/events`: the `antibody_event` WebSocket. A client is
+//! authenticated before the upgrade (operator JWT in the `Authorization`
+//! header, or for browsers, which cannot set headers on a WebSocket, a
+//! `token` query parameter or a `bearer.TOKEN` entry in
+//! `Sec-WebSocket-Protocol` next to `antibody`). It joins the hub first,
+//! then gets the snapshot, then every signal: nothing between the two is
+//! lost.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::Response;
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::oneshot;
+
+use super::auth::Need;
+use super::errors::ApiError;
+use super::hub::Subscription;
+use super::routes::{authenticate, header_token};
+use super::{events, App};
+
+/// The subprotocol the bridge speaks (echoed when the client offers it).
+pub const SUBPROTOCOL: &str = "antibody";
+/// The prefix of the `Sec-WebSocket-Protocol` entry that carries a token.
+pub const TOKEN_PROTOCOL_PREFIX: &str = "bearer.";
+/// Clients only send control frames; anything bigger is refused.
+const MAX_CLIENT_MESSAGE: usize = 4096;
+
+/// The token from a `Sec-WebSocket-Protocol` header value, if one is there.
+pub fn protocol_token(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .find_map(|p| p.strip_prefix(TOKEN_PROTOCOL_PREFIX))
+        .filter(|t| !t.is_empty())
+}
+
+pub async fn events(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let query = query.map(|Query(q)| q).unwrap_or_default();
+    let (header_token, header_sent) = header_token(&headers);
+    let token = header_token
+        .or_else(|| query.get("token").map(String::as_str))
+        .or_else(|| protocol_token(&headers));
+    let sent = header_sent || token.is_some();
+    let principal = authenticate(&app, peer.ip(), token, sent, Need::Operator)?;
+    let upgrade = upgrade.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "NotAWebSocket",
+            format!("this route is a WebSocket: {}", e.body_text()),
+        )
+    })?;
+    app.audit.accepted(
+        &principal.label(),
+        peer.ip(),
+        "opened the event stream",
+        None,
+    );
+    // Joined before the upgrade completes: every signal after this point
+    // reaches the client, after its snapshot.
+    let subscription = app.hub.join();
+    Ok(upgrade
+        .protocols([SUBPROTOCOL])
+        .max_message_size(MAX_CLIENT_MESSAGE)
+        .on_upgrade(move |socket| serve_client(socket, app, subscription)))
+}
+
+async fn serve_client(socket: WebSocket, app: Arc<App>, mut sub: Subscription) {
+    let (mut sink, mut incoming) = socket.split();
+    let snapshot = events::snapshot(&app.link).await.to_string();
+    if !send(&mut sink, snapshot, &mut sub.kicked).await {
+        return;
+    }
+    loop {
+        tokio::select! {
+            _ = &mut sub.kicked => return,
+            message = sub.rx.recv() => match message {
+                Some(text) => {
+                    if !send(&mut sink, text.to_string(), &mut sub.kicked).await {
+                        return;
+                    }
+                }
+                None => return,
+            },
+            // Reading keeps pings answered and notices a client that left.
+            frame = incoming.next() => match frame {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+}
+
+/// Sends one message unless the hub drops the client meanwhile (a client
+/// that stopped reading blocks here; the hub's kick ends the wait). False
+/// when the client is gone.
+async fn send(
+    sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
+    text: String,
+    kicked: &mut oneshot::Receiver<()>,
+) -> bool {
+    tokio::select! {
+        sent = sink.send(Message::Text(text.into())) => sent.is_ok(),
+        _ = kicked => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn token_from_the_subprotocol_list() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("antibody, bearer.abc.def.ghi"),
+        );
+        assert_eq!(protocol_token(&h), Some("abc.def.ghi"));
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("antibody, bearer."),
+        );
+        assert_eq!(protocol_token(&h), None);
+        assert_eq!(protocol_token(&HeaderMap::new()), None);
+    }
+}
