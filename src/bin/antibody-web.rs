@@ -33,10 +33,17 @@ struct Args {
     /// configuration with every default filled in, and exit.
     #[arg(long)]
     check_config: bool,
+    /// Print the OpenAPI document (docs/openapi.json) and exit.
+    #[arg(long)]
+    openapi: bool,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.openapi {
+        print!("{}", antibody::web::openapi::document());
+        return ExitCode::SUCCESS;
+    }
     // Before any thread exists: this also clears LISTEN_* from the environment.
     let activated = libsystemd::activation::receive_descriptors(true).unwrap_or_default();
     let missing_ok = args.config == std::path::Path::new(DEFAULT_WEB_CONFIG_PATH);
@@ -118,7 +125,7 @@ async fn serve(
         .map_err(|e| format!("the listening socket: {e}"))?;
     let app = App::new(&config, &secrets)?;
     drop(secrets);
-    app.start_event_pump();
+    app.start_event_pump().await;
     app.audit.info(&format!("listening on {local}"));
     sdnotify::ready(&format!("listening on {local}"));
 
@@ -146,7 +153,10 @@ async fn serve(
 
 async fn stop_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}

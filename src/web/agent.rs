@@ -39,9 +39,16 @@ impl AgentLink {
         let pair = tokio::time::timeout(self.timeout, connect)
             .await
             .map_err(|_| ApiError::agent_unavailable("the system bus did not answer in time"))?
-            .map_err(|e| ApiError::agent_unavailable(format!("cannot reach the system bus: {e}")))?;
+            .map_err(|e| {
+                ApiError::agent_unavailable(format!("cannot reach the system bus: {e}"))
+            })?;
         *current = Some(pair.clone());
         Ok(pair)
+    }
+
+    /// How long one call may take.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// Forgets the connection (it failed): the next call makes a new one.

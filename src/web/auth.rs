@@ -23,7 +23,10 @@ pub enum Role {
 pub enum Principal {
     /// The IDS's sentinel token: may only ingest alerts.
     Sentinel,
-    User { sub: String, role: Role },
+    User {
+        sub: String,
+        role: Role,
+    },
 }
 
 impl Principal {
@@ -143,9 +146,9 @@ pub fn authorize(principal: &Principal, need: Need) -> Result<(), Refusal> {
         )),
         (Principal::User { .. }, Need::Ingest | Need::Operator) => Ok(()),
         (Principal::User { role, .. }, Need::Admin) if *role == Role::Admin => Ok(()),
-        (Principal::User { .. }, Need::Admin) => {
-            Err(Refusal::Forbidden("this needs a token with role admin".into()))
-        }
+        (Principal::User { .. }, Need::Admin) => Err(Refusal::Forbidden(
+            "this needs a token with role admin".into(),
+        )),
     }
 }
 
@@ -263,7 +266,9 @@ mod tests {
         ));
         assert!(m.contains("exp"), "{m}");
         let m = unauthenticated(v.check(
-            Some(&token(json!({"sub": "a", "role": "operator", "exp": now() - 3600}))),
+            Some(&token(
+                json!({"sub": "a", "role": "operator", "exp": now() - 3600}),
+            )),
             Need::Operator,
         ));
         assert!(m.contains("expired"), "{m}");

@@ -71,7 +71,9 @@ pub async fn json_text(headers: &HeaderMap, body: Body) -> Result<String, ApiErr
         }
         bytes.extend_from_slice(&chunk);
     }
-    parse_json(&bytes).map(|_| ()).map_err(|e| ApiError::bad_request("MalformedJson", e))?;
+    parse_json(&bytes)
+        .map(|_| ())
+        .map_err(|e| ApiError::bad_request("MalformedJson", e))?;
     // parse_json succeeded, so the bytes are UTF-8.
     String::from_utf8(bytes)
         .map_err(|_| ApiError::bad_request("MalformedJson", "the body is not UTF-8"))
@@ -121,7 +123,10 @@ mod tests {
     #[test]
     fn malformed_json_names_the_position() {
         let e = parse_json(b"{\"source\": \"NEXUS\",\n  \"severity\": }").unwrap_err();
-        assert!(e.starts_with("malformed JSON at line 2, column 15: "), "{e}");
+        assert!(
+            e.starts_with("malformed JSON at line 2, column 15: "),
+            "{e}"
+        );
         assert!(!e.contains(" at line 2 column"), "{e}");
         let e = parse_json(b"\xff").unwrap_err();
         assert!(e.contains("line 1"), "{e}");
@@ -141,6 +146,9 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
         let e = json_text(&json, Body::from("{")).await.unwrap_err();
-        assert_eq!((e.status, e.name.as_str()), (StatusCode::BAD_REQUEST, "MalformedJson"));
+        assert_eq!(
+            (e.status, e.name.as_str()),
+            (StatusCode::BAD_REQUEST, "MalformedJson")
+        );
     }
 }

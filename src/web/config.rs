@@ -214,7 +214,10 @@ mod tests {
             ..WebConfig::default()
         };
         let e = Secrets::load(&config).unwrap_err();
-        assert!(e.contains("sentinel_token_file") && e.contains("cannot read"), "{e}");
+        assert!(
+            e.contains("sentinel_token_file") && e.contains("cannot read"),
+            "{e}"
+        );
 
         std::fs::write(dir.path().join("sentinel"), "short\n").unwrap();
         let e = Secrets::load(&config).unwrap_err();

@@ -87,10 +87,12 @@ impl ApiError {
         }
         match name {
             // The bus policy refused the call before the agent saw it.
-            "org.freedesktop.DBus.Error.AccessDenied" => ApiError::forbidden(format!(
-                "the bus refused the bridge's call: {message}"
-            )),
-            _ => ApiError::agent_unavailable(format!("the agent did not answer: {name}: {message}")),
+            "org.freedesktop.DBus.Error.AccessDenied" => {
+                ApiError::forbidden(format!("the bus refused the bridge's call: {message}"))
+            }
+            _ => {
+                ApiError::agent_unavailable(format!("the agent did not answer: {name}: {message}"))
+            }
         }
     }
 }

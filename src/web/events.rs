@@ -7,12 +7,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::stream::{select_all, BoxStream, StreamExt};
+use futures_util::stream::{BoxStream, StreamExt};
 use serde_json::{json, Value};
 
 use super::agent::AgentLink;
 use super::errors::ApiError;
 use super::hub::Hub;
+use super::metrics::Metrics;
 
 /// Plans a snapshot carries.
 pub const SNAPSHOT_PLANS: u32 = 50;
@@ -138,88 +139,121 @@ pub fn agent_json(text: &str) -> Result<Value, ApiError> {
     })
 }
 
-/// Runs for the bridge's life: subscribes once, publishes every signal.
-pub async fn pump(link: Arc<AgentLink>, hub: Arc<Hub>, on_signal: impl Fn(&Signal) + Send) {
+/// Makes the first subscription (so that signals are forwarded before the
+/// bridge says it is ready), then runs the pump for the bridge's life.
+/// An unreachable bus is no error here: the pump keeps trying.
+pub async fn start_pump(
+    link: Arc<AgentLink>,
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+    within: Duration,
+) {
+    let first = tokio::time::timeout(within, subscribe(&link))
+        .await
+        .ok()
+        .and_then(Result::ok);
+    tokio::spawn(pump(link, hub, metrics, first));
+}
+
+/// Publishes every signal; subscribes again whenever the stream ends.
+async fn pump(
+    link: Arc<AgentLink>,
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+    mut current: Option<BoxStream<'static, Signal>>,
+) {
     loop {
-        match subscribe(&link).await {
-            Ok(mut signals) => {
-                while let Some(signal) = signals.next().await {
-                    on_signal(&signal);
-                    let ts = crate::time::rfc3339(crate::time::now_ms());
-                    hub.publish(Arc::from(signal.to_message(&ts).to_string()));
+        let mut signals = match current.take() {
+            Some(signals) => signals,
+            None => match subscribe(&link).await {
+                Ok(signals) => signals,
+                Err(e) => {
+                    eprintln!("<4>antibody-web: cannot subscribe to the agent's signals: {e}");
+                    link.reset().await;
+                    tokio::time::sleep(RESUBSCRIBE_DELAY).await;
+                    continue;
                 }
-                // The streams end with the connection: the bus went away.
-                link.reset().await;
-            }
-            Err(e) => {
-                eprintln!("<4>antibody-web: cannot subscribe to the agent's signals: {e}");
-                link.reset().await;
-            }
+            },
+        };
+        while let Some(signal) = signals.next().await {
+            metrics.observe_signal(&signal);
+            let ts = crate::time::rfc3339(crate::time::now_ms());
+            hub.publish(Arc::from(signal.to_message(&ts).to_string()));
         }
+        // The stream ends with the connection: the bus went away.
+        link.reset().await;
         tokio::time::sleep(RESUBSCRIBE_DELAY).await;
     }
 }
 
-/// The four signal streams of the current connection, merged.
+/// Signals queued between the bus and the pump (the pump never waits on
+/// clients, so this only absorbs bursts).
+const SIGNAL_QUEUE: usize = 1024;
+
+/// The agent's signals on the current connection, in the order the bus
+/// delivered them: one match rule for the whole interface (four proxy
+/// streams merged would reorder a plan's PlanQueued after its end).
+/// The rule's sender is the well-known name, which the bus daemon matches
+/// against its current owner: only the agent's signals reach us, whichever
+/// process owns the name after a restart.
 async fn subscribe(link: &AgentLink) -> Result<BoxStream<'static, Signal>, String> {
-    let (_, proxy) = link.proxy().await.map_err(|e| e.message)?;
-    let queued = proxy.receive_plan_queued().await.map_err(|e| e.to_string())?;
-    let status = proxy
-        .receive_plan_status_changed()
-        .await
+    let (conn, _) = link.proxy().await.map_err(|e| e.message)?;
+    let rule = zbus::MatchRule::builder()
+        .msg_type(zbus::message::Type::Signal)
+        .sender(crate::dbus::BUS_NAME)
+        .interface(crate::dbus::INTERFACE)
+        .path(crate::dbus::OBJECT_PATH)
+        .build()
         .map_err(|e| e.to_string())?;
-    let finished = proxy
-        .receive_action_finished()
-        .await
-        .map_err(|e| e.to_string())?;
-    let notices = proxy
-        .receive_operator_notice()
-        .await
-        .map_err(|e| e.to_string())?;
-    // A signal whose arguments do not decode is skipped, not fatal.
-    let streams: Vec<BoxStream<'static, Signal>> = vec![
-        queued
-            .filter_map(|s| async move {
-                let a = s.args().ok()?;
-                Some(Signal::PlanQueued {
-                    plan_id: a.plan_id.to_string(),
-                    source: a.source.to_string(),
-                    severity: a.severity.to_string(),
-                })
-            })
-            .boxed(),
-        status
-            .filter_map(|s| async move {
-                let a = s.args().ok()?;
-                Some(Signal::PlanStatusChanged {
-                    plan_id: a.plan_id.to_string(),
-                    status: a.status.to_string(),
-                })
-            })
-            .boxed(),
-        finished
-            .filter_map(|s| async move {
-                let a = s.args().ok()?;
-                Some(Signal::ActionFinished {
-                    plan_id: a.plan_id.to_string(),
-                    index: a.index,
-                    action_type: a.r#type.to_string(),
-                    outcome: a.outcome.to_string(),
-                })
-            })
-            .boxed(),
-        notices
-            .filter_map(|s| async move {
-                let a = s.args().ok()?;
-                Some(Signal::OperatorNotice {
-                    channel: a.channel.to_string(),
-                    severity: a.severity.to_string(),
-                    message: a.message.to_string(),
-                })
-            })
-            .boxed(),
-    ];
-    Ok(select_all(streams).boxed())
+    let stream =
+        zbus::MessageStream::for_match_rule(rule, &conn, std::num::NonZeroUsize::new(SIGNAL_QUEUE))
+            .await
+            .map_err(|e| e.to_string())?;
+    // A connection error ends the stream (the pump subscribes again); a
+    // signal whose arguments do not decode is skipped.
+    Ok(stream
+        .take_while(|m| std::future::ready(m.is_ok()))
+        .filter_map(|m| std::future::ready(m.ok().and_then(|m| decode(&m))))
+        .boxed())
+}
+
+/// The [`Signal`] a bus message carries, if it is one of the agent's.
+fn decode(message: &zbus::Message) -> Option<Signal> {
+    let header = message.header();
+    let body = message.body();
+    Some(match header.member()?.as_str() {
+        "PlanQueued" => {
+            let (plan_id, source, severity): (String, String, String) = body.deserialize().ok()?;
+            Signal::PlanQueued {
+                plan_id,
+                source,
+                severity,
+            }
+        }
+        "PlanStatusChanged" => {
+            let (plan_id, status): (String, String) = body.deserialize().ok()?;
+            Signal::PlanStatusChanged { plan_id, status }
+        }
+        "ActionFinished" => {
+            let (plan_id, index, action_type, outcome): (String, u32, String, String) =
+                body.deserialize().ok()?;
+            Signal::ActionFinished {
+                plan_id,
+                index,
+                action_type,
+                outcome,
+            }
+        }
+        "OperatorNotice" => {
+            let (channel, severity, message): (String, String, String) = body.deserialize().ok()?;
+            Signal::OperatorNotice {
+                channel,
+                severity,
+                message,
+            }
+        }
+        _ => return None,
+    })
 }
 
 #[cfg(test)]

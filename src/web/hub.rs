@@ -107,7 +107,10 @@ mod tests {
         assert_eq!(hub.publish(Arc::from("m2")), 1);
         assert_eq!(&*fast.rx.recv().await.unwrap(), "m2");
         assert_eq!(hub.clients(), 1);
-        assert!((&mut slow.kicked).await.is_err(), "slow is told it was dropped");
+        assert!(
+            (&mut slow.kicked).await.is_err(),
+            "slow is told it was dropped"
+        );
         assert_eq!(hub.dropped_total(), 1);
         drop(fast);
         assert_eq!(hub.clients(), 0, "a client that leaves is forgotten");

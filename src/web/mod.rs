@@ -9,7 +9,8 @@
 //! - [`body`]: JSON request bodies; [`errors`]: the error answers
 //! - [`agent`]: the D-Bus link; [`routes`]: the HTTP routes
 //! - [`events`], [`hub`], [`ws`]: the `antibody_event` WebSocket
-//! - [`metrics`], [`audit`]: Prometheus and the journal
+//! - [`metrics`], [`audit`]: Prometheus and the journal; [`openapi`]: the
+//!   OpenAPI document
 
 pub mod agent;
 pub mod audit;
@@ -20,6 +21,7 @@ pub mod errors;
 pub mod events;
 pub mod hub;
 pub mod metrics;
+pub mod openapi;
 pub mod routes;
 pub mod throttle;
 pub mod ws;
@@ -42,7 +44,7 @@ pub struct App {
     pub throttle: Mutex<FailureThrottle>,
     pub audit: Audit,
     pub hub: Arc<Hub>,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
 }
 
 impl App {
@@ -58,16 +60,19 @@ impl App {
             )),
             audit: Audit::from_env(),
             hub: Hub::new(config.ws_client_buffer),
-            metrics: Metrics::new(),
+            metrics: Arc::new(Metrics::new()),
         }))
     }
 
-    /// Starts the one signal subscription that feeds every WebSocket client.
-    pub fn start_event_pump(self: &Arc<App>) {
-        tokio::spawn(events::pump(
+    /// Starts the one signal subscription that feeds every WebSocket
+    /// client; returns once it is made (or could not be, for now).
+    pub async fn start_event_pump(self: &Arc<App>) {
+        events::start_pump(
             self.link.clone(),
             self.hub.clone(),
-            |_signal| {},
-        ));
+            self.metrics.clone(),
+            self.link.timeout(),
+        )
+        .await;
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::rejection::QueryRejection;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{ConnectInfo, MatchedPath, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
@@ -20,6 +20,7 @@ use serde_json::json;
 use super::auth::{self, Need, Principal, Refusal};
 use super::body::json_text;
 use super::errors::ApiError;
+use super::openapi::{AgentStatus, ErrorBody, LedgerVerified, RollbackAccepted, Submitted};
 use super::App;
 
 pub fn router(app: Arc<App>) -> Router {
@@ -33,6 +34,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/antibody/status", get(status))
         .route("/antibody/events", get(super::ws::events))
         .route("/metrics", get(metrics))
+        .route("/antibody/openapi.json", get(openapi_json))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(middleware::from_fn_with_state(app.clone(), observe))
@@ -123,6 +125,14 @@ fn json_response(status: StatusCode, text: String) -> Response {
 
 /// Plan ids are UUIDs; refusing anything else here keeps characters D-Bus
 /// strings cannot carry (NUL) away from the bus.
+fn plan_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    let Path(id) = path.map_err(|e| {
+        ApiError::bad_request("InvalidArgument", format!("plan id: {}", e.body_text()))
+    })?;
+    check_plan_id(&id)?;
+    Ok(id)
+}
+
 fn check_plan_id(id: &str) -> Result<(), ApiError> {
     let ok = !id.is_empty()
         && id.len() <= 64
@@ -139,7 +149,22 @@ fn check_plan_id(id: &str) -> Result<(), ApiError> {
 
 type Peer = ConnectInfo<SocketAddr>;
 
-async fn submit_alert(
+#[utoipa::path(post, path = "/antibody/alert", tag = "antibody",
+    description = "Ingest an alert (DESIGN.md §2); the agent validates, dedupes, persists and queues its plan. Sentinel token or operator JWT.",
+    request_body(content = Object, content_type = "application/json", description = "The alert JSON (at most 64 KiB)"),
+    responses(
+        (status = 202, description = "Queued (created false: an identical alert's live plan)", body = Submitted),
+        (status = 400, description = "MalformedJson (with line and column), InvalidAlert, UnknownAction", body = ErrorBody),
+        (status = 413, description = "PayloadTooLarge: the body is over 64 KiB", body = ErrorBody),
+        (status = 415, description = "UnsupportedMediaType: not application/json", body = ErrorBody),
+        (status = 422, description = "ProtectedTarget", body = ErrorBody),
+        (status = 401, description = "No, wrong, expired or badly signed credentials (WWW-Authenticate)", body = ErrorBody),
+        (status = 403, description = "The credential may not do this (AccessDenied)", body = ErrorBody),
+        (status = 429, description = "Too many failed authentications from this peer, or the agent's QueueFull/RateLimited (Retry-After)", body = ErrorBody),
+        (status = 503, description = "The agent is not on the bus, or StorageFailure (Retry-After)", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub async fn submit_alert(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): Peer,
     headers: HeaderMap,
@@ -169,14 +194,27 @@ async fn submit_alert(
         .into_response())
 }
 
-async fn get_plan(
+#[utoipa::path(get, path = "/antibody/plan/{id}", tag = "antibody",
+    description = "The plan as the agent's GetPlan gives it, with per-action state and log. JWT, operator or admin.",
+    params(("id" = String, Path, description = "The plan id (a UUID)")),
+    responses(
+        (status = 200, description = "The plan", body = Object),
+        (status = 400, description = "InvalidArgument: not a plan id", body = ErrorBody),
+        (status = 404, description = "NotFound", body = ErrorBody),
+        (status = 401, description = "No, wrong, expired or badly signed credentials (WWW-Authenticate)", body = ErrorBody),
+        (status = 403, description = "The credential may not do this (AccessDenied)", body = ErrorBody),
+        (status = 429, description = "Too many failed authentications from this peer, or the agent's QueueFull/RateLimited (Retry-After)", body = ErrorBody),
+        (status = 503, description = "The agent is not on the bus, or StorageFailure (Retry-After)", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub async fn get_plan(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): Peer,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let principal = require(&app, peer, &headers, Need::Operator)?;
-    check_plan_id(&id)?;
+    let id = plan_id(path)?;
     let plan = app
         .link
         .call(|p| {
@@ -191,14 +229,29 @@ async fn get_plan(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PlansQuery {
+pub struct PlansQuery {
     #[serde(default)]
     status: String,
     #[serde(default)]
     limit: u32,
 }
 
-async fn list_plans(
+#[utoipa::path(get, path = "/antibody/plans", tag = "antibody",
+    description = "Plans, newest first. JWT operator.",
+    params(
+        ("status" = Option<String>, Query, description = "pending, in_progress, success or failed; empty or absent for all"),
+        ("limit" = Option<u32>, Query, description = "At most this many (0 or absent: 100; capped at 1000)"),
+    ),
+    responses(
+        (status = 200, description = "The plans", body = [Object]),
+        (status = 400, description = "InvalidArgument", body = ErrorBody),
+        (status = 401, description = "No, wrong, expired or badly signed credentials (WWW-Authenticate)", body = ErrorBody),
+        (status = 403, description = "The credential may not do this (AccessDenied)", body = ErrorBody),
+        (status = 429, description = "Too many failed authentications from this peer, or the agent's QueueFull/RateLimited (Retry-After)", body = ErrorBody),
+        (status = 503, description = "The agent is not on the bus, or StorageFailure (Retry-After)", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub async fn list_plans(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): Peer,
     headers: HeaderMap,
@@ -208,10 +261,17 @@ async fn list_plans(
     let Query(query) = query.map_err(|e| {
         ApiError::bad_request(
             "InvalidArgument",
-            format!("query: {} (status: a plan status or empty; limit: 0 to 4294967295)", e.body_text()),
+            format!(
+                "query: {} (status: a plan status or empty; limit: 0 to 4294967295)",
+                e.body_text()
+            ),
         )
     })?;
-    if query.status.len() > 32 || !query.status.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+    if query.status.len() > 32
+        || !query
+            .status
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b == b'_')
     {
         return Err(ApiError::bad_request(
             "InvalidArgument",
@@ -227,7 +287,22 @@ async fn list_plans(
     Ok(json_response(StatusCode::OK, plans))
 }
 
-async fn dry_run(
+#[utoipa::path(post, path = "/antibody/dry-run", tag = "antibody",
+    description = "The plan an alert would make and each action's exact change; no side effect. JWT operator.",
+    request_body(content = Object, content_type = "application/json", description = "The alert JSON (at most 64 KiB)"),
+    responses(
+        (status = 200, description = "The agent's DryRun JSON", body = Object),
+        (status = 400, description = "MalformedJson (with line and column), InvalidAlert, UnknownAction", body = ErrorBody),
+        (status = 413, description = "PayloadTooLarge: the body is over 64 KiB", body = ErrorBody),
+        (status = 415, description = "UnsupportedMediaType: not application/json", body = ErrorBody),
+        (status = 422, description = "ProtectedTarget", body = ErrorBody),
+        (status = 401, description = "No, wrong, expired or badly signed credentials (WWW-Authenticate)", body = ErrorBody),
+        (status = 403, description = "The credential may not do this (AccessDenied)", body = ErrorBody),
+        (status = 429, description = "Too many failed authentications from this peer, or the agent's QueueFull/RateLimited (Retry-After)", body = ErrorBody),
+        (status = 503, description = "The agent is not on the bus, or StorageFailure (Retry-After)", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub async fn dry_run(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): Peer,
     headers: HeaderMap,
@@ -244,22 +319,40 @@ async fn dry_run(
     Ok(json_response(StatusCode::OK, result))
 }
 
-async fn rollback(
+#[utoipa::path(post, path = "/antibody/plan/{id}/rollback", tag = "antibody",
+    description = "Revert a finished plan's reversible actions. JWT role admin; the agent then decides whether the bridge's user may (auth.rollback_groups).",
+    params(("id" = String, Path, description = "The plan id (a UUID)")),
+    responses(
+        (status = 202, description = "Rolled back", body = RollbackAccepted),
+        (status = 400, description = "InvalidArgument: not a plan id", body = ErrorBody),
+        (status = 404, description = "NotFound", body = ErrorBody),
+        (status = 409, description = "PlanNotFinished or NothingToRevert", body = ErrorBody),
+        (status = 401, description = "No, wrong, expired or badly signed credentials (WWW-Authenticate)", body = ErrorBody),
+        (status = 403, description = "The credential may not do this (AccessDenied)", body = ErrorBody),
+        (status = 429, description = "Too many failed authentications from this peer, or the agent's QueueFull/RateLimited (Retry-After)", body = ErrorBody),
+        (status = 503, description = "The agent is not on the bus, or StorageFailure (Retry-After)", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub async fn rollback(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): Peer,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let principal = require(&app, peer, &headers, Need::Admin)?;
-    check_plan_id(&id)?;
+    let id = plan_id(path)?;
     app.link
         .call(|p| {
             let id = id.clone();
             async move { p.rollback_plan(&id).await }
         })
         .await?;
-    app.audit
-        .accepted(&principal.label(), peer.ip(), "rolled back a plan", Some(&id));
+    app.audit.accepted(
+        &principal.label(),
+        peer.ip(),
+        "rolled back a plan",
+        Some(&id),
+    );
     Ok((
         StatusCode::ACCEPTED,
         [(header::CONTENT_TYPE, "application/json")],
@@ -268,7 +361,17 @@ async fn rollback(
         .into_response())
 }
 
-async fn verify_ledger(
+#[utoipa::path(get, path = "/antibody/ledger/verify", tag = "antibody",
+    description = "Re-walk the ledger's hash chain. JWT operator.",
+    responses(
+        (status = 200, description = "The verdict", body = LedgerVerified),
+        (status = 401, description = "No, wrong, expired or badly signed credentials (WWW-Authenticate)", body = ErrorBody),
+        (status = 403, description = "The credential may not do this (AccessDenied)", body = ErrorBody),
+        (status = 429, description = "Too many failed authentications from this peer, or the agent's QueueFull/RateLimited (Retry-After)", body = ErrorBody),
+        (status = 503, description = "The agent is not on the bus, or StorageFailure (Retry-After)", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub async fn verify_ledger(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): Peer,
     headers: HeaderMap,
@@ -287,12 +390,21 @@ async fn verify_ledger(
 }
 
 /// Public: the agent's Status, or 503 with a body while it is away.
-async fn status(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
+#[utoipa::path(get, path = "/antibody/status", tag = "antibody",
+    description = "The agent's Status. Public.",
+    responses(
+        (status = 200, description = "The agent's status", body = AgentStatus),
+        (status = 503, description = "AgentUnavailable: the agent is not on the bus (Retry-After)", body = ErrorBody),
+    ))]
+pub async fn status(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
     let status = app.link.call(|p| async move { p.status().await }).await?;
     Ok(json_response(StatusCode::OK, status))
 }
 
-async fn metrics(State(app): State<Arc<App>>) -> Response {
+#[utoipa::path(get, path = "/metrics", tag = "antibody",
+    description = "Prometheus metrics (OpenMetrics text). Public.",
+    responses((status = 200, description = "The exposition", body = String, content_type = "application/openmetrics-text")))]
+pub async fn metrics(State(app): State<Arc<App>>) -> Response {
     let status = app
         .link
         .call(|p| async move { p.status().await })
@@ -306,6 +418,18 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
         StatusCode::OK,
         [(header::CONTENT_TYPE, super::metrics::CONTENT_TYPE)],
         app.metrics.encode(),
+    )
+        .into_response()
+}
+
+#[utoipa::path(get, path = "/antibody/openapi.json", tag = "antibody",
+    description = "This document. Public.",
+    responses((status = 200, description = "The OpenAPI 3.1 document", body = Object)))]
+pub async fn openapi_json() -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        super::openapi::document(),
     )
         .into_response()
 }

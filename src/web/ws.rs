@@ -44,6 +44,17 @@ pub fn protocol_token(headers: &HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
+#[utoipa::path(get, path = "/antibody/events", tag = "antibody",
+    description = "The antibody_event WebSocket: a Snapshot message first, then one message per agent signal (PlanQueued, PlanStatusChanged, ActionFinished, OperatorNotice). JWT operator: Authorization header, or a token query parameter, or a `bearer.TOKEN` entry next to `antibody` in Sec-WebSocket-Protocol.",
+    params(("token" = Option<String>, Query, description = "The JWT, for browsers")),
+    responses(
+        (status = 101, description = "Switching to the WebSocket"),
+        (status = 400, description = "NotAWebSocket", body = super::openapi::ErrorBody),
+        (status = 401, description = "No, wrong or expired token", body = super::openapi::ErrorBody),
+        (status = 403, description = "The token may not read events", body = super::openapi::ErrorBody),
+        (status = 429, description = "Too many failed authentications", body = super::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])))]
 pub async fn events(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,

@@ -8,6 +8,7 @@
 pub mod broker;
 pub mod notify;
 pub mod testbed;
+pub mod web;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -1,0 +1,897 @@
+//! T2 for the web bridge: the real `antibody-web` binary, on a private
+//! `dbus-daemon` with the shipped policy, in front of the real agent, over
+//! real HTTP on loopback. Needs root (the bus's system policy; the bridge
+//! runs as uid 65534 where it matters, as the `antibody-web` user would).
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::web::{jwt, RunAs, Web, NOBODY, SENTINEL};
+use support::{require_root, Agent, PrivateBus};
+
+/// Lets uid 65534 through the bus to the agent's own check (as the
+/// shipped policy does for the `antibody` group the bridge's user is in).
+const LET_NOBODY_THROUGH: &str =
+    r#"<policy user="nobody"><allow send_destination="org.vael.Antibody"/></policy>"#;
+/// The agent lets gid 65534 submit and read, not roll back (the default
+/// for the `antibody` group).
+const AGENT_GROUPS: &str = "[auth]\nsubmit_groups = [\"nogroup\"]\nread_groups = [\"nogroup\"]";
+
+fn journal_alert(description: &str) -> String {
+    format!(
+        r#"{{"source":"NEXUS","severity":"high","description":"{description}","actions":[{{"type":"notify_operator","channel":"journal","message":"t2 web"}}]}}"#
+    )
+}
+
+/// A private bus, the agent, and the bridge running as uid 65534.
+fn unprivileged_setup(web_toml: &str) -> (PrivateBus, tempfile::TempDir, Agent, Web) {
+    require_root();
+    let group = std::fs::read_to_string("/etc/group").expect("/etc/group");
+    assert!(
+        group.lines().any(|l| l.starts_with("nogroup:x:65534:")),
+        "these tests rely on gid 65534 being `nogroup` (Debian)"
+    );
+    let bus = PrivateBus::start_with_extra(LET_NOBODY_THROUGH);
+    let home = tempfile::tempdir().unwrap();
+    let agent = Agent::start(&bus, home.path(), AGENT_GROUPS);
+    let web = Web::start(&bus, web_toml, RunAs::Nobody);
+    (bus, home, agent, web)
+}
+
+fn wait_plan_status(web: &Web, token: &str, plan_id: &str, want: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let reply = web.get(&format!("/antibody/plan/{plan_id}"), Some(token));
+        assert_eq!(reply.status, 200, "{reply:?}");
+        let plan = reply.json();
+        if plan["status"] == want {
+            return plan;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "plan {plan_id} never reached {want}: {plan}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn every_route_answers_through_an_unprivileged_bridge() {
+    let (_bus, _home, _agent, web) = unprivileged_setup("");
+    // The bridge really runs as uid 65534.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", web.pid())).unwrap();
+    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert!(
+        uid_line
+            .split_whitespace()
+            .skip(1)
+            .all(|u| u == NOBODY.to_string()),
+        "{uid_line}"
+    );
+    let operator = jwt("alice", "operator", 600);
+    let admin = jwt("root-admin", "admin", 600);
+
+    // Status: anyone, the agent's own JSON.
+    let reply = web.get("/antibody/status", None);
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let status = reply.json();
+    assert_eq!(status["healthy"], true, "{status}");
+    assert!(status["queue_depth"].is_u64() && status["ledger"]["ok"] == true);
+
+    // Ingest with the sentinel token: 202, a plan; the same alert again is
+    // the same plan.
+    let alert = journal_alert("web ingest");
+    let reply = web.post_json("/antibody/alert", Some(SENTINEL), &alert);
+    assert_eq!(reply.status, 202, "{reply:?}");
+    let created = reply.json();
+    let plan_id = created["plan_id"].as_str().unwrap().to_string();
+    assert_eq!(created["created"], true);
+    let again = web
+        .post_json("/antibody/alert", Some(SENTINEL), &alert)
+        .json();
+    assert_eq!(
+        (again["plan_id"].as_str(), &again["created"]),
+        (Some(plan_id.as_str()), &Value::Bool(false))
+    );
+
+    // An operator JWT may ingest too.
+    let reply = web.post_json(
+        "/antibody/alert",
+        Some(&operator),
+        &journal_alert("by alice"),
+    );
+    assert_eq!(reply.status, 202, "{reply:?}");
+    let alices = reply.json()["plan_id"].as_str().unwrap().to_string();
+
+    // The plan as GetPlan gives it, run to its end by the agent.
+    let plan = wait_plan_status(&web, &operator, &plan_id, "success");
+    assert_eq!(plan["id"], plan_id.as_str());
+    assert_eq!(plan["source"], "NEXUS");
+    assert_eq!(plan["actions"][0]["state"], "applied", "{plan}");
+    // Admins read plans too.
+    assert_eq!(
+        web.get(&format!("/antibody/plan/{plan_id}"), Some(&admin))
+            .status,
+        200
+    );
+
+    // Plans, newest first, with the status filter and the limit.
+    wait_plan_status(&web, &operator, &alices, "success");
+    let reply = web.get("/antibody/plans?status=success&limit=1", Some(&operator));
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let plans = reply.json();
+    assert_eq!(plans.as_array().unwrap().len(), 1, "{plans}");
+    assert_eq!(plans[0]["id"], alices.as_str(), "newest first: {plans}");
+    let all = web.get("/antibody/plans", Some(&operator)).json();
+    assert_eq!(all.as_array().unwrap().len(), 2, "{all}");
+    web.get("/antibody/plans?status=bogus", Some(&operator))
+        .assert_error(400, "InvalidArgument");
+
+    // Dry run: the agent's JSON, and no plan made.
+    let reply = web.post_json("/antibody/dry-run", Some(&operator), &journal_alert("dry"));
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert!(reply.json().is_object(), "{reply:?}");
+    assert_eq!(
+        web.get("/antibody/plans", Some(&operator))
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+
+    // The ledger verifies.
+    let reply = web.get("/antibody/ledger/verify", Some(&operator));
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let verify = reply.json();
+    assert_eq!(verify["ok"], true, "{verify}");
+    assert!(verify["report"].is_string());
+
+    // Rollback: an operator may not ask (the bridge says so); an admin may
+    // ask, and the agent refuses the bridge's uid (not in rollback_groups).
+    let rollback = format!("/antibody/plan/{plan_id}/rollback");
+    web.post(&rollback, Some(&operator), None, "")
+        .assert_error(403, "AccessDenied");
+    let reply = web.post(&rollback, Some(&admin), None, "");
+    reply.assert_error(403, "AccessDenied");
+    assert!(
+        reply.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("uid 65534"),
+        "{reply:?}"
+    );
+
+    // The agent's own refusals keep their names.
+    web.get(
+        "/antibody/plan/00000000-0000-4000-8000-000000000000",
+        Some(&operator),
+    )
+    .assert_error(404, "NotFound");
+    web.post_json(
+        "/antibody/alert",
+        Some(SENTINEL),
+        r#"{"source":"NEXUS","severity":"high","description":"x","actions":[{"type":"make_coffee"}]}"#,
+    )
+    .assert_error(400, "UnknownAction");
+    web.post_json(
+        "/antibody/alert",
+        Some(SENTINEL),
+        r#"{"source":"NEXUS","severity":"dire","description":"x","actions":[]}"#,
+    )
+    .assert_error(400, "InvalidAlert");
+    web.post_json(
+        "/antibody/alert",
+        Some(SENTINEL),
+        r#"{"source":"NEXUS","severity":"high","description":"x","actions":[{"type":"restart_service","name":"dbus.service"}]}"#,
+    )
+    .assert_error(422, "ProtectedTarget");
+
+    // Every accepted request is journaled with principal, peer and plan.
+    let log = web.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("submitted an alert") && l.contains(&plan_id))
+        .unwrap_or_else(|| panic!("no journal line for the ingest:\n{log}"));
+    assert!(
+        line.contains("sentinel") && line.contains("127.0.0.1"),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!("ANTIBODY_PLAN_ID={plan_id}")),
+        "{line}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("alice") && l.contains("read a plan")),
+        "{log}"
+    );
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+#[test]
+fn bad_input_gets_a_named_error_never_a_5xx() {
+    let (_bus, _home, _agent, web) = unprivileged_setup("");
+    let operator = jwt("alice", "operator", 600);
+
+    // Malformed JSON: 400 naming line and column.
+    let reply = web.post_json(
+        "/antibody/alert",
+        Some(SENTINEL),
+        "{\"source\": \"NEXUS\",\n \"severity\": }",
+    );
+    reply.assert_error(400, "MalformedJson");
+    let message = reply.json()["message"].as_str().unwrap().to_string();
+    assert!(message.contains("line 2, column 14"), "{message}");
+
+    // Over 64 KiB: 413, declared or not.
+    let big = format!(
+        r#"{{"source":"NEXUS","severity":"high","description":"{}","actions":[]}}"#,
+        "x".repeat(64 * 1024)
+    );
+    web.post_json("/antibody/alert", Some(SENTINEL), &big)
+        .assert_error(413, "PayloadTooLarge");
+    // Exactly at the limit is read (and judged by the agent).
+    let pad = 64 * 1024 - journal_alert("").len();
+    let at_limit = journal_alert(&"y".repeat(pad));
+    assert_eq!(at_limit.len(), 64 * 1024);
+    let reply = web.post_json("/antibody/alert", Some(SENTINEL), &at_limit);
+    assert!(reply.status != 413 && reply.status < 500, "{reply:?}");
+
+    // Wrong or missing content type: 415.
+    web.post(
+        "/antibody/alert",
+        Some(SENTINEL),
+        Some("text/plain"),
+        journal_alert("t"),
+    )
+    .assert_error(415, "UnsupportedMediaType");
+    web.post(
+        "/antibody/dry-run",
+        Some(&operator),
+        Some("application/x-www-form-urlencoded"),
+        "a=b",
+    )
+    .assert_error(415, "UnsupportedMediaType");
+    web.post("/antibody/alert", Some(SENTINEL), None, journal_alert("t"))
+        .assert_error(415, "UnsupportedMediaType");
+
+    // Paths, methods and queries the bridge does not have.
+    web.get("/nope", None).assert_error(404, "NotFound");
+    web.post("/antibody/status", None, None, "")
+        .assert_error(405, "MethodNotAllowed");
+    web.get("/antibody/alert", Some(SENTINEL))
+        .assert_error(405, "MethodNotAllowed");
+    web.get("/antibody/plan/not%00a%20uuid", Some(&operator))
+        .assert_error(400, "InvalidArgument");
+    web.get("/antibody/plan/%FF%FE", Some(&operator))
+        .assert_error(400, "InvalidArgument");
+    web.post(
+        "/antibody/plan/%C0/rollback",
+        Some(&jwt("bob", "admin", 600)),
+        None,
+        "",
+    )
+    .assert_error(400, "InvalidArgument");
+    web.get("/antibody/plans?limit=-1", Some(&operator))
+        .assert_error(400, "InvalidArgument");
+    web.get("/antibody/plans?limit=abc&status=success", Some(&operator))
+        .assert_error(400, "InvalidArgument");
+    web.get("/antibody/plans?status=%00", Some(&operator))
+        .assert_error(400, "InvalidArgument");
+    // A plain GET of the WebSocket route.
+    web.get("/antibody/events", Some(&operator))
+        .assert_error(400, "NotAWebSocket");
+
+    // Random bodies, valid JSON or not: never a 5xx, always a named error.
+    let mut rng = fastrand::Rng::with_seed(14);
+    let pieces = [
+        "{",
+        "}",
+        "[",
+        "]",
+        "\"",
+        ":",
+        ",",
+        "null",
+        "1e999",
+        "-0",
+        "\"\\u0000\"",
+        "\"source\"",
+        "\"actions\"",
+        "\"NEXUS\"",
+        "\u{7f}",
+        "\u{feff}",
+        "\\",
+        "\"\\ud800\"",
+        "true",
+        " ",
+    ];
+    for n in 0..300 {
+        let body: Vec<u8> = if n % 3 == 0 {
+            (0..rng.usize(0..200)).map(|_| rng.u8(..)).collect()
+        } else {
+            (0..rng.usize(0..40))
+                .map(|_| pieces[rng.usize(..pieces.len())])
+                .collect::<String>()
+                .into_bytes()
+        };
+        let path = if n % 2 == 0 {
+            "/antibody/alert"
+        } else {
+            "/antibody/dry-run"
+        };
+        let reply = web.post(path, Some(&operator), Some("application/json"), &body);
+        assert!(
+            reply.status < 500 && reply.json()["error"].is_string(),
+            "{path} {:?}: {reply:?}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    // The bridge and the agent are both still fine.
+    assert_eq!(web.get("/antibody/status", None).status, 200);
+    assert!(!web.log_text().contains("panicked"), "{}", web.log_text());
+}
+
+#[test]
+fn credentials_are_checked_and_repeated_failures_slowed() {
+    let (_bus, _home, _agent, web) =
+        unprivileged_setup("auth_failures_max = 6\nauth_failure_window_secs = 3");
+    let operator = jwt("alice", "operator", 600);
+    let plans = "/antibody/plans";
+
+    // No token: 401 with a bare challenge.
+    let reply = web.get(plans, None);
+    reply.assert_error(401, "Unauthorized");
+    assert_eq!(
+        reply.headers["www-authenticate"],
+        "Bearer realm=\"antibody\""
+    );
+
+    // Expired, not yet valid, signed with another key, alg none, another
+    // scheme: 401 with an invalid_token challenge.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let wrong_key = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &serde_json::json!({"sub": "mallory", "role": "admin", "exp": now + 600}),
+        &jsonwebtoken::EncodingKey::from_secret(b"not the bridge's key but 32 bytes+"),
+    )
+    .unwrap();
+    let not_yet = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &serde_json::json!({"sub": "a", "role": "operator", "exp": now + 7200, "nbf": now + 3600}),
+        &jsonwebtoken::EncodingKey::from_secret(support::web::JWT_SECRET),
+    )
+    .unwrap();
+    let b64 = |v: Value| {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    };
+    let alg_none = format!(
+        "{}.{}.",
+        b64(serde_json::json!({"alg": "none", "typ": "JWT"})),
+        b64(serde_json::json!({"sub": "mallory", "role": "admin", "exp": now + 600}))
+    );
+    let cases = [
+        (jwt("alice", "operator", -3600), "expired"),
+        (not_yet, "nbf"),
+        (wrong_key, "signature"),
+        (alg_none, "JWT"),
+    ];
+    for (token, why) in &cases {
+        let reply = web.get(plans, Some(token));
+        reply.assert_error(401, "Unauthorized");
+        assert!(
+            reply.json()["message"].as_str().unwrap().contains(why),
+            "{why}: {reply:?}"
+        );
+        assert!(
+            reply.headers["www-authenticate"].contains("error=\"invalid_token\""),
+            "{reply:?}"
+        );
+    }
+    // 5 failures so far; the good token still works.
+    assert_eq!(web.get(plans, Some(&operator)).status, 200);
+
+    // The sentinel may only ingest: 403, not counted as a failure.
+    web.get(plans, Some(SENTINEL))
+        .assert_error(403, "AccessDenied");
+    web.post_json("/antibody/dry-run", Some(SENTINEL), &journal_alert("s"))
+        .assert_error(403, "AccessDenied");
+    web.get("/antibody/ledger/verify", Some(SENTINEL))
+        .assert_error(403, "AccessDenied");
+    // A role that is neither operator nor admin: 403.
+    web.get(plans, Some(&jwt("eve", "viewer", 600)))
+        .assert_error(403, "AccessDenied");
+
+    // The sixth failure starts the slow-down: 429 with Retry-After, for
+    // every credentialed request of this peer, a valid one included.
+    web.get(plans, Some("guess"))
+        .assert_error(401, "Unauthorized");
+    let reply = web.get(plans, Some("guess again"));
+    reply.assert_error(429, "TooManyAuthFailures");
+    let retry: u64 = reply.headers["retry-after"].parse().unwrap();
+    assert!((1..=3).contains(&retry), "{reply:?}");
+    web.get(plans, Some(&operator))
+        .assert_error(429, "TooManyAuthFailures");
+    web.post_json("/antibody/alert", Some(SENTINEL), &journal_alert("slowed"))
+        .assert_error(429, "TooManyAuthFailures");
+    // Public routes are not affected.
+    assert_eq!(web.get("/antibody/status", None).status, 200);
+    let log = web.log_text();
+    assert!(
+        log.contains("127.0.0.1 failed authentication too often"),
+        "the slow-down is journaled:\n{log}"
+    );
+    // Once the window has passed, the peer is let in again.
+    std::thread::sleep(Duration::from_secs(retry));
+    assert_eq!(web.get(plans, Some(&operator)).status, 200);
+}
+
+#[test]
+fn agent_away_is_503_and_the_bridge_recovers_by_itself() {
+    let (bus, home, agent, web) = unprivileged_setup("agent_timeout_secs = 3");
+    let operator = jwt("alice", "operator", 600);
+    assert_eq!(web.get("/antibody/status", None).status, 200);
+
+    // The agent leaves the bus: 503 with a body and Retry-After, on every route.
+    let mut agent = agent;
+    agent.kill9();
+    let reply = web.get("/antibody/status", None);
+    reply.assert_error(503, "AgentUnavailable");
+    assert!(reply.headers.contains_key("retry-after"), "{reply:?}");
+    web.post_json(
+        "/antibody/alert",
+        Some(SENTINEL),
+        &journal_alert("while away"),
+    )
+    .assert_error(503, "AgentUnavailable");
+    web.get("/antibody/plans", Some(&operator))
+        .assert_error(503, "AgentUnavailable");
+    drop(agent);
+
+    // It comes back: the same bridge answers again, without a restart.
+    let agent = Agent::start(&bus, home.path(), AGENT_GROUPS);
+    let reply = web.get("/antibody/status", None);
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let reply = web.post_json(
+        "/antibody/alert",
+        Some(SENTINEL),
+        &journal_alert("after return"),
+    );
+    assert_eq!(reply.status, 202, "{reply:?}");
+    drop(agent);
+
+    // The bus itself restarts (every connection drops): the bridge
+    // reconnects on the next request.
+    let mut bus = bus;
+    bus.restart();
+    let _agent = Agent::start(&bus, home.path(), AGENT_GROUPS);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = web.get("/antibody/status", None);
+        if reply.status == 200 {
+            break;
+        }
+        reply.assert_error(503, "AgentUnavailable");
+        assert!(Instant::now() < deadline, "the bridge never reconnected");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        web.post_json("/antibody/alert", Some(SENTINEL), &journal_alert("new bus"))
+            .status,
+        202
+    );
+}
+
+#[test]
+fn a_missing_or_weak_secret_stops_the_start() {
+    require_root();
+    let run = |toml_extra: &str, prepare: &dyn Fn(&std::path::Path)| {
+        let (dir, config) = support::web::write_web_config(toml_extra);
+        prepare(dir.path());
+        let out = support::web::web_command("unix:path=/nonexistent", &config, RunAs::Root)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run("", &|d| {
+        std::fs::remove_file(d.join("sentinel.token")).unwrap()
+    });
+    assert_eq!(code, Some(78), "{err}");
+    assert!(
+        err.contains("sentinel_token_file") && err.contains("cannot read"),
+        "{err}"
+    );
+    let (code, err) = run("", &|d| {
+        std::fs::write(d.join("jwt.secret"), "short").unwrap()
+    });
+    assert_eq!(code, Some(78), "{err}");
+    assert!(
+        err.contains("jwt_secret_file") && err.contains("at least 32"),
+        "{err}"
+    );
+    let (code, err) = run("listn = \"127.0.0.1:1\"", &|_| {});
+    assert_eq!(code, Some(78), "{err}");
+    assert!(err.contains("listn"), "{err}");
+    // A secret only root can read stops a bridge that is not root.
+    let (dir, config) = support::web::write_web_config("");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        dir.path().join("jwt.secret"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let out = support::web::web_command("unix:path=/nonexistent", &config, RunAs::Nobody)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert!(err.contains("Permission denied"), "{err}");
+    // --check-config prints the config with its defaults.
+    let out = support::web::web_command("unix:path=/nonexistent", &config, RunAs::Root)
+        .arg("--check-config")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("auth_failures_max = 10"));
+}
+
+// ---------------------------------------------------------------- events
+
+mod events {
+    use super::*;
+    use futures_util::StreamExt;
+    use std::io::{Read, Write};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+
+    type Socket = tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >;
+
+    async fn connect(web: &Web, query: &str, headers: &[(&str, &str)]) -> Result<Socket, u16> {
+        let url = format!("ws://{}/antibody/events{query}", web.addr);
+        let mut request = url.into_client_request().unwrap();
+        for (k, v) in headers {
+            let name: tokio_tungstenite::tungstenite::http::HeaderName = k.parse().unwrap();
+            request.headers_mut().insert(name, v.parse().unwrap());
+        }
+        match tokio_tungstenite::connect_async(request).await {
+            Ok((socket, response)) => {
+                if let Some(p) = response.headers().get("sec-websocket-protocol") {
+                    assert_eq!(p, "antibody");
+                }
+                Ok(socket)
+            }
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                Err(response.status().as_u16())
+            }
+            Err(e) => panic!("WebSocket connect: {e}"),
+        }
+    }
+
+    /// The next JSON text message, within `within`.
+    async fn next_json(socket: &mut Socket, within: Duration) -> Value {
+        loop {
+            let frame = tokio::time::timeout(within, socket.next())
+                .await
+                .expect("no event in time")
+                .expect("stream ended")
+                .expect("WebSocket error");
+            if let Message::Text(text) = frame {
+                return serde_json::from_str(&text).unwrap();
+            }
+        }
+    }
+
+    fn blocking<T>(f: impl FnOnce() -> T) -> T {
+        tokio::task::block_in_place(f)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn snapshot_first_then_every_signal() {
+        let (_bus, _home, _agent, web) = unprivileged_setup("");
+        let operator = jwt("alice", "operator", 600);
+        let before = blocking(|| {
+            web.post_json("/antibody/alert", Some(SENTINEL), &journal_alert("before"))
+                .json()["plan_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        });
+
+        let bearer = format!("Bearer {operator}");
+        let mut socket = connect(&web, "", &[("authorization", bearer.as_str())])
+            .await
+            .expect("operator connects");
+        let snapshot = next_json(&mut socket, Duration::from_secs(5)).await;
+        assert_eq!(snapshot["event"], "antibody_event");
+        assert_eq!(snapshot["type"], "Snapshot", "{snapshot}");
+        assert_eq!(snapshot["status"]["healthy"], true, "{snapshot}");
+        assert!(
+            snapshot["plans"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["id"] == before.as_str()),
+            "{snapshot}"
+        );
+
+        // A plan with a D-Bus notice: its whole life arrives as messages.
+        let alert = r#"{"source":"NEXUS","severity":"critical","description":"ws","actions":[{"type":"notify_operator","channel":"dbus","message":"hello from t2"}]}"#;
+        let plan_id = blocking(|| {
+            web.post_json("/antibody/alert", Some(SENTINEL), alert)
+                .json()["plan_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        });
+        let mut seen = Vec::new();
+        loop {
+            let m = next_json(&mut socket, Duration::from_secs(10)).await;
+            assert_eq!(m["event"], "antibody_event", "{m}");
+            assert!(m["ts"].is_string(), "{m}");
+            // The earlier plan may still be finishing: only this plan's
+            // messages (and notices) count.
+            let done = m["type"] == "PlanStatusChanged"
+                && m["status"] == "success"
+                && m["plan_id"] == plan_id.as_str();
+            seen.push(m);
+            if done {
+                break;
+            }
+        }
+        let of_type = |t: &str| {
+            seen.iter()
+                .find(|m| {
+                    m["type"] == t && (m["plan_id"] == plan_id.as_str() || m["plan_id"].is_null())
+                })
+                .cloned()
+        };
+        let queued = of_type("PlanQueued").unwrap_or_else(|| panic!("no PlanQueued in {seen:#?}"));
+        assert_eq!(
+            (&queued["plan_id"], &queued["source"], &queued["severity"]),
+            (
+                &Value::from(plan_id.as_str()),
+                &Value::from("NEXUS"),
+                &Value::from("critical")
+            )
+        );
+        let finished = of_type("ActionFinished").expect("ActionFinished");
+        assert_eq!(finished["action_type"], "notify_operator", "{finished}");
+        assert_eq!(
+            (finished["index"].as_u64(), finished["outcome"].as_str()),
+            (Some(0), Some("applied"))
+        );
+        let notice = of_type("OperatorNotice").expect("OperatorNotice");
+        assert_eq!(notice["message"], "hello from t2", "{notice}");
+        assert_eq!(notice["plan_id"], Value::Null);
+
+        // Browsers: the token as a query parameter or a subprotocol entry.
+        let mut by_query = connect(&web, &format!("?token={operator}"), &[])
+            .await
+            .expect("token in the query");
+        assert_eq!(
+            next_json(&mut by_query, Duration::from_secs(5)).await["type"],
+            "Snapshot"
+        );
+        let protocols = format!("antibody, bearer.{operator}");
+        let mut by_protocol = connect(&web, "", &[("sec-websocket-protocol", protocols.as_str())])
+            .await
+            .expect("token in Sec-WebSocket-Protocol");
+        assert_eq!(
+            next_json(&mut by_protocol, Duration::from_secs(5)).await["type"],
+            "Snapshot"
+        );
+
+        // No token, a bad one, the sentinel: refused before the upgrade.
+        assert_eq!(connect(&web, "", &[]).await.err(), Some(401));
+        assert_eq!(connect(&web, "?token=forged", &[]).await.err(), Some(401));
+        assert_eq!(
+            connect(&web, &format!("?token={SENTINEL}"), &[])
+                .await
+                .err(),
+            Some(403)
+        );
+    }
+
+    /// A socket whose receive buffer is tiny, so that a client that does
+    /// not read stops the bridge's writes after a few kilobytes.
+    fn small_window_connect(addr: &str) -> std::net::TcpStream {
+        use nix::sys::socket::{
+            connect, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn,
+        };
+        use std::os::fd::AsRawFd;
+        let addr: std::net::SocketAddrV4 = addr.parse().unwrap();
+        let fd = socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::empty(),
+            None,
+        )
+        .unwrap();
+        setsockopt(&fd, sockopt::RcvBuf, &2048).unwrap();
+        connect(fd.as_raw_fd(), &SockaddrIn::from(addr)).unwrap();
+        std::net::TcpStream::from(fd)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_that_stops_reading_is_dropped_and_slows_no_one() {
+        let (_bus, _home, _agent, web) = unprivileged_setup("");
+        let operator = jwt("alice", "operator", 600);
+
+        // The stalled client: a real handshake, then it never reads again.
+        let mut stalled = small_window_connect(&web.addr);
+        write!(
+            stalled,
+            "GET /antibody/events HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer {operator}\r\n\r\n",
+            web.addr
+        )
+        .unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            stalled.read_exact(&mut byte).unwrap();
+            head.push(byte[0]);
+        }
+        assert!(
+            head.starts_with(b"HTTP/1.1 101"),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
+
+        // A client that reads everything, in its own task.
+        let bearer = format!("Bearer {operator}");
+        let mut reader = connect(&web, "", &[("authorization", bearer.as_str())])
+            .await
+            .unwrap();
+        assert_eq!(
+            next_json(&mut reader, Duration::from_secs(5)).await["type"],
+            "Snapshot"
+        );
+        let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let reading = tokio::spawn(async move {
+            loop {
+                let m = next_json(&mut reader, Duration::from_secs(30)).await;
+                if m["type"] == "PlanStatusChanged" && m["status"] == "success" {
+                    let _ = done_tx.send(m["plan_id"].as_str().unwrap().to_string());
+                }
+            }
+        });
+
+        // Plans with many large D-Bus notices: about 5 MB of events, more
+        // than the kernel's buffers of the stalled socket take in.
+        let message = "n".repeat(4000);
+        let action =
+            format!(r#"{{"type":"notify_operator","channel":"dbus","message":"{message}"}}"#);
+        let actions = vec![action.as_str(); 15].join(",");
+        let mut plan_ids = std::collections::HashSet::new();
+        let mut slowest_status = Duration::ZERO;
+        for n in 0..80 {
+            let alert = format!(
+                r#"{{"source":"NEXUS","severity":"low","description":"flood {n}","actions":[{actions}]}}"#
+            );
+            let reply = blocking(|| web.post_json("/antibody/alert", Some(SENTINEL), &alert));
+            assert_eq!(reply.status, 202, "{reply:?}");
+            plan_ids.insert(reply.json()["plan_id"].as_str().unwrap().to_string());
+            let started = Instant::now();
+            assert_eq!(blocking(|| web.get("/antibody/status", None)).status, 200);
+            slowest_status = slowest_status.max(started.elapsed());
+        }
+
+        // The reader sees every plan finish.
+        let mut finished = std::collections::HashSet::new();
+        while finished != plan_ids {
+            let id = tokio::time::timeout(Duration::from_secs(30), done_rx.recv())
+                .await
+                .expect("the reader saw every plan finish in time")
+                .expect("the reader failed (was it dropped?)");
+            finished.insert(id);
+        }
+        assert!(
+            slowest_status < Duration::from_secs(1),
+            "HTTP slowed to {slowest_status:?}"
+        );
+
+        // The stalled client was dropped: the bridge counts it, and closes
+        // its socket (what it had sent, then end of stream).
+        let metrics = blocking(|| web.get("/metrics", None)).body;
+        assert!(
+            metrics.contains("antibody_web_event_clients_dropped_total 1"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("antibody_web_event_clients 1\n"),
+            "the reader is still served: {metrics}"
+        );
+        reading.abort();
+        stalled
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut sink = Vec::new();
+        let closed = blocking(|| stalled.read_to_end(&mut sink));
+        assert!(
+            closed.is_ok(),
+            "the bridge never closed the stalled socket: {closed:?}"
+        );
+    }
+}
+
+#[test]
+fn metrics_and_the_openapi_document_are_served() {
+    let (_bus, _home, _agent, web) = unprivileged_setup("");
+    let operator = jwt("alice", "operator", 600);
+    let reply = web.post_json("/antibody/alert", Some(SENTINEL), &journal_alert("metrics"));
+    assert_eq!(reply.status, 202, "{reply:?}");
+    let plan_id = reply.json()["plan_id"].as_str().unwrap().to_string();
+    wait_plan_status(&web, &operator, &plan_id, "success");
+    web.get("/antibody/plans", None)
+        .assert_error(401, "Unauthorized");
+
+    // Prometheus text: the agent's gauges, the plan and action counters
+    // (from the signals), the HTTP counters and latency.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let metrics = loop {
+        let reply = web.get("/metrics", None);
+        assert_eq!(reply.status, 200, "{reply:?}");
+        assert!(reply.headers["content-type"].starts_with("application/openmetrics-text"));
+        // The success signal may reach the bridge just after GetPlan shows it.
+        if reply.body.contains("status=\"success\"") || Instant::now() > deadline {
+            break reply.body;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    for needle in [
+        "antibody_queue_depth 0",
+        "antibody_active_mitigations 0",
+        "antibody_ledger_ok 1",
+        "antibody_agent_up 1",
+        "antibody_plans_total{source=\"NEXUS\",status=\"pending\"} 1",
+        "antibody_plans_total{source=\"NEXUS\",status=\"success\"} 1",
+        "antibody_actions_total{type=\"notify_operator\",outcome=\"applied\"} 1",
+        "antibody_http_requests_total{route=\"/antibody/alert\",code=\"202\"} 1",
+        "antibody_http_requests_total{route=\"/antibody/plans\",code=\"401\"} 1",
+        "antibody_http_request_duration_seconds_count{route=\"/antibody/alert\"} 1",
+    ] {
+        assert!(metrics.contains(needle), "{needle} is missing:\n{metrics}");
+    }
+    assert!(metrics.trim_end().ends_with("# EOF"), "{metrics}");
+
+    // The served document is the checked-in one.
+    let reply = web.get("/antibody/openapi.json", None);
+    assert_eq!(reply.status, 200);
+    let checked_in =
+        std::fs::read_to_string(format!("{}/docs/openapi.json", support::ROOT)).unwrap();
+    assert!(
+        reply.body == checked_in,
+        "the served OpenAPI document differs from docs/openapi.json"
+    );
+
+    // Every route it lists exists with that method (no 404/405 of the router).
+    let doc = reply.json();
+    let mut routes = 0;
+    for (path, methods) in doc["paths"].as_object().unwrap() {
+        let concrete = path.replace("{id}", &plan_id);
+        for method in methods.as_object().unwrap().keys() {
+            let reply = match method.as_str() {
+                "get" => web.get(&concrete, Some(&operator)),
+                "post" => web.post_json(&concrete, Some(&operator), &journal_alert("doc")),
+                other => panic!("{path}: unexpected method {other}"),
+            };
+            let no_route = reply.status == 405
+                || (reply.status == 404 && reply.body.contains("no such route"));
+            assert!(!no_route, "{method} {path}: {reply:?}");
+            routes += 1;
+        }
+    }
+    assert_eq!(routes, 10, "{doc}");
+}
