@@ -161,3 +161,101 @@ fn bus_activation_starts_the_unit() {
         .map(|(k, v)| (k.to_string(), v.to_string()))
     );
 }
+
+// ---------------------------------------------------------------- antibody-web
+
+/// The `#key = value` lines of the commented example web.toml, uncommented.
+fn web_example() -> toml::Table {
+    read("packaging/web.toml")
+        .lines()
+        .filter_map(|l| l.strip_prefix('#'))
+        .filter(|l| {
+            l.split_once(" = ").is_some_and(|(k, _)| {
+                !k.is_empty() && k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+            })
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        .parse()
+        .expect("the example's keys parse as TOML")
+}
+
+#[test]
+fn web_toml_example_shows_every_key_with_its_default() {
+    use antibody::web::config::WebConfig;
+    let example = web_example();
+    let defaults: toml::Table =
+        toml::from_str(&toml::to_string(&WebConfig::default()).unwrap()).unwrap();
+    for (key, value) in &defaults {
+        assert_eq!(example.get(key), Some(value), "web.toml: {key}");
+    }
+    // The optional keys (no default) are shown with an example value.
+    let mut optional: Vec<&String> = example
+        .keys()
+        .filter(|k| !defaults.contains_key(*k))
+        .collect();
+    optional.sort();
+    assert_eq!(
+        optional,
+        ["jwt_audience", "jwt_issuer", "jwt_public_key_file"]
+    );
+    // And the whole example is a valid configuration.
+    let text = toml::to_string(&example).unwrap();
+    WebConfig::parse(&text).expect("the uncommented example loads");
+    let page = read("packaging/man/antibody-web.8").replace("\\-", "-");
+    for key in example.keys() {
+        assert!(
+            page.contains(key.as_str()),
+            "antibody-web.8 does not mention {key}"
+        );
+    }
+}
+
+#[test]
+fn web_unit_runs_with_no_privilege_and_is_not_enabled_by_the_packages() {
+    let unit = read("systemd/antibody-web.service");
+    for (key, value) in [
+        ("Type", "notify"),
+        ("User", "antibody-web"),
+        ("SupplementaryGroups", "antibody"),
+        ("CapabilityBoundingSet", ""),
+        ("AmbientCapabilities", ""),
+        ("NoNewPrivileges", "yes"),
+        ("ProtectSystem", "strict"),
+        ("RestartPreventExitStatus", "78"),
+        (
+            "ExecStart",
+            "/usr/sbin/antibody-web --config /etc/antibody/web.toml",
+        ),
+    ] {
+        assert_eq!(
+            directive(&unit, key),
+            [value],
+            "antibody-web.service: {key}"
+        );
+    }
+    // Shipped, not enabled: no maintainer script names it.
+    for script in ["packaging/debian/postinst", "packaging/rpm/post_install.sh"] {
+        assert!(
+            !read(script).contains("antibody-web"),
+            "{script} enables antibody-web"
+        );
+    }
+    // Its user exists and is in the antibody group the bus policy names.
+    let sysusers = read("systemd/sysusers.conf");
+    let entries: Vec<Vec<&str>> = sysusers
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert!(
+        entries
+            .iter()
+            .any(|e| e.starts_with(&["u", "antibody-web"])),
+        "{sysusers}"
+    );
+    assert!(
+        entries.contains(&vec!["m", "antibody-web", "antibody"]),
+        "{sysusers}"
+    );
+}

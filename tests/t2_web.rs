@@ -672,6 +672,23 @@ mod events {
             (finished["index"].as_u64(), finished["outcome"].as_str()),
             (Some(0), Some("applied"))
         );
+        // In the agent's order: queued, running, its action, done.
+        let position = |t: &str, status: Option<&str>| {
+            seen.iter()
+                .position(|m| {
+                    m["type"] == t
+                        && m["plan_id"] == plan_id.as_str()
+                        && status.is_none_or(|s| m["status"] == s)
+                })
+                .unwrap_or_else(|| panic!("no {t} {status:?} in {seen:#?}"))
+        };
+        let order = [
+            position("PlanQueued", None),
+            position("PlanStatusChanged", Some("in_progress")),
+            position("ActionFinished", None),
+            position("PlanStatusChanged", Some("success")),
+        ];
+        assert!(order.is_sorted(), "out of order {order:?}: {seen:#?}");
         let notice = of_type("OperatorNotice").expect("OperatorNotice");
         assert_eq!(notice["message"], "hello from t2", "{notice}");
         assert_eq!(notice["plan_id"], Value::Null);
@@ -894,4 +911,76 @@ fn metrics_and_the_openapi_document_are_served() {
         }
     }
     assert_eq!(routes, 10, "{doc}");
+}
+
+#[test]
+fn a_socket_passed_by_systemd_is_used() {
+    let (bus, _home, _agent, _web) = unprivileged_setup("");
+    // A free port, and a `listen` the bridge could not bind: only the
+    // passed socket can make it answer.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (dir, config) = support::web::write_web_config("");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("listen = \"127.0.0.1:0\"", "listen = \"192.0.2.1:9\"");
+    std::fs::write(&config, text).unwrap();
+    let log = std::fs::File::create(dir.path().join("activated.log")).unwrap();
+    let bin = env!("CARGO_BIN_EXE_antibody-web");
+    // systemd-socket-activate listens, then execs the bridge on the first
+    // connection with the socket as fd 3 (LISTEN_FDS=1).
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _activator = Kill(
+        std::process::Command::new("systemd-socket-activate")
+            .arg(format!("--listen=127.0.0.1:{port}"))
+            // It passes the bridge no environment of its own but this.
+            .arg(format!(
+                "--setenv=DBUS_SYSTEM_BUS_ADDRESS={}",
+                bus.address()
+            ))
+            .args([bin, "--config"])
+            .arg(&config)
+            .env("DBUS_SYSTEM_BUS_ADDRESS", bus.address())
+            .env_remove("JOURNAL_STREAM")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("systemd-socket-activate (package systemd) must be installed"),
+    );
+    let http: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(20)))
+        .build()
+        .into();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        match http
+            .get(format!("http://127.0.0.1:{port}/antibody/status"))
+            .call()
+        {
+            Ok(response) => break response.status().as_u16(),
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "no answer on the passed socket: {e}"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    };
+    let log = std::fs::read_to_string(dir.path().join("activated.log")).unwrap();
+    assert_eq!(status, 200, "{log}");
+    assert!(
+        log.contains(&format!("listening on 127.0.0.1:{port}")),
+        "{log}"
+    );
 }
