@@ -984,3 +984,37 @@ fn a_socket_passed_by_systemd_is_used() {
         "{log}"
     );
 }
+
+#[test]
+fn the_readme_curl_lines_work_as_written() {
+    let (_bus, _home, _agent, web) = unprivileged_setup("");
+    let readme = std::fs::read_to_string(format!("{}/README.md", support::ROOT)).unwrap();
+    let block = readme
+        .split("<!-- antibody-web curl example -->")
+        .nth(1)
+        .and_then(|rest| rest.split("```sh\n").nth(1))
+        .and_then(|rest| rest.split("\n```").next())
+        .expect("README.md has the antibody-web curl example");
+    let out = std::process::Command::new("bash")
+        .args(["-euo", "pipefail", "-c", block])
+        .env("ANTIBODY_WEB", &web.base)
+        .env("SENTINEL_TOKEN", SENTINEL)
+        .env("ANTIBODY_JWT", jwt("alice", "operator", 600))
+        .output()
+        .expect("bash and curl");
+    let stdout = String::from_utf8_lossy(&out.stdout).replace([' ', '\n'], "");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    // The plan read (its source and description), then the status.
+    assert!(
+        stdout.contains("\"source\":\"NEXUS\"") && stdout.contains("portscanfrom203.0.113.9"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("\"healthy\":true"), "{stdout}");
+    let log = web.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("sentinel") && l.contains("submitted an alert")),
+        "{log}"
+    );
+}
