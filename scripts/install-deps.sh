@@ -14,6 +14,8 @@ export DEBIAN_FRONTEND=noninteractive
 # libsystemd-dev, pkg-config: antibodyctl reads journal files through
 # libsystemd (verify --journal, fleet); systemd-journal-remote, openssl:
 # the T4 fleet test's collector and uploaders, and their certificates.
+# curl: the README's curl lines for the web bridge, run by tests/t2_web.rs;
+# python3-venv: the venv schemathesis (PyPI) is installed into for it.
 # apt's chatter (debconf's "delaying package configuration", progress) goes
 # to a log shown only when apt fails.
 log=$(mktemp)
@@ -23,7 +25,7 @@ trap 'rm -f "$log"' EXIT
         apt-get install -y -qq --no-install-recommends \
             dbus-daemon dbus-bin systemd util-linux procps iproute2 nftables ca-certificates \
             systemd-container debootstrap libsystemd-dev pkg-config systemd-journal-remote \
-            openssl
+            openssl curl python3-venv
 } >"$log" 2>&1 || {
     echo "install-deps.sh: apt-get failed:" >&2
     cat "$log" >&2

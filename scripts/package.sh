@@ -26,7 +26,9 @@ CARGO_GENERATE_RPM_VERSION=0.21.1
 EXPECTED=(
     /usr/sbin/antibodyd
     /usr/bin/antibodyctl
+    /usr/sbin/antibody-web
     /usr/lib/systemd/system/antibody.service
+    /usr/lib/systemd/system/antibody-web.service
     /usr/lib/sysusers.d/antibody.conf
     /usr/lib/tmpfiles.d/antibody.conf
     /usr/lib/systemd/catalog/antibody.catalog
@@ -35,7 +37,9 @@ EXPECTED=(
     /usr/share/dbus-1/system-services/org.vael.Antibody.service
     /usr/share/polkit-1/actions/org.vael.antibody.policy
     /etc/antibody/antibody.toml
+    /etc/antibody/web.toml
     /usr/share/man/man8/antibodyd.8.gz
+    /usr/share/man/man8/antibody-web.8.gz
     /usr/share/man/man1/antibodyctl.1.gz
     /usr/share/man/man1/antibodyctl-submit.1.gz
     /usr/share/bash-completion/completions/antibodyctl
@@ -87,7 +91,7 @@ generate_assets() {
     rm -rf target/assets
     mkdir -p target/assets/man target/assets/completions
     "$ctl" man target/assets/man
-    cp packaging/man/antibodyd.8 target/assets/man/
+    cp packaging/man/antibodyd.8 packaging/man/antibody-web.8 target/assets/man/
     # Compressed as both lintian and rpmlint expect; -n: no name or time
     # in the header, so the same page gives the same bytes.
     gzip -9n target/assets/man/*.[18]

@@ -6,5 +6,6 @@ if [ -d /run/systemd/system ]; then
     systemctl daemon-reload >/dev/null 2>&1 || :
     if [ "$1" -ge 1 ]; then
         systemctl try-restart antibody.service >/dev/null 2>&1 || :
+        systemctl try-restart antibody-web.service >/dev/null 2>&1 || :
     fi
 fi
