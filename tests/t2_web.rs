@@ -1018,3 +1018,74 @@ fn the_readme_curl_lines_work_as_written() {
         "{log}"
     );
 }
+
+#[test]
+fn schemathesis_finds_no_5xx_and_nothing_outside_the_schema() {
+    let st = support::web::schemathesis();
+    require_root();
+    let bus = PrivateBus::start_with_extra(LET_NOBODY_THROUGH);
+    let home = tempfile::tempdir().unwrap();
+    // Generated alerts are free-form objects that the agent refuses; should
+    // one ever validate, it could restart no real unit.
+    let _agent = Agent::start(
+        &bus,
+        home.path(),
+        &format!(
+            "{AGENT_GROUPS}\n[restart]\nallowed_units = [\"t2-web-schemathesis-none.service\"]"
+        ),
+    );
+    // Its negative cases include missing credentials: no slow-down here.
+    let web = Web::start(&bus, "auth_failures_max = 1000000", RunAs::Nobody);
+    let report = web.dir.path().join("schemathesis.junit.xml");
+    let out = std::process::Command::new(&st)
+        .args(["run", &format!("{}/antibody/openapi.json", web.base)])
+        .args([
+            "--checks",
+            "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance",
+            // A WebSocket is not something it can call.
+            "--exclude-path",
+            "/antibody/events",
+            "--phases",
+            "examples,coverage,fuzzing",
+            "--max-examples",
+            "40",
+            "--seed",
+            "14",
+            "--workers",
+            "2",
+            "--generation-database",
+            "none",
+            "--no-color",
+            "--report",
+            "junit",
+            "--report-junit-path",
+        ])
+        .arg(&report)
+        .arg("-H")
+        .arg(format!("Authorization: Bearer {}", jwt("fuzzer", "admin", 3600)))
+        .current_dir(web.dir.path())
+        .output()
+        .expect("run schemathesis");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Its summary, in the test's output (cargo test --nocapture).
+    println!("{stdout}");
+    assert!(
+        out.status.success(),
+        "schemathesis failed:\n{stdout}\n{stderr}"
+    );
+    // At least 200 generated cases ran ("N generated" in its summary).
+    let generated: u64 = stdout
+        .lines()
+        .find_map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            words
+                .windows(2)
+                .find(|w| w[1].trim_end_matches(',') == "generated")
+                .and_then(|w| w[0].parse().ok())
+        })
+        .unwrap_or_else(|| panic!("no count of generated cases in:\n{stdout}"));
+    assert!(generated >= 200, "only {generated} cases:\n{stdout}");
+    assert!(!web.log_text().contains("panicked"), "{}", web.log_text());
+    assert_eq!(web.get("/antibody/status", None).status, 200);
+}

@@ -241,3 +241,38 @@ impl Reply {
         self
     }
 }
+
+/// The pinned schemathesis (PyPI), in a venv under target/ made on first
+/// use: its `st` command.
+pub const SCHEMATHESIS_VERSION: &str = "4.32.5";
+
+pub fn schemathesis() -> PathBuf {
+    let root = Path::new(super::ROOT);
+    let venv = root.join("target/schemathesis-venv");
+    let st = venv.join("bin/st");
+    let version_ok = Command::new(&st)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(SCHEMATHESIS_VERSION));
+    if !version_ok {
+        let made = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .expect("python3 (with python3-venv) must be installed");
+        assert!(made.success(), "python3 -m venv {}", venv.display());
+        let installed = Command::new(venv.join("bin/pip"))
+            .args([
+                "install",
+                "--quiet",
+                &format!("schemathesis=={SCHEMATHESIS_VERSION}"),
+            ])
+            .status()
+            .expect("pip");
+        assert!(
+            installed.success(),
+            "pip install schemathesis=={SCHEMATHESIS_VERSION}"
+        );
+    }
+    st
+}
