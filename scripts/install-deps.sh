@@ -15,7 +15,8 @@ export DEBIAN_FRONTEND=noninteractive
 # libsystemd (verify --journal, fleet); systemd-journal-remote, openssl:
 # the T4 fleet test's collector and uploaders, and their certificates.
 # curl: the README's curl lines for the web bridge, run by tests/t2_web.rs;
-# python3-venv: the venv schemathesis (PyPI) is installed into for it.
+# python3-venv: the venvs schemathesis and Playwright (PyPI) are installed
+# into for it; chromium: the browser the dashboard test drives.
 # apt's chatter (debconf's "delaying package configuration", progress) goes
 # to a log shown only when apt fails.
 log=$(mktemp)
@@ -25,7 +26,7 @@ trap 'rm -f "$log"' EXIT
         apt-get install -y -qq --no-install-recommends \
             dbus-daemon dbus-bin systemd util-linux procps iproute2 nftables ca-certificates \
             systemd-container debootstrap libsystemd-dev pkg-config systemd-journal-remote \
-            openssl curl python3-venv
+            openssl curl python3-venv chromium
 } >"$log" 2>&1 || {
     echo "install-deps.sh: apt-get failed:" >&2
     cat "$log" >&2

@@ -910,7 +910,7 @@ fn metrics_and_the_openapi_document_are_served() {
             routes += 1;
         }
     }
-    assert_eq!(routes, 10, "{doc}");
+    assert_eq!(routes, 11, "{doc}");
 }
 
 #[test]
@@ -1088,4 +1088,44 @@ fn schemathesis_finds_no_5xx_and_nothing_outside_the_schema() {
     assert!(generated >= 200, "only {generated} cases:\n{stdout}");
     assert!(!web.log_text().contains("panicked"), "{}", web.log_text());
     assert_eq!(web.get("/antibody/status", None).status, 200);
+}
+
+#[test]
+fn the_dashboard_shows_a_new_plan_live_in_a_real_browser() {
+    let python = support::web::playwright_python();
+    let (_bus, _home, _agent, web) = unprivileged_setup("");
+    // The page and its assets: same-origin only, by policy.
+    let page = web.get("/", None);
+    assert_eq!(page.status, 200);
+    assert!(page.headers["content-type"].starts_with("text/html"));
+    assert!(page.headers["content-security-policy"].contains("default-src 'none'"));
+    for asset in ["/dashboard.js", "/dashboard.css"] {
+        assert_eq!(web.get(asset, None).status, 200, "{asset}");
+    }
+
+    let figures = std::path::Path::new(support::ROOT).join("target/figures");
+    std::fs::create_dir_all(&figures).unwrap();
+    let screenshot = figures.join("dashboard.png");
+    let _ = std::fs::remove_file(&screenshot);
+    let out = std::process::Command::new(&python)
+        .arg(format!("{}/tests/browser/dashboard.py", support::ROOT))
+        .args([&web.base, &jwt("alice", "operator", 600), SENTINEL])
+        .arg(&screenshot)
+        .output()
+        .expect("run the browser test");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    assert!(
+        out.status.success(),
+        "browser test failed:\n{stdout}\n{stderr}"
+    );
+    let result: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(result["errors"], serde_json::json!([]), "{result}");
+    assert!(
+        result["seen_success_after_s"].as_f64().unwrap() <= 2.0,
+        "{result}"
+    );
+    let png = std::fs::read(&screenshot).expect("the screenshot is written");
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
 }

@@ -9,6 +9,7 @@
 //! - [`body`]: JSON request bodies; [`errors`]: the error answers
 //! - [`agent`]: the D-Bus link; [`routes`]: the HTTP routes
 //! - [`events`], [`hub`], [`ws`]: the `antibody_event` WebSocket
+//! - [`dashboard`]: the page at `/`
 //! - [`metrics`], [`audit`]: Prometheus and the journal; [`openapi`]: the
 //!   OpenAPI document
 
@@ -17,6 +18,7 @@ pub mod audit;
 pub mod auth;
 pub mod body;
 pub mod config;
+pub mod dashboard;
 pub mod errors;
 pub mod events;
 pub mod hub;

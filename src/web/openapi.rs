@@ -95,6 +95,7 @@ impl Modify for BearerAuth {
         super::ws::events,
         super::routes::metrics,
         super::routes::openapi_json,
+        super::dashboard::index,
     ),
     components(schemas(ErrorBody, Submitted, RollbackAccepted, LedgerVerified, AgentStatus, LedgerState)),
     modifiers(&BearerAuth),
@@ -139,6 +140,7 @@ mod tests {
             "/antibody/events",
             "/metrics",
             "/antibody/openapi.json",
+            "/",
         ] {
             assert!(doc["paths"][path].is_object(), "{path} is not documented");
         }

@@ -276,3 +276,44 @@ pub fn schemathesis() -> PathBuf {
     }
     st
 }
+
+/// The pinned Playwright (PyPI) in a venv under target/, made on first
+/// use: its python. The browser is Debian's chromium (install-deps.sh).
+pub const PLAYWRIGHT_VERSION: &str = "1.65.2";
+
+pub fn playwright_python() -> PathBuf {
+    let venv = Path::new(super::ROOT).join("target/playwright-venv");
+    let python = venv.join("bin/python");
+    let version_ok = Command::new(&python)
+        .args([
+            "-c",
+            "import importlib.metadata as m; print(m.version('playwright'))",
+        ])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == PLAYWRIGHT_VERSION);
+    if !version_ok {
+        let made = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .expect("python3 (with python3-venv) must be installed");
+        assert!(made.success(), "python3 -m venv {}", venv.display());
+        let installed = Command::new(venv.join("bin/pip"))
+            .args([
+                "install",
+                "--quiet",
+                &format!("playwright=={PLAYWRIGHT_VERSION}"),
+            ])
+            .status()
+            .expect("pip");
+        assert!(
+            installed.success(),
+            "pip install playwright=={PLAYWRIGHT_VERSION}"
+        );
+    }
+    assert!(
+        Path::new("/usr/bin/chromium").exists(),
+        "Debian's chromium must be installed (scripts/install-deps.sh)"
+    );
+    python
+}
