@@ -10,6 +10,12 @@ use futures_util::StreamExt;
 use super::errors::ApiError;
 
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// A body no larger than this is read to its end (and dropped) before the
+/// 413: a client still sending when the answer comes would otherwise get
+/// a connection reset instead of it. A larger one is cut off at once.
+const DRAIN_LIMIT: usize = 1024 * 1024;
+/// How long that draining may take.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Whether the `Content-Type` is JSON (`application/json`, any parameters,
 /// and only a UTF-8 charset if one is named).
@@ -56,6 +62,9 @@ pub async fn json_text(headers: &HeaderMap, body: Body) -> Result<String, ApiErr
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        if declared.is_some_and(|n| n <= DRAIN_LIMIT as u64) {
+            drain(body.into_data_stream(), 0).await;
+        }
         return Err(too_large());
     }
     // Read chunk by chunk so a body without a declared length (chunked)
@@ -67,6 +76,7 @@ pub async fn json_text(headers: &HeaderMap, body: Body) -> Result<String, ApiErr
             ApiError::bad_request("MalformedBody", format!("the body could not be read: {e}"))
         })?;
         if bytes.len() + chunk.len() > MAX_BODY_BYTES {
+            drain(stream, bytes.len() + chunk.len()).await;
             return Err(too_large());
         }
         bytes.extend_from_slice(&chunk);
@@ -77,6 +87,20 @@ pub async fn json_text(headers: &HeaderMap, body: Body) -> Result<String, ApiErr
     // parse_json succeeded, so the bytes are UTF-8.
     String::from_utf8(bytes)
         .map_err(|_| ApiError::bad_request("MalformedJson", "the body is not UTF-8"))
+}
+
+/// Reads and drops the rest of a body, up to [`DRAIN_LIMIT`] in all and
+/// for at most [`DRAIN_TIMEOUT`].
+async fn drain(mut stream: axum::body::BodyDataStream, mut read: usize) {
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while read <= DRAIN_LIMIT {
+            match stream.next().await {
+                Some(Ok(chunk)) => read += chunk.len(),
+                _ => break,
+            }
+        }
+    })
+    .await;
 }
 
 /// Parses JSON; the error names where it went wrong.

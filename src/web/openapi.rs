@@ -6,7 +6,7 @@
 
 use serde::Serialize;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
-use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
 
 /// Every error answer.
 #[derive(Serialize, ToSchema)]
@@ -18,6 +18,52 @@ pub struct ErrorBody {
     pub error: String,
     /// What was wrong, and where.
     pub message: String,
+}
+
+/// The answers every credentialed route may give besides its own.
+#[derive(IntoResponses)]
+#[allow(dead_code)] // a description for the document, never built
+pub enum CredentialErrors {
+    #[response(
+        status = 401,
+        description = "No, wrong, expired or badly signed credentials (WWW-Authenticate)"
+    )]
+    Unauthorized(ErrorBody),
+    #[response(
+        status = 403,
+        description = "The credential may not do this (AccessDenied)"
+    )]
+    AccessDenied(ErrorBody),
+    #[response(
+        status = 429,
+        description = "Too many failed authentications from this peer, or the agent's QueueFull/RateLimited (Retry-After)"
+    )]
+    TooMany(ErrorBody),
+    #[response(
+        status = 503,
+        description = "The agent is not on the bus, or StorageFailure (Retry-After)"
+    )]
+    Unavailable(ErrorBody),
+}
+
+/// The answers to a request body that is not a JSON alert within limits.
+#[derive(IntoResponses)]
+#[allow(dead_code)] // a description for the document, never built
+pub enum BodyErrors {
+    #[response(
+        status = 400,
+        description = "MalformedJson (with line and column), InvalidAlert, UnknownAction"
+    )]
+    Invalid(ErrorBody),
+    #[response(status = 413, description = "PayloadTooLarge: the body is over 64 KiB")]
+    TooLarge(ErrorBody),
+    #[response(
+        status = 415,
+        description = "UnsupportedMediaType: not application/json"
+    )]
+    NotJson(ErrorBody),
+    #[response(status = 422, description = "ProtectedTarget")]
+    Protected(ErrorBody),
 }
 
 /// `POST /antibody/alert`'s answer.

@@ -20,7 +20,10 @@ use serde_json::json;
 use super::auth::{self, Need, Principal, Refusal};
 use super::body::json_text;
 use super::errors::ApiError;
-use super::openapi::{AgentStatus, ErrorBody, LedgerVerified, RollbackAccepted, Submitted};
+use super::openapi::{
+    AgentStatus, BodyErrors, CredentialErrors, ErrorBody, LedgerVerified, RollbackAccepted,
+    Submitted,
+};
 use super::App;
 
 pub fn router(app: Arc<App>) -> Router {
@@ -157,14 +160,8 @@ type Peer = ConnectInfo<SocketAddr>;
     request_body(content = Object, content_type = "application/json", description = "The alert JSON (at most 64 KiB)"),
     responses(
         (status = 202, description = "Queued (created false: an identical alert's live plan)", body = Submitted),
-        (status = 400, description = "MalformedJson (with line and column), InvalidAlert, UnknownAction", body = ErrorBody),
-        (status = 413, description = "PayloadTooLarge: the body is over 64 KiB", body = ErrorBody),
-        (status = 415, description = "UnsupportedMediaType: not application/json", body = ErrorBody),
-        (status = 422, description = "ProtectedTarget", body = ErrorBody),
-        (status = 401, description = "No, wrong, expired or badly signed credentials (WWW-Authenticate)", body = ErrorBody),
-        (status = 403, description = "The credential may not do this (AccessDenied)", body = ErrorBody),
-        (status = 429, description = "Too many failed authentications from this peer, or the agent's QueueFull/RateLimited (Retry-After)", body = ErrorBody),
-        (status = 503, description = "The agent is not on the bus, or StorageFailure (Retry-After)", body = ErrorBody),
+        BodyErrors,
+        CredentialErrors,
     ),
     security(("bearer" = [])))]
 pub async fn submit_alert(
@@ -204,10 +201,7 @@ pub async fn submit_alert(
         (status = 200, description = "The plan", body = Object),
         (status = 400, description = "InvalidArgument: not a plan id", body = ErrorBody),
         (status = 404, description = "NotFound", body = ErrorBody),
-        (status = 401, description = "No, wrong, expired or badly signed credentials (WWW-Authenticate)", body = ErrorBody),
-        (status = 403, description = "The credential may not do this (AccessDenied)", body = ErrorBody),
-        (status = 429, description = "Too many failed authentications from this peer, or the agent's QueueFull/RateLimited (Retry-After)", body = ErrorBody),
-        (status = 503, description = "The agent is not on the bus, or StorageFailure (Retry-After)", body = ErrorBody),
+        CredentialErrors,
     ),
     security(("bearer" = [])))]
 pub async fn get_plan(
@@ -248,10 +242,7 @@ pub struct PlansQuery {
     responses(
         (status = 200, description = "The plans", body = [Object]),
         (status = 400, description = "InvalidArgument", body = ErrorBody),
-        (status = 401, description = "No, wrong, expired or badly signed credentials (WWW-Authenticate)", body = ErrorBody),
-        (status = 403, description = "The credential may not do this (AccessDenied)", body = ErrorBody),
-        (status = 429, description = "Too many failed authentications from this peer, or the agent's QueueFull/RateLimited (Retry-After)", body = ErrorBody),
-        (status = 503, description = "The agent is not on the bus, or StorageFailure (Retry-After)", body = ErrorBody),
+        CredentialErrors,
     ),
     security(("bearer" = [])))]
 pub async fn list_plans(
@@ -295,14 +286,8 @@ pub async fn list_plans(
     request_body(content = Object, content_type = "application/json", description = "The alert JSON (at most 64 KiB)"),
     responses(
         (status = 200, description = "The agent's DryRun JSON", body = Object),
-        (status = 400, description = "MalformedJson (with line and column), InvalidAlert, UnknownAction", body = ErrorBody),
-        (status = 413, description = "PayloadTooLarge: the body is over 64 KiB", body = ErrorBody),
-        (status = 415, description = "UnsupportedMediaType: not application/json", body = ErrorBody),
-        (status = 422, description = "ProtectedTarget", body = ErrorBody),
-        (status = 401, description = "No, wrong, expired or badly signed credentials (WWW-Authenticate)", body = ErrorBody),
-        (status = 403, description = "The credential may not do this (AccessDenied)", body = ErrorBody),
-        (status = 429, description = "Too many failed authentications from this peer, or the agent's QueueFull/RateLimited (Retry-After)", body = ErrorBody),
-        (status = 503, description = "The agent is not on the bus, or StorageFailure (Retry-After)", body = ErrorBody),
+        BodyErrors,
+        CredentialErrors,
     ),
     security(("bearer" = [])))]
 pub async fn dry_run(
@@ -330,10 +315,7 @@ pub async fn dry_run(
         (status = 400, description = "InvalidArgument: not a plan id", body = ErrorBody),
         (status = 404, description = "NotFound", body = ErrorBody),
         (status = 409, description = "PlanNotFinished or NothingToRevert", body = ErrorBody),
-        (status = 401, description = "No, wrong, expired or badly signed credentials (WWW-Authenticate)", body = ErrorBody),
-        (status = 403, description = "The credential may not do this (AccessDenied)", body = ErrorBody),
-        (status = 429, description = "Too many failed authentications from this peer, or the agent's QueueFull/RateLimited (Retry-After)", body = ErrorBody),
-        (status = 503, description = "The agent is not on the bus, or StorageFailure (Retry-After)", body = ErrorBody),
+        CredentialErrors,
     ),
     security(("bearer" = [])))]
 pub async fn rollback(
@@ -368,10 +350,7 @@ pub async fn rollback(
     description = "Re-walk the ledger's hash chain. JWT operator.",
     responses(
         (status = 200, description = "The verdict", body = LedgerVerified),
-        (status = 401, description = "No, wrong, expired or badly signed credentials (WWW-Authenticate)", body = ErrorBody),
-        (status = 403, description = "The credential may not do this (AccessDenied)", body = ErrorBody),
-        (status = 429, description = "Too many failed authentications from this peer, or the agent's QueueFull/RateLimited (Retry-After)", body = ErrorBody),
-        (status = 503, description = "The agent is not on the bus, or StorageFailure (Retry-After)", body = ErrorBody),
+        CredentialErrors,
     ),
     security(("bearer" = [])))]
 pub async fn verify_ledger(

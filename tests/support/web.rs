@@ -136,7 +136,7 @@ impl Web {
         if let Some(t) = token {
             req = req.header("Authorization", format!("Bearer {t}"));
         }
-        Reply::from(req.call())
+        Reply::from(&format!("GET {path}"), req.call())
     }
 
     /// POSTs `body` with `content_type` (none when None).
@@ -154,7 +154,7 @@ impl Web {
         if let Some(ct) = content_type {
             req = req.header("Content-Type", ct);
         }
-        Reply::from(req.send(body.as_ref()))
+        Reply::from(&format!("POST {path}"), req.send(body.as_ref()))
     }
 
     pub fn post_json(&self, path: &str, token: Option<&str>, body: &str) -> Reply {
@@ -194,8 +194,8 @@ pub struct Reply {
 }
 
 impl Reply {
-    fn from(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Reply {
-        let mut response = result.unwrap_or_else(|e| panic!("HTTP request failed: {e}"));
+    fn from(what: &str, result: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Reply {
+        let mut response = result.unwrap_or_else(|e| panic!("{what}: HTTP request failed: {e}"));
         let headers = response
             .headers()
             .iter()
@@ -245,75 +245,48 @@ impl Reply {
 /// The pinned schemathesis (PyPI), in a venv under target/ made on first
 /// use: its `st` command.
 pub const SCHEMATHESIS_VERSION: &str = "4.32.5";
-
-pub fn schemathesis() -> PathBuf {
-    let root = Path::new(super::ROOT);
-    let venv = root.join("target/schemathesis-venv");
-    let st = venv.join("bin/st");
-    let version_ok = Command::new(&st)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(SCHEMATHESIS_VERSION));
-    if !version_ok {
-        let made = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status()
-            .expect("python3 (with python3-venv) must be installed");
-        assert!(made.success(), "python3 -m venv {}", venv.display());
-        let installed = Command::new(venv.join("bin/pip"))
-            .args([
-                "install",
-                "--quiet",
-                &format!("schemathesis=={SCHEMATHESIS_VERSION}"),
-            ])
-            .status()
-            .expect("pip");
-        assert!(
-            installed.success(),
-            "pip install schemathesis=={SCHEMATHESIS_VERSION}"
-        );
-    }
-    st
-}
-
-/// The pinned Playwright (PyPI) in a venv under target/, made on first
-/// use: its python. The browser is Debian's chromium (install-deps.sh).
+/// The pinned Playwright (PyPI); the browser is Debian's chromium
+/// (install-deps.sh).
 pub const PLAYWRIGHT_VERSION: &str = "1.65.2";
 
+pub fn schemathesis() -> PathBuf {
+    venv_with("schemathesis", SCHEMATHESIS_VERSION).join("bin/st")
+}
+
+/// The python of Playwright's venv.
 pub fn playwright_python() -> PathBuf {
-    let venv = Path::new(super::ROOT).join("target/playwright-venv");
-    let python = venv.join("bin/python");
-    let version_ok = Command::new(&python)
-        .args([
-            "-c",
-            "import importlib.metadata as m; print(m.version('playwright'))",
-        ])
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == PLAYWRIGHT_VERSION);
-    if !version_ok {
-        let made = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status()
-            .expect("python3 (with python3-venv) must be installed");
-        assert!(made.success(), "python3 -m venv {}", venv.display());
-        let installed = Command::new(venv.join("bin/pip"))
-            .args([
-                "install",
-                "--quiet",
-                &format!("playwright=={PLAYWRIGHT_VERSION}"),
-            ])
-            .status()
-            .expect("pip");
-        assert!(
-            installed.success(),
-            "pip install playwright=={PLAYWRIGHT_VERSION}"
-        );
-    }
+    let python = venv_with("playwright", PLAYWRIGHT_VERSION).join("bin/python");
     assert!(
         Path::new("/usr/bin/chromium").exists(),
         "Debian's chromium must be installed (scripts/install-deps.sh)"
     );
     python
+}
+
+/// `target/NAME-venv` with `package==version` installed from PyPI, made
+/// (or remade) unless that version is already there.
+fn venv_with(package: &str, version: &str) -> PathBuf {
+    let venv = Path::new(super::ROOT).join(format!("target/{package}-venv"));
+    let python = venv.join("bin/python");
+    let installed = Command::new(&python)
+        .arg("-c")
+        .arg(format!(
+            "import importlib.metadata as m; print(m.version('{package}'))"
+        ))
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == version);
+    if !installed {
+        let made = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .expect("python3 (with python3-venv) must be installed");
+        assert!(made.success(), "python3 -m venv {}", venv.display());
+        let pip = Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", &format!("{package}=={version}")])
+            .status()
+            .expect("pip");
+        assert!(pip.success(), "pip install {package}=={version}");
+    }
+    venv
 }
