@@ -1129,3 +1129,66 @@ fn the_dashboard_shows_a_new_plan_live_in_a_real_browser() {
     let png = std::fs::read(&screenshot).expect("the screenshot is written");
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
 }
+
+#[test]
+fn ready_once_listening_and_sigterm_stops_it_cleanly() {
+    let (bus, _home, _agent, _web) = unprivileged_setup("");
+    let (dir, config) = support::web::write_web_config("");
+    let notify = support::notify::NotifySocket::bind(dir.path().join("notify.sock"));
+    let mut bridge = support::web::web_command(&bus.address(), &config, RunAs::Root)
+        .env("NOTIFY_SOCKET", &notify.path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (ready, _) = notify.wait_for_line("READY=1", Duration::from_secs(20));
+    assert!(ready.contains("STATUS=listening on 127.0.0.1:"), "{ready}");
+    let port = ready
+        .lines()
+        .find_map(|l| l.strip_prefix("STATUS=listening on 127.0.0.1:"))
+        .unwrap()
+        .to_string();
+    // Answering by then.
+    let http: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let status = http
+        .get(format!("http://127.0.0.1:{port}/antibody/status"))
+        .call()
+        .unwrap()
+        .status();
+    assert_eq!(status, 200);
+    // An event stream stays open; SIGTERM still ends the bridge, with
+    // STOPPING=1 and exit status 0, within its grace period.
+    let mut stream = std::net::TcpStream::connect(format!("127.0.0.1:{port}")).unwrap();
+    use std::io::Write;
+    write!(
+        stream,
+        "GET /antibody/events HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer {}\r\n\r\n",
+        jwt("alice", "operator", 600)
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let stopped = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(bridge.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    notify.wait_for_line("STOPPING=1", Duration::from_secs(5));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let exit = loop {
+        if let Some(exit) = bridge.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(Instant::now() < deadline, "the bridge did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(exit.code(), Some(0), "{exit:?}");
+    assert!(
+        stopped.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        stopped.elapsed()
+    );
+}
