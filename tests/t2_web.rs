@@ -1192,3 +1192,59 @@ fn ready_once_listening_and_sigterm_stops_it_cleanly() {
         stopped.elapsed()
     );
 }
+
+#[test]
+fn forwarded_for_is_believed_only_from_trusted_proxies() {
+    let (_bus, _home, _agent, web) = unprivileged_setup(
+        "auth_failures_max = 2\nauth_failure_window_secs = 60\ntrusted_proxies = [\"127.0.0.1\"]",
+    );
+    let plans = "/antibody/plans";
+    let via = |client: &str, token: &str| {
+        web.get_with(plans, Some(token), &[("X-Forwarded-For", client)])
+    };
+    // Two failures "from" 203.0.113.5 (through the trusted loopback proxy)
+    // slow that client down, and no other.
+    via("203.0.113.5", "guess").assert_error(401, "Unauthorized");
+    via("203.0.113.5", "guess").assert_error(401, "Unauthorized");
+    via("203.0.113.5", &jwt("alice", "operator", 600)).assert_error(429, "TooManyAuthFailures");
+    let reply = via("203.0.113.6", &jwt("bob", "operator", 600));
+    assert_eq!(reply.status, 200, "{reply:?}");
+    // A forged entry left of the proxy's own does not help.
+    via("198.51.100.1, 203.0.113.5", &jwt("alice", "operator", 600))
+        .assert_error(429, "TooManyAuthFailures");
+    let log = web.log_text();
+    assert!(
+        log.contains("203.0.113.5 failed authentication too often"),
+        "{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("bob from 203.0.113.6")
+                && l.contains("ANTIBODY_WEB_PEER=203.0.113.6")),
+        "{log}"
+    );
+}
+
+#[test]
+fn forwarded_for_is_ignored_by_default() {
+    let (_bus, _home, _agent, web) =
+        unprivileged_setup("auth_failures_max = 2\nauth_failure_window_secs = 60");
+    // A guesser that names a new address each time is still one peer.
+    for n in 0..2 {
+        web.get_with(
+            "/antibody/plans",
+            Some("guess"),
+            &[("X-Forwarded-For", &format!("203.0.113.{n}"))],
+        )
+        .assert_error(401, "Unauthorized");
+    }
+    web.get_with(
+        "/antibody/plans",
+        Some(&jwt("alice", "operator", 600)),
+        &[("X-Forwarded-For", "203.0.113.99")],
+    )
+    .assert_error(429, "TooManyAuthFailures");
+    assert!(web
+        .log_text()
+        .contains("127.0.0.1 failed authentication too often"));
+}

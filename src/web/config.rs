@@ -41,6 +41,9 @@ pub struct WebConfig {
     pub ws_client_buffer: usize,
     /// How long one call to the agent may take before the bridge answers 503.
     pub agent_timeout_secs: u64,
+    /// Proxies (addresses or CIDR prefixes) whose `X-Forwarded-For` names
+    /// the client, for the slow-down and the journal; empty: none.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for WebConfig {
@@ -57,6 +60,7 @@ impl Default for WebConfig {
             auth_failure_window_secs: 60,
             ws_client_buffer: 256,
             agent_timeout_secs: 10,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -75,6 +79,7 @@ impl WebConfig {
         if config.agent_timeout_secs == 0 {
             return Err("agent_timeout_secs must be at least 1".into());
         }
+        super::peer::parse_trusted(&config.trusted_proxies)?;
         Ok(config)
     }
 

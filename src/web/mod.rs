@@ -5,7 +5,8 @@
 //!
 //! - [`config`]: `web.toml` and the secrets it names
 //! - [`auth`]: sentinel token and JWT checks; [`throttle`]: the slow-down
-//!   of peers that keep failing them
+//!   of peers that keep failing them; [`peer`]: who the peer is (behind a
+//!   trusted proxy too)
 //! - [`body`]: JSON request bodies; [`errors`]: the error answers
 //! - [`agent`]: the D-Bus link; [`routes`]: the HTTP routes
 //! - [`events`], [`hub`], [`ws`]: the `antibody_event` WebSocket
@@ -24,6 +25,7 @@ pub mod events;
 pub mod hub;
 pub mod metrics;
 pub mod openapi;
+pub mod peer;
 pub mod routes;
 pub mod throttle;
 pub mod ws;
@@ -47,6 +49,7 @@ pub struct App {
     pub audit: Audit,
     pub hub: Arc<Hub>,
     pub metrics: Arc<Metrics>,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl App {
@@ -63,6 +66,7 @@ impl App {
             audit: Audit::from_env(),
             hub: Hub::new(config.ws_client_buffer),
             metrics: Arc::new(Metrics::new()),
+            trusted_proxies: peer::parse_trusted(&config.trusted_proxies)?,
         }))
     }
 

@@ -2,13 +2,13 @@
 //! through: authentication with the peer's slow-down, the error answers,
 //! the metrics. Handlers only translate between HTTP and the D-Bus API.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{ConnectInfo, MatchedPath, Path, Query, Request, State};
+use axum::extract::{MatchedPath, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -24,6 +24,7 @@ use super::openapi::{
     AgentStatus, BodyErrors, CredentialErrors, ErrorBody, LedgerVerified, RollbackAccepted,
     Submitted,
 };
+use super::peer::Client;
 use super::App;
 
 pub fn router(app: Arc<App>) -> Router {
@@ -111,12 +112,12 @@ pub fn header_token(headers: &HeaderMap) -> (Option<&str>, bool) {
 
 fn require(
     app: &App,
-    peer: SocketAddr,
+    peer: IpAddr,
     headers: &HeaderMap,
     need: Need,
 ) -> Result<Principal, ApiError> {
     let (token, sent) = header_token(headers);
-    authenticate(app, peer.ip(), token, sent, need)
+    authenticate(app, peer, token, sent, need)
 }
 
 /// A JSON answer from text that already is JSON (the agent's).
@@ -153,8 +154,6 @@ fn check_plan_id(id: &str) -> Result<(), ApiError> {
     }
 }
 
-type Peer = ConnectInfo<SocketAddr>;
-
 #[utoipa::path(post, path = "/antibody/alert", tag = "antibody",
     description = "Ingest an alert (DESIGN.md §2); the agent validates, dedupes, persists and queues its plan. Sentinel token or operator JWT.",
     request_body(content = Object, content_type = "application/json", description = "The alert JSON (at most 64 KiB)"),
@@ -166,7 +165,7 @@ type Peer = ConnectInfo<SocketAddr>;
     security(("bearer" = [])))]
 pub async fn submit_alert(
     State(app): State<Arc<App>>,
-    ConnectInfo(peer): Peer,
+    Client(peer): Client,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -178,7 +177,7 @@ pub async fn submit_alert(
         .await?;
     app.audit.accepted(
         &principal.label(),
-        peer.ip(),
+        peer,
         if created {
             "submitted an alert"
         } else {
@@ -206,7 +205,7 @@ pub async fn submit_alert(
     security(("bearer" = [])))]
 pub async fn get_plan(
     State(app): State<Arc<App>>,
-    ConnectInfo(peer): Peer,
+    Client(peer): Client,
     headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
@@ -220,7 +219,7 @@ pub async fn get_plan(
         })
         .await?;
     app.audit
-        .accepted(&principal.label(), peer.ip(), "read a plan", Some(&id));
+        .accepted(&principal.label(), peer, "read a plan", Some(&id));
     Ok(json_response(StatusCode::OK, plan))
 }
 
@@ -247,7 +246,7 @@ pub struct PlansQuery {
     security(("bearer" = [])))]
 pub async fn list_plans(
     State(app): State<Arc<App>>,
-    ConnectInfo(peer): Peer,
+    Client(peer): Client,
     headers: HeaderMap,
     query: Result<Query<PlansQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -277,7 +276,7 @@ pub async fn list_plans(
         .call(|p| async move { p.list_plans(&query.status, query.limit).await })
         .await?;
     app.audit
-        .accepted(&principal.label(), peer.ip(), "listed plans", None);
+        .accepted(&principal.label(), peer, "listed plans", None);
     Ok(json_response(StatusCode::OK, plans))
 }
 
@@ -292,7 +291,7 @@ pub async fn list_plans(
     security(("bearer" = [])))]
 pub async fn dry_run(
     State(app): State<Arc<App>>,
-    ConnectInfo(peer): Peer,
+    Client(peer): Client,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -303,7 +302,7 @@ pub async fn dry_run(
         .call(|p| async move { p.dry_run(&alert).await })
         .await?;
     app.audit
-        .accepted(&principal.label(), peer.ip(), "dry-ran an alert", None);
+        .accepted(&principal.label(), peer, "dry-ran an alert", None);
     Ok(json_response(StatusCode::OK, result))
 }
 
@@ -320,7 +319,7 @@ pub async fn dry_run(
     security(("bearer" = [])))]
 pub async fn rollback(
     State(app): State<Arc<App>>,
-    ConnectInfo(peer): Peer,
+    Client(peer): Client,
     headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
@@ -332,12 +331,8 @@ pub async fn rollback(
             async move { p.rollback_plan(&id).await }
         })
         .await?;
-    app.audit.accepted(
-        &principal.label(),
-        peer.ip(),
-        "rolled back a plan",
-        Some(&id),
-    );
+    app.audit
+        .accepted(&principal.label(), peer, "rolled back a plan", Some(&id));
     Ok((
         StatusCode::ACCEPTED,
         [(header::CONTENT_TYPE, "application/json")],
@@ -355,7 +350,7 @@ pub async fn rollback(
     security(("bearer" = [])))]
 pub async fn verify_ledger(
     State(app): State<Arc<App>>,
-    ConnectInfo(peer): Peer,
+    Client(peer): Client,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let principal = require(&app, peer, &headers, Need::Operator)?;
@@ -364,7 +359,7 @@ pub async fn verify_ledger(
         .call(|p| async move { p.verify_ledger().await })
         .await?;
     app.audit
-        .accepted(&principal.label(), peer.ip(), "verified the ledger", None);
+        .accepted(&principal.label(), peer, "verified the ledger", None);
     Ok(json_response(
         StatusCode::OK,
         json!({"ok": ok, "report": report}).to_string(),

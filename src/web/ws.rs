@@ -7,13 +7,12 @@
 //! lost.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
@@ -22,6 +21,7 @@ use tokio::sync::oneshot;
 use super::auth::Need;
 use super::errors::ApiError;
 use super::hub::Subscription;
+use super::peer::Client;
 use super::routes::{authenticate, header_token};
 use super::{events, App};
 
@@ -57,7 +57,7 @@ pub fn protocol_token(headers: &HeaderMap) -> Option<&str> {
     security(("bearer" = [])))]
 pub async fn events(
     State(app): State<Arc<App>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Client(peer): Client,
     headers: HeaderMap,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
@@ -68,7 +68,7 @@ pub async fn events(
         .or_else(|| query.get("token").map(String::as_str))
         .or_else(|| protocol_token(&headers));
     let sent = header_sent || token.is_some();
-    let principal = authenticate(&app, peer.ip(), token, sent, Need::Operator)?;
+    let principal = authenticate(&app, peer, token, sent, Need::Operator)?;
     let upgrade = upgrade.map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -76,12 +76,8 @@ pub async fn events(
             format!("this route is a WebSocket: {}", e.body_text()),
         )
     })?;
-    app.audit.accepted(
-        &principal.label(),
-        peer.ip(),
-        "opened the event stream",
-        None,
-    );
+    app.audit
+        .accepted(&principal.label(), peer, "opened the event stream", None);
     // Joined before the upgrade completes: every signal after this point
     // reaches the client, after its snapshot.
     let subscription = app.hub.join();

@@ -132,9 +132,17 @@ impl Web {
     }
 
     pub fn get(&self, path: &str, token: Option<&str>) -> Reply {
+        self.get_with(path, token, &[])
+    }
+
+    /// GET with extra request headers.
+    pub fn get_with(&self, path: &str, token: Option<&str>, headers: &[(&str, &str)]) -> Reply {
         let mut req = self.http.get(format!("{}{path}", self.base));
         if let Some(t) = token {
             req = req.header("Authorization", format!("Bearer {t}"));
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
         }
         Reply::from(&format!("GET {path}"), req.call())
     }

@@ -1,0 +1,123 @@
+//! Who the client is: the TCP peer, or, when that peer is a proxy named in
+//! `trusted_proxies`, the address the proxy put in `X-Forwarded-For`. The
+//! slow-down and the journal use it; a client can never name its own
+//! address, since the header is read only from a trusted proxy, and only
+//! as far as the chain of trusted proxies goes.
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
+use ipnet::IpNet;
+
+use super::App;
+
+/// Parses `trusted_proxies` entries: addresses or CIDR prefixes.
+pub fn parse_trusted(entries: &[String]) -> Result<Vec<IpNet>, String> {
+    entries
+        .iter()
+        .map(|e| {
+            e.parse::<IpNet>()
+                .or_else(|_| e.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|_| format!("trusted_proxies: {e:?} is not an address or a CIDR prefix"))
+        })
+        .collect()
+}
+
+/// The client's address. `forwarded_for` is every `X-Forwarded-For` value
+/// in order; each proxy appends the address it got the request from, so
+/// the chain is read from the right, past the trusted proxies.
+pub fn client_ip(peer: IpAddr, forwarded_for: &[&str], trusted: &[IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let mut client = peer;
+    let hops = forwarded_for
+        .iter()
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect::<Vec<_>>();
+    for hop in hops.iter().rev() {
+        match hop.parse::<IpAddr>() {
+            Ok(ip) => {
+                client = ip;
+                if !is_trusted(&ip) {
+                    break;
+                }
+            }
+            // A hop that is not an address: nothing left of it is
+            // trustworthy; the last good hop is the client.
+            Err(_) => break,
+        }
+    }
+    client
+}
+
+/// The client's address, as an extractor.
+pub struct Client(pub IpAddr);
+
+impl FromRequestParts<Arc<App>> for Client {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, Infallible> {
+        // Always there: the server is made with connect info.
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
+        if app.trusted_proxies.is_empty() {
+            return Ok(Client(peer));
+        }
+        let forwarded: Vec<&str> = parts
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        Ok(Client(client_ip(peer, &forwarded, &app.trusted_proxies)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn forwarded_for_counts_only_from_trusted_proxies() {
+        let trusted = parse_trusted(&["127.0.0.1".into(), "10.0.0.0/8".into()]).unwrap();
+        // Not through a trusted proxy: the header is the client's own word.
+        assert_eq!(
+            client_ip(ip("192.0.2.9"), &["203.0.113.5"], &trusted),
+            ip("192.0.2.9")
+        );
+        // nginx on loopback: the address it appended.
+        assert_eq!(
+            client_ip(ip("127.0.0.1"), &["203.0.113.5"], &trusted),
+            ip("203.0.113.5")
+        );
+        // A forged entry left of the real one is skipped.
+        assert_eq!(
+            client_ip(ip("127.0.0.1"), &["198.51.100.1, 203.0.113.5"], &trusted),
+            ip("203.0.113.5")
+        );
+        // Through two trusted proxies, in two headers.
+        assert_eq!(
+            client_ip(ip("127.0.0.1"), &["203.0.113.5", "10.1.2.3"], &trusted),
+            ip("203.0.113.5")
+        );
+        // Garbage: the last good hop.
+        assert_eq!(
+            client_ip(ip("127.0.0.1"), &["nonsense, 10.1.2.3"], &trusted),
+            ip("10.1.2.3")
+        );
+        assert_eq!(client_ip(ip("127.0.0.1"), &[], &trusted), ip("127.0.0.1"));
+        assert!(parse_trusted(&["not an address".into()]).is_err());
+    }
+}
