@@ -1248,3 +1248,56 @@ fn forwarded_for_is_ignored_by_default() {
         .log_text()
         .contains("127.0.0.1 failed authentication too often"));
 }
+
+#[test]
+fn slow_headers_are_cut_off_and_connections_capped() {
+    use std::io::{Read, Write};
+    let (_bus, _home, _agent, web) =
+        unprivileged_setup("header_read_timeout_secs = 1\nmax_connections = 2");
+    // Headers sent slower than the timeout: the connection is closed.
+    let mut slow = std::net::TcpStream::connect(&web.addr).unwrap();
+    slow.write_all(b"GET /antibody/status HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let _ = slow.read_to_end(&mut answer);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(800) && waited < Duration::from_secs(5),
+        "closed after {waited:?}"
+    );
+    assert!(
+        !answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+
+    // Two connections that send nothing fill the cap: a third waits ...
+    let idle: Vec<_> = (0..2)
+        .map(|_| std::net::TcpStream::connect(&web.addr).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut third = std::net::TcpStream::connect(&web.addr).unwrap();
+    third
+        .write_all(b"GET /antibody/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_millis(400)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    assert!(third.read(&mut byte).is_err(), "answered past the cap");
+    // ... and is answered once they go.
+    drop(idle);
+    third
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut answer = Vec::new();
+    third.read_to_end(&mut answer).unwrap();
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+}

@@ -2,8 +2,6 @@
 //! (systemd's when socket-activated), the event pump and the HTTP server.
 //! Everything else lives in `antibody::web`.
 
-use std::future::IntoFuture;
-use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, IntoRawFd};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,7 +12,7 @@ use libsystemd::activation::IsType;
 
 use antibody::sys::sdnotify;
 use antibody::web::config::{world_readable, Secrets, WebConfig, DEFAULT_WEB_CONFIG_PATH};
-use antibody::web::{routes, App};
+use antibody::web::{routes, server, App};
 
 /// How long a stop waits for open requests and event streams.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -130,24 +128,15 @@ async fn serve(
     sdnotify::ready(&format!("listening on {local}"));
 
     let router = routes::router(app);
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async {
-        let _ = stop_rx.await;
-    });
-    let mut server = std::pin::pin!(server.into_future());
-    tokio::select! {
-        result = &mut server => return result.map_err(|e| format!("serving HTTP: {e}")),
-        _ = stop_signal() => {}
-    }
-    sdnotify::stopping();
-    let _ = stop_tx.send(());
-    // Event streams never end by themselves: give requests under way a
-    // moment, then go.
-    let _ = tokio::time::timeout(STOP_GRACE, server).await;
+    let limits = server::Limits {
+        header_read_timeout: Duration::from_secs(config.header_read_timeout_secs),
+        max_connections: config.max_connections,
+    };
+    let stop = async {
+        stop_signal().await;
+        sdnotify::stopping();
+    };
+    server::serve(listener, router, limits, stop, STOP_GRACE).await;
     Ok(())
 }
 

@@ -44,6 +44,10 @@ pub struct WebConfig {
     /// Proxies (addresses or CIDR prefixes) whose `X-Forwarded-For` names
     /// the client, for the slow-down and the journal; empty: none.
     pub trusted_proxies: Vec<String>,
+    /// A request's headers must arrive within this (slow clients are cut off).
+    pub header_read_timeout_secs: u64,
+    /// HTTP connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
 }
 
 impl Default for WebConfig {
@@ -61,6 +65,8 @@ impl Default for WebConfig {
             ws_client_buffer: 256,
             agent_timeout_secs: 10,
             trusted_proxies: Vec::new(),
+            header_read_timeout_secs: 10,
+            max_connections: 1024,
         }
     }
 }
@@ -80,6 +86,9 @@ impl WebConfig {
             return Err("agent_timeout_secs must be at least 1".into());
         }
         super::peer::parse_trusted(&config.trusted_proxies)?;
+        if config.header_read_timeout_secs == 0 || config.max_connections == 0 {
+            return Err("header_read_timeout_secs and max_connections must be at least 1".into());
+        }
         Ok(config)
     }
 

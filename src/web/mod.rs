@@ -8,7 +8,8 @@
 //!   of peers that keep failing them; [`peer`]: who the peer is (behind a
 //!   trusted proxy too)
 //! - [`body`]: JSON request bodies; [`errors`]: the error answers
-//! - [`agent`]: the D-Bus link; [`routes`]: the HTTP routes
+//! - [`agent`]: the D-Bus link; [`routes`]: the HTTP routes; [`server`]:
+//!   the connection loop (timeouts, cap)
 //! - [`events`], [`hub`], [`ws`]: the `antibody_event` WebSocket
 //! - [`dashboard`]: the page at `/`
 //! - [`metrics`], [`audit`]: Prometheus and the journal; [`openapi`]: the
@@ -27,6 +28,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod peer;
 pub mod routes;
+pub mod server;
 pub mod throttle;
 pub mod ws;
 
