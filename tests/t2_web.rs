@@ -721,6 +721,37 @@ mod events {
         );
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fresh_snapshot_follows_the_agents_return() {
+        let (bus, home, agent, web) = unprivileged_setup("");
+        let operator = jwt("alice", "operator", 600);
+        let bearer = format!("Bearer {operator}");
+        let mut socket = connect(&web, "", &[("authorization", bearer.as_str())])
+            .await
+            .unwrap();
+        let first = next_json(&mut socket, Duration::from_secs(5)).await;
+        assert_eq!(first["type"], "Snapshot");
+        let records_before = first["status"]["ledger"]["records"].as_u64().unwrap();
+
+        let mut agent = agent;
+        blocking(|| agent.kill9());
+        let _agent = blocking(|| Agent::start(&bus, home.path(), AGENT_GROUPS));
+        // The stream stays open, and brings the restarted agent's state.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let m = next_json(&mut socket, Duration::from_secs(20)).await;
+            if m["type"] == "Snapshot" {
+                assert_eq!(m["status"]["healthy"], true, "{m}");
+                assert!(m["plans"].is_array(), "{m}");
+                // The new agent's ledger: its start added records.
+                let records = m["status"]["ledger"]["records"].as_u64().unwrap();
+                assert!(records > records_before, "{records_before} then {m}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "no new Snapshot");
+        }
+    }
+
     /// A socket whose receive buffer is tiny, so that a client that does
     /// not read stops the bridge's writes after a few kilobytes.
     fn small_window_connect(addr: &str) -> std::net::TcpStream {

@@ -139,6 +139,16 @@ pub fn agent_json(text: &str) -> Result<Value, ApiError> {
     })
 }
 
+/// What the pump receives: the agent's signals, and the moment it owns its
+/// name again after it was away (a restart), when every client gets a
+/// fresh Snapshot (what it had may be stale: plans recovered, counters
+/// reset).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Feed {
+    Signal(Signal),
+    AgentReturned,
+}
+
 /// Makes the first subscription (so that signals are forwarded before the
 /// bridge says it is ready), then runs the pump for the bridge's life.
 /// An unreachable bus is no error here: the pump keeps trying.
@@ -160,7 +170,7 @@ async fn pump(
     link: Arc<AgentLink>,
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
-    mut current: Option<BoxStream<'static, Signal>>,
+    mut current: Option<BoxStream<'static, Feed>>,
 ) {
     loop {
         let mut signals = match current.take() {
@@ -175,10 +185,16 @@ async fn pump(
                 }
             },
         };
-        while let Some(signal) = signals.next().await {
-            metrics.observe_signal(&signal);
-            let ts = crate::time::rfc3339(crate::time::now_ms());
-            hub.publish(Arc::from(signal.to_message(&ts).to_string()));
+        while let Some(item) = signals.next().await {
+            let message = match item {
+                Feed::Signal(signal) => {
+                    metrics.observe_signal(&signal);
+                    let ts = crate::time::rfc3339(crate::time::now_ms());
+                    signal.to_message(&ts)
+                }
+                Feed::AgentReturned => snapshot(&link).await,
+            };
+            hub.publish(Arc::from(message.to_string()));
         }
         // The stream ends with the connection: the bus went away.
         link.reset().await;
@@ -196,25 +212,52 @@ const SIGNAL_QUEUE: usize = 1024;
 /// The rule's sender is the well-known name, which the bus daemon matches
 /// against its current owner: only the agent's signals reach us, whichever
 /// process owns the name after a restart.
-async fn subscribe(link: &AgentLink) -> Result<BoxStream<'static, Signal>, String> {
+async fn subscribe(link: &AgentLink) -> Result<BoxStream<'static, Feed>, String> {
     let (conn, _) = link.proxy().await.map_err(|e| e.message)?;
-    let rule = zbus::MatchRule::builder()
+    let signals_rule = zbus::MatchRule::builder()
         .msg_type(zbus::message::Type::Signal)
         .sender(crate::dbus::BUS_NAME)
         .interface(crate::dbus::INTERFACE)
         .path(crate::dbus::OBJECT_PATH)
         .build()
         .map_err(|e| e.to_string())?;
-    let stream =
-        zbus::MessageStream::for_match_rule(rule, &conn, std::num::NonZeroUsize::new(SIGNAL_QUEUE))
+    // The bus daemon's own NameOwnerChanged for the agent's name only.
+    let owner_rule = zbus::MatchRule::builder()
+        .msg_type(zbus::message::Type::Signal)
+        .sender("org.freedesktop.DBus")
+        .interface("org.freedesktop.DBus")
+        .member("NameOwnerChanged")
+        .add_arg(crate::dbus::BUS_NAME)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let signals = zbus::MessageStream::for_match_rule(
+        signals_rule,
+        &conn,
+        std::num::NonZeroUsize::new(SIGNAL_QUEUE),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let owners =
+        zbus::MessageStream::for_match_rule(owner_rule, &conn, std::num::NonZeroUsize::new(8))
             .await
             .map_err(|e| e.to_string())?;
-    // A connection error ends the stream (the pump subscribes again); a
-    // signal whose arguments do not decode is skipped.
-    Ok(stream
+    // A connection error ends a stream (the pump subscribes again); a
+    // message whose arguments do not decode is skipped.
+    let signals = signals
         .take_while(|m| std::future::ready(m.is_ok()))
-        .filter_map(|m| std::future::ready(m.ok().and_then(|m| decode(&m))))
-        .boxed())
+        .filter_map(|m| std::future::ready(m.ok().and_then(|m| decode(&m)).map(Feed::Signal)));
+    let owners = owners
+        .take_while(|m| std::future::ready(m.is_ok()))
+        .filter_map(|m| std::future::ready(m.ok().and_then(|m| agent_returned(&m))));
+    // Both end with their connection, and so does the merged feed.
+    Ok(futures_util::stream::select(signals.boxed(), owners.boxed()).boxed())
+}
+
+/// `Feed::AgentReturned` for a NameOwnerChanged that gives the agent's
+/// name a new owner.
+fn agent_returned(message: &zbus::Message) -> Option<Feed> {
+    let (name, _old, new): (String, String, String) = message.body().deserialize().ok()?;
+    (name == crate::dbus::BUS_NAME && !new.is_empty()).then_some(Feed::AgentReturned)
 }
 
 /// The [`Signal`] a bus message carries, if it is one of the agent's.
