@@ -60,19 +60,16 @@ fn main() -> ExitCode {
         print!("{}", toml::to_string(&config).unwrap_or_default());
         return ExitCode::SUCCESS;
     }
-    for file in world_readable(&[
-        &config.sentinel_token_file,
-        config
-            .jwt_public_key_file
-            .as_deref()
-            .unwrap_or(&config.jwt_secret_file),
-    ]) {
-        if config.jwt_public_key_file.as_deref() != Some(file.as_path()) {
-            eprintln!(
-                "<4>antibody-web: {} is readable by every user: chmod 0640 it",
-                file.display()
-            );
-        }
+    // The secret files in use (a public key is no secret).
+    let mut secret_files = vec![config.sentinel_token_file.as_path()];
+    if config.jwt_public_key_file.is_none() {
+        secret_files.push(config.jwt_secret_file.as_path());
+    }
+    for file in world_readable(&secret_files) {
+        eprintln!(
+            "<4>antibody-web: {} is readable by every user: chmod 0640 it",
+            file.display()
+        );
     }
     // A socket systemd passed (antibody-web.socket) wins over `listen`.
     let inherited = activated
