@@ -223,6 +223,8 @@ fn web_unit_runs_with_no_privilege_and_is_not_enabled_by_the_packages() {
         ("NoNewPrivileges", "yes"),
         ("ProtectSystem", "strict"),
         ("RestartPreventExitStatus", "78"),
+        ("IPAddressDeny", "any"),
+        ("IPAddressAllow", "localhost"),
         (
             "ExecStart",
             "/usr/sbin/antibody-web --config /etc/antibody/web.toml",
