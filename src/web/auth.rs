@@ -315,6 +315,38 @@ mod tests {
         unauthenticated(v.check(Some(""), Need::Operator));
     }
 
+    /// A throwaway Ed25519 key pair of these tests (openssl genpkey).
+    const ED_PRIVATE: &str = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIB21iM+CpPszRELO8ZNBk8iteSNBW3iv0EpjOX8FabEA\n-----END PRIVATE KEY-----\n";
+    const ED_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAgH13k4peH5vokpfIssfVlktw7zPgCvbFemoPRpLbCK4=\n-----END PUBLIC KEY-----\n";
+
+    #[test]
+    fn eddsa_when_configured_and_no_alg_confusion() {
+        let secrets = Secrets {
+            sentinel_token: b"sentinel-token-0123".to_vec(),
+            jwt_key: JwtKey::EdDsaPem(ED_PUBLIC.as_bytes().to_vec()),
+        };
+        let v = Verifier::new(&WebConfig::default(), &secrets).unwrap();
+        let claims = json!({"sub": "ann", "role": "admin", "exp": now() + 600});
+        let signed = encode(
+            &Header::new(Algorithm::EdDSA),
+            &claims,
+            &EncodingKey::from_ed_pem(ED_PRIVATE.as_bytes()).unwrap(),
+        )
+        .unwrap();
+        assert!(v.check(Some(&signed), Need::Admin).is_ok());
+        // The classic confusion: HS256 "signed" with the public key as the
+        // HMAC secret. The algorithm is the configuration's, so: refused.
+        let confused = encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(ED_PUBLIC.as_bytes()),
+        )
+        .unwrap();
+        assert!(unauthenticated(v.check(Some(&confused), Need::Operator)).contains("alg"));
+        // And an HS256 bridge refuses an EdDSA token.
+        assert!(unauthenticated(verifier().check(Some(&signed), Need::Operator)).contains("alg"));
+    }
+
     #[test]
     fn bearer_header_parsing() {
         assert_eq!(bearer("Bearer abc"), Some("abc"));

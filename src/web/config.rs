@@ -253,5 +253,14 @@ mod tests {
         std::fs::write(dir.path().join("pub.pem"), "not a key").unwrap();
         let e = Secrets::load(&config).unwrap_err();
         assert!(e.contains("Ed25519"), "{e}");
+        // With a real public key, the HS256 file is not read (nor needed).
+        std::fs::write(
+            dir.path().join("pub.pem"),
+            "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAgH13k4peH5vokpfIssfVlktw7zPgCvbFemoPRpLbCK4=\n-----END PUBLIC KEY-----\n",
+        )
+        .unwrap();
+        std::fs::remove_file(dir.path().join("jwt")).unwrap();
+        let secrets = Secrets::load(&config).unwrap();
+        assert!(matches!(secrets.jwt_key, JwtKey::EdDsaPem(_)));
     }
 }
