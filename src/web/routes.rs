@@ -65,8 +65,13 @@ async fn observe(State(app): State<Arc<App>>, request: Request, next: Next) -> R
     response
 }
 
-/// Authenticates the request for `need`: refuses a throttled peer with
-/// 429 before looking at its credentials, counts a 401 against the peer.
+/// Authenticates the request for `need`. The credential is always checked
+/// first: a valid one passes even from a slowed-down peer, because behind
+/// a proxy (or on loopback) many clients share one peer address, and a
+/// few guesses by anyone there must not lock the sentinel out of ingest.
+/// Only a failed check from a slowed-down peer is refused with 429. A
+/// request with no credential at all is a plain 401 and not counted: it
+/// guesses nothing (a browser's first try, a health check).
 pub fn authenticate(
     app: &App,
     peer: IpAddr,
@@ -74,8 +79,18 @@ pub fn authenticate(
     token_sent: bool,
     need: Need,
 ) -> Result<Principal, ApiError> {
+    let why = match app.verifier.check(token, need) {
+        Ok(principal) => return Ok(principal),
+        Err(Refusal::Forbidden(why)) => return Err(ApiError::forbidden(why)),
+        Err(Refusal::Unauthenticated(why)) if !token_sent => {
+            return Err(ApiError::unauthorized(why, false))
+        }
+        Err(Refusal::Unauthenticated(why)) => why,
+    };
     let now = Instant::now();
-    if let Err(secs) = crate::sync::lock(&app.throttle).check(peer, now) {
+    let mut throttle = crate::sync::lock(&app.throttle);
+    if let Err(secs) = throttle.check(peer, now) {
+        drop(throttle);
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "TooManyAuthFailures",
@@ -83,22 +98,14 @@ pub fn authenticate(
         )
         .retry_after(secs));
     }
-    match app.verifier.check(token, need) {
-        Ok(principal) => Ok(principal),
-        Err(Refusal::Forbidden(why)) => Err(ApiError::forbidden(why)),
-        Err(Refusal::Unauthenticated(why)) => {
-            let started = crate::sync::lock(&app.throttle).failure(peer, now);
-            app.audit.refused(peer, &why);
-            if started {
-                let secs = crate::sync::lock(&app.throttle)
-                    .check(peer, now)
-                    .err()
-                    .unwrap_or(1);
-                app.audit.slowed(peer, secs);
-            }
-            Err(ApiError::unauthorized(why, token_sent))
-        }
+    let started = throttle.failure(peer, now);
+    let slowed_for = throttle.check(peer, now).err().unwrap_or(1);
+    drop(throttle);
+    app.audit.refused(peer, &why);
+    if started {
+        app.audit.slowed(peer, slowed_for);
     }
+    Err(ApiError::unauthorized(why, token_sent))
 }
 
 /// The bearer token of the `Authorization` header, and whether one was

@@ -1,8 +1,9 @@
 //! The slow-down for peers that keep failing authentication: past
-//! `max_failures` failures within `window`, every request of that peer that
-//! needs credentials is refused with 429 (credentials unchecked, so a
-//! guesser gains nothing) until the window that counted them has passed.
-//! Pure: the caller passes the time.
+//! `max_failures` failures within `window`, every further failed
+//! authentication of that peer is answered 429 until the window that
+//! counted them has passed (the caller checks the credential first, so a
+//! valid one always passes: see `routes::authenticate`). Pure: the caller
+//! passes the time.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
