@@ -83,7 +83,18 @@ impl Verifier {
         };
         let mut validation = Validation::new(algorithm);
         validation.algorithms = vec![algorithm];
-        validation.set_required_spec_claims(&["exp"]);
+        // jsonwebtoken checks `iss` and `aud` only when the token has them:
+        // a configured issuer or audience must also make them required, or
+        // a token without them (from another issuer sharing the key) passes.
+        // `sub` names the principal in the journal: no anonymous tokens.
+        let mut required = vec!["exp", "sub"];
+        if config.jwt_issuer.is_some() {
+            required.push("iss");
+        }
+        if config.jwt_audience.is_some() {
+            required.push("aud");
+        }
+        validation.set_required_spec_claims(&required);
         validation.validate_exp = true;
         validation.validate_nbf = true;
         validation.leeway = config.jwt_leeway_secs;
@@ -118,7 +129,12 @@ impl Verifier {
         }
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
             .map_err(|e| Refusal::Unauthenticated(describe_jwt_error(&e)))?;
-        let sub = data.claims.sub.unwrap_or_else(|| "(no sub)".into());
+        // Required above, so present; an empty one names no one.
+        let sub = data
+            .claims
+            .sub
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| Refusal::Unauthenticated("the token's sub claim is empty".into()))?;
         let role = match data.claims.role.as_deref() {
             Some("operator") => Role::Operator,
             Some("admin") => Role::Admin,
@@ -280,6 +296,61 @@ mod tests {
         ));
         assert!(m.contains("nbf"), "{m}");
         unauthenticated(v.check(None, Need::Operator));
+    }
+
+    #[test]
+    fn sub_is_required() {
+        let v = verifier();
+        let m = unauthenticated(v.check(
+            Some(&token(json!({"role": "operator", "exp": now() + 600}))),
+            Need::Operator,
+        ));
+        assert!(m.contains("sub"), "{m}");
+        let m = unauthenticated(v.check(
+            Some(&token(
+                json!({"sub": "", "role": "operator", "exp": now() + 600}),
+            )),
+            Need::Operator,
+        ));
+        assert!(m.contains("sub"), "{m}");
+    }
+
+    #[test]
+    fn configured_iss_and_aud_are_required_not_only_checked() {
+        let secrets = Secrets {
+            sentinel_token: b"sentinel-token-0123".to_vec(),
+            jwt_key: JwtKey::Hs256(SECRET.to_vec()),
+        };
+        let config = WebConfig {
+            jwt_issuer: Some("https://idp.example".into()),
+            jwt_audience: Some("antibody".into()),
+            ..WebConfig::default()
+        };
+        let v = Verifier::new(&config, &secrets).unwrap();
+        let full = json!({"sub": "ann", "role": "operator", "exp": now() + 600,
+            "iss": "https://idp.example", "aud": "antibody"});
+        assert!(v.check(Some(&token(full.clone())), Need::Operator).is_ok());
+        for (drop, claim) in [("iss", "iss"), ("aud", "aud")] {
+            let mut claims = full.clone();
+            claims.as_object_mut().unwrap().remove(drop);
+            let m = unauthenticated(v.check(Some(&token(claims)), Need::Operator));
+            assert!(m.contains(claim), "without {drop}: {m}");
+        }
+        let mut wrong = full.clone();
+        wrong["iss"] = json!("https://other.example");
+        assert!(unauthenticated(v.check(Some(&token(wrong)), Need::Operator)).contains("iss"));
+        let mut wrong = full;
+        wrong["aud"] = json!("someone-else");
+        assert!(unauthenticated(v.check(Some(&token(wrong)), Need::Operator)).contains("aud"));
+        // Without them configured, a token need not carry them.
+        assert!(verifier()
+            .check(
+                Some(&token(
+                    json!({"sub": "ann", "role": "operator", "exp": now() + 600})
+                )),
+                Need::Operator
+            )
+            .is_ok());
     }
 
     #[test]
