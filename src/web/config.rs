@@ -15,6 +15,10 @@ pub const MIN_HS256_SECRET_BYTES: usize = 32;
 /// A sentinel token is a bearer secret too: refuse a trivially short one.
 pub const MIN_SENTINEL_BYTES: usize = 16;
 
+/// Upper bounds of the range-checked keys (see [`WebConfig::parse`]).
+pub const MAX_AUTH_FAILURE_WINDOW_SECS: u64 = 86_400;
+pub const MAX_JWT_LEEWAY_SECS: u64 = 300;
+
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WebConfig {
@@ -78,6 +82,21 @@ impl WebConfig {
         let config: WebConfig = toml::from_str(text).map_err(|e| e.to_string())?;
         if config.auth_failures_max == 0 {
             return Err("auth_failures_max must be at least 1".into());
+        }
+        // The window is added to an Instant: a huge one would overflow and
+        // panic on the first failure. A day is far past any sensible use.
+        if config.auth_failure_window_secs == 0
+            || config.auth_failure_window_secs > MAX_AUTH_FAILURE_WINDOW_SECS
+        {
+            return Err(format!(
+                "auth_failure_window_secs must be between 1 and {MAX_AUTH_FAILURE_WINDOW_SECS}"
+            ));
+        }
+        // Leeway lets an expired token in for that long: minutes at most.
+        if config.jwt_leeway_secs > MAX_JWT_LEEWAY_SECS {
+            return Err(format!(
+                "jwt_leeway_secs must be at most {MAX_JWT_LEEWAY_SECS}"
+            ));
         }
         if config.ws_client_buffer == 0 {
             return Err("ws_client_buffer must be at least 1".into());
@@ -217,6 +236,23 @@ mod tests {
         let e = WebConfig::parse("listen = \"not an address\"").unwrap_err();
         assert!(e.contains("listen"), "{e}");
         assert!(WebConfig::parse("auth_failures_max = 0").is_err());
+    }
+
+    #[test]
+    fn windows_and_leeway_are_range_checked_by_name() {
+        for bad in [
+            "auth_failure_window_secs = 0",
+            "auth_failure_window_secs = 86401",
+            "auth_failure_window_secs = 18446744073709551615",
+        ] {
+            let e = WebConfig::parse(bad).unwrap_err();
+            assert!(e.contains("auth_failure_window_secs"), "{bad}: {e}");
+        }
+        assert!(WebConfig::parse("auth_failure_window_secs = 86400").is_ok());
+        let e = WebConfig::parse("jwt_leeway_secs = 301").unwrap_err();
+        assert!(e.contains("jwt_leeway_secs"), "{e}");
+        assert!(WebConfig::parse("jwt_leeway_secs = 300").is_ok());
+        assert!(WebConfig::parse("jwt_leeway_secs = 0").is_ok());
     }
 
     #[test]
