@@ -551,6 +551,22 @@ fn a_missing_or_weak_secret_stops_the_start() {
         err.contains("jwt_secret_file") && err.contains("at least 32"),
         "{err}"
     );
+    // A secret every user may read is refused, naming the file and mode.
+    let (code, err) = run("", &|d| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            d.join("sentinel.token"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap()
+    });
+    assert_eq!(code, Some(78), "{err}");
+    assert!(
+        err.contains("sentinel_token_file")
+            && err.contains("sentinel.token")
+            && err.contains("mode 0644"),
+        "{err}"
+    );
     let (code, err) = run("listn = \"127.0.0.1:1\"", &|_| {});
     assert_eq!(code, Some(78), "{err}");
     assert!(err.contains("listn"), "{err}");

@@ -11,7 +11,7 @@ use clap::Parser;
 use libsystemd::activation::IsType;
 
 use antibody::sys::sdnotify;
-use antibody::web::config::{world_readable, Secrets, WebConfig, DEFAULT_WEB_CONFIG_PATH};
+use antibody::web::config::{Secrets, WebConfig, DEFAULT_WEB_CONFIG_PATH};
 use antibody::web::{routes, server, App};
 
 /// How long a stop waits for open requests and event streams.
@@ -59,17 +59,6 @@ fn main() -> ExitCode {
     if args.check_config {
         print!("{}", toml::to_string(&config).unwrap_or_default());
         return ExitCode::SUCCESS;
-    }
-    // The secret files in use (a public key is no secret).
-    let mut secret_files = vec![config.sentinel_token_file.as_path()];
-    if config.jwt_public_key_file.is_none() {
-        secret_files.push(config.jwt_secret_file.as_path());
-    }
-    for file in world_readable(&secret_files) {
-        eprintln!(
-            "<4>antibody-web: {} is readable by every user: chmod 0640 it",
-            file.display()
-        );
     }
     // A socket systemd passed (antibody-web.socket) wins over `listen`.
     let inherited = activated

@@ -152,7 +152,11 @@ pub struct Secrets {
 
 impl Secrets {
     pub fn load(config: &WebConfig) -> Result<Secrets, String> {
-        let sentinel_token = read_secret(&config.sentinel_token_file, "sentinel_token_file")?;
+        let sentinel_token = read_secret(
+            &config.sentinel_token_file,
+            "sentinel_token_file",
+            Kind::Secret,
+        )?;
         if sentinel_token.len() < MIN_SENTINEL_BYTES {
             return Err(format!(
                 "sentinel_token_file {}: the token is {} bytes; at least {MIN_SENTINEL_BYTES} are required",
@@ -162,7 +166,7 @@ impl Secrets {
         }
         let jwt_key = match &config.jwt_public_key_file {
             Some(path) => {
-                let pem = read_secret(path, "jwt_public_key_file")?;
+                let pem = read_secret(path, "jwt_public_key_file", Kind::Public)?;
                 // Parse now so a bad key fails the start, not every request.
                 jsonwebtoken::DecodingKey::from_ed_pem(&pem).map_err(|e| {
                     format!(
@@ -173,7 +177,7 @@ impl Secrets {
                 JwtKey::EdDsaPem(pem)
             }
             None => {
-                let secret = read_secret(&config.jwt_secret_file, "jwt_secret_file")?;
+                let secret = read_secret(&config.jwt_secret_file, "jwt_secret_file", Kind::Secret)?;
                 if secret.len() < MIN_HS256_SECRET_BYTES {
                     return Err(format!(
                         "jwt_secret_file {}: the key is {} bytes; HS256 needs at least {MIN_HS256_SECRET_BYTES}",
@@ -191,11 +195,35 @@ impl Secrets {
     }
 }
 
+/// Whether a file is a secret (refused when other users can reach it) or
+/// only key material that may be public (the EdDSA public key).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Secret,
+    Public,
+}
+
 /// The file's bytes without trailing whitespace (`echo secret > file`
-/// leaves a newline that is not part of the secret).
-fn read_secret(path: &Path, key: &str) -> Result<Vec<u8>, String> {
-    let mut bytes = std::fs::read(path)
-        .map_err(|e| format!("{key} {}: cannot read it: {e}", path.display()))?;
+/// leaves a newline that is not part of the secret). A secret that other
+/// users may read (or write) is refused, not warned about: a warning in a
+/// journal nobody reads leaves every local user able to mint admin JWTs
+/// or post as the sentinel. The mode is read from the opened file, so it
+/// is the file that is then read.
+fn read_secret(path: &Path, key: &str, kind: Kind) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    let cannot = |e: std::io::Error| format!("{key} {}: cannot read it: {e}", path.display());
+    let mut file = std::fs::File::open(path).map_err(cannot)?;
+    let mode = file.metadata().map_err(cannot)?.permissions().mode();
+    if kind == Kind::Secret && mode & 0o007 != 0 {
+        return Err(format!(
+            "{key} {}: mode {:04o} lets every user reach this secret; chmod o-rwx it (e.g. 0640, group antibody-web)",
+            path.display(),
+            mode & 0o7777
+        ));
+    }
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).map_err(cannot)?;
     while bytes.last().is_some_and(|b| b.is_ascii_whitespace()) {
         bytes.pop();
     }
@@ -203,16 +231,6 @@ fn read_secret(path: &Path, key: &str) -> Result<Vec<u8>, String> {
         return Err(format!("{key} {}: the file is empty", path.display()));
     }
     Ok(bytes)
-}
-
-/// Secret files other users can read (a warning at start-up).
-pub fn world_readable(secrets: &[&Path]) -> Vec<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    secrets
-        .iter()
-        .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.permissions().mode() & 0o004 != 0))
-        .map(|p| p.to_path_buf())
-        .collect()
 }
 
 #[cfg(test)]
@@ -255,6 +273,57 @@ mod tests {
         assert!(WebConfig::parse("jwt_leeway_secs = 0").is_ok());
     }
 
+    /// Writes a file only its owner and group may read.
+    fn write_private(path: &Path, bytes: impl AsRef<[u8]>) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(path, bytes).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o640)).unwrap();
+    }
+
+    #[test]
+    fn secrets_others_may_reach_stop_the_start_a_public_key_does_not() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = WebConfig {
+            sentinel_token_file: dir.path().join("sentinel"),
+            jwt_secret_file: dir.path().join("jwt"),
+            ..WebConfig::default()
+        };
+        write_private(&config.sentinel_token_file, "0123456789abcdef0123\n");
+        write_private(&config.jwt_secret_file, [b'k'; 40]);
+        assert!(Secrets::load(&config).is_ok());
+        for (file, key, mode) in [
+            (&config.sentinel_token_file, "sentinel_token_file", 0o644),
+            (&config.jwt_secret_file, "jwt_secret_file", 0o602),
+            (&config.jwt_secret_file, "jwt_secret_file", 0o641),
+        ] {
+            std::fs::set_permissions(file, std::fs::Permissions::from_mode(mode)).unwrap();
+            let e = Secrets::load(&config).unwrap_err();
+            assert!(
+                e.contains(key)
+                    && e.contains(&file.display().to_string())
+                    && e.contains(&format!("mode {mode:04o}")),
+                "{e}"
+            );
+            std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o640)).unwrap();
+        }
+        // A public key may be world-readable; the HS256 file is then unused.
+        let public = dir.path().join("pub.pem");
+        std::fs::write(
+            &public,
+            "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAgH13k4peH5vokpfIssfVlktw7zPgCvbFemoPRpLbCK4=\n-----END PUBLIC KEY-----\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&public, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::set_permissions(
+            &config.jwt_secret_file,
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        config.jwt_public_key_file = Some(public);
+        assert!(Secrets::load(&config).is_ok());
+    }
+
     #[test]
     fn secrets_are_required_trimmed_and_long_enough() {
         let dir = tempfile::tempdir().unwrap();
@@ -269,18 +338,18 @@ mod tests {
             "{e}"
         );
 
-        std::fs::write(dir.path().join("sentinel"), "short\n").unwrap();
+        write_private(&dir.path().join("sentinel"), "short\n");
         let e = Secrets::load(&config).unwrap_err();
         assert!(e.contains("at least 16"), "{e}");
 
-        std::fs::write(dir.path().join("sentinel"), "0123456789abcdef0123\n").unwrap();
+        write_private(&dir.path().join("sentinel"), "0123456789abcdef0123\n");
         let e = Secrets::load(&config).unwrap_err();
         assert!(e.contains("jwt_secret_file"), "{e}");
-        std::fs::write(dir.path().join("jwt"), "too short").unwrap();
+        write_private(&dir.path().join("jwt"), "too short");
         let e = Secrets::load(&config).unwrap_err();
         assert!(e.contains("at least 32"), "{e}");
 
-        std::fs::write(dir.path().join("jwt"), [b'k'; 40]).unwrap();
+        write_private(&dir.path().join("jwt"), [b'k'; 40]);
         let secrets = Secrets::load(&config).unwrap();
         assert_eq!(secrets.sentinel_token, b"0123456789abcdef0123");
         assert!(matches!(secrets.jwt_key, JwtKey::Hs256(ref k) if k.len() == 40));

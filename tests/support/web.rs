@@ -42,8 +42,11 @@ pub fn write_web_config(extra_toml: &str) -> (tempfile::TempDir, PathBuf) {
     let secret = dir.path().join("jwt.secret");
     std::fs::write(&sentinel, format!("{SENTINEL}\n")).unwrap();
     std::fs::write(&secret, JWT_SECRET).unwrap();
+    // As installed: root-owned, readable by the bridge's group (here
+    // nogroup, for uid 65534), by no one else (the bridge refuses that).
     for f in [&sentinel, &secret] {
-        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::os::unix::fs::chown(f, Some(0), Some(NOBODY)).unwrap();
+        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o640)).unwrap();
     }
     let config = dir.path().join("web.toml");
     std::fs::write(
