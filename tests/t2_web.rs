@@ -770,6 +770,53 @@ mod events {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stream_is_closed_with_1008_when_its_token_expires() {
+        let (_bus, _home, _agent, web) = unprivileged_setup("jwt_leeway_secs = 0");
+        let short = jwt("alice", "operator", 3);
+        let long = jwt("bob", "operator", 600);
+        let mut expiring = connect(&web, &format!("?token={short}"), &[])
+            .await
+            .expect("a token valid for 3 s connects");
+        let mut lasting = connect(&web, &format!("?token={long}"), &[]).await.unwrap();
+        assert_eq!(
+            next_json(&mut expiring, Duration::from_secs(5)).await["type"],
+            "Snapshot"
+        );
+        assert_eq!(
+            next_json(&mut lasting, Duration::from_secs(5)).await["type"],
+            "Snapshot"
+        );
+        let close = loop {
+            let frame = tokio::time::timeout(Duration::from_secs(8), expiring.next())
+                .await
+                .expect("the stream outlived its token")
+                .expect("ended without a close frame")
+                .expect("WebSocket error");
+            if let Message::Close(close) = frame {
+                break close.expect("a close frame with a code");
+            }
+        };
+        assert_eq!(u16::from(close.code), 1008, "{close:?}");
+        assert!(close.reason.contains("expired"), "{close:?}");
+        // The other client's stream is untouched.
+        let plan = blocking(|| {
+            web.post_json("/antibody/alert", Some(SENTINEL), &journal_alert("after"))
+                .json()["plan_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let m = next_json(&mut lasting, Duration::from_secs(10)).await;
+            if m["plan_id"] == plan.as_str() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no event for {plan}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_fresh_snapshot_follows_the_agents_return() {
         let (bus, home, agent, web) = unprivileged_setup("");
         let operator = jwt("alice", "operator", 600);

@@ -26,6 +26,9 @@ pub enum Principal {
     User {
         sub: String,
         role: Role,
+        /// The token's `exp` (seconds since the epoch): a long-lived event
+        /// stream is closed once it passes (see `ws`).
+        exp: u64,
     },
 }
 
@@ -60,6 +63,9 @@ pub enum Refusal {
 
 #[derive(Deserialize)]
 struct Claims {
+    /// Required by the validation (an Option here so that a token without
+    /// it gets that error, naming exp, rather than a parse error).
+    exp: Option<u64>,
     sub: Option<String>,
     role: Option<String>,
 }
@@ -114,6 +120,16 @@ impl Verifier {
         })
     }
 
+    /// When a principal's credential stops being accepted (seconds since
+    /// the epoch): its `exp` plus the leeway the check allows; never for
+    /// the sentinel token.
+    pub fn expires_at(&self, principal: &Principal) -> Option<u64> {
+        match principal {
+            Principal::Sentinel => None,
+            Principal::User { exp, .. } => Some(exp.saturating_add(self.validation.leeway)),
+        }
+    }
+
     /// Checks the bearer token against what the route needs.
     pub fn check(&self, token: Option<&str>, need: Need) -> Result<Principal, Refusal> {
         let token = token.ok_or_else(|| Refusal::Unauthenticated("no bearer token".into()))?;
@@ -149,7 +165,12 @@ impl Verifier {
                 ))
             }
         };
-        Ok(Principal::User { sub, role })
+        Ok(Principal::User {
+            sub,
+            role,
+            // Present, as required; were it not, the stream closes at once.
+            exp: data.claims.exp.unwrap_or(0),
+        })
     }
 }
 
@@ -254,13 +275,15 @@ mod tests {
         let op = token(json!({"sub": "ann", "role": "operator", "exp": now() + 600}));
         let admin = token(json!({"sub": "bob", "role": "admin", "exp": now() + 600}));
         let viewer = token(json!({"sub": "cy", "role": "viewer", "exp": now() + 600}));
-        assert_eq!(
-            v.check(Some(&op), Need::Operator),
-            Ok(Principal::User {
-                sub: "ann".into(),
-                role: Role::Operator
-            })
-        );
+        let p = v.check(Some(&op), Need::Operator).unwrap();
+        let Principal::User { sub, role, exp } = p.clone() else {
+            panic!("{p:?}")
+        };
+        assert_eq!((sub.as_str(), role), ("ann", Role::Operator));
+        assert!(exp.abs_diff(now() as u64 + 600) <= 1, "{p:?}");
+        // exp plus the leeway (30 s by default); the sentinel never expires.
+        assert_eq!(v.expires_at(&p), Some(exp + 30));
+        assert_eq!(v.expires_at(&Principal::Sentinel), None);
         assert!(v.check(Some(&op), Need::Ingest).is_ok());
         assert!(matches!(
             v.check(Some(&op), Need::Admin),

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::Response;
@@ -31,6 +31,8 @@ pub const SUBPROTOCOL: &str = "antibody";
 pub const TOKEN_PROTOCOL_PREFIX: &str = "bearer.";
 /// Clients only send control frames; anything bigger is refused.
 const MAX_CLIENT_MESSAGE: usize = 4096;
+/// How long the close frame of an expired stream may take to go out.
+const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The token from a `Sec-WebSocket-Protocol` header value, if one is there.
 pub fn protocol_token(headers: &HeaderMap) -> Option<&str> {
@@ -81,21 +83,56 @@ pub async fn events(
     // Joined before the upgrade completes: every signal after this point
     // reaches the client, after its snapshot.
     let subscription = app.hub.join();
+    let expires = app.verifier.expires_at(&principal).map(deadline);
     Ok(upgrade
         .protocols([SUBPROTOCOL])
         .max_message_size(MAX_CLIENT_MESSAGE)
-        .on_upgrade(move |socket| serve_client(socket, app, subscription)))
+        .on_upgrade(move |socket| serve_client(socket, app, subscription, expires)))
 }
 
-async fn serve_client(socket: WebSocket, app: Arc<App>, mut sub: Subscription) {
+/// The monotonic instant a Unix time corresponds to (now, if it is past).
+fn deadline(unix_secs: u64) -> tokio::time::Instant {
+    let now_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let left = std::time::Duration::from_secs(unix_secs).saturating_sub(now_unix);
+    tokio::time::Instant::now() + left
+}
+
+/// Closes the stream with 1008 (policy violation) once the token that
+/// opened it expires: the check at the upgrade alone would let a stream
+/// outlive a revoked operator's short-lived token for ever.
+async fn expiry(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn serve_client(
+    socket: WebSocket,
+    app: Arc<App>,
+    mut sub: Subscription,
+    expires: Option<tokio::time::Instant>,
+) {
     let (mut sink, mut incoming) = socket.split();
     let snapshot = events::snapshot(&app.link).await.to_string();
     if !send(&mut sink, snapshot, &mut sub.kicked).await {
         return;
     }
+    let mut expired = std::pin::pin!(expiry(expires));
     loop {
         tokio::select! {
             _ = &mut sub.kicked => return,
+            _ = &mut expired => {
+                let close = Message::Close(Some(CloseFrame {
+                    code: close_code::POLICY,
+                    reason: "the token has expired".into(),
+                }));
+                // Bounded: a client that stopped reading must not hold us.
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(close)).await;
+                return;
+            }
             message = sub.rx.recv() => match message {
                 Some(text) => {
                     if !send(&mut sink, text.to_string(), &mut sub.kicked).await {
