@@ -30,6 +30,10 @@ pub fn parse_trusted(entries: &[String]) -> Result<Vec<IpNet>, String> {
 /// in order; each proxy appends the address it got the request from, so
 /// the chain is read from the right, past the trusted proxies.
 pub fn client_ip(peer: IpAddr, forwarded_for: &[&str], trusted: &[IpNet]) -> IpAddr {
+    // A dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d: the same
+    // client, which `127.0.0.1` in trusted_proxies (and the slow-down's
+    // keys) must match.
+    let peer = peer.to_canonical();
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     if !is_trusted(&peer) {
         return peer;
@@ -41,8 +45,8 @@ pub fn client_ip(peer: IpAddr, forwarded_for: &[&str], trusted: &[IpNet]) -> IpA
         .map(str::trim)
         .collect::<Vec<_>>();
     for hop in hops.iter().rev() {
-        match hop.parse::<IpAddr>() {
-            Ok(ip) => {
+        match parse_hop(hop) {
+            Some(ip) => {
                 client = ip;
                 if !is_trusted(&ip) {
                     break;
@@ -50,10 +54,25 @@ pub fn client_ip(peer: IpAddr, forwarded_for: &[&str], trusted: &[IpNet]) -> IpA
             }
             // A hop that is not an address: nothing left of it is
             // trustworthy; the last good hop is the client.
-            Err(_) => break,
+            None => break,
         }
     }
     client
+}
+
+/// One `X-Forwarded-For` entry: an address, possibly with a port
+/// (`203.0.113.5:4711`, `[2001:db8::1]:443`, as some proxies write them),
+/// IPv4-mapped IPv6 taken as the IPv4 address it is.
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    let ip = hop
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| hop.parse::<SocketAddr>().ok().map(|s| s.ip()))
+        .or_else(|| {
+            // "[2001:db8::1]" without a port.
+            hop.strip_prefix('[')?.strip_suffix(']')?.parse().ok()
+        })?;
+    Some(ip.to_canonical())
 }
 
 /// The client's address, as an extractor.
@@ -67,7 +86,7 @@ impl FromRequestParts<Arc<App>> for Client {
         let peer = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
-            .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
+            .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip().to_canonical());
         if app.trusted_proxies.is_empty() {
             return Ok(Client(peer));
         }
@@ -118,6 +137,38 @@ mod tests {
             ip("10.1.2.3")
         );
         assert_eq!(client_ip(ip("127.0.0.1"), &[], &trusted), ip("127.0.0.1"));
+        // Through an IPv4-mapped IPv6 peer (a dual-stack listener), with
+        // ports and mapped addresses in the hops.
+        assert_eq!(
+            client_ip(ip("::ffff:127.0.0.1"), &["203.0.113.5:4711"], &trusted),
+            ip("203.0.113.5")
+        );
+        assert_eq!(
+            client_ip(ip("::ffff:127.0.0.1"), &["::ffff:203.0.113.5"], &trusted),
+            ip("203.0.113.5")
+        );
+        assert_eq!(
+            client_ip(ip("127.0.0.1"), &["[2001:db8::1]:443"], &trusted),
+            ip("2001:db8::1")
+        );
+        assert_eq!(
+            client_ip(ip("127.0.0.1"), &["[2001:db8::1]"], &trusted),
+            ip("2001:db8::1")
+        );
+        // A mapped untrusted peer is still untrusted, and is named as IPv4.
+        assert_eq!(
+            client_ip(ip("::ffff:192.0.2.9"), &["203.0.113.5"], &trusted),
+            ip("192.0.2.9")
+        );
+        // A trusted proxy named by a mapped address is trusted too.
+        assert_eq!(
+            client_ip(
+                ip("127.0.0.1"),
+                &["203.0.113.5", "::ffff:10.1.2.3"],
+                &trusted
+            ),
+            ip("203.0.113.5")
+        );
         assert!(parse_trusted(&["not an address".into()]).is_err());
     }
 }
