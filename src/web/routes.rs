@@ -25,6 +25,7 @@ use super::openapi::{
     Submitted,
 };
 use super::peer::Client;
+use super::throttle::Counted;
 use super::App;
 
 pub fn router(app: Arc<App>) -> Router {
@@ -98,12 +99,19 @@ pub fn authenticate(
         )
         .retry_after(secs));
     }
-    let started = throttle.failure(peer, now);
+    let counted = throttle.failure(peer, now);
     let slowed_for = throttle.check(peer, now).err().unwrap_or(1);
     drop(throttle);
     app.audit.refused(peer, &why);
-    if started {
-        app.audit.slowed(peer, slowed_for);
+    match counted {
+        Counted::SlowedDown => app.audit.slowed(peer, slowed_for),
+        // Journaled on every such failure: it only happens under a flood
+        // from thousands of addresses, which the journal should show.
+        Counted::Full => app.audit.refused(
+            peer,
+            "not counted for the slow-down: too many failing peers are tracked",
+        ),
+        Counted::Counted => {}
     }
     Err(ApiError::unauthorized(why, token_sent))
 }
