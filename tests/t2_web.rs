@@ -816,6 +816,47 @@ mod events {
         }
     }
 
+    /// A client frame that declares more than 4 KiB is refused on its
+    /// header: the bridge closes the stream without waiting for (and
+    /// buffering) the payload.
+    #[test]
+    fn a_big_client_frame_is_refused_on_its_header() {
+        let (_bus, _home, _agent, web) = unprivileged_setup("");
+        let mut stream = std::net::TcpStream::connect(&web.addr).unwrap();
+        write!(
+            stream,
+            "GET /antibody/events HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer {}\r\n\r\n",
+            jwt("alice", "operator", 600)
+        )
+        .unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).unwrap();
+        assert_eq!(&head, b"HTTP/1.1 101");
+        // A masked text frame declaring 10 MB (64-bit length), and only
+        // the first kilobyte of it.
+        let mut frame = vec![0x81u8, 0x80 | 127];
+        frame.extend_from_slice(&10_000_000u64.to_be_bytes());
+        frame.extend_from_slice(&[1, 2, 3, 4]);
+        frame.extend_from_slice(&[b'x'; 1024]);
+        stream.write_all(&frame).unwrap();
+        // The bridge ends the stream (close frame, then EOF or a reset)
+        // instead of waiting for the other 9.99 MB.
+        let started = Instant::now();
+        let mut rest = Vec::new();
+        let ended = match stream.read_to_end(&mut rest) {
+            Ok(_) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        };
+        assert!(
+            ended && started.elapsed() < Duration::from_secs(4),
+            "the stream stayed open waiting for the payload ({:?})",
+            started.elapsed()
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_fresh_snapshot_follows_the_agents_return() {
         let (bus, home, agent, web) = unprivileged_setup("");

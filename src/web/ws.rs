@@ -87,6 +87,10 @@ pub async fn events(
     Ok(upgrade
         .protocols([SUBPROTOCOL])
         .max_message_size(MAX_CLIENT_MESSAGE)
+        // tungstenite's default frame limit is 16 MiB: without this one a
+        // client could make us buffer a 16 MiB frame before the message
+        // limit refuses it; with it the frame header alone is refused.
+        .max_frame_size(MAX_CLIENT_MESSAGE)
         .on_upgrade(move |socket| serve_client(socket, app, subscription, expires)))
 }
 
