@@ -225,6 +225,9 @@ fn web_unit_runs_with_no_privilege_and_is_not_enabled_by_the_packages() {
         ("RestartPreventExitStatus", "78"),
         ("IPAddressDeny", "any"),
         ("IPAddressAllow", "localhost"),
+        ("LimitNOFILE", "4096"),
+        ("MemoryMax", "256M"),
+        ("TasksMax", "64"),
         (
             "ExecStart",
             "/usr/sbin/antibody-web --config /etc/antibody/web.toml",

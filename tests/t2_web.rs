@@ -816,6 +816,51 @@ mod events {
         }
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn event_streams_are_capped_on_their_own() {
+        let (_bus, _home, _agent, web) = unprivileged_setup("max_event_clients = 1");
+        let query = format!("?token={}", jwt("alice", "operator", 600));
+        let mut first = connect(&web, &query, &[]).await.expect("the first");
+        assert_eq!(
+            next_json(&mut first, Duration::from_secs(5)).await["type"],
+            "Snapshot"
+        );
+        assert_eq!(connect(&web, &query, &[]).await.err(), Some(503));
+        let reply = blocking(|| {
+            web.get_with(
+                "/antibody/events",
+                None,
+                &[
+                    (
+                        "Authorization",
+                        &format!("Bearer {}", jwt("a", "operator", 60)),
+                    ),
+                    ("Upgrade", "websocket"),
+                    ("Connection", "Upgrade"),
+                    ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+                    ("Sec-WebSocket-Version", "13"),
+                ],
+            )
+        });
+        reply.assert_error(503, "TooManyEventClients");
+        assert!(reply.headers.contains_key("retry-after"), "{reply:?}");
+        // HTTP is not affected, and a place is freed when a stream ends.
+        assert_eq!(blocking(|| web.get("/antibody/status", None)).status, 200);
+        first.close(None).await.unwrap();
+        drop(first);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match connect(&web, &query, &[]).await {
+                Ok(_) => break,
+                Err(code) => {
+                    assert_eq!(code, 503);
+                    assert!(Instant::now() < deadline, "the place was never freed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
     /// A client frame that declares more than 4 KiB is refused on its
     /// header: the bridge closes the stream without waiting for (and
     /// buffering) the payload.
@@ -1465,5 +1510,55 @@ fn slow_headers_are_cut_off_and_connections_capped() {
         answer.starts_with(b"HTTP/1.1 200"),
         "{}",
         String::from_utf8_lossy(&answer)
+    );
+}
+
+#[test]
+fn slow_bodies_and_idle_keep_alive_connections_are_cut_off() {
+    use std::io::{Read, Write};
+    let (_bus, _home, _agent, web) =
+        unprivileged_setup("header_read_timeout_secs = 1\nbody_read_timeout_secs = 1");
+    // A body that never finishes arriving: 408 within about a second.
+    let mut slow = std::net::TcpStream::connect(&web.addr).unwrap();
+    write!(
+        slow,
+        "POST /antibody/alert HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {SENTINEL}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"source\":"
+    )
+    .unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let _ = slow.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 408") && answer.contains("RequestTimeout"),
+        "{answer}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // A keep-alive connection that goes idle after its answer is closed
+    // after header_read_timeout_secs, not kept for ever.
+    let mut idle = std::net::TcpStream::connect(&web.addr).unwrap();
+    idle.write_all(b"GET /antibody/status HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let _ = idle.read_to_end(&mut answer);
+    let waited = started.elapsed();
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert!(
+        waited >= Duration::from_millis(800) && waited < Duration::from_secs(5),
+        "the idle connection was closed after {waited:?}"
     );
 }

@@ -70,6 +70,9 @@ fn main() -> ExitCode {
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        // Under the unit's TasksMax=64 (tokio's default is 512 blocking
+        // threads, and a thread that cannot be spawned panics).
+        .max_blocking_threads(32)
         .enable_all()
         .build()
     {

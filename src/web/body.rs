@@ -39,9 +39,27 @@ pub fn is_json(headers: &HeaderMap) -> bool {
     })
 }
 
-/// Reads the body after the content-type check; returns it as text that
-/// is valid JSON.
-pub async fn json_text(headers: &HeaderMap, body: Body) -> Result<String, ApiError> {
+/// Reads the body after the content-type check, within `timeout`; returns
+/// it as text that is valid JSON. hyper's header-read timeout stops at the
+/// headers: without this one, a client that trickles its body a byte a
+/// minute would hold its connection (one of `max_connections`) for ever.
+pub async fn json_text(
+    headers: &HeaderMap,
+    body: Body,
+    timeout: std::time::Duration,
+) -> Result<String, ApiError> {
+    tokio::time::timeout(timeout, read_json_text(headers, body))
+        .await
+        .unwrap_or_else(|_| {
+            Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "RequestTimeout",
+                format!("the body did not arrive within {} s", timeout.as_secs_f64()),
+            ))
+        })
+}
+
+async fn read_json_text(headers: &HeaderMap, body: Body) -> Result<String, ApiError> {
     if !is_json(headers) {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -160,19 +178,41 @@ mod tests {
     #[tokio::test]
     async fn limits_and_types() {
         let json = with_type("application/json");
-        let ok = json_text(&json, Body::from("{\"a\": 1}")).await.unwrap();
+        let ok = json_text(&json, Body::from("{\"a\": 1}"), T).await.unwrap();
         assert_eq!(ok, "{\"a\": 1}");
         let big = format!("\"{}\"", "x".repeat(MAX_BODY_BYTES));
-        let e = json_text(&json, Body::from(big)).await.unwrap_err();
+        let e = json_text(&json, Body::from(big), T).await.unwrap_err();
         assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE);
-        let e = json_text(&with_type("text/plain"), Body::from("{}"))
+        let e = json_text(&with_type("text/plain"), Body::from("{}"), T)
             .await
             .unwrap_err();
         assert_eq!(e.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
-        let e = json_text(&json, Body::from("{")).await.unwrap_err();
+        let e = json_text(&json, Body::from("{"), T).await.unwrap_err();
         assert_eq!(
             (e.status, e.name.as_str()),
             (StatusCode::BAD_REQUEST, "MalformedJson")
+        );
+    }
+
+    const T: std::time::Duration = std::time::Duration::from_secs(5);
+
+    #[tokio::test]
+    async fn a_body_that_does_not_arrive_in_time_is_a_408() {
+        // Half a JSON object, then nothing: the client keeps the body open.
+        let half = futures_util::stream::once(async {
+            Ok::<_, std::io::Error>(axum::body::Bytes::from_static(b"{\"a\""))
+        })
+        .chain(futures_util::stream::pending());
+        let e = json_text(
+            &with_type("application/json"),
+            Body::from_stream(half),
+            std::time::Duration::from_millis(200),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(
+            (e.status, e.name.as_str()),
+            (StatusCode::REQUEST_TIMEOUT, "RequestTimeout")
         );
     }
 }

@@ -52,6 +52,13 @@ pub struct WebConfig {
     pub header_read_timeout_secs: u64,
     /// HTTP connections served at once; more wait in the listen backlog.
     pub max_connections: usize,
+    /// Event streams (WebSockets) open at once; they leave the HTTP
+    /// connection count once upgraded, so they have their own cap. Past it
+    /// a new stream gets 503.
+    pub max_event_clients: usize,
+    /// A request body must have arrived within this (a client that sends
+    /// its body slowly is answered 408).
+    pub body_read_timeout_secs: u64,
 }
 
 impl Default for WebConfig {
@@ -71,6 +78,8 @@ impl Default for WebConfig {
             trusted_proxies: Vec::new(),
             header_read_timeout_secs: 10,
             max_connections: 1024,
+            max_event_clients: 256,
+            body_read_timeout_secs: 30,
         }
     }
 }
@@ -107,6 +116,12 @@ impl WebConfig {
         super::peer::parse_trusted(&config.trusted_proxies)?;
         if config.header_read_timeout_secs == 0 || config.max_connections == 0 {
             return Err("header_read_timeout_secs and max_connections must be at least 1".into());
+        }
+        if config.max_event_clients == 0 {
+            return Err("max_event_clients must be at least 1".into());
+        }
+        if config.body_read_timeout_secs == 0 || config.body_read_timeout_secs > 3600 {
+            return Err("body_read_timeout_secs must be between 1 and 3600".into());
         }
         Ok(config)
     }
@@ -271,6 +286,15 @@ mod tests {
         assert!(e.contains("jwt_leeway_secs"), "{e}");
         assert!(WebConfig::parse("jwt_leeway_secs = 300").is_ok());
         assert!(WebConfig::parse("jwt_leeway_secs = 0").is_ok());
+        for bad in [
+            "body_read_timeout_secs = 0",
+            "body_read_timeout_secs = 3601",
+        ] {
+            let e = WebConfig::parse(bad).unwrap_err();
+            assert!(e.contains("body_read_timeout_secs"), "{bad}: {e}");
+        }
+        let e = WebConfig::parse("max_event_clients = 0").unwrap_err();
+        assert!(e.contains("max_event_clients"), "{e}");
     }
 
     /// Writes a file only its owner and group may read.

@@ -49,20 +49,35 @@ impl Hub {
 
     /// Registers a client; messages published from now on are queued for it.
     pub fn join(self: &Arc<Hub>) -> Subscription {
+        self.try_join(usize::MAX)
+            .expect("usize::MAX clients cannot all be connected")
+    }
+
+    /// Registers a client unless `max` are registered already. Checked and
+    /// added under one lock, so concurrent upgrades cannot overshoot: each
+    /// client costs a socket, a task and a queue of up to `capacity`
+    /// messages, and upgraded streams leave the HTTP connection cap.
+    pub fn try_join(self: &Arc<Hub>, max: usize) -> Option<Subscription> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(self.capacity);
         let (kick, kicked) = oneshot::channel();
-        crate::sync::lock(&self.clients).push(Slot {
-            id,
-            tx,
-            _kick: kick,
-        });
-        Subscription {
+        {
+            let mut clients = crate::sync::lock(&self.clients);
+            if clients.len() >= max {
+                return None;
+            }
+            clients.push(Slot {
+                id,
+                tx,
+                _kick: kick,
+            });
+        }
+        Some(Subscription {
             id,
             rx,
             kicked,
             hub: self.clone(),
-        }
+        })
     }
 
     fn leave(&self, id: u64) {
@@ -114,5 +129,16 @@ mod tests {
         assert_eq!(hub.dropped_total(), 1);
         drop(fast);
         assert_eq!(hub.clients(), 0, "a client that leaves is forgotten");
+    }
+
+    #[test]
+    fn try_join_stops_at_the_cap_and_a_leaver_frees_a_place() {
+        let hub = Hub::new(2);
+        let a = hub.try_join(2).expect("first");
+        let _b = hub.try_join(2).expect("second");
+        assert!(hub.try_join(2).is_none(), "a third is refused");
+        assert_eq!(hub.clients(), 2);
+        drop(a);
+        assert!(hub.try_join(2).is_some(), "a place was freed");
     }
 }

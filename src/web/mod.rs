@@ -52,6 +52,10 @@ pub struct App {
     pub hub: Arc<Hub>,
     pub metrics: Arc<Metrics>,
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Event streams open at once, at most.
+    pub max_event_clients: usize,
+    /// How long a request body may take to arrive.
+    pub body_read_timeout: Duration,
 }
 
 impl App {
@@ -69,6 +73,8 @@ impl App {
             hub: Hub::new(config.ws_client_buffer),
             metrics: Arc::new(Metrics::new()),
             trusted_proxies: peer::parse_trusted(&config.trusted_proxies)?,
+            max_event_clients: config.max_event_clients,
+            body_read_timeout: Duration::from_secs(config.body_read_timeout_secs),
         }))
     }
 

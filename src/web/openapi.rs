@@ -55,6 +55,11 @@ pub enum BodyErrors {
         description = "MalformedJson (with line and column), InvalidAlert, UnknownAction"
     )]
     Invalid(ErrorBody),
+    #[response(
+        status = 408,
+        description = "RequestTimeout: the body did not arrive within body_read_timeout_secs"
+    )]
+    TooSlow(ErrorBody),
     #[response(status = 413, description = "PayloadTooLarge: the body is over 64 KiB")]
     TooLarge(ErrorBody),
     #[response(

@@ -185,7 +185,7 @@ pub async fn submit_alert(
     body: Body,
 ) -> Result<Response, ApiError> {
     let principal = require(&app, peer, &headers, Need::Ingest)?;
-    let alert = json_text(&headers, body).await?;
+    let alert = json_text(&headers, body, app.body_read_timeout).await?;
     let (plan_id, created) = app
         .link
         .call(|p| async move { p.submit_alert(&alert).await })
@@ -311,7 +311,7 @@ pub async fn dry_run(
     body: Body,
 ) -> Result<Response, ApiError> {
     let principal = require(&app, peer, &headers, Need::Operator)?;
-    let alert = json_text(&headers, body).await?;
+    let alert = json_text(&headers, body, app.body_read_timeout).await?;
     let result = app
         .link
         .call(|p| async move { p.dry_run(&alert).await })

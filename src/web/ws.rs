@@ -31,6 +31,8 @@ pub const SUBPROTOCOL: &str = "antibody";
 pub const TOKEN_PROTOCOL_PREFIX: &str = "bearer.";
 /// Clients only send control frames; anything bigger is refused.
 const MAX_CLIENT_MESSAGE: usize = 4096;
+/// Retry-After of a stream refused at the cap.
+const EVENT_CLIENTS_RETRY_SECS: u64 = 5;
 /// How long the close frame of an expired stream may take to go out.
 const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -55,6 +57,7 @@ pub fn protocol_token(headers: &HeaderMap) -> Option<&str> {
         (status = 401, description = "No, wrong or expired token", body = super::openapi::ErrorBody),
         (status = 403, description = "The token may not read events", body = super::openapi::ErrorBody),
         (status = 429, description = "Too many failed authentications", body = super::openapi::ErrorBody),
+        (status = 503, description = "TooManyEventClients: max_event_clients streams are open (Retry-After)", body = super::openapi::ErrorBody),
     ),
     security(("bearer" = [])))]
 pub async fn events(
@@ -82,7 +85,17 @@ pub async fn events(
         .accepted(&principal.label(), peer, "opened the event stream", None);
     // Joined before the upgrade completes: every signal after this point
     // reaches the client, after its snapshot.
-    let subscription = app.hub.join();
+    let subscription = app.hub.try_join(app.max_event_clients).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "TooManyEventClients",
+            format!(
+                "{} event streams are open, the most this bridge serves; try again later",
+                app.max_event_clients
+            ),
+        )
+        .retry_after(EVENT_CLIENTS_RETRY_SECS)
+    })?;
     let expires = app.verifier.expires_at(&principal).map(deadline);
     Ok(upgrade
         .protocols([SUBPROTOCOL])
