@@ -13,7 +13,7 @@
 //! - [`events`], [`hub`], [`ws`]: the `antibody_event` WebSocket
 //! - [`dashboard`]: the page at `/`
 //! - [`metrics`], [`audit`]: Prometheus and the journal; [`openapi`]: the
-//!   OpenAPI document
+//!   OpenAPI document; [`status_cache`]: the agent's Status, kept for 1 s
 
 pub mod agent;
 pub mod audit;
@@ -29,6 +29,7 @@ pub mod openapi;
 pub mod peer;
 pub mod routes;
 pub mod server;
+pub mod status_cache;
 pub mod throttle;
 pub mod ws;
 
@@ -56,6 +57,8 @@ pub struct App {
     pub max_event_clients: usize,
     /// How long a request body may take to arrive.
     pub body_read_timeout: Duration,
+    /// The agent's Status for the public routes.
+    pub status: status_cache::Cached<String>,
 }
 
 impl App {
@@ -75,6 +78,7 @@ impl App {
             trusted_proxies: peer::parse_trusted(&config.trusted_proxies)?,
             max_event_clients: config.max_event_clients,
             body_read_timeout: Duration::from_secs(config.body_read_timeout_secs),
+            status: status_cache::Cached::new(status_cache::STATUS_TTL),
         }))
     }
 

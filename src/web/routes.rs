@@ -383,23 +383,28 @@ pub async fn verify_ledger(
 
 /// Public: the agent's Status, or 503 with a body while it is away.
 #[utoipa::path(get, path = "/antibody/status", tag = "antibody",
-    description = "The agent's Status. Public.",
+    description = "The agent's Status (at most 1 s old). Public.",
     responses(
         (status = 200, description = "The agent's status", body = AgentStatus),
         (status = 503, description = "AgentUnavailable: the agent is not on the bus (Retry-After)", body = ErrorBody),
     ))]
 pub async fn status(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
-    let status = app.link.call(|p| async move { p.status().await }).await?;
+    let status = agent_status(&app).await?;
     Ok(json_response(StatusCode::OK, status))
+}
+
+/// The agent's Status, at most [`super::status_cache::STATUS_TTL`] old.
+async fn agent_status(app: &App) -> Result<String, ApiError> {
+    app.status
+        .get(|| app.link.call(|p| async move { p.status().await }))
+        .await
 }
 
 #[utoipa::path(get, path = "/metrics", tag = "antibody",
     description = "Prometheus metrics (OpenMetrics text). Public.",
     responses((status = 200, description = "The exposition", body = String, content_type = "application/openmetrics-text")))]
 pub async fn metrics(State(app): State<Arc<App>>) -> Response {
-    let status = app
-        .link
-        .call(|p| async move { p.status().await })
+    let status = agent_status(&app)
         .await
         .ok()
         .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok());
