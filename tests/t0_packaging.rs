@@ -267,3 +267,30 @@ fn web_unit_runs_with_no_privilege_and_is_not_enabled_by_the_packages() {
         "{sysusers}"
     );
 }
+
+/// Browsers pass their JWT to the event stream as `?token=`: the README's
+/// nginx example must not write it to nginx's access log.
+#[test]
+fn readme_nginx_example_keeps_event_tokens_out_of_the_access_log() {
+    let readme = read("README.md");
+    let block = readme
+        .split("```nginx\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("the README has an nginx example");
+    let events = block
+        .split("location = /antibody/events")
+        .nth(1)
+        .and_then(|rest| rest.split('}').next())
+        .expect("the nginx example has a location for /antibody/events");
+    assert!(events.contains("access_log off;"), "{events}");
+    assert!(events.contains("proxy_set_header Upgrade"), "{events}");
+    // The catch-all location does not pass the upgrade (so the events
+    // route is reached only through its own, unlogged location).
+    let catch_all = block
+        .split("location / {")
+        .nth(1)
+        .and_then(|rest| rest.split('}').next())
+        .expect("a catch-all location");
+    assert!(!catch_all.contains("Upgrade"), "{catch_all}");
+}
