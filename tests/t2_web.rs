@@ -1444,6 +1444,38 @@ fn forwarded_for_is_believed_only_from_trusted_proxies() {
     );
 }
 
+/// A dual-stack listener sees IPv4 clients as ::ffff:127.0.0.1: that is
+/// still the trusted proxy 127.0.0.1, and a hop with a port is understood.
+#[test]
+fn a_mapped_ipv4_proxy_is_trusted_and_hops_may_carry_a_port() {
+    use std::io::{Read, Write};
+    let (_bus, _home, _agent, web) = unprivileged_setup(
+        "listen = \"[::]:0\"\ntrusted_proxies = [\"127.0.0.1\"]\nauth_failures_max = 5",
+    );
+    let port = web.addr.rsplit(':').next().unwrap().to_string();
+    let via = |forwarded: &str| {
+        let mut s = std::net::TcpStream::connect(format!("127.0.0.1:{port}")).unwrap();
+        write!(
+            s,
+            "GET /antibody/plans HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer guess\r\nX-Forwarded-For: {forwarded}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    };
+    via("203.0.113.7");
+    via("203.0.113.8:4711");
+    let log = web.log_text();
+    for client in ["203.0.113.7", "203.0.113.8"] {
+        assert!(
+            log.contains(&format!("refused credentials from {client}:")),
+            "{client}:\n{log}"
+        );
+    }
+    assert!(!log.contains("::ffff:"), "{log}");
+}
+
 #[test]
 fn forwarded_for_is_ignored_by_default() {
     let (_bus, _home, _agent, web) =

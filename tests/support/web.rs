@@ -49,10 +49,16 @@ pub fn write_web_config(extra_toml: &str) -> (tempfile::TempDir, PathBuf) {
         std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o640)).unwrap();
     }
     let config = dir.path().join("web.toml");
+    // An ephemeral loopback port, unless the test names its own `listen`.
+    let listen = if extra_toml.contains("listen =") {
+        ""
+    } else {
+        "listen = \"127.0.0.1:0\"\n"
+    };
     std::fs::write(
         &config,
         format!(
-            "listen = \"127.0.0.1:0\"\nsentinel_token_file = \"{}\"\njwt_secret_file = \"{}\"\n{extra_toml}\n",
+            "{listen}sentinel_token_file = \"{}\"\njwt_secret_file = \"{}\"\n{extra_toml}\n",
             sentinel.display(),
             secret.display()
         ),
