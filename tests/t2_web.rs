@@ -535,13 +535,27 @@ fn a_missing_or_weak_secret_stops_the_start() {
     let run = |toml_extra: &str, prepare: &dyn Fn(&std::path::Path)| {
         let (dir, config) = support::web::write_web_config(toml_extra);
         prepare(dir.path());
-        let out = support::web::web_command("unix:path=/nonexistent", &config, RunAs::Root)
-            .output()
+        // A bridge that wrongly starts would serve for ever: give it 10 s,
+        // then kill it and report no exit code (the test then fails).
+        let err_path = dir.path().join("stderr");
+        let mut child = support::web::web_command("unix:path=/nonexistent", &config, RunAs::Root)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&err_path).unwrap())
+            .spawn()
             .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let code = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        (code, std::fs::read_to_string(&err_path).unwrap_or_default())
     };
     let (code, err) = run("", &|d| {
         std::fs::remove_file(d.join("sentinel.token")).unwrap()
