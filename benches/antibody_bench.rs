@@ -38,16 +38,22 @@ fn rss_kib(pid: i32) -> u64 {
 /// CPU time a process has used so far (all its threads, user and
 /// system), from `/proc/PID/stat`.
 fn cpu_secs(pid: i32) -> f64 {
+    let (user, system) = user_and_system_secs(pid);
+    user + system
+}
+
+/// The user and the system CPU seconds a process has used so far.
+fn user_and_system_secs(pid: i32) -> (f64, f64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     // Fields after the command name, which may hold spaces: state is the
     // 3rd field of the whole line, utime the 14th and stime the 15th.
     let after = &stat[stat.rfind(')').unwrap() + 2..];
     let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
     let per_sec = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .unwrap()
         .unwrap_or(100) as f64;
-    ticks as f64 / per_sec
+    let secs = |field: &str| field.parse::<u64>().unwrap() as f64 / per_sec;
+    (secs(fields[11]), secs(fields[12]))
 }
 
 /// CPU seconds used by each of some groups of processes over one window
@@ -494,12 +500,65 @@ async fn big_ledger(home: &Path, records: u64) {
     support::write_filler_ledger(&home.join("ledger"), records).await;
 }
 
+/// BENCH_PROFILE=N: the sustained row's load alone, N distinct
+/// one-action plans from 16 clients on `dbus-daemon`, with the agent run
+/// under BENCH_AGENT_WRAPPER (split at spaces, e.g. `valgrind
+/// --tool=callgrind --callgrind-out-file=/tmp/cg.%p`), then stopped with
+/// SIGTERM so that the wrapper writes its report; BENCH_STATE_KEYS adds
+/// keys to its `[state]` table (`keep_finished_plans = 100000`: no plan is
+/// archived during the run). Two runs with different
+/// N give the instructions one plan costs (the difference over the
+/// difference), start-up and shutdown cancelled out.
+async fn profile(plans: usize) {
+    let bus = PrivateBus::start();
+    let home =
+        tempfile::tempdir_in(std::env::var("BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into()))
+            .unwrap();
+    // Right after write_config's `[state]` table: keys of that table.
+    let state_keys = std::env::var("BENCH_STATE_KEYS").unwrap_or_default();
+    let config = support::write_config(
+        home.path(),
+        &format!("{state_keys}\n[queue]\nmax = 200000\n"),
+    );
+    let wrapper = std::env::var("BENCH_AGENT_WRAPPER").unwrap_or_default();
+    let wrapper: Vec<&str> = wrapper.split_whitespace().collect();
+    let mut agent = Agent::start_wrapped(&bus, home.path(), &config, &[], &wrapper);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle_rss = rss_kib(agent.pid());
+    let conn = bus.connect().await;
+    let proxy = antibody::dbus::proxy::client(&conn).await.unwrap();
+    let clients = 16.min(plans.max(1));
+    let start = Instant::now();
+    throughput(&bus, clients, plans / clients, 7_000_000).await;
+    while !is_drained(&proxy).await {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let finished = clients * (plans / clients);
+    println!(
+        "agent RSS: {idle_rss} KiB idle after start, {} KiB after the plans",
+        rss_kib(agent.pid())
+    );
+    let (user, system) = user_and_system_secs(agent.pid());
+    println!(
+        "{finished} plans finished in {:.1} s; agent CPU since its start: user {user:.2} s, system {system:.2} s ({:.0} + {:.0} µs per plan)",
+        start.elapsed().as_secs_f64(),
+        1e6 * user / finished as f64,
+        1e6 * system / finished as f64,
+    );
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    println!("agent exited: {}", agent.wait());
+}
+
 #[tokio::main]
 async fn main() {
     if std::env::args().any(|a| a == "--echo-server") {
         return echo_server().await;
     }
     support::require_root();
+    if let Ok(plans) = std::env::var("BENCH_PROFILE") {
+        let plans = plans.parse().expect("BENCH_PROFILE: a number of plans");
+        return profile(plans).await;
+    }
     let bus = PrivateBus::start_with_extra(ECHO_POLICY);
     let home =
         tempfile::tempdir_in(std::env::var("BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into()))

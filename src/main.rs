@@ -23,6 +23,13 @@ use antibody::sys::systemd::SystemdManager;
 use antibody::sys::{sdnotify, Sys};
 use antibody::{dbus, events};
 
+/// mimalloc rather than glibc's malloc: a plan's path allocates and frees
+/// thousands of small strings and JSON values on several threads, and
+/// under callgrind glibc's malloc/free took about 30 % of the agent's
+/// instructions per plan (BENCHMARKS.md, "Where a plan's CPU goes").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// How long a stop waits for steps under way before leaving them to recovery.
 const STOP_GRACE: Duration = Duration::from_secs(20);
 /// How long a stop waits for the journal mirror to drain: with STOP_GRACE,

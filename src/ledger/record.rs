@@ -15,8 +15,8 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 /// (`agent_started`, `config_reloaded`, …). Lines written before that
 /// (up to session 5) leave the key out for those records; their hash was
 /// computed without it, and still is: `plan_id_on_line` remembers which.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(from = "Line", into = "Line")]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(from = "Line")]
 pub struct Record {
     pub seq: u64,
     pub ts: String,
@@ -30,7 +30,7 @@ pub struct Record {
 }
 
 /// A record as its JSON line has it.
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct Line {
     seq: u64,
     ts: String,
@@ -66,17 +66,32 @@ impl From<Line> for Record {
     }
 }
 
-impl From<Record> for Line {
-    fn from(r: Record) -> Line {
-        Line {
-            seq: r.seq,
-            ts: r.ts,
-            kind: r.kind,
-            plan_id: r.plan_id_on_line.then_some(r.plan_id),
-            payload: r.payload,
-            prev: r.prev,
-            hash: r.hash,
+/// A record as its JSON line has it, borrowed: a record is written out
+/// once per step, and serde's `into` would clone it (payload and all) first.
+#[derive(Serialize)]
+struct LineRef<'a> {
+    seq: u64,
+    ts: &'a str,
+    kind: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    plan_id: Option<&'a Option<String>>,
+    payload: &'a Value,
+    prev: &'a str,
+    hash: &'a str,
+}
+
+impl Serialize for Record {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        LineRef {
+            seq: self.seq,
+            ts: &self.ts,
+            kind: &self.kind,
+            plan_id: self.plan_id_on_line.then_some(&self.plan_id),
+            payload: &self.payload,
+            prev: &self.prev,
+            hash: &self.hash,
         }
+        .serialize(serializer)
     }
 }
 
