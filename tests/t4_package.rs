@@ -663,3 +663,80 @@ fn the_rpm_installs_with_rpm_runs_its_scriptlets_and_erases_keeping_the_ledger()
     tb.sh("test -d /var/lib/antibody");
     assert!(!tb.try_sh("rpm -q antibody").0, "rpm still knows antibody");
 }
+
+/// One HTTP/1.1 request to the bridge from inside the booted root, with
+/// bash's /dev/tcp (the root has no curl): the whole answer, head and body.
+fn http_inside(tb: &Testbed, method: &str, path: &str, token: &str, body: &str) -> String {
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let script = format!(
+        "exec 3<>/dev/tcp/127.0.0.1/8470; printf '%s' {} >&3; timeout 10 cat <&3",
+        shell_quote(&request)
+    );
+    tb.sh(&format!("bash -c {}", shell_quote(&script)))
+}
+
+/// The .deb ships `antibody-web` disabled; with its two secrets in place
+/// and the unit enabled, it runs as its own user with no capability, and
+/// an IDS's alert POSTed with the sentinel token becomes a plan the agent
+/// runs (the seed's first user, end to end on the installed package).
+#[test]
+fn the_web_bridge_ships_disabled_and_once_enabled_turns_a_posted_alert_into_a_plan() {
+    let deb = deb_path();
+    let tb = boot_bare("web");
+    install(&tb, &deb);
+    let (enabled, out, _) = tb.try_sh("systemctl is-enabled antibody-web");
+    assert!(!enabled && out.trim() == "disabled", "{out}");
+    tb.sh(
+        "head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n' > /etc/antibody/sentinel.token && \
+         head -c 48 /dev/urandom | od -An -tx1 | tr -d ' \\n' > /etc/antibody/jwt.secret && \
+         chown root:antibody-web /etc/antibody/sentinel.token /etc/antibody/jwt.secret && \
+         chmod 0640 /etc/antibody/sentinel.token /etc/antibody/jwt.secret && \
+         systemctl enable --now antibody-web",
+    );
+    tb.wait_active("antibody-web.service");
+    let pid = tb.show("antibody-web.service", "MainPID");
+    let status = tb.sh(&format!("grep -E '^(Uid|CapEff)' /proc/{pid}/status"));
+    let uid = tb.sh("id -u antibody-web");
+    assert!(
+        status.contains(&format!("Uid:\t{}", uid.trim())),
+        "{status}"
+    );
+    assert!(status.trim().ends_with("0000000000000000"), "{status}");
+
+    let sentinel = tb.sh("cat /etc/antibody/sentinel.token");
+    let alert = json!({"source": "NEXUS", "severity": "med", "description": "posted over HTTP",
+                       "actions": [{"type": "notify_operator", "channel": "journal", "message": "from the bridge"}]});
+    let answer = http_inside(
+        &tb,
+        "POST",
+        "/antibody/alert",
+        sentinel.trim(),
+        &alert.to_string(),
+    );
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+    let body: Value = serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    let plan_id = body["plan_id"].as_str().expect("plan_id").to_string();
+    assert_eq!(body["created"], true);
+    let plan = tb.finished_plan(&plan_id);
+    assert_eq!(plan["status"], "success", "{plan}");
+    // The sentinel may only ingest; anyone may read the status.
+    let refused = http_inside(
+        &tb,
+        "GET",
+        &format!("/antibody/plan/{plan_id}"),
+        sentinel.trim(),
+        "",
+    );
+    assert!(refused.starts_with("HTTP/1.1 403"), "{refused}");
+    let status = http_inside(&tb, "GET", "/antibody/status", "", "");
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    // The bridge journaled the request with its principal.
+    let journal = tb.sh("journalctl -u antibody-web -o cat --no-pager");
+    assert!(
+        journal.contains("sentinel") && journal.contains(&plan_id),
+        "{journal}"
+    );
+}
