@@ -107,6 +107,19 @@ async fn is_drained(proxy: &AntibodyProxy<'_>) -> bool {
     status["queue_depth"] == 0 && status["in_flight"] == 0
 }
 
+/// Polls until every plan has finished, closely enough to time a row by it.
+async fn wait_drained(proxy: &AntibodyProxy<'_>) {
+    while !is_drained(proxy).await {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The bench's scratch directory: under BENCH_DIR, by default /var/tmp
+/// (the machine's disk, not a tmpfs: the ledger's fsyncs are measured).
+fn bench_home() -> tempfile::TempDir {
+    tempfile::tempdir_in(std::env::var("BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into())).unwrap()
+}
+
 fn alert(n: usize, channel: &str) -> String {
     format!(
         r#"{{"source":"NEXUS","severity":"low","description":"bench alert {n}","actions":[{{"type":"notify_operator","channel":"{channel}","message":"bench {n}"}}]}}"#
@@ -442,9 +455,7 @@ async fn sustained(
     counted(vec![vec![pid], bus.daemon_pids()], count, async {
         let start = Instant::now();
         throughput(bus, clients, per_client, 5_000_000).await;
-        while !is_drained(proxy).await {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        wait_drained(proxy).await;
         count as f64 / start.elapsed().as_secs_f64()
     })
     .await
@@ -511,9 +522,7 @@ async fn big_ledger(home: &Path, records: u64) {
 /// difference), start-up and shutdown cancelled out.
 async fn profile(plans: usize) {
     let bus = PrivateBus::start();
-    let home =
-        tempfile::tempdir_in(std::env::var("BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into()))
-            .unwrap();
+    let home = bench_home();
     // Right after write_config's `[state]` table: keys of that table.
     let state_keys = std::env::var("BENCH_STATE_KEYS").unwrap_or_default();
     let config = support::write_config(
@@ -530,9 +539,7 @@ async fn profile(plans: usize) {
     let clients = 16.min(plans.max(1));
     let start = Instant::now();
     throughput(&bus, clients, plans / clients, 7_000_000).await;
-    while !is_drained(&proxy).await {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_drained(&proxy).await;
     let finished = clients * (plans / clients);
     println!(
         "agent RSS: {idle_rss} KiB idle after start, {} KiB after the plans",
@@ -560,9 +567,7 @@ async fn main() {
         return profile(plans).await;
     }
     let bus = PrivateBus::start_with_extra(ECHO_POLICY);
-    let home =
-        tempfile::tempdir_in(std::env::var("BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into()))
-            .unwrap();
+    let home = bench_home();
     let agent = Agent::start(&bus, home.path(), "[queue]\nmax = 200000\n");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle_rss = rss_kib(agent.pid());
