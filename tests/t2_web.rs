@@ -1079,7 +1079,7 @@ mod events {
 
 #[test]
 fn metrics_and_the_openapi_document_are_served() {
-    let (_bus, _home, _agent, web) = unprivileged_setup("");
+    let (bus, _home, _agent, web) = unprivileged_setup("");
     let operator = jwt("alice", "operator", 600);
     let reply = web.post_json("/antibody/alert", Some(SENTINEL), &journal_alert("metrics"));
     assert_eq!(reply.status, 202, "{reply:?}");
@@ -1089,7 +1089,7 @@ fn metrics_and_the_openapi_document_are_served() {
         .assert_error(401, "Unauthorized");
 
     // Prometheus text: the agent's gauges, the plan and action counters
-    // (from the signals), the HTTP counters and latency.
+    // (the agent's, from Status), the HTTP counters and latency.
     let deadline = Instant::now() + Duration::from_secs(5);
     let metrics = loop {
         let reply = web.get("/metrics", None);
@@ -1116,6 +1116,23 @@ fn metrics_and_the_openapi_document_are_served() {
         assert!(metrics.contains(needle), "{needle} is missing:\n{metrics}");
     }
     assert!(metrics.trim_end().ends_with("# EOF"), "{metrics}");
+
+    // A bridge started afresh, which saw none of the signals, reports the
+    // same plan and action counts: they are the agent's.
+    let fresh = Web::start(&bus, "", RunAs::Nobody);
+    let metrics = fresh.get("/metrics", None).body;
+    for needle in [
+        "antibody_plans_total{source=\"NEXUS\",status=\"pending\"} 1",
+        "antibody_plans_total{source=\"NEXUS\",status=\"in_progress\"} 1",
+        "antibody_plans_total{source=\"NEXUS\",status=\"success\"} 1",
+        "antibody_actions_total{type=\"notify_operator\",outcome=\"applied\"} 1",
+    ] {
+        assert!(
+            metrics.contains(needle),
+            "{needle} is missing after a bridge restart:\n{metrics}"
+        );
+    }
+    drop(fresh);
 
     // The served document is the checked-in one.
     let reply = web.get("/antibody/openapi.json", None);

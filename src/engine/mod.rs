@@ -23,6 +23,7 @@ use crate::sys::Sys;
 use crate::time::{now_ms, rfc3339};
 
 pub mod backoff;
+mod counters;
 pub mod flap;
 mod flap_guard;
 mod mitigations;
@@ -92,6 +93,8 @@ pub struct Engine {
     /// Walks of the ledger's files (VerifyLedger) hold it shared; retention
     /// holds it exclusively while it removes segments.
     ledger_files: Arc<tokio::sync::RwLock<()>>,
+    /// Plans and actions counted since the start, for `Status`.
+    counters: counters::Counters,
 }
 
 /// A running walk of the chain: (ok, broken at, report).
@@ -182,6 +185,7 @@ impl Engine {
             checkpoint_seq: AtomicU64::new(checkpoint_seq),
             verifying: Mutex::new(None),
             ledger_walks: AtomicU64::new(0),
+            counters: counters::Counters::default(),
             mirror: parts.mirror,
             ledger_files: Arc::default(),
         });
@@ -387,6 +391,7 @@ impl Engine {
             Ok(d) => {
                 self.storage_ok.store(true, Ordering::Relaxed);
                 let plan = Plan::from_seed(seed, d.record.seq, d.ts_ms);
+                self.counters.plan(plan.source.as_str(), "pending");
                 let queued = AgentEvent::PlanQueued {
                     plan_id: plan.id.clone(),
                     source: plan.source.as_str().into(),

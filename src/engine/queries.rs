@@ -109,6 +109,7 @@ impl Engine {
             "ledger": {"ok": health.ok, "records": self.ledger.records(), "broken_at": health.broken_at},
             "version": VERSION,
             "uptime_secs": self.started.elapsed().as_secs(),
+            "counters": self.counters.to_json(),
         })
     }
 

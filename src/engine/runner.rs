@@ -70,7 +70,23 @@ impl Engine {
         })
     }
 
+    /// Announces a plan's new status and counts it under the plan's source.
+    fn plan_status_changed(&self, plan_id: &str, status: &str) {
+        let source = self
+            .lock()
+            .state
+            .plans
+            .get(plan_id)
+            .map(|plan| plan.source.as_str());
+        self.counters.plan(source.unwrap_or("unknown"), status);
+        self.emit(AgentEvent::PlanStatusChanged {
+            plan_id: plan_id.to_string(),
+            status: status.to_string(),
+        });
+    }
+
     fn action_finished(&self, plan_id: &str, index: usize, kind: &str, outcome: &str) {
+        self.counters.action(kind, outcome);
         self.emit(AgentEvent::ActionFinished {
             plan_id: plan_id.to_string(),
             index: index as u32,
@@ -121,10 +137,7 @@ impl Carry {
         events.extend(new);
         engine.record_all(plan_id, events).await;
         if starts_plan {
-            engine.emit(AgentEvent::PlanStatusChanged {
-                plan_id: plan_id.to_string(),
-                status: "in_progress".into(),
-            });
+            engine.plan_status_changed(plan_id, "in_progress");
         }
     }
 
@@ -166,10 +179,7 @@ pub(super) async fn run_plan(engine: &Arc<Engine>, plan_id: &str) {
             }
             Step::Finish(status) => {
                 engine.record(plan_id, Event::PlanFinished { status }).await;
-                engine.emit(AgentEvent::PlanStatusChanged {
-                    plan_id: plan_id.to_string(),
-                    status: status.as_str().into(),
-                });
+                engine.plan_status_changed(plan_id, status.as_str());
                 return;
             }
             Step::FinishRollback => {
@@ -375,10 +385,7 @@ async fn record_applied(
     }
     engine.action_finished(plan_id, index, kind, "applied");
     if let Some(status) = finished {
-        engine.emit(AgentEvent::PlanStatusChanged {
-            plan_id: plan_id.to_string(),
-            status: status.as_str().into(),
-        });
+        engine.plan_status_changed(plan_id, status.as_str());
     }
 }
 

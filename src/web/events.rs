@@ -13,7 +13,6 @@ use serde_json::{json, Value};
 use super::agent::AgentLink;
 use super::errors::ApiError;
 use super::hub::Hub;
-use super::metrics::Metrics;
 
 /// Plans a snapshot carries.
 pub const SNAPSHOT_PLANS: u32 = 50;
@@ -152,26 +151,16 @@ pub enum Feed {
 /// Makes the first subscription (so that signals are forwarded before the
 /// bridge says it is ready), then runs the pump for the bridge's life.
 /// An unreachable bus is no error here: the pump keeps trying.
-pub async fn start_pump(
-    link: Arc<AgentLink>,
-    hub: Arc<Hub>,
-    metrics: Arc<Metrics>,
-    within: Duration,
-) {
+pub async fn start_pump(link: Arc<AgentLink>, hub: Arc<Hub>, within: Duration) {
     let first = tokio::time::timeout(within, subscribe(&link))
         .await
         .ok()
         .and_then(Result::ok);
-    tokio::spawn(pump(link, hub, metrics, first));
+    tokio::spawn(pump(link, hub, first));
 }
 
 /// Publishes every signal; subscribes again whenever the stream ends.
-async fn pump(
-    link: Arc<AgentLink>,
-    hub: Arc<Hub>,
-    metrics: Arc<Metrics>,
-    mut current: Option<BoxStream<'static, Feed>>,
-) {
+async fn pump(link: Arc<AgentLink>, hub: Arc<Hub>, mut current: Option<BoxStream<'static, Feed>>) {
     loop {
         let mut signals = match current.take() {
             Some(signals) => signals,
@@ -188,7 +177,6 @@ async fn pump(
         while let Some(item) = signals.next().await {
             let message = match item {
                 Feed::Signal(signal) => {
-                    metrics.observe_signal(&signal);
                     let ts = crate::time::rfc3339(crate::time::now_ms());
                     signal.to_message(&ts)
                 }

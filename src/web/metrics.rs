@@ -1,12 +1,13 @@
-//! Prometheus metrics: the bridge's own HTTP counters and latency; the
-//! agent's gauges, read from `Status` at each scrape (so they are the
-//! agent's own and survive a bridge restart); and the plan and action
-//! counters, counted from the agent's signals since the bridge started
-//! (a restart of the bridge resets them, which Prometheus' `rate()` and
-//! `increase()` expect of any counter).
+//! Prometheus metrics: the bridge's own HTTP counters and latency, and the
+//! agent's figures, read from its `Status` at each scrape: the gauges and
+//! the plan and action counters, which the agent keeps since it started,
+//! so a restart of the bridge loses none of them (a restart of the agent
+//! starts them again at zero, which Prometheus' `rate()` and `increase()`
+//! read as a counter reset).
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::AtomicU64;
+use std::collections::HashSet;
+use std::hash::Hash;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -16,8 +17,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use serde_json::Value;
-
-use super::events::Signal;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
@@ -56,46 +55,10 @@ pub struct Metrics {
     ws_dropped: Counter<u64, AtomicU64>,
     plans: Family<PlanLabels, Counter>,
     actions: Family<ActionLabels, Counter>,
-    sources: Mutex<PlanSources>,
-}
-
-/// Plans whose source is remembered (PlanStatusChanged does not carry it).
-const REMEMBERED_PLANS: usize = 10_000;
-
-/// Each recent plan's source, oldest forgotten first.
-#[derive(Default)]
-pub struct PlanSources {
-    by_plan: HashMap<String, String>,
-    order: VecDeque<String>,
-}
-
-impl PlanSources {
-    pub fn insert(&mut self, plan_id: &str, source: &str) {
-        if self.by_plan.contains_key(plan_id) {
-            return;
-        }
-        if self.order.len() >= REMEMBERED_PLANS {
-            if let Some(oldest) = self.order.pop_front() {
-                self.by_plan.remove(&oldest);
-            }
-        }
-        self.order.push_back(plan_id.to_string());
-        self.by_plan.insert(plan_id.to_string(), source.to_string());
-    }
-
-    /// The plan's source, or `unknown` for a plan queued before the bridge
-    /// started (or forgotten).
-    pub fn get(&self, plan_id: &str) -> &str {
-        self.by_plan.get(plan_id).map_or("unknown", String::as_str)
-    }
-
-    pub fn len(&self) -> usize {
-        self.order.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.order.is_empty()
-    }
+    /// The label sets the agent's counters were ever reported under, so one
+    /// it no longer reports (it restarted) reads 0 rather than its old count.
+    plan_labels: Mutex<HashSet<PlanLabels>>,
+    action_labels: Mutex<HashSet<ActionLabels>>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -166,19 +129,20 @@ impl Metrics {
         );
         registry.register(
             "antibody_plans",
-            "Plans queued (status pending) and their status changes, by source, counted from the agent's signals since the bridge started",
+            "Plans queued (status pending) and their status changes, by source, since the agent started (from Status)",
             plans.clone(),
         );
         registry.register(
             "antibody_actions",
-            "Actions finished, by type and outcome, counted from the agent's signals since the bridge started",
+            "Actions finished, by type and outcome, since the agent started (from Status)",
             actions.clone(),
         );
         Metrics {
             registry,
             plans,
             actions,
-            sources: Mutex::new(PlanSources::default()),
+            plan_labels: Mutex::default(),
+            action_labels: Mutex::default(),
             http_requests,
             http_duration,
             queue_depth,
@@ -204,45 +168,6 @@ impl Metrics {
             .observe(seconds);
     }
 
-    /// Counts one of the agent's signals.
-    pub fn observe_signal(&self, signal: &Signal) {
-        match signal {
-            Signal::PlanQueued {
-                plan_id, source, ..
-            } => {
-                crate::sync::lock(&self.sources).insert(plan_id, source);
-                self.plans
-                    .get_or_create(&PlanLabels {
-                        source: source.clone(),
-                        status: "pending".into(),
-                    })
-                    .inc();
-            }
-            Signal::PlanStatusChanged { plan_id, status } => {
-                let source = crate::sync::lock(&self.sources).get(plan_id).to_string();
-                self.plans
-                    .get_or_create(&PlanLabels {
-                        source,
-                        status: status.clone(),
-                    })
-                    .inc();
-            }
-            Signal::ActionFinished {
-                action_type,
-                outcome,
-                ..
-            } => {
-                self.actions
-                    .get_or_create(&ActionLabels {
-                        r#type: action_type.clone(),
-                        outcome: outcome.clone(),
-                    })
-                    .inc();
-            }
-            Signal::OperatorNotice { .. } => {}
-        }
-    }
-
     /// Takes the agent's figures from its `Status` JSON (None: it did not answer).
     pub fn set_agent(&self, status: Option<&Value>) {
         let Some(status) = status else {
@@ -256,6 +181,25 @@ impl Metrics {
             .set(int(&status["active_mitigations"]));
         self.ledger_ok
             .set(i64::from(status["ledger"]["ok"].as_bool().unwrap_or(false)));
+        let counters = &status["counters"];
+        store_counts(
+            &self.plans,
+            &self.plan_labels,
+            &counters["plans"],
+            |source, status| PlanLabels {
+                source: source.into(),
+                status: status.into(),
+            },
+        );
+        store_counts(
+            &self.actions,
+            &self.action_labels,
+            &counters["actions"],
+            |kind, outcome| ActionLabels {
+                r#type: kind.into(),
+                outcome: outcome.into(),
+            },
+        );
     }
 
     pub fn set_ws(&self, clients: usize, dropped_total: u64) {
@@ -275,6 +219,37 @@ impl Metrics {
     }
 }
 
+/// Sets `family` to the agent's `{outer: {inner: n}}` counts; a label set
+/// reported before but missing now is set to 0.
+fn store_counts<L>(
+    family: &Family<L, Counter>,
+    known: &Mutex<HashSet<L>>,
+    counts: &Value,
+    labels: impl Fn(&str, &str) -> L,
+) where
+    L: Clone + Hash + Eq + EncodeLabelSet + std::fmt::Debug,
+{
+    let mut reported = HashSet::new();
+    for (outer, inner) in counts.as_object().into_iter().flatten() {
+        for (inner, n) in inner.as_object().into_iter().flatten() {
+            let label = labels(outer, inner);
+            family
+                .get_or_create(&label)
+                .inner()
+                .store(n.as_u64().unwrap_or(0), Ordering::Relaxed);
+            reported.insert(label);
+        }
+    }
+    let mut known = crate::sync::lock(known);
+    for gone in known.difference(&reported) {
+        family
+            .get_or_create(gone)
+            .inner()
+            .store(0, Ordering::Relaxed);
+    }
+    known.extend(reported);
+}
+
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 #[cfg(test)]
@@ -283,42 +258,16 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn plan_sources_stay_bounded() {
-        let mut sources = PlanSources::default();
-        for n in 0..(REMEMBERED_PLANS + 10) {
-            sources.insert(&format!("p{n}"), "NEXUS");
-        }
-        assert_eq!(sources.len(), REMEMBERED_PLANS);
-        assert_eq!(sources.get("p0"), "unknown", "the oldest is forgotten");
-        assert_eq!(sources.get(&format!("p{}", REMEMBERED_PLANS + 9)), "NEXUS");
-    }
-
-    #[test]
     fn exposition_has_the_issue_names() {
         let m = Metrics::new();
         m.observe_http("/antibody/status", 200, 0.002);
-        m.set_agent(Some(
-            &json!({"queue_depth": 3, "active_mitigations": 2, "ledger": {"ok": true}}),
-        ));
-        m.observe_signal(&Signal::PlanQueued {
-            plan_id: "p1".into(),
-            source: "NEXUS".into(),
-            severity: "high".into(),
-        });
-        m.observe_signal(&Signal::PlanStatusChanged {
-            plan_id: "p1".into(),
-            status: "success".into(),
-        });
-        m.observe_signal(&Signal::PlanStatusChanged {
-            plan_id: "from-before".into(),
-            status: "failed".into(),
-        });
-        m.observe_signal(&Signal::ActionFinished {
-            plan_id: "p1".into(),
-            index: 0,
-            action_type: "restart_service".into(),
-            outcome: "applied".into(),
-        });
+        m.set_agent(Some(&json!({
+            "queue_depth": 3, "active_mitigations": 2, "ledger": {"ok": true},
+            "counters": {
+                "plans": {"NEXUS": {"pending": 1, "success": 1}, "unknown": {"failed": 1}},
+                "actions": {"restart_service": {"applied": 1}},
+            },
+        })));
         let text = m.encode();
         for needle in [
             "antibody_plans_total{source=\"NEXUS\",status=\"pending\"} 1",
@@ -334,5 +283,41 @@ mod tests {
         ] {
             assert!(text.contains(needle), "{needle} missing from:\n{text}");
         }
+    }
+
+    #[test]
+    fn counters_follow_the_agent_and_read_zero_after_its_restart() {
+        let m = Metrics::new();
+        let status = |plans: serde_json::Value| {
+            json!({"queue_depth": 0, "ledger": {"ok": true},
+                   "counters": {"plans": plans, "actions": {}}})
+        };
+        m.set_agent(Some(&status(
+            json!({"NEXUS": {"pending": 5, "success": 4}}),
+        )));
+        m.set_agent(Some(&status(
+            json!({"NEXUS": {"pending": 7, "success": 6}}),
+        )));
+        let text = m.encode();
+        assert!(
+            text.contains("antibody_plans_total{source=\"NEXUS\",status=\"pending\"} 7"),
+            "{text}"
+        );
+        // The agent restarted: its counts start again, and one it has not
+        // seen since reads 0, not the old figure.
+        m.set_agent(Some(&status(json!({"Manual": {"pending": 1}}))));
+        let text = m.encode();
+        for needle in [
+            "antibody_plans_total{source=\"NEXUS\",status=\"pending\"} 0",
+            "antibody_plans_total{source=\"NEXUS\",status=\"success\"} 0",
+            "antibody_plans_total{source=\"Manual\",status=\"pending\"} 1",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from:\n{text}");
+        }
+        // The agent away: the counters keep their last values.
+        m.set_agent(None);
+        assert!(m
+            .encode()
+            .contains("antibody_plans_total{source=\"Manual\",status=\"pending\"} 1"));
     }
 }

@@ -85,12 +85,6 @@ impl App {
     /// Starts the one signal subscription that feeds every WebSocket
     /// client; returns once it is made (or could not be, for now).
     pub async fn start_event_pump(self: &Arc<App>) {
-        events::start_pump(
-            self.link.clone(),
-            self.hub.clone(),
-            self.metrics.clone(),
-            self.link.timeout(),
-        )
-        .await;
+        events::start_pump(self.link.clone(), self.hub.clone(), self.link.timeout()).await;
     }
 }

@@ -4,6 +4,8 @@
 //! a test proves the checked-in copy is what the code generates, and the
 //! T2 test that the bridge serves it and has every route it lists.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
@@ -112,6 +114,16 @@ pub struct AgentStatus {
     pub ledger: LedgerState,
     pub version: String,
     pub uptime_secs: u64,
+    pub counters: AgentCounters,
+}
+
+/// The counters part of [`AgentStatus`]: counts since the agent started.
+#[derive(Serialize, ToSchema)]
+pub struct AgentCounters {
+    /// source → status → plans that entered it (`pending` when queued).
+    pub plans: BTreeMap<String, BTreeMap<String, u64>>,
+    /// action type → outcome (applied, failed, reverted, skipped) → actions.
+    pub actions: BTreeMap<String, BTreeMap<String, u64>>,
 }
 
 struct BearerAuth;
@@ -148,7 +160,7 @@ impl Modify for BearerAuth {
         super::routes::openapi_json,
         super::dashboard::index,
     ),
-    components(schemas(ErrorBody, Submitted, RollbackAccepted, LedgerVerified, AgentStatus, LedgerState)),
+    components(schemas(ErrorBody, Submitted, RollbackAccepted, LedgerVerified, AgentStatus, LedgerState, AgentCounters)),
     modifiers(&BearerAuth),
     tags((name = "antibody", description = "The agent's routes")),
 )]
