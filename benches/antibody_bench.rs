@@ -6,6 +6,7 @@
 //!
 //! Needs root (the shipped policy lets only root own the agent's name).
 
+mod common;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -17,14 +18,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use antibody::dbus::proxy::AntibodyProxy;
+use common::{alert, bench_home, cpu_secs, is_drained, p50, user_and_system_secs, wait_drained};
 use support::{Agent, PrivateBus};
 
 const SAMPLES: usize = 2000;
-
-fn p50(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
 
 fn rss_kib(pid: i32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -33,27 +30,6 @@ fn rss_kib(pid: i32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap()
-}
-
-/// CPU time a process has used so far (all its threads, user and
-/// system), from `/proc/PID/stat`.
-fn cpu_secs(pid: i32) -> f64 {
-    let (user, system) = user_and_system_secs(pid);
-    user + system
-}
-
-/// The user and the system CPU seconds a process has used so far.
-fn user_and_system_secs(pid: i32) -> (f64, f64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // Fields after the command name, which may hold spaces: state is the
-    // 3rd field of the whole line, utime the 14th and stime the 15th.
-    let after = &stat[stat.rfind(')').unwrap() + 2..];
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let per_sec = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .unwrap()
-        .unwrap_or(100) as f64;
-    let secs = |field: &str| field.parse::<u64>().unwrap() as f64 / per_sec;
-    (secs(fields[11]), secs(fields[12]))
 }
 
 /// CPU seconds used by each of some groups of processes over one window
@@ -99,31 +75,6 @@ async fn wait_idle(proxy: &AntibodyProxy<'_>, pid: i32) {
             return;
         }
     }
-}
-
-/// Whether the agent has nothing queued and nothing running (`Status`).
-async fn is_drained(proxy: &AntibodyProxy<'_>) -> bool {
-    let status: serde_json::Value = serde_json::from_str(&proxy.status().await.unwrap()).unwrap();
-    status["queue_depth"] == 0 && status["in_flight"] == 0
-}
-
-/// Polls until every plan has finished, closely enough to time a row by it.
-async fn wait_drained(proxy: &AntibodyProxy<'_>) {
-    while !is_drained(proxy).await {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-/// The bench's scratch directory: under BENCH_DIR, by default /var/tmp
-/// (the machine's disk, not a tmpfs: the ledger's fsyncs are measured).
-fn bench_home() -> tempfile::TempDir {
-    tempfile::tempdir_in(std::env::var("BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into())).unwrap()
-}
-
-fn alert(n: usize, channel: &str) -> String {
-    format!(
-        r#"{{"source":"NEXUS","severity":"low","description":"bench alert {n}","actions":[{{"type":"notify_operator","channel":"{channel}","message":"bench {n}"}}]}}"#
-    )
 }
 
 /// How the latency samples are taken: back to back, or one every 10 ms so

@@ -14,6 +14,12 @@ use antibody::sys::sdnotify;
 use antibody::web::config::{Secrets, WebConfig, DEFAULT_WEB_CONFIG_PATH};
 use antibody::web::{routes, server, App};
 
+/// mimalloc, as in the agent (src/main.rs): under callgrind glibc's
+/// malloc, free and realloc were about a fifth of the bridge's
+/// instructions per request.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// How long a stop waits for open requests and event streams.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
@@ -68,8 +74,10 @@ fn main() -> ExitCode {
         // AF_INET/AF_INET6 socket (checked above) that nothing else owns.
         .map(|fd| unsafe { std::net::TcpListener::from_raw_fd(fd.into_raw_fd()) });
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread: a request's work is a few dozen microseconds, and on
+    // two workers the hand-offs between them (futex wake-ups) cost more
+    // CPU than the work (web_bench: 125 -> 100 µs of CPU a request).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         // Under the unit's TasksMax=64 (tokio's default is 512 blocking
         // threads, and a thread that cannot be spawned panics).
         .max_blocking_threads(32)

@@ -152,7 +152,7 @@ pub enum Feed {
 /// bridge says it is ready), then runs the pump for the bridge's life.
 /// An unreachable bus is no error here: the pump keeps trying.
 pub async fn start_pump(link: Arc<AgentLink>, hub: Arc<Hub>, within: Duration) {
-    let first = tokio::time::timeout(within, subscribe(&link))
+    let first = tokio::time::timeout(within, subscribe(&link, &hub))
         .await
         .ok()
         .and_then(Result::ok);
@@ -164,7 +164,7 @@ async fn pump(link: Arc<AgentLink>, hub: Arc<Hub>, mut current: Option<BoxStream
     loop {
         let mut signals = match current.take() {
             Some(signals) => signals,
-            None => match subscribe(&link).await {
+            None => match subscribe(&link, &hub).await {
                 Ok(signals) => signals,
                 Err(e) => {
                     eprintln!("<4>antibody-web: cannot subscribe to the agent's signals: {e}");
@@ -175,6 +175,10 @@ async fn pump(link: Arc<AgentLink>, hub: Arc<Hub>, mut current: Option<BoxStream
             },
         };
         while let Some(item) = signals.next().await {
+            // With no client, no fresh snapshot is read either.
+            if hub.clients() == 0 {
+                continue;
+            }
             let message = match item {
                 Feed::Signal(signal) => {
                     let ts = crate::time::rfc3339(crate::time::now_ms());
@@ -200,7 +204,7 @@ const SIGNAL_QUEUE: usize = 1024;
 /// The rule's sender is the well-known name, which the bus daemon matches
 /// against its current owner: only the agent's signals reach us, whichever
 /// process owns the name after a restart.
-async fn subscribe(link: &AgentLink) -> Result<BoxStream<'static, Feed>, String> {
+async fn subscribe(link: &AgentLink, hub: &Arc<Hub>) -> Result<BoxStream<'static, Feed>, String> {
     let (conn, _) = link.proxy().await.map_err(|e| e.message)?;
     let signals_rule = zbus::MatchRule::builder()
         .msg_type(zbus::message::Type::Signal)
@@ -230,10 +234,21 @@ async fn subscribe(link: &AgentLink) -> Result<BoxStream<'static, Feed>, String>
             .await
             .map_err(|e| e.to_string())?;
     // A connection error ends a stream (the pump subscribes again); a
-    // message whose arguments do not decode is skipped.
+    // message whose arguments do not decode is skipped, and so is every
+    // signal while no client listens: a client that joins later reads its
+    // snapshot after joining, and the snapshot holds what the signal said.
+    let hub = hub.clone();
     let signals = signals
         .take_while(|m| std::future::ready(m.is_ok()))
-        .filter_map(|m| std::future::ready(m.ok().and_then(|m| decode(&m)).map(Feed::Signal)));
+        .filter_map(move |m| {
+            let listened = hub.clients() > 0;
+            std::future::ready(
+                m.ok()
+                    .filter(|_| listened)
+                    .and_then(|m| decode(&m))
+                    .map(Feed::Signal),
+            )
+        });
     let owners = owners
         .take_while(|m| std::future::ready(m.is_ok()))
         .filter_map(|m| std::future::ready(m.ok().and_then(|m| agent_returned(&m))));

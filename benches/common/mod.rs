@@ -1,0 +1,59 @@
+//! What the agent's benchmarks share: the scratch directory, the alert
+//! they submit, the median, and waiting for the agent to drain.
+
+use std::time::Duration;
+
+use antibody::dbus::proxy::AntibodyProxy;
+
+pub fn p50(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// The bench's scratch directory: under BENCH_DIR, by default /var/tmp
+/// (the machine's disk, not a tmpfs: the ledger's fsyncs are measured).
+pub fn bench_home() -> tempfile::TempDir {
+    tempfile::tempdir_in(std::env::var("BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into())).unwrap()
+}
+
+/// Alert number `n`: distinct for each `n`, so each makes a plan of one
+/// `notify_operator` action on `channel`.
+pub fn alert(n: usize, channel: &str) -> String {
+    format!(
+        r#"{{"source":"NEXUS","severity":"low","description":"bench alert {n}","actions":[{{"type":"notify_operator","channel":"{channel}","message":"bench {n}"}}]}}"#
+    )
+}
+
+/// CPU time a process has used so far (all its threads, user and
+/// system), from `/proc/PID/stat`.
+pub fn cpu_secs(pid: i32) -> f64 {
+    let (user, system) = user_and_system_secs(pid);
+    user + system
+}
+
+/// The user and the system CPU seconds a process has used so far.
+pub fn user_and_system_secs(pid: i32) -> (f64, f64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name, which may hold spaces: state is the
+    // 3rd field of the whole line, utime the 14th and stime the 15th.
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let per_sec = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .unwrap()
+        .unwrap_or(100) as f64;
+    let secs = |field: &str| field.parse::<u64>().unwrap() as f64 / per_sec;
+    (secs(fields[11]), secs(fields[12]))
+}
+
+/// Whether the agent has nothing queued and nothing running (`Status`).
+pub async fn is_drained(proxy: &AntibodyProxy<'_>) -> bool {
+    let status: serde_json::Value = serde_json::from_str(&proxy.status().await.unwrap()).unwrap();
+    status["queue_depth"] == 0 && status["in_flight"] == 0
+}
+
+/// Polls until every plan has finished, closely enough to time a row by it.
+pub async fn wait_drained(proxy: &AntibodyProxy<'_>) {
+    while !is_drained(proxy).await {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
