@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use antibody::dbus::proxy::AntibodyProxy;
-use common::{alert, bench_home, cpu_secs, is_drained, p50, user_and_system_secs, wait_drained};
+use common::{alert, bench_home, cpu_secs, p50, user_and_system_secs, wait_drained, wait_idle};
 use support::{Agent, PrivateBus};
 
 const SAMPLES: usize = 2000;
@@ -56,25 +56,6 @@ impl CpuWindow {
 
 fn group_cpu_secs(pids: &[i32]) -> f64 {
     pids.iter().map(|p| cpu_secs(*p)).sum()
-}
-
-/// Waits until the agent has nothing queued or running and its CPU has
-/// settled (under 2 % of a core over half a second), so that a row
-/// measures itself and not the backlog of the row before it.
-async fn wait_idle(proxy: &AntibodyProxy<'_>, pid: i32) {
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        assert!(Instant::now() < deadline, "the agent never went idle");
-        if !is_drained(proxy).await {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        }
-        let window = CpuWindow::open(vec![vec![pid]]);
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        if window.used()[0] < 0.01 {
-            return;
-        }
-    }
 }
 
 /// How the latency samples are taken: back to back, or one every 10 ms so

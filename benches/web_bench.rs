@@ -9,8 +9,9 @@
 //!   connections, one per client thread).
 //!
 //! Three rounds; within a round the two sides alternate which goes first,
-//! and every row starts with the agent's queue drained, so the plans of
-//! the row before do not share its cores. The bridge runs as root here,
+//! and every row starts with the agent idle (queue drained, CPU settled),
+//! so the plans of the row before, and their archiving, do not share its
+//! cores. The bridge runs as root here,
 //! like the D-Bus caller, so the agent applies the same rules to both
 //! (as `antibody-web` it would be under `auth.submit_*` rate limits).
 //! BENCH_PER_CLIENT sets the alerts per client in the throughput rows
@@ -26,7 +27,7 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use antibody::dbus::proxy::AntibodyProxy;
-use common::{alert, bench_home, cpu_secs, p50, wait_drained};
+use common::{alert, bench_home, cpu_secs, p50, wait_idle};
 use support::web::{RunAs, Web, SENTINEL};
 use support::{Agent, PrivateBus};
 
@@ -236,7 +237,7 @@ async fn main() {
         .unwrap_or(250);
     let bus = PrivateBus::start();
     let home = bench_home();
-    let _agent = Agent::start(&bus, home.path(), "[queue]\nmax = 200000\n");
+    let agent = Agent::start(&bus, home.path(), "[queue]\nmax = 200000\n");
     let web = Web::start(&bus, "", RunAs::Root);
     let url = format!("{}/antibody/alert", web.base);
     let conn = bus.connect().await;
@@ -252,10 +253,10 @@ async fn main() {
         let mut dbus_p50 = Duration::ZERO;
         let mut http_p50 = Duration::ZERO;
         let floor_p50 = http_floor(&web.addr);
-        wait_drained(&proxy).await;
+        wait_idle(&proxy, agent.pid()).await;
         let ureq_p50 = ureq_latency(&url, numbers.take(LATENCY_SAMPLES));
         for side in [http_first, !http_first] {
-            wait_drained(&proxy).await;
+            wait_idle(&proxy, agent.pid()).await;
             if side {
                 http_p50 = http_latency(&web.addr, numbers.take(LATENCY_SAMPLES));
             } else {
@@ -266,7 +267,7 @@ async fn main() {
         let mut http = 0.0;
         let mut bridge_cpu_us = 0.0;
         for side in [http_first, !http_first] {
-            wait_drained(&proxy).await;
+            wait_idle(&proxy, agent.pid()).await;
             if side {
                 let before = cpu_secs(web.pid());
                 http = http_rate(&web.addr, per, numbers.take(CLIENTS * per));

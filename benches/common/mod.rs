@@ -1,7 +1,9 @@
 //! What the agent's benchmarks share: the scratch directory, the alert
-//! they submit, the median, and waiting for the agent to drain.
+//! they submit, the median, CPU time, and waiting for the agent to drain.
+// Each bench compiles this module on its own and uses a part of it.
+#![allow(dead_code)]
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use antibody::dbus::proxy::AntibodyProxy;
 
@@ -49,6 +51,26 @@ pub fn user_and_system_secs(pid: i32) -> (f64, f64) {
 pub async fn is_drained(proxy: &AntibodyProxy<'_>) -> bool {
     let status: serde_json::Value = serde_json::from_str(&proxy.status().await.unwrap()).unwrap();
     status["queue_depth"] == 0 && status["in_flight"] == 0
+}
+
+/// Waits until the agent has nothing queued or running and its CPU has
+/// settled (under 2 % of a core over half a second), so that a row
+/// measures itself and not the backlog of the row before it (the plans
+/// it archives after they finish, too).
+pub async fn wait_idle(proxy: &AntibodyProxy<'_>, pid: i32) {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        assert!(Instant::now() < deadline, "the agent never went idle");
+        if !is_drained(proxy).await {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        let before = cpu_secs(pid);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if cpu_secs(pid) - before < 0.01 {
+            return;
+        }
+    }
 }
 
 /// Polls until every plan has finished, closely enough to time a row by it.
