@@ -664,18 +664,20 @@ fn the_rpm_installs_with_rpm_runs_its_scriptlets_and_erases_keeping_the_ledger()
     assert!(!tb.try_sh("rpm -q antibody").0, "rpm still knows antibody");
 }
 
-/// One HTTP/1.1 request to the bridge from inside the booted root, with
-/// bash's /dev/tcp (the root has no curl): the whole answer, head and body.
+/// One request to the bridge with curl from inside the booted root, as an
+/// operator on the host would send it: the whole answer, head and body.
 fn http_inside(tb: &Testbed, method: &str, path: &str, token: &str, body: &str) -> String {
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
+    let mut command = format!(
+        "curl -sS -i --max-time 10 -X {method} -H {} http://127.0.0.1:8470{path}",
+        shell_quote(&format!("Authorization: Bearer {token}"))
     );
-    let script = format!(
-        "exec 3<>/dev/tcp/127.0.0.1/8470; printf '%s' {} >&3; timeout 10 cat <&3",
-        shell_quote(&request)
-    );
-    tb.sh(&format!("bash -c {}", shell_quote(&script)))
+    if !body.is_empty() {
+        command += &format!(
+            " -H 'Content-Type: application/json' --data-binary {}",
+            shell_quote(body)
+        );
+    }
+    tb.sh(&command)
 }
 
 /// The .deb ships `antibody-web` disabled; with its two secrets in place

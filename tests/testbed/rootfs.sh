@@ -8,7 +8,7 @@ set -euo pipefail
 CACHE=${ANTIBODY_TESTBED_CACHE:-/var/cache/antibody-testbed}
 ROOT=$CACHE/rootfs
 # Bump when the package list changes, so old caches are rebuilt.
-STAMP_VALUE="bookworm minbase v2: systemd systemd-sysv dbus iproute2 nftables procps systemd-journal-remote"
+STAMP_VALUE="bookworm minbase v3: systemd systemd-sysv dbus iproute2 nftables procps systemd-journal-remote curl"
 
 need() { command -v "$1" >/dev/null 2>&1; }
 if ! need systemd-nspawn || ! need debootstrap; then
@@ -39,7 +39,7 @@ echo "testbed: building the Debian 12 root filesystem from ${mirror:-the default
 mkdir -p "$CACHE"
 rm -rf "$ROOT.new"
 debootstrap --variant=minbase \
-    --include=systemd,systemd-sysv,dbus,iproute2,nftables,procps,systemd-journal-remote \
+    --include=systemd,systemd-sysv,dbus,iproute2,nftables,procps,systemd-journal-remote,curl \
     bookworm "$ROOT.new" ${mirror:+"$mirror"} >"$CACHE/debootstrap.log" 2>&1 || {
     echo "testbed: debootstrap failed; the end of $CACHE/debootstrap.log:" >&2
     tail -n 30 "$CACHE/debootstrap.log" >&2
