@@ -18,7 +18,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use antibody::dbus::proxy::AntibodyProxy;
-use common::{alert, bench_home, cpu_secs, p50, user_and_system_secs, wait_drained, wait_idle};
+use common::{
+    alert, bench_home, cpu_secs, p50, timed_submit, user_and_system_secs, wait_drained, wait_idle,
+};
 use support::{Agent, PrivateBus};
 
 const SAMPLES: usize = 2000;
@@ -125,11 +127,7 @@ async fn submit_latency(proxy: &AntibodyProxy<'_>, pace: Pace, first: usize) -> 
     let mut samples = Vec::new();
     for n in first..first + pace.samples() {
         pace.wait().await;
-        let text = alert(n, "journal");
-        let t = Instant::now();
-        let (_, created) = proxy.submit_alert(&text).await.unwrap();
-        samples.push(t.elapsed());
-        assert!(created);
+        samples.push(timed_submit(proxy, n).await);
     }
     p50(samples)
 }

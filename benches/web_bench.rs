@@ -27,7 +27,7 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use antibody::dbus::proxy::AntibodyProxy;
-use common::{alert, bench_home, cpu_secs, p50, wait_idle};
+use common::{alert, bench_home, cpu_secs, p50, timed_submit, wait_idle};
 use support::web::{RunAs, Web, SENTINEL};
 use support::{Agent, PrivateBus};
 
@@ -166,11 +166,7 @@ fn http_floor(addr: &str) -> Duration {
 async fn dbus_latency(proxy: &AntibodyProxy<'_>, first: usize) -> Duration {
     let mut samples = Vec::with_capacity(LATENCY_SAMPLES);
     for n in first..first + LATENCY_SAMPLES {
-        let text = alert(n, "journal");
-        let t = Instant::now();
-        let (_, created) = proxy.submit_alert(&text).await.unwrap();
-        samples.push(t.elapsed());
-        assert!(created);
+        samples.push(timed_submit(proxy, n).await);
     }
     p50(samples)
 }
@@ -252,6 +248,7 @@ async fn main() {
         let http_first = round % 2 == 1;
         let mut dbus_p50 = Duration::ZERO;
         let mut http_p50 = Duration::ZERO;
+        wait_idle(&proxy, agent.pid()).await;
         let floor_p50 = http_floor(&web.addr);
         wait_idle(&proxy, agent.pid()).await;
         let ureq_p50 = ureq_latency(&url, numbers.take(LATENCY_SAMPLES));

@@ -152,9 +152,12 @@ check_contents target/debian/contents.txt "${EXPECTED[@]}" "${EXPECTED_DEB[@]}" 
     die "the .deb lacks files (listed above)"
 check_contents target/generate-rpm/contents.txt "${EXPECTED[@]}" "${EXPECTED_RPM[@]}" ||
     die "the .rpm lacks files (listed above)"
-dpkg-deb --info "$deb" conffiles | grep -qxF /etc/antibody/antibody.toml ||
+# grep without -q reads to the end: with -q it may exit at the first line,
+# and the writer's SIGPIPE would fail the pipeline (pipefail) though the
+# line was found; both packages have two conffiles since web.toml.
+dpkg-deb --info "$deb" conffiles | grep -xF /etc/antibody/antibody.toml >/dev/null ||
     die "/etc/antibody/antibody.toml is not a conffile of the .deb"
-rpm -qp --configfiles "$rpm_file" | grep -qxF /etc/antibody/antibody.toml ||
+rpm -qp --configfiles "$rpm_file" | grep -xF /etc/antibody/antibody.toml >/dev/null ||
     die "/etc/antibody/antibody.toml is not a %config file of the .rpm"
 
 step "lintian $deb"

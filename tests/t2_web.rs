@@ -190,7 +190,10 @@ fn every_route_answers_through_an_unprivileged_bridge() {
     .assert_error(422, "ProtectedTarget");
 
     // Every accepted request is journaled with principal, peer and plan.
-    let log = web.log_text();
+    let log = web.log_showing(|log| {
+        log.lines()
+            .any(|l| l.contains("submitted an alert") && l.contains(&plan_id))
+    });
     let line = log
         .lines()
         .find(|l| l.contains("submitted an alert") && l.contains(&plan_id))
@@ -429,7 +432,7 @@ fn credentials_are_checked_and_repeated_failures_slowed() {
     assert_eq!(web.get(plans, Some(&operator)).status, 200);
     // Public routes are not affected.
     assert_eq!(web.get("/antibody/status", None).status, 200);
-    let log = web.log_text();
+    let log = web.log_showing(|log| log.contains("127.0.0.1 failed authentication too often"));
     assert!(
         log.contains("127.0.0.1 failed authentication too often"),
         "the slow-down is journaled:\n{log}"
@@ -1262,7 +1265,10 @@ fn the_readme_curl_lines_work_as_written() {
         "{stdout}"
     );
     assert!(stdout.contains("\"healthy\":true"), "{stdout}");
-    let log = web.log_text();
+    let log = web.log_showing(|log| {
+        log.lines()
+            .any(|l| l.contains("sentinel") && l.contains("submitted an alert"))
+    });
     assert!(
         log.lines()
             .any(|l| l.contains("sentinel") && l.contains("submitted an alert")),
@@ -1462,7 +1468,7 @@ fn forwarded_for_is_believed_only_from_trusted_proxies() {
     assert_eq!(reply.status, 200, "{reply:?}");
     // A forged entry left of the proxy's own does not help.
     via("198.51.100.1, 203.0.113.5", "guess").assert_error(429, "TooManyAuthFailures");
-    let log = web.log_text();
+    let log = web.log_showing(|log| log.contains("203.0.113.5 failed authentication too often"));
     assert!(
         log.contains("203.0.113.5 failed authentication too often"),
         "{log}"
@@ -1497,7 +1503,7 @@ fn a_mapped_ipv4_proxy_is_trusted_and_hops_may_carry_a_port() {
     };
     via("203.0.113.7");
     via("203.0.113.8:4711");
-    let log = web.log_text();
+    let log = web.log_showing(|log| log.contains("refused credentials from 203.0.113.8:"));
     for client in ["203.0.113.7", "203.0.113.8"] {
         assert!(
             log.contains(&format!("refused credentials from {client}:")),
@@ -1527,7 +1533,7 @@ fn forwarded_for_is_ignored_by_default() {
     )
     .assert_error(429, "TooManyAuthFailures");
     assert!(web
-        .log_text()
+        .log_showing(|log| log.contains("127.0.0.1 failed authentication too often"))
         .contains("127.0.0.1 failed authentication too often"));
 }
 

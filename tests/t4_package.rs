@@ -735,10 +735,10 @@ fn the_web_bridge_ships_disabled_and_once_enabled_turns_a_posted_alert_into_a_pl
     assert!(refused.starts_with("HTTP/1.1 403"), "{refused}");
     let status = http_inside(&tb, "GET", "/antibody/status", "", "");
     assert!(status.starts_with("HTTP/1.1 200"), "{status}");
-    // The bridge journaled the request with its principal.
-    let journal = tb.sh("journalctl -u antibody-web -o cat --no-pager");
-    assert!(
-        journal.contains("sentinel") && journal.contains(&plan_id),
-        "{journal}"
-    );
+    // The bridge journaled the request with its principal (its journal
+    // lines are written on a thread of their own, a moment after the answer).
+    tb.wait_until("the bridge's journal line", Duration::from_secs(10), || {
+        let journal = tb.sh("journalctl -u antibody-web -o cat --no-pager");
+        journal.contains("sentinel") && journal.contains(&plan_id)
+    });
 }

@@ -47,6 +47,17 @@ pub fn user_and_system_secs(pid: i32) -> (f64, f64) {
     (secs(fields[11]), secs(fields[12]))
 }
 
+/// How long `SubmitAlert` of alert `n` takes to answer; panics unless it
+/// made a new plan.
+pub async fn timed_submit(proxy: &AntibodyProxy<'_>, n: usize) -> Duration {
+    let text = alert(n, "journal");
+    let t = Instant::now();
+    let (_, created) = proxy.submit_alert(&text).await.unwrap();
+    let took = t.elapsed();
+    assert!(created, "alert {n} did not make a new plan");
+    took
+}
+
 /// Whether the agent has nothing queued and nothing running (`Status`).
 pub async fn is_drained(proxy: &AntibodyProxy<'_>) -> bool {
     let status: serde_json::Value = serde_json::from_str(&proxy.status().await.unwrap()).unwrap();

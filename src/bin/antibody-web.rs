@@ -22,6 +22,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// How long a stop waits for open requests and event streams.
 const STOP_GRACE: Duration = Duration::from_secs(5);
+/// How long the stop then waits for the audit writer to catch up.
+const AUDIT_DRAIN_GRACE: Duration = Duration::from_secs(2);
 
 #[derive(Parser)]
 #[command(
@@ -124,7 +126,7 @@ async fn serve(
     app.audit.info(&format!("listening on {local}"));
     sdnotify::ready(&format!("listening on {local}"));
 
-    let router = routes::router(app);
+    let router = routes::router(app.clone());
     let limits = server::Limits {
         header_read_timeout: Duration::from_secs(config.header_read_timeout_secs),
         max_connections: config.max_connections,
@@ -134,6 +136,8 @@ async fn serve(
         sdnotify::stopping();
     };
     server::serve(listener, router, limits, stop, STOP_GRACE).await;
+    // The last requests' journal lines are written before the process ends.
+    app.audit.drain(AUDIT_DRAIN_GRACE);
     Ok(())
 }
 

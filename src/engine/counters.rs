@@ -7,16 +7,19 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
-/// (outer label, inner label) → count, e.g. (source, status) or
-/// (action type, outcome). Both label sets are closed (three sources, the
+/// outer label → inner label → count, e.g. source → status → plans, or
+/// action type → outcome → actions. Both label sets are closed (three sources, the
 /// plan statuses, the registry's action types, four outcomes), so the maps
 /// stay small whatever the alerts say.
-type Tally = BTreeMap<(String, String), u64>;
+type Tally = BTreeMap<String, BTreeMap<String, u64>>;
 
-#[derive(Default)]
 pub struct Counters {
+    /// When this agent started (ms since the epoch): a reader that sees it
+    /// change knows the counts started again (and was not handed an older
+    /// reply than its last one).
+    since_ms: u64,
     tallies: Mutex<Tallies>,
 }
 
@@ -27,6 +30,13 @@ struct Tallies {
 }
 
 impl Counters {
+    pub fn since(since_ms: u64) -> Counters {
+        Counters {
+            since_ms,
+            tallies: Mutex::default(),
+        }
+    }
+
     /// A plan accepted (`PlanQueued`, status `pending`), or a plan's status
     /// changed to `status`.
     pub fn plan(&self, source: &str, status: &str) {
@@ -38,12 +48,14 @@ impl Counters {
         bump(&mut self.lock().actions, kind, outcome);
     }
 
-    /// `{"plans": {source: {status: n}}, "actions": {type: {outcome: n}}}`.
+    /// `{"since_ms": start, "plans": {source: {status: n}}, "actions":
+    /// {type: {outcome: n}}}`.
     pub fn to_json(&self) -> Value {
         let tallies = self.lock();
         json!({
-            "plans": nested(&tallies.plans),
-            "actions": nested(&tallies.actions),
+            "since_ms": self.since_ms,
+            "plans": tallies.plans,
+            "actions": tallies.actions,
         })
     }
 
@@ -54,22 +66,20 @@ impl Counters {
 }
 
 fn bump(tally: &mut Tally, outer: &str, inner: &str) {
-    *tally
-        .entry((outer.to_string(), inner.to_string()))
-        .or_insert(0) += 1;
-}
-
-fn nested(tally: &Tally) -> Value {
-    let mut outer = Map::new();
-    for ((a, b), n) in tally {
-        let inner = outer
-            .entry(a.clone())
-            .or_insert_with(|| Value::Object(Map::new()));
-        if let Value::Object(inner) = inner {
-            inner.insert(b.clone(), json!(n));
+    // Looked up by reference: the labels are allocated once per label set,
+    // not once per event.
+    if !tally.contains_key(outer) {
+        tally.insert(outer.to_string(), BTreeMap::new());
+    }
+    let Some(inner_map) = tally.get_mut(outer) else {
+        return; // inserted just above
+    };
+    match inner_map.get_mut(inner) {
+        Some(n) => *n += 1,
+        None => {
+            inner_map.insert(inner.to_string(), 1);
         }
     }
-    Value::Object(outer)
 }
 
 #[cfg(test)]
@@ -78,10 +88,10 @@ mod tests {
 
     #[test]
     fn counts_nest_by_their_two_labels() {
-        let counters = Counters::default();
+        let counters = Counters::since(1234);
         assert_eq!(
             counters.to_json(),
-            json!({"plans": {}, "actions": {}}),
+            json!({"since_ms": 1234, "plans": {}, "actions": {}}),
             "nothing counted yet is an empty map, not a missing key"
         );
         counters.plan("NEXUS", "pending");
@@ -94,6 +104,7 @@ mod tests {
         assert_eq!(
             counters.to_json(),
             json!({
+                "since_ms": 1234,
                 "plans": {
                     "NEXUS": {"pending": 2, "in_progress": 1},
                     "Watchdog": {"success": 1},

@@ -185,7 +185,7 @@ impl Engine {
             checkpoint_seq: AtomicU64::new(checkpoint_seq),
             verifying: Mutex::new(None),
             ledger_walks: AtomicU64::new(0),
-            counters: counters::Counters::default(),
+            counters: counters::Counters::since(crate::time::now_ms()),
             mirror: parts.mirror,
             ledger_files: Arc::default(),
         });

@@ -5,11 +5,32 @@
 //! to stderr, one line each.
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::sys::journal::{Journal, JournalEntry};
 
+/// Entries waiting for the writer thread; past this, new ones are dropped
+/// (and counted, and the count journaled once the journal takes entries
+/// again) rather than stalling the bridge's one runtime thread.
+const QUEUE: usize = 4096;
+
+/// Writes the journal lines on a thread of its own: a send to a stalled
+/// journald (or a blocked stderr) blocks, and must never hold the HTTP
+/// requests, the metrics and the event streams that share the runtime.
 pub struct Audit {
-    journal: Journal,
+    queue: SyncSender<JournalEntry>,
+    counts: Arc<Counts>,
+}
+
+#[derive(Default)]
+struct Counts {
+    /// Queued and not yet written.
+    pending: AtomicU64,
+    /// Dropped because the queue was full, not yet reported.
+    dropped: AtomicU64,
 }
 
 impl Audit {
@@ -19,7 +40,58 @@ impl Audit {
         } else {
             Journal::stderr()
         };
-        Audit { journal }
+        Audit::start(journal)
+    }
+
+    fn start(journal: Journal) -> Audit {
+        let (queue, entries) = sync_channel::<JournalEntry>(QUEUE);
+        let counts = Arc::new(Counts::default());
+        let writer_counts = counts.clone();
+        let spawned = std::thread::Builder::new()
+            .name("audit".into())
+            .spawn(move || {
+                for entry in entries {
+                    journal.send(&entry);
+                    writer_counts.pending.fetch_sub(1, Ordering::Relaxed);
+                    let dropped = writer_counts.dropped.swap(0, Ordering::Relaxed);
+                    if dropped > 0 {
+                        journal.send(&JournalEntry {
+                            priority: 4,
+                            message: format!(
+                                "antibody-web: {dropped} audit entries dropped: the journal did not keep up"
+                            ),
+                            fields: vec![],
+                        });
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            // The entries then go nowhere; say so where it can still be seen.
+            eprintln!("<3>antibody-web: cannot start the audit writer: {e}");
+        }
+        Audit { queue, counts }
+    }
+
+    fn write(&self, entry: JournalEntry) {
+        self.counts.pending.fetch_add(1, Ordering::Relaxed);
+        match self.queue.try_send(entry) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                self.counts.pending.fetch_sub(1, Ordering::Relaxed);
+                self.counts.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                self.counts.pending.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Waits (at most `grace`) until every queued entry is written: at stop.
+    pub fn drain(&self, grace: Duration) {
+        let deadline = Instant::now() + grace;
+        while self.counts.pending.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// An accepted request: `principal` did `what` from `peer`.
@@ -36,7 +108,7 @@ impl Audit {
             }
             None => String::new(),
         };
-        self.journal.send(&JournalEntry {
+        self.write(JournalEntry {
             priority: 6,
             message: format!("antibody-web: {principal} from {peer}: {what}{plan}"),
             fields,
@@ -46,7 +118,7 @@ impl Audit {
     /// A peer refused for its credentials (401); logged at notice level so
     /// a guesser shows in the journal.
     pub fn refused(&self, peer: IpAddr, why: &str) {
-        self.journal.send(&JournalEntry {
+        self.write(JournalEntry {
             priority: 5,
             message: format!("antibody-web: refused credentials from {peer}: {why}"),
             fields: vec![("ANTIBODY_WEB_PEER", peer.to_string())],
@@ -55,7 +127,7 @@ impl Audit {
 
     /// `peer` failed too often and is now answered 429 for `secs`.
     pub fn slowed(&self, peer: IpAddr, secs: u64) {
-        self.journal.send(&JournalEntry {
+        self.write(JournalEntry {
             priority: 4,
             message: format!(
                 "antibody-web: {peer} failed authentication too often; refused for {secs} s"
@@ -65,7 +137,7 @@ impl Audit {
     }
 
     pub fn info(&self, message: &str) {
-        self.journal.send(&JournalEntry {
+        self.write(JournalEntry {
             priority: 6,
             message: format!("antibody-web: {message}"),
             fields: vec![],

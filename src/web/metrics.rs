@@ -59,6 +59,8 @@ pub struct Metrics {
     /// it no longer reports (it restarted) reads 0 rather than its old count.
     plan_labels: Mutex<HashSet<PlanLabels>>,
     action_labels: Mutex<HashSet<ActionLabels>>,
+    /// The start (`counters.since_ms`) of the agent whose counts are shown.
+    agent_since: Mutex<Option<u64>>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -143,6 +145,7 @@ impl Metrics {
             actions,
             plan_labels: Mutex::default(),
             action_labels: Mutex::default(),
+            agent_since: Mutex::default(),
             http_requests,
             http_duration,
             queue_depth,
@@ -182,10 +185,24 @@ impl Metrics {
         self.ledger_ok
             .set(i64::from(status["ledger"]["ok"].as_bool().unwrap_or(false)));
         let counters = &status["counters"];
+        // Within one start of the agent a count only grows: an older reply
+        // read after a newer one (two scrapes at once) must not lower it,
+        // which Prometheus would read as a reset. A new start resets them.
+        let since = counters["since_ms"].as_u64();
+        let update = {
+            let mut shown = crate::sync::lock(&self.agent_since);
+            if since.is_some() && *shown == since {
+                Update::Raise
+            } else {
+                *shown = since;
+                Update::Restart
+            }
+        };
         store_counts(
             &self.plans,
             &self.plan_labels,
             &counters["plans"],
+            update,
             |source, status| PlanLabels {
                 source: source.into(),
                 status: status.into(),
@@ -195,6 +212,7 @@ impl Metrics {
             &self.actions,
             &self.action_labels,
             &counters["actions"],
+            update,
             |kind, outcome| ActionLabels {
                 r#type: kind.into(),
                 outcome: outcome.into(),
@@ -219,12 +237,22 @@ impl Metrics {
     }
 }
 
-/// Sets `family` to the agent's `{outer: {inner: n}}` counts; a label set
-/// reported before but missing now is set to 0.
+/// How the agent's counts replace the shown ones.
+#[derive(Clone, Copy)]
+enum Update {
+    /// The same agent: a count only grows.
+    Raise,
+    /// Another start of the agent: its counts replace the old ones, and a
+    /// label set it does not report reads 0.
+    Restart,
+}
+
+/// Sets `family` from the agent's `{outer: {inner: n}}` counts.
 fn store_counts<L>(
     family: &Family<L, Counter>,
     known: &Mutex<HashSet<L>>,
     counts: &Value,
+    update: Update,
     labels: impl Fn(&str, &str) -> L,
 ) where
     L: Clone + Hash + Eq + EncodeLabelSet + std::fmt::Debug,
@@ -233,19 +261,23 @@ fn store_counts<L>(
     for (outer, inner) in counts.as_object().into_iter().flatten() {
         for (inner, n) in inner.as_object().into_iter().flatten() {
             let label = labels(outer, inner);
-            family
-                .get_or_create(&label)
-                .inner()
-                .store(n.as_u64().unwrap_or(0), Ordering::Relaxed);
+            let n = n.as_u64().unwrap_or(0);
+            let counter = family.get_or_create(&label);
+            match update {
+                Update::Raise => counter.inner().fetch_max(n, Ordering::Relaxed),
+                Update::Restart => counter.inner().swap(n, Ordering::Relaxed),
+            };
             reported.insert(label);
         }
     }
     let mut known = crate::sync::lock(known);
-    for gone in known.difference(&reported) {
-        family
-            .get_or_create(gone)
-            .inner()
-            .store(0, Ordering::Relaxed);
+    if let Update::Restart = update {
+        for gone in known.difference(&reported) {
+            family
+                .get_or_create(gone)
+                .inner()
+                .store(0, Ordering::Relaxed);
+        }
     }
     known.extend(reported);
 }
@@ -288,32 +320,36 @@ mod tests {
     #[test]
     fn counters_follow_the_agent_and_read_zero_after_its_restart() {
         let m = Metrics::new();
-        let status = |plans: serde_json::Value| {
+        let status = |since: u64, plans: serde_json::Value| {
             json!({"queue_depth": 0, "ledger": {"ok": true},
-                   "counters": {"plans": plans, "actions": {}}})
+                   "counters": {"since_ms": since, "plans": plans, "actions": {}}})
+        };
+        let shows = |needle: &str| {
+            let text = m.encode();
+            assert!(text.contains(needle), "{needle} missing from:\n{text}");
         };
         m.set_agent(Some(&status(
+            1,
             json!({"NEXUS": {"pending": 5, "success": 4}}),
         )));
         m.set_agent(Some(&status(
+            1,
             json!({"NEXUS": {"pending": 7, "success": 6}}),
         )));
-        let text = m.encode();
-        assert!(
-            text.contains("antibody_plans_total{source=\"NEXUS\",status=\"pending\"} 7"),
-            "{text}"
-        );
+        shows("antibody_plans_total{source=\"NEXUS\",status=\"pending\"} 7");
+        // An older reply of the same agent, read late, lowers nothing.
+        m.set_agent(Some(&status(
+            1,
+            json!({"NEXUS": {"pending": 6, "success": 5}}),
+        )));
+        shows("antibody_plans_total{source=\"NEXUS\",status=\"pending\"} 7");
+        shows("antibody_plans_total{source=\"NEXUS\",status=\"success\"} 6");
         // The agent restarted: its counts start again, and one it has not
         // seen since reads 0, not the old figure.
-        m.set_agent(Some(&status(json!({"Manual": {"pending": 1}}))));
-        let text = m.encode();
-        for needle in [
-            "antibody_plans_total{source=\"NEXUS\",status=\"pending\"} 0",
-            "antibody_plans_total{source=\"NEXUS\",status=\"success\"} 0",
-            "antibody_plans_total{source=\"Manual\",status=\"pending\"} 1",
-        ] {
-            assert!(text.contains(needle), "{needle} missing from:\n{text}");
-        }
+        m.set_agent(Some(&status(2, json!({"Manual": {"pending": 1}}))));
+        shows("antibody_plans_total{source=\"NEXUS\",status=\"pending\"} 0");
+        shows("antibody_plans_total{source=\"NEXUS\",status=\"success\"} 0");
+        shows("antibody_plans_total{source=\"Manual\",status=\"pending\"} 1");
         // The agent away: the counters keep their last values.
         m.set_agent(None);
         assert!(m

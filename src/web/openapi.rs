@@ -120,6 +120,9 @@ pub struct AgentStatus {
 /// The counters part of [`AgentStatus`]: counts since the agent started.
 #[derive(Serialize, ToSchema)]
 pub struct AgentCounters {
+    /// When this agent started (ms since the epoch): the counts start at
+    /// zero with each start.
+    pub since_ms: u64,
     /// source → status → plans that entered it (`pending` when queued).
     pub plans: BTreeMap<String, BTreeMap<String, u64>>,
     /// action type → outcome (applied, failed, reverted, skipped) → actions.

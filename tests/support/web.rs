@@ -136,6 +136,19 @@ impl Web {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The log once `shows` holds for it, or after 5 s: the bridge writes
+    /// its journal lines on a thread of their own, a moment after it answers.
+    pub fn log_showing(&self, shows: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let log = self.log_text();
+            if shows(&log) || Instant::now() > deadline {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.as_ref().expect("running").id() as i32
     }
