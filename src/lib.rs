@@ -10,6 +10,7 @@ pub mod events;
 pub mod fleet;
 pub mod ledger;
 pub mod plan;
+pub mod playbooks;
 pub mod sync;
 pub mod sys;
 pub mod time;
