@@ -25,6 +25,29 @@ pub struct Config {
     pub hot_patch: HotPatchConfig,
     pub protect: ProtectConfig,
     pub notify: NotifyConfig,
+    pub playbooks: PlaybooksConfig,
+    /// The playbooks `playbooks.dir` held when this configuration was
+    /// loaded (not a key): a reload that cannot read them is refused as a
+    /// whole, and the running set stays.
+    #[serde(skip)]
+    pub loaded_playbooks: std::sync::Arc<Vec<crate::playbooks::Playbook>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PlaybooksConfig {
+    /// `*.toml` files of `[[playbook]]` tables, read in lexical order; the
+    /// first playbook that matches a bare alert (one without `actions`)
+    /// chooses its actions.
+    pub dir: PathBuf,
+}
+
+impl Default for PlaybooksConfig {
+    fn default() -> Self {
+        PlaybooksConfig {
+            dir: PathBuf::from(crate::playbooks::DEFAULT_DIR),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -300,6 +323,10 @@ impl Config {
                     message: e.message().to_string(),
                 })?;
         config.check()?;
+        let mut config = config;
+        let playbooks = crate::playbooks::load_dir(&config.playbooks.dir)
+            .map_err(|e| ConfigError::Invalid(format!("playbooks: {e}")))?;
+        config.loaded_playbooks = std::sync::Arc::new(playbooks);
         Ok(config)
     }
 
@@ -632,5 +659,35 @@ timeout_secs = 5
         let main = dir.path().join("nope.toml");
         assert_eq!(Config::load(&main, true).unwrap(), Config::default());
         assert!(Config::load(&main, false).is_err());
+    }
+
+    #[test]
+    fn a_playbook_file_that_does_not_read_stops_the_load_naming_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let books = dir.path().join("playbooks.d");
+        std::fs::create_dir(&books).unwrap();
+        std::fs::write(
+            books.join("10-a.toml"),
+            "[[playbook]]\nname = \"a\"\nsimulat = false\n",
+        )
+        .unwrap();
+        let file = dir.path().join("antibody.toml");
+        std::fs::write(
+            &file,
+            format!("[playbooks]\ndir = \"{}\"\n", books.display()),
+        )
+        .unwrap();
+        let err = Config::load(&file, false).unwrap_err().to_string();
+        assert!(
+            err.starts_with("playbooks: ") && err.contains("10-a.toml") && err.contains("line 3"),
+            "{err}"
+        );
+        std::fs::write(
+            books.join("10-a.toml"),
+            "[[playbook]]\nname = \"a\"\n[[playbook.actions]]\ntype = \"notify_operator\"\nchannel = \"journal\"\nmessage = \"m\"\n",
+        )
+        .unwrap();
+        let config = Config::load(&file, false).unwrap();
+        assert_eq!(config.loaded_playbooks.len(), 1);
     }
 }

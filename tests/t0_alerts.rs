@@ -393,11 +393,22 @@ fn envelope_rows() -> Vec<Bad> {
             "must be a string, not an array",
         ),
         bad(
-            "actions missing",
-            envelope(r#""source":"NEXUS","severity":"low","description":"d""#),
+            "kind not a word",
+            envelope(
+                r#""source":"NEXUS","severity":"low","kind":"SSH brute","description":"d","actions":[{"type":"restart_service","name":"vael"}]"#,
+            ),
             Inv,
-            "actions:",
-            "is required",
+            "kind:",
+            "is not 1-64 of [a-z0-9._-]",
+        ),
+        bad(
+            "context.alert_id with a slash",
+            envelope(
+                r#""source":"NEXUS","severity":"low","description":"d","context":{"alert_id":"a/b"},"actions":[{"type":"restart_service","name":"vael"}]"#,
+            ),
+            Inv,
+            "context.alert_id:",
+            "is not 1-128 of [A-Za-z0-9._:-]",
         ),
         bad(
             "actions an object",

@@ -510,6 +510,7 @@ fn seed(id: &str, keys: &[&str]) -> PlanSeed {
         description: "recovered".into(),
         alert_sha256: format!("hash-{id}"),
         context: None,
+        playbook: None,
         actions: keys
             .iter()
             .map(|k| antibody::plan::ActionSeed {

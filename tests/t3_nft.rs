@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use antibody::dbus::proxy::AntibodyProxy;
-use serde_json::Value;
+use serde_json::{json, Value};
 use support::*;
 
 /// How long a bounded wait for the agent or the kernel may last.
@@ -380,6 +380,86 @@ async fn rollback_ends_an_address_isolation_and_re_isolating_extends_it() {
         connects(&s.pair)
     });
     assert!(s.pair.elements("addr4").is_empty());
+}
+
+/// Issue 15: a bare NEXUS alert (no actions) isolates the offending
+/// address through a playbook, in the real kernel's nft; the same offender
+/// again within the window gets four times as long; loopback as the entity
+/// is refused like an alert's own action.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_playbook_isolates_a_bare_alerts_address_and_a_repeat_is_isolated_longer() {
+    let books = tempfile::tempdir().unwrap();
+    std::fs::write(
+        books.path().join("10-ssh.toml"),
+        r#"
+[[playbook]]
+name = "ssh-bruteforce"
+[playbook.match]
+source = ["NEXUS"]
+kind = "ssh-bruteforce"
+[[playbook.actions]]
+type = "isolate_socket"
+sid = "{entity}"
+seconds = 600
+[playbook.escalate]
+factor = 4
+window_secs = 86400
+max_seconds = 604800
+"#,
+    )
+    .unwrap();
+    let s = start(&format!(
+        "[playbooks]\ndir = \"{}\"\n",
+        books.path().display()
+    ));
+    start_tcp_server(&s.pair);
+    let conn = s.bus.connect().await;
+    let p = proxy(&conn).await;
+    let client = s.pair.client_ip;
+    let bare = |description: &str, entity: &str| {
+        json!({"source": "NEXUS", "severity": "high", "kind": "ssh-bruteforce",
+               "description": description, "context": {"entity": entity}})
+        .to_string()
+    };
+
+    let (first, _) = p
+        .submit_alert(&bare("one", &client.to_string()))
+        .await
+        .unwrap();
+    let plan1 = finished(&p, &first).await;
+    assert_eq!(plan1["status"], "success", "{plan1}");
+    assert_eq!(plan1["playbook"]["repeat"], 0);
+    assert!(!connects(&s.pair), "the offender is isolated");
+    let timeout = |pair: &NetPair| {
+        pair.elements("addr4")[0]["elem"]["timeout"]
+            .as_u64()
+            .unwrap()
+    };
+    assert!(
+        (500..=600).contains(&timeout(&s.pair)),
+        "{}",
+        timeout(&s.pair)
+    );
+
+    let (second, _) = p
+        .submit_alert(&bare("two", &client.to_string()))
+        .await
+        .unwrap();
+    let plan2 = finished(&p, &second).await;
+    assert_eq!(plan2["playbook"]["repeat"], 1, "{plan2}");
+    assert_eq!(plan2["actions"][0]["params"]["seconds"], 2400);
+    assert!(
+        timeout(&s.pair) > 2000,
+        "the element's timeout grew to {}",
+        timeout(&s.pair)
+    );
+
+    let err = p.submit_alert(&bare("lo", "127.0.0.1")).await.unwrap_err();
+    assert_eq!(
+        refusal_name(&err),
+        "org.vael.Antibody.Error.ProtectedTarget",
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

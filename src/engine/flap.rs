@@ -61,6 +61,7 @@ mod tests {
             description: "flap".into(),
             alert_sha256: format!("{id}-hash"),
             context: None,
+            playbook: None,
             actions: vec![ActionSeed {
                 kind: "restart_service".into(),
                 params: serde_json::json!({"name": unit}),

@@ -28,6 +28,7 @@ pub mod flap;
 mod flap_guard;
 mod mitigations;
 mod notices;
+mod playbooks;
 mod queries;
 mod rate_limit;
 mod records;
@@ -258,35 +259,20 @@ impl Engine {
         }
     }
 
-    /// Parses and validates an alert into the plan it would make. Guards
-    /// that look at files run on a blocking thread.
+    /// Parses and validates an alert into the plan it would make. An alert
+    /// without actions gets those of the first playbook that matches
+    /// (`playbooks.rs`), validated exactly as if it had carried them.
     async fn seed_from_alert(
         &self,
         alert_json: &str,
         config: &Arc<Config>,
     ) -> Result<PlanSeed, AgentError> {
-        let alert = parse_alert(alert_json)?;
-        let actions = if self.registry.validates_on_disk(&alert) {
-            let (registry, config) = (self.registry.clone(), config.clone());
-            let own_unit = self.own_unit.clone();
-            let alert = alert.clone();
-            tokio::task::spawn_blocking(move || {
-                let ctx = ValidateCtx {
-                    config: &config,
-                    own_unit: own_unit.as_deref(),
-                };
-                registry.validate_alert(&alert, &ctx)
-            })
-            .await
-            .map_err(|e| {
-                AgentError::new(
-                    ErrorName::InvalidAlert,
-                    format!("alert: the validation task failed: {e}"),
-                )
-            })??
+        let mut alert = parse_alert(alert_json)?;
+        let (actions, playbook) = if alert.actions.is_empty() {
+            let (actions, used) = self.actions_from_playbook(&mut alert, config).await?;
+            (actions, Some(used))
         } else {
-            self.registry
-                .validate_alert(&alert, &self.validate_ctx(config))?
+            (self.validate_actions(&alert, config).await?, None)
         };
         Ok(PlanSeed {
             id: uuid::Uuid::new_v4().to_string(),
@@ -297,7 +283,39 @@ impl Engine {
             alert_sha256: alert.sha256,
             context: alert.context,
             actions,
+            playbook,
         })
+    }
+
+    /// The alert's actions checked by their handlers. Guards that look at
+    /// files run on a blocking thread.
+    async fn validate_actions(
+        &self,
+        alert: &crate::plan::alert::Alert,
+        config: &Arc<Config>,
+    ) -> Result<Vec<crate::plan::ActionSeed>, AgentError> {
+        if !self.registry.validates_on_disk(alert) {
+            return self
+                .registry
+                .validate_alert(alert, &self.validate_ctx(config));
+        }
+        let (registry, config) = (self.registry.clone(), config.clone());
+        let own_unit = self.own_unit.clone();
+        let alert = alert.clone();
+        tokio::task::spawn_blocking(move || {
+            let ctx = ValidateCtx {
+                config: &config,
+                own_unit: own_unit.as_deref(),
+            };
+            registry.validate_alert(&alert, &ctx)
+        })
+        .await
+        .map_err(|e| {
+            AgentError::new(
+                ErrorName::InvalidAlert,
+                format!("alert: the validation task failed: {e}"),
+            )
+        })?
     }
 
     /// `SubmitAlert` by root (or the agent itself): see [`Engine::submit_as`].

@@ -368,6 +368,7 @@ mod tests {
             description: "d".into(),
             alert_sha256: hash.into(),
             context: None,
+            playbook: None,
             actions: vec![ActionSeed {
                 kind: "t".into(),
                 params: json!({}),

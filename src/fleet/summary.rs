@@ -184,6 +184,7 @@ mod tests {
             description: "d".into(),
             alert_sha256: "h".into(),
             context: None,
+            playbook: None,
             actions: vec![ActionSeed {
                 kind: "isolate_socket".into(),
                 params: json!({"sid": "10.0.0.9"}),

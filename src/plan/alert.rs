@@ -87,15 +87,26 @@ impl RawAction {
 pub struct Alert {
     pub source: Source,
     pub severity: Severity,
+    /// What kind of trouble (`ssh-bruteforce`): what playbooks match on.
+    pub kind: Option<String>,
     pub description: String,
+    /// Empty when the alert gives none: a playbook chooses them.
     pub actions: Vec<RawAction>,
     pub context: Option<Value>,
     /// SHA-256 of the canonical alert JSON (sorted keys, no whitespace).
     pub sha256: String,
 }
 
-const ALERT_FIELDS: [&str; 5] = ["source", "severity", "description", "actions", "context"];
-const CONTEXT_FIELDS: [&str; 3] = ["entity", "stack_trace", "payload"];
+const ALERT_FIELDS: [&str; 6] = [
+    "source",
+    "severity",
+    "kind",
+    "description",
+    "actions",
+    "context",
+];
+const CONTEXT_FIELDS: [&str; 4] = ["entity", "stack_trace", "payload", "alert_id"];
+pub const MAX_ALERT_ID_BYTES: usize = 128;
 
 pub fn parse_alert(text: &str) -> Result<Alert, AgentError> {
     if text.len() > MAX_ALERT_BYTES {
@@ -114,6 +125,19 @@ pub fn parse_alert(text: &str) -> Result<Alert, AgentError> {
 
     let source = one_of(&root, "source", &Source::ALL)?;
     let severity = one_of(&root, "severity", &Severity::ALL)?;
+    let kind = match root.get("kind") {
+        None => None,
+        Some(_) => {
+            let kind = root.string("kind")?;
+            if !crate::playbooks::model::is_kind(kind) {
+                return Err(root.error(
+                    "kind",
+                    format!("{kind:?} is not 1-64 of [a-z0-9._-] starting with a letter or digit"),
+                ));
+            }
+            Some(kind.to_string())
+        }
+    };
     let description = root.text("description", MAX_DESCRIPTION_BYTES)?.to_string();
     let actions = parse_actions(&root)?;
     let context = match root.get("context") {
@@ -123,6 +147,7 @@ pub fn parse_alert(text: &str) -> Result<Alert, AgentError> {
     Ok(Alert {
         source,
         severity,
+        kind,
         description,
         actions,
         context,
@@ -149,10 +174,13 @@ fn one_of<T: Copy>(
         })
 }
 
+/// The alert's actions; none when it gives no `actions` (a playbook then
+/// chooses them).
 fn parse_actions(root: &Fields<'_>) -> Result<Vec<RawAction>, AgentError> {
-    let items = match root.required("actions")? {
-        Value::Array(items) => items,
-        other => {
+    let items = match root.get("actions") {
+        None => return Ok(Vec::new()),
+        Some(Value::Array(items)) => items,
+        Some(other) => {
             return Err(root.error(
                 "actions",
                 format!("must be an array, not {}", type_name(other)),
@@ -183,6 +211,19 @@ fn parse_context(value: &Value) -> Result<Value, AgentError> {
     }
     if fields.get("stack_trace").is_some() {
         fields.text("stack_trace", MAX_STACK_TRACE_BYTES)?;
+    }
+    if fields.get("alert_id").is_some() {
+        let id = fields.string("alert_id")?;
+        let ok = (1..=MAX_ALERT_ID_BYTES).contains(&id.len())
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b));
+        if !ok {
+            return Err(fields.error(
+                "alert_id",
+                format!("{id:?} is not 1-{MAX_ALERT_ID_BYTES} of [A-Za-z0-9._:-]"),
+            ));
+        }
     }
     Ok(value.clone())
 }

@@ -251,6 +251,7 @@ impl Plan {
             updated: ts.clone(),
             finished_at: None,
             rollback: None,
+            playbook: seed.playbook,
             seq,
             last_seq: seq,
             created_ms: ts_ms,
@@ -491,6 +492,7 @@ mod tests {
             description: "d".into(),
             alert_sha256: "h".into(),
             context: None,
+            playbook: None,
             actions: vec![ActionSeed {
                 kind: "throttle_entity".into(),
                 params: json!({}),

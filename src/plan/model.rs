@@ -64,6 +64,19 @@ pub struct PlanSeed {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context: Option<Value>,
     pub actions: Vec<ActionSeed>,
+    /// The playbook that chose the actions of a bare alert.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub playbook: Option<PlaybookUse>,
+}
+
+/// Which playbook made a plan's actions, and which repeat this was.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlaybookUse {
+    pub name: String,
+    pub file: String,
+    /// Earlier plans of this playbook on the same target within its
+    /// escalation window (0: a first offence).
+    pub repeat: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -157,6 +170,8 @@ pub struct Plan {
     pub finished_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rollback: Option<Rollback>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub playbook: Option<PlaybookUse>,
     /// Ledger sequence of the `plan_created` record: submission order.
     pub seq: u64,
     /// Ledger sequence of the plan's newest record (0 in plans archived

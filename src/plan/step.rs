@@ -102,6 +102,7 @@ mod tests {
             description: "d".into(),
             alert_sha256: "h".into(),
             context: None,
+            playbook: None,
             actions: reversible
                 .iter()
                 .map(|&r| ActionSeed {

@@ -76,6 +76,13 @@ impl PlaybookText {
                 self.name
             ));
         }
+        if self.simulate {
+            // Until the engine can record a plan as "would do" without
+            // running it, a simulate playbook would act for real.
+            return Err(format!(
+                "{at}: simulate = true is not supported by this build yet"
+            ));
+        }
         if let Some(kind) = self.matches.kind.as_deref().filter(|k| !is_kind(k)) {
             return Err(format!(
                 "{at}: match.kind: {kind:?} is not 1-64 of [a-z0-9._-] starting with a letter or digit"
@@ -172,30 +179,8 @@ mod tests {
             .collect()
     }
 
-    const SSH: &str = r#"
-[[playbook]]
-name = "ssh-bruteforce"
-
-[playbook.match]
-source = ["NEXUS"]
-kind = "ssh-bruteforce"
-min_severity = "med"
-
-[[playbook.actions]]
-type = "isolate_socket"
-sid = "{entity}"
-seconds = 600
-
-[[playbook.actions]]
-type = "notify_operator"
-channel = "journal"
-message = "{kind}: isolated {entity} for {seconds}s"
-
-[playbook.escalate]
-factor = 4
-window_secs = 86400
-max_seconds = 604800
-"#;
+    /// The shipped example, as the tests of the engine use it too.
+    const SSH: &str = include_str!("../../packaging/examples/playbook-ssh-bruteforce.toml");
 
     #[test]
     fn the_issues_example_reads_as_written() {
@@ -221,15 +206,24 @@ max_seconds = 604800
     }
 
     #[test]
+    fn the_shipped_examples_load() {
+        let heartbeat = include_str!("../../packaging/examples/playbook-stale-heartbeat.toml");
+        let p = &parse(heartbeat).unwrap()[0];
+        assert_eq!(p.name, "stale-heartbeat");
+        assert_eq!(p.matches.source, Some(vec![Source::Watchdog]));
+        assert_eq!(p.actions[0]["name"], "{entity}");
+    }
+
+    #[test]
     fn mistakes_name_the_key_and_toml_names_the_line() {
         let unknown = parse(&SSH.replace("min_severity", "min_sevrity")).unwrap_err();
         assert!(
-            unknown.contains("line 8") && unknown.contains("min_sevrity"),
+            unknown.contains("line 17") && unknown.contains("min_sevrity"),
             "{unknown}"
         );
         let bad_source = parse(&SSH.replace("[\"NEXUS\"]", "[\"Nexus\"]")).unwrap_err();
         assert!(
-            bad_source.contains("line 6") && bad_source.contains("Nexus"),
+            bad_source.contains("line 15") && bad_source.contains("Nexus"),
             "{bad_source}"
         );
         for (edit, want) in [
@@ -256,6 +250,13 @@ max_seconds = 604800
                 "escalate: no action has a `seconds` number",
             ),
             (("seconds = 600", "seconds = 1979-05-27"), "is a TOML date"),
+            (
+                (
+                    "name = \"ssh-bruteforce\"",
+                    "name = \"ssh-bruteforce\"\nsimulate = true",
+                ),
+                "simulate = true is not supported",
+            ),
         ] {
             let err = parse(&SSH.replace(edit.0, edit.1)).unwrap_err();
             assert!(err.contains(want), "{edit:?}: {err}");

@@ -204,6 +204,10 @@ pub fn config_in(dir: &std::path::Path, extra: &str) -> Config {
     .unwrap();
     c.ledger.dir = dir.join("ledger");
     c.state.dir = dir.join("state");
+    // The rig's own playbooks (none unless a test writes some), never the
+    // host's /etc/antibody/playbooks.d.
+    c.playbooks.dir = dir.join("playbooks");
+    c.loaded_playbooks = Arc::new(antibody::playbooks::load_dir(&c.playbooks.dir).unwrap());
     c
 }
 

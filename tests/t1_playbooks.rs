@@ -1,0 +1,176 @@
+//! T1: bare alerts (no `actions`) get the actions of the first playbook
+//! that matches, validated like an alert's own, with repeat offenders
+//! escalated (issue 15), on the engine with fake system interfaces.
+
+mod rig;
+
+use std::time::Duration;
+
+use rig::*;
+
+/// The shipped example playbook.
+const SSH: &str = include_str!("../packaging/examples/playbook-ssh-bruteforce.toml");
+
+fn rig_dir(playbooks: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("playbooks")).unwrap();
+    if !playbooks.is_empty() {
+        std::fs::write(dir.path().join("playbooks/10-ssh.toml"), playbooks).unwrap();
+    }
+    dir
+}
+
+fn started(dir: tempfile::TempDir) -> Rig {
+    let rig = open(dir, Step::default(), "");
+    tokio::spawn(rig.engine.clone().run());
+    rig
+}
+
+fn bare(description: &str, kind: &str, entity: &str) -> String {
+    json!({"source": "NEXUS", "severity": "high", "kind": kind, "description": description,
+           "context": {"entity": entity}})
+    .to_string()
+}
+
+#[tokio::test]
+async fn a_bare_alert_no_playbook_matches_is_refused_saying_why() {
+    let rig = started(rig_dir(""));
+    let err = rig
+        .engine
+        .submit(&bare("a", "ssh-bruteforce", "203.0.113.9"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.name, ErrorName::InvalidAlert);
+    assert_eq!(
+        err.message,
+        "actions: no actions and no playbook matches source=NEXUS kind=ssh-bruteforce (no playbook is loaded)"
+    );
+
+    let rig = started(rig_dir(SSH));
+    let err = rig
+        .engine
+        .submit(&bare("b", "port-scan", "203.0.113.9"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.message,
+        "actions: no actions and no playbook matches source=NEXUS kind=port-scan (ssh-bruteforce: kind is port-scan, not ssh-bruteforce)"
+    );
+}
+
+#[tokio::test]
+async fn a_playbook_fills_in_the_entity_and_repeats_escalate_even_across_a_restart() {
+    let rig = started(rig_dir(SSH));
+    let (first, created) = rig
+        .engine
+        .submit(&bare("one", "ssh-bruteforce", "203.0.113.9"))
+        .await
+        .unwrap();
+    assert!(created);
+    let plan = wait_finished(&rig.engine, &first).await;
+    assert_eq!(plan["status"], "success", "{plan}");
+    assert_eq!(plan["playbook"]["name"], "ssh-bruteforce");
+    assert_eq!(plan["playbook"]["repeat"], 0);
+    assert!(plan["playbook"]["file"]
+        .as_str()
+        .unwrap()
+        .ends_with("playbooks/10-ssh.toml"));
+    assert_eq!(plan["actions"][0]["params"]["sid"], "203.0.113.9");
+    assert_eq!(plan["actions"][0]["params"]["seconds"], 600);
+    assert_eq!(
+        plan["actions"][1]["params"]["message"],
+        "ssh-bruteforce: isolated 203.0.113.9 for 600s"
+    );
+
+    // DryRun shows the playbook and the escalated values, creating nothing.
+    let dry = rig
+        .engine
+        .dry_run(&bare("dry", "ssh-bruteforce", "203.0.113.9"))
+        .await
+        .unwrap();
+    assert_eq!(dry["would_create"], true);
+    assert_eq!(dry["plan"]["playbook"]["name"], "ssh-bruteforce", "{dry}");
+    assert_eq!(dry["plan"]["playbook"]["repeat"], 1);
+    assert_eq!(dry["plan"]["actions"][0]["params"]["seconds"], 2400);
+
+    // The same offender again: a repeat, four times as long.
+    let (second, _) = rig
+        .engine
+        .submit(&bare("two", "ssh-bruteforce", "203.0.113.9"))
+        .await
+        .unwrap();
+    let plan = wait_finished(&rig.engine, &second).await;
+    assert_eq!(plan["playbook"]["repeat"], 1, "{plan}");
+    assert_eq!(plan["actions"][0]["params"]["seconds"], 2400);
+    assert_eq!(
+        plan["actions"][1]["params"]["message"],
+        "ssh-bruteforce: isolated 203.0.113.9 for 2400s"
+    );
+
+    // Another address is a first offence.
+    let (other, _) = rig
+        .engine
+        .submit(&bare("three", "ssh-bruteforce", "203.0.113.10"))
+        .await
+        .unwrap();
+    let plan = wait_finished(&rig.engine, &other).await;
+    assert_eq!(plan["playbook"]["repeat"], 0, "{plan}");
+
+    // After a restart the offender is remembered (from the ledger).
+    rig.engine.begin_stop();
+    let Rig { dir, .. } = rig;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let again = started(dir);
+    let (third, _) = again
+        .engine
+        .submit(&bare("four", "ssh-bruteforce", "203.0.113.9"))
+        .await
+        .unwrap();
+    let plan = wait_finished(&again.engine, &third).await;
+    assert_eq!(plan["playbook"]["repeat"], 2, "{plan}");
+    assert_eq!(plan["actions"][0]["params"]["seconds"], 9600);
+}
+
+#[tokio::test]
+async fn a_playbook_never_reaches_past_the_guards_whatever_the_entity() {
+    let rig = started(rig_dir(SSH));
+    // Loopback is protected: the filled-in action is refused as if the
+    // alert had carried it, and says which playbook made it.
+    let err = rig
+        .engine
+        .submit(&bare("lo", "ssh-bruteforce", "127.0.0.1"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.name, ErrorName::ProtectedTarget, "{err}");
+    assert!(
+        err.message.starts_with("playbook ssh-bruteforce ("),
+        "{err}"
+    );
+    // An entity that tries to smuggle a parameter stays one string, and
+    // that string is not an address.
+    let err = rig
+        .engine
+        .submit(&bare(
+            "smuggle",
+            "ssh-bruteforce",
+            r#"1.2.3.4", "seconds": 1, "x": ""#,
+        ))
+        .await
+        .unwrap_err();
+    assert!(err.message.contains("actions[0].sid"), "{err}");
+    // No entity at all: the placeholder has no value.
+    let alert = json!({"source": "NEXUS", "severity": "high", "kind": "ssh-bruteforce",
+                       "description": "none"})
+    .to_string();
+    let err = rig.engine.submit(&alert).await.unwrap_err();
+    assert!(
+        err.message
+            .contains("uses {entity}, and the alert gives no context.entity"),
+        "{err}"
+    );
+    assert_eq!(
+        rig.engine.list_plans(None, 0),
+        "[]",
+        "nothing refused was created"
+    );
+}
