@@ -107,6 +107,24 @@ async fn a_playbook_fills_in_the_entity_and_repeats_escalate_even_across_a_resta
         "ssh-bruteforce: isolated 203.0.113.9 for 2400s"
     );
 
+    // Each repeat four times as long, up to the day the action accepts:
+    // the fifth offence is still isolated, for 86400 s.
+    for (n, want) in [(3, 9_600), (4, 38_400), (5, 86_400)] {
+        let (id, _) = rig
+            .engine
+            .submit(&bare(
+                &format!("repeat {n}"),
+                "ssh-bruteforce",
+                "203.0.113.9",
+            ))
+            .await
+            .unwrap();
+        let plan = wait_finished(&rig.engine, &id).await;
+        assert_eq!(plan["status"], "success", "{plan}");
+        assert_eq!(plan["playbook"]["repeat"], n - 1, "{plan}");
+        assert_eq!(plan["actions"][0]["params"]["seconds"], want, "{plan}");
+    }
+
     // Another address is a first offence.
     let (other, _) = rig
         .engine
@@ -127,8 +145,8 @@ async fn a_playbook_fills_in_the_entity_and_repeats_escalate_even_across_a_resta
         .await
         .unwrap();
     let plan = wait_finished(&again.engine, &third).await;
-    assert_eq!(plan["playbook"]["repeat"], 2, "{plan}");
-    assert_eq!(plan["actions"][0]["params"]["seconds"], 9600);
+    assert_eq!(plan["playbook"]["repeat"], 5, "{plan}");
+    assert_eq!(plan["actions"][0]["params"]["seconds"], 86_400);
 }
 
 #[tokio::test]
@@ -157,6 +175,7 @@ async fn a_playbook_never_reaches_past_the_guards_whatever_the_entity() {
         ))
         .await
         .unwrap_err();
+    assert_eq!(err.name, ErrorName::InvalidAlert, "{err}");
     assert!(err.message.contains("actions[0].sid"), "{err}");
     // No entity at all: the placeholder has no value.
     let alert = json!({"source": "NEXUS", "severity": "high", "kind": "ssh-bruteforce",

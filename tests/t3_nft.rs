@@ -404,7 +404,7 @@ seconds = 600
 [playbook.escalate]
 factor = 4
 window_secs = 86400
-max_seconds = 604800
+max_seconds = 86400
 "#,
     )
     .unwrap();

@@ -7,7 +7,9 @@
 //! running, and the newest `state.keep_finished_plans` finished ones),
 //! which a restart rebuilds from the checkpoint and the ledger: an
 //! offender is not forgotten by a restart, but plans archived out of
-//! memory are not counted.
+//! memory are not counted, nor are plans that failed or were rolled back.
+//! Two alerts about one offender submitted at the same instant may both
+//! count as its first: the count is taken before the plan is admitted.
 
 use std::sync::Arc;
 
@@ -16,7 +18,7 @@ use crate::config::Config;
 use crate::error::{AgentError, ErrorName};
 use crate::plan::alert::{Alert, RawAction};
 use crate::plan::model::PlaybookUse;
-use crate::plan::ActionSeed;
+use crate::plan::{ActionSeed, PlanStatus};
 use crate::playbooks::{self, AlertFacts, Playbook};
 use crate::time::now_ms;
 
@@ -119,6 +121,9 @@ impl Engine {
             .values()
             .filter(|plan| plan.playbook.as_ref().is_some_and(|p| p.name == name))
             .filter(|plan| plan.created_ms >= since)
+            // A plan that failed, or that an operator rolled back (a false
+            // positive), is no offence to escalate.
+            .filter(|plan| plan.status != PlanStatus::Failed && plan.rollback.is_none())
             .filter(|plan| plan.targets().any(|target| targets.contains(&target)))
             .count();
         u32::try_from(count).unwrap_or(u32::MAX)

@@ -18,10 +18,13 @@ pub struct Escalate {
 }
 
 /// The longest factor, window and mitigation a playbook may ask for: a
-/// week's window, a year's mitigation, ×1000 a step.
+/// week's window, ×1000 a step, and a day's mitigation, which is what the
+/// time-bounded actions accept (`isolate_socket`, `throttle_entity`:
+/// `seconds` 1..=86400): an escalation past it would make the action
+/// refused, and the offender free, at the repeat that should hold longest.
 pub const MAX_FACTOR: u64 = 1000;
 pub const MAX_WINDOW_SECS: u64 = 7 * 86_400;
-pub const MAX_SECONDS: u64 = 365 * 86_400;
+pub const MAX_SECONDS: u64 = 86_400;
 
 impl Escalate {
     /// What is wrong with it, if anything (the key is named).
@@ -44,10 +47,10 @@ impl Escalate {
                 self.max_seconds
             ));
         }
-        if self.jitter_secs > self.max_seconds {
+        if self.max_seconds + self.jitter_secs > MAX_SECONDS {
             return Some(format!(
-                "jitter_secs: {} is more than max_seconds ({})",
-                self.jitter_secs, self.max_seconds
+                "jitter_secs: max_seconds ({}) plus jitter_secs ({}) is past {MAX_SECONDS}, the longest the actions accept",
+                self.max_seconds, self.jitter_secs
             ));
         }
         None
@@ -76,7 +79,7 @@ mod tests {
         Escalate {
             factor: 4,
             window_secs: 86_400,
-            max_seconds: 604_800,
+            max_seconds: 86_400,
             jitter_secs: 0,
         }
     }
@@ -87,7 +90,7 @@ mod tests {
         let steps: Vec<u64> = (0..8).map(|n| e.seconds(600, n, 0)).collect();
         assert_eq!(
             steps,
-            [600, 2_400, 9_600, 38_400, 153_600, 604_800, 604_800, 604_800]
+            [600, 2_400, 9_600, 38_400, 86_400, 86_400, 86_400, 86_400]
         );
     }
 
@@ -97,7 +100,7 @@ mod tests {
             factor: MAX_FACTOR,
             ..ssh()
         };
-        assert_eq!(e.seconds(600, u32::MAX, 0), 604_800);
+        assert_eq!(e.seconds(600, u32::MAX, 0), 86_400);
         assert_eq!(
             e.seconds(u64::MAX, 3, 0),
             u64::MAX,
@@ -108,11 +111,13 @@ mod tests {
     #[test]
     fn jitter_is_added_after_the_cap_and_bounded() {
         let e = Escalate {
+            max_seconds: 86_000,
             jitter_secs: 30,
             ..ssh()
         };
+        assert_eq!(e.problem(), None);
         assert_eq!(e.seconds(600, 0, 7), 607);
-        assert_eq!(e.seconds(600, 9, 30), 604_830);
+        assert_eq!(e.seconds(600, 9, 30), 86_030);
         assert_eq!(
             e.seconds(600, 0, 1_000),
             630,
@@ -140,7 +145,7 @@ mod tests {
             ),
             (
                 Escalate {
-                    jitter_secs: 604_801,
+                    jitter_secs: 1,
                     ..ssh()
                 },
                 "jitter_secs",

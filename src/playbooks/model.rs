@@ -103,17 +103,32 @@ impl PlaybookText {
         for (i, table) in self.actions.into_iter().enumerate() {
             let path = format!("{at}: actions[{i}]");
             let value = json_of(&path, toml::Value::Table(table))?;
-            if !value.get("type").is_some_and(Value::is_string) {
-                return Err(format!("{path}.type: missing, or not a string"));
+            match value.get("type").and_then(Value::as_str) {
+                None => return Err(format!("{path}.type: missing, or not a string")),
+                // The playbook, not the alert, chooses what is done.
+                Some(kind) if kind.contains(['{', '}']) => {
+                    return Err(format!("{path}.type: {kind:?} may not hold a placeholder"))
+                }
+                Some(_) => {}
             }
             template::check(&path, &value)?;
             actions.push(value);
+        }
+        let has_seconds = actions.iter().any(|a| base_seconds(a).is_some());
+        if !has_seconds
+            && actions
+                .iter()
+                .any(|a| template::used(a).contains(&"seconds"))
+        {
+            return Err(format!(
+                "{at}: {{seconds}} is used, and no action has a `seconds` number"
+            ));
         }
         if let Some(escalate) = &self.escalate {
             if let Some(problem) = escalate.problem() {
                 return Err(format!("{at}: escalate.{problem}"));
             }
-            if !actions.iter().any(|a| base_seconds(a).is_some()) {
+            if !has_seconds {
                 return Err(format!(
                     "{at}: escalate: no action has a `seconds` number to escalate"
                 ));
@@ -247,9 +262,13 @@ mod tests {
             (("factor = 4", "factor = 0"), "escalate.factor"),
             (
                 ("seconds = 600", "seconds = \"600\""),
-                "escalate: no action has a `seconds` number",
+                "{seconds} is used, and no action has a `seconds` number",
             ),
             (("seconds = 600", "seconds = 1979-05-27"), "is a TOML date"),
+            (
+                ("type = \"isolate_socket\"", "type = \"{kind}\""),
+                "may not hold a placeholder",
+            ),
             (
                 (
                     "name = \"ssh-bruteforce\"",
@@ -261,6 +280,14 @@ mod tests {
             let err = parse(&SSH.replace(edit.0, edit.1)).unwrap_err();
             assert!(err.contains(want), "{edit:?}: {err}");
         }
+        let no_seconds = SSH
+            .replace("seconds = 600", "seconds = \"600\"")
+            .replace(" for {seconds}s", "");
+        let err = parse(&no_seconds).unwrap_err();
+        assert!(
+            err.contains("escalate: no action has a `seconds` number"),
+            "{err}"
+        );
         let none = parse("[[playbook]]\nname = \"x\"\n").unwrap_err();
         assert!(none.contains("actions: 0 given"), "{none}");
     }

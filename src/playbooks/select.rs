@@ -207,7 +207,7 @@ mod tests {
         p.escalate = Some(Escalate {
             factor: 4,
             window_secs: 86_400,
-            max_seconds: 604_800,
+            max_seconds: 86_400,
             jitter_secs: 0,
         });
         let f = facts(Some("ssh-bruteforce"), Severity::High);

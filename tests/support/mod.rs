@@ -189,10 +189,19 @@ pub fn wait_until(timeout: Duration, mut ready: impl FnMut() -> bool, what: &str
 pub fn write_config(home: &Path, extra_toml: &str) -> PathBuf {
     std::fs::create_dir_all(home).unwrap();
     let config = home.join("antibody.toml");
+    // The test's own playbooks directory (none unless a test names one),
+    // never the host's /etc/antibody/playbooks.d.
+    let playbooks = match extra_toml.contains("[playbooks]") {
+        true => String::new(),
+        false => format!(
+            "[playbooks]\ndir = \"{}\"\n",
+            home.join("playbooks").display()
+        ),
+    };
     std::fs::write(
         &config,
         format!(
-            "[ledger]\ndir = \"{}\"\n[state]\ndir = \"{}\"\n{extra_toml}\n",
+            "{playbooks}[ledger]\ndir = \"{}\"\n[state]\ndir = \"{}\"\n{extra_toml}\n",
             home.join("ledger").display(),
             home.join("state").display()
         ),
