@@ -426,14 +426,10 @@ async fn bus_policy_for_an_unprivileged_uid() {
 
 // ---------------------------------------------------------------- 3. agent's own check
 
-/// Lets uid 65534 through the bus so that the agent's own check is what answers.
-const LET_NOBODY_THROUGH: &str =
-    r#"<policy user="nobody"><allow send_destination="org.vael.Antibody"/></policy>"#;
-
 #[tokio::test]
 async fn agent_denies_callers_outside_its_groups() {
     require_root();
-    let bus = PrivateBus::start_with_extra(LET_NOBODY_THROUGH);
+    let bus = PrivateBus::start_with_extra(support::LET_NOBODY_THROUGH);
     let home = tempfile::tempdir().unwrap();
     // Default auth: submit_groups = read_groups = ["antibody"].
     let _agent = Agent::start(&bus, home.path(), "");
@@ -511,7 +507,7 @@ async fn agent_grants_by_supplementary_group_and_rollback_only_to_rollback_group
         group.lines().any(|l| l.starts_with("nogroup:x:65534:")),
         "this test relies on gid 65534 being `nogroup` (Debian)"
     );
-    let bus = PrivateBus::start_with_extra(LET_NOBODY_THROUGH);
+    let bus = PrivateBus::start_with_extra(support::LET_NOBODY_THROUGH);
     let home = tempfile::tempdir().unwrap();
     let _agent = Agent::start(
         &bus,

@@ -15,11 +15,10 @@ const NAME: &str = "org.vael.Antibody";
 const PATH: &str = "/org/vael/Antibody";
 const IFACE: &str = "org.vael.Antibody";
 
-/// The policy admits members of `antibody` only; this test's caller is
-/// uid 65534 in `nogroup`, so the bus is told to let it through and the
-/// agent's own check (submit_groups = nogroup) decides.
-const LET_NOBODY_THROUGH: &str =
-    r#"<policy user="nobody"><allow send_destination="org.vael.Antibody"/></policy>"#;
+// The policy admits members of `antibody` only; this test's caller is
+// uid 65534 in `nogroup`, so the bus is told to let it through
+// (support::LET_NOBODY_THROUGH) and the agent's own check
+// (submit_groups = nogroup) decides.
 
 fn busctl_as(
     bus: &PrivateBus,
@@ -39,7 +38,7 @@ fn journal_alert(description: &str) -> String {
 #[test]
 fn a_caller_past_its_rate_gets_rate_limited_and_root_does_not() {
     require_root();
-    let bus = PrivateBus::start_with_extra(LET_NOBODY_THROUGH);
+    let bus = PrivateBus::start_with_extra(support::LET_NOBODY_THROUGH);
     let home = tempfile::tempdir().unwrap();
     let _agent = Agent::start(
         &bus,

@@ -11,10 +11,6 @@ use serde_json::Value;
 use support::web::{jwt, RunAs, Web, NOBODY, SENTINEL};
 use support::{require_root, Agent, PrivateBus};
 
-/// Lets uid 65534 through the bus to the agent's own check (as the
-/// shipped policy does for the `antibody` group the bridge's user is in).
-const LET_NOBODY_THROUGH: &str =
-    r#"<policy user="nobody"><allow send_destination="org.vael.Antibody"/></policy>"#;
 /// The agent lets gid 65534 submit and read, not roll back (the default
 /// for the `antibody` group).
 const AGENT_GROUPS: &str = "[auth]\nsubmit_groups = [\"nogroup\"]\nread_groups = [\"nogroup\"]";
@@ -33,7 +29,7 @@ fn unprivileged_setup(web_toml: &str) -> (PrivateBus, tempfile::TempDir, Agent, 
         group.lines().any(|l| l.starts_with("nogroup:x:65534:")),
         "these tests rely on gid 65534 being `nogroup` (Debian)"
     );
-    let bus = PrivateBus::start_with_extra(LET_NOBODY_THROUGH);
+    let bus = PrivateBus::start_with_extra(support::LET_NOBODY_THROUGH);
     let home = tempfile::tempdir().unwrap();
     let agent = Agent::start(&bus, home.path(), AGENT_GROUPS);
     let web = Web::start(&bus, web_toml, RunAs::Nobody);
@@ -1280,7 +1276,7 @@ fn the_readme_curl_lines_work_as_written() {
 fn schemathesis_finds_no_5xx_and_nothing_outside_the_schema() {
     let st = support::web::schemathesis();
     require_root();
-    let bus = PrivateBus::start_with_extra(LET_NOBODY_THROUGH);
+    let bus = PrivateBus::start_with_extra(support::LET_NOBODY_THROUGH);
     let home = tempfile::tempdir().unwrap();
     // Generated alerts are free-form objects that the agent refuses; should
     // one ever validate, it could restart no real unit.
