@@ -45,25 +45,50 @@ with sync_playwright() as p:
 
     page.goto(base + "/")
     # No token yet: the page asks for one.
-    page.wait_for_selector("#token-form:not([hidden])", timeout=5000)
+    page.wait_for_selector("#token-form:not([hidden])", timeout=15000)
     page.fill("#token", jwt)
     page.click("#token-form button")
     # (expect, not wait_for_function: the page's CSP forbids string eval.)
-    expect(page.locator("#connection")).to_have_text("live", timeout=5000)
-    expect(page.locator("#healthy")).to_have_text("healthy", timeout=5000)
+    expect(page.locator("#connection")).to_have_text("live", timeout=15000)
+    expect(page.locator("#healthy")).to_have_text("healthy", timeout=15000)
     stored = page.evaluate("sessionStorage.getItem('antibody.token')")
     assert stored == jwt, "the token is kept in sessionStorage"
     assert page.evaluate("localStorage.length") == 0, "nothing in localStorage"
 
+    # The page fetches each new plan by HTTP for its description. Hold that
+    # reply back, so it arrives after the plan's status signals, and make it
+    # say in_progress, as a reply read before the plan finished does: the
+    # row must not go back (CI once saw it stuck at in_progress).
+    held = []
+    page.route("**/antibody/plan/*", lambda route: held.append(route))
+
     plan_id = post_alert()
     posted = time.monotonic()
-    page.wait_for_selector(f'tr[data-plan-id="{plan_id}"] td.status-success', timeout=2000)
+    # The plan list is not polled: the row reaches success only through the
+    # event stream. The wait is generous because CI runs this beside other
+    # tests on 2 cores; how long it took is reported, not asserted.
+    page.wait_for_selector(f'tr[data-plan-id="{plan_id}"] td.status-success', timeout=15000)
     seen_after = time.monotonic() - posted
+    row = f'tr[data-plan-id="{plan_id}"]'
+    deadline = time.monotonic() + 15
+    while not held and time.monotonic() < deadline:
+        page.wait_for_timeout(50)
+    assert held, "the page fetched the new plan"
+    stale = held.pop(0)
+    reply = stale.fetch()
+    body = reply.json()
+    body["status"] = "in_progress"
+    stale.fulfill(response=reply, json=body)
+    page.unroute("**/antibody/plan/*")
+    for route in held:
+        route.continue_()
+    expect(page.locator(row + " td").nth(3)).to_have_text(ALERT["description"], timeout=15000)
+    assert page.locator(row + " td.status-success").count() == 1, "a late reply set the row back"
 
     # The plan's actions, with their state and log.
     page.click(f'tr[data-plan-id="{plan_id}"]')
-    expect(page.locator("#detail-id")).to_have_text(plan_id, timeout=5000)
-    page.wait_for_selector("#actions tbody td.state-applied", timeout=5000)
+    expect(page.locator("#detail-id")).to_have_text(plan_id, timeout=15000)
+    page.wait_for_selector("#actions tbody td.state-applied", timeout=15000)
     log_lines = page.locator("#detail-log li").count()
     assert log_lines > 0, "the plan's log is shown"
     queue = page.text_content("#queue-depth")
@@ -74,7 +99,7 @@ with sync_playwright() as p:
 
     # A reload keeps the token (same tab) and connects again without asking.
     page.reload()
-    expect(page.locator("#connection")).to_have_text("live", timeout=5000)
+    expect(page.locator("#connection")).to_have_text("live", timeout=15000)
     assert page.is_hidden("#token-form")
     browser.close()
 

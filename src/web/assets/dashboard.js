@@ -80,6 +80,20 @@ function remember(plan) {
   plans.set(plan.id, Object.assign(known, plan));
 }
 
+// How far along a plan is: a plan only moves forward through these.
+const PROGRESS = { pending: 0, in_progress: 1, success: 2, failed: 2 };
+
+// A plan fetched by HTTP may have been read before signals that arrived
+// first (a one-action plan can finish while its GET is in flight): its
+// status is taken only if it is not behind the one already shown.
+function rememberFetched(plan) {
+  const known = plans.get(plan.id);
+  if (known && (PROGRESS[plan.status] ?? 0) < (PROGRESS[known.status] ?? 0)) {
+    plan = Object.assign({}, plan, { status: known.status });
+  }
+  remember(plan);
+}
+
 async function api(path) {
   const response = await fetch(path, { headers: { Authorization: "Bearer " + token() } });
   const body = await response.json();
@@ -101,7 +115,7 @@ async function showPlan(id) {
   try {
     const plan = await api("/antibody/plan/" + encodeURIComponent(id));
     if (selected !== id) return;
-    remember({ id: plan.id, status: plan.status });
+    rememberFetched({ id: plan.id, status: plan.status });
     $("plan-detail").hidden = false;
     $("detail-id").textContent = plan.id;
     $("detail-summary").textContent =
@@ -135,7 +149,7 @@ function onMessage(message) {
         status: "pending", timestamp: message.ts });
       // The description and the agent's own timestamp come with the plan.
       api("/antibody/plan/" + encodeURIComponent(message.plan_id))
-        .then((p) => { remember(p); renderPlans(); })
+        .then((p) => { rememberFetched(p); renderPlans(); })
         .catch(() => {});
       break;
     case "PlanStatusChanged":
