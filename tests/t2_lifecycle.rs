@@ -8,18 +8,16 @@
 mod support;
 
 use std::future::Future;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use antibody::dbus::proxy::AntibodyProxy;
 use nix::sys::signal::Signal;
 use serde_json::Value;
+use support::hooks::HookServer;
 use support::notify::NotifySocket;
 use support::*;
 
@@ -175,157 +173,6 @@ fn assert_alive(agent: &Agent) {
         "antibodyd exited (state {state:?}); log:\n{}",
         agent.log_text()
     );
-}
-
-// ----------------------------------------------------- a tiny webhook server
-
-/// One HTTP request the test server read.
-#[derive(Debug, Clone)]
-struct Hook {
-    request_line: String,
-    body: Value,
-}
-
-/// A webhook receiver on 127.0.0.1. With `hold_first`, the first request is
-/// read and never answered (its socket is kept open until the server drops);
-/// every other request gets `200 OK` with an empty body.
-struct HookServer {
-    port: u16,
-    hooks: Arc<Mutex<Vec<Hook>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl HookServer {
-    fn start(hold_first: bool) -> HookServer {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        listener.set_nonblocking(true).unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let hooks = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let hooks = hooks.clone();
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                let mut held: Vec<TcpStream> = Vec::new();
-                let mut first = true;
-                while !stop.load(Ordering::Relaxed) {
-                    let stream = match listener.accept() {
-                        Ok((stream, _)) => stream,
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                            std::thread::sleep(Duration::from_millis(10));
-                            continue;
-                        }
-                        Err(e) => panic!("accept: {e}"),
-                    };
-                    let mut stream = stream;
-                    stream.set_nonblocking(false).unwrap();
-                    stream
-                        .set_read_timeout(Some(Duration::from_secs(10)))
-                        .unwrap();
-                    let Some(hook) = read_request(&mut stream) else {
-                        continue;
-                    };
-                    hooks.lock().unwrap().push(hook);
-                    if hold_first && first {
-                        first = false;
-                        held.push(stream);
-                        continue;
-                    }
-                    first = false;
-                    let _ = stream.write_all(
-                        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                    );
-                    let _ = stream.flush();
-                }
-                drop(held);
-            })
-        };
-        HookServer {
-            port,
-            hooks,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/hook", self.port)
-    }
-
-    fn hooks(&self) -> Vec<Hook> {
-        self.hooks.lock().unwrap().clone()
-    }
-
-    fn hooks_for(&self, plan_id: &str) -> Vec<Hook> {
-        self.hooks()
-            .into_iter()
-            .filter(|h| h.body["plan_id"] == plan_id)
-            .collect()
-    }
-
-    fn wait_hooks_for(&self, plan_id: &str, count: usize) -> Vec<Hook> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let found = self.hooks_for(plan_id);
-            if found.len() >= count {
-                return found;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the webhook got {} request(s) for plan {plan_id}, expected {count}; all: {:?}",
-                found.len(),
-                self.hooks()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for HookServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-/// Reads one HTTP/1.1 request with a `Content-Length` body.
-fn read_request(stream: &mut TcpStream) -> Option<Hook> {
-    let mut data = Vec::new();
-    let mut buf = [0u8; 4096];
-    let header_end = loop {
-        if let Some(at) = data.windows(4).position(|w| w == b"\r\n\r\n") {
-            break at + 4;
-        }
-        let n = stream.read(&mut buf).ok()?;
-        if n == 0 {
-            return None;
-        }
-        data.extend_from_slice(&buf[..n]);
-    };
-    let head = String::from_utf8_lossy(&data[..header_end]).into_owned();
-    let length: usize = head
-        .lines()
-        .find_map(|l| {
-            let (name, value) = l.split_once(':')?;
-            name.eq_ignore_ascii_case("content-length")
-                .then(|| value.trim().parse().ok())?
-        })
-        .unwrap_or(0);
-    while data.len() < header_end + length {
-        let n = stream.read(&mut buf).ok()?;
-        if n == 0 {
-            return None;
-        }
-        data.extend_from_slice(&buf[..n]);
-    }
-    let body_text = String::from_utf8_lossy(&data[header_end..header_end + length]).into_owned();
-    Some(Hook {
-        request_line: head.lines().next().unwrap_or_default().to_string(),
-        body: serde_json::from_str(&body_text).unwrap_or(Value::String(body_text)),
-    })
 }
 
 // ------------------------------------------------------------ a small tmpfs

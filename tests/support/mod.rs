@@ -11,6 +11,7 @@ pub const LET_NOBODY_THROUGH: &str =
     r#"<policy user="nobody"><allow send_destination="org.vael.Antibody"/></policy>"#;
 
 pub mod broker;
+pub mod hooks;
 pub mod notify;
 pub mod testbed;
 pub mod web;
