@@ -89,6 +89,7 @@ fn engine(home: &Path, root: &Path) -> Arc<Engine> {
                 }),
                 systemd: Arc::new(SystemdManager::new()),
                 firewall: Arc::new(NftFirewall::start(FakeDriver::default())),
+                http: Arc::new(antibody::sys::http::UreqClient),
             },
             events: antibody::events::channel(),
             mirror: None,

@@ -26,6 +26,9 @@ pub struct Config {
     pub protect: ProtectConfig,
     pub notify: NotifyConfig,
     pub playbooks: PlaybooksConfig,
+    /// Per alert source (`NEXUS`, `Watchdog`, `Manual`): where to tell it
+    /// that a plan for one of its alerts with `context.alert_id` finished.
+    pub callbacks: BTreeMap<String, crate::callbacks::CallbackConfig>,
     /// The playbooks `playbooks.dir` held when this configuration was
     /// loaded (not a key): a reload that cannot read them is refused as a
     /// whole, and the running set stays.
@@ -414,6 +417,18 @@ impl Config {
                 );
             }
         }
+        for (source, callback) in &self.callbacks {
+            if let Err(why) = crate::callbacks::check_config(source, callback) {
+                // `why` starts with the key it is about (".url: …").
+                let (key, why) = match why.split_once(": ") {
+                    Some((key, rest)) if key.starts_with('.') => {
+                        (key.to_string(), rest.to_string())
+                    }
+                    _ => (String::new(), why),
+                };
+                return bad(&format!("callbacks.{source}{key}"), &why);
+            }
+        }
         // The agent's own files are never a patch's target: its ledger,
         // its state (backups, checkpoint) and its configuration.
         let own = [
@@ -505,6 +520,29 @@ fn merge_tables(base: &mut toml::Table, over: toml::Table) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bad_callback_is_refused_naming_its_key() {
+        let err = Config::from_toml("[callbacks.NEXUS]\nurl = \"ftp://n.example/\"\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "callbacks.NEXUS.url: must be an http:// or https:// URL"
+        );
+        let err = Config::from_toml("[callbacks.IDS]\nurl = \"https://n.example/\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("callbacks.IDS: no alert source is called \"IDS\""),
+            "{err}"
+        );
+        let good =
+            Config::from_toml("[callbacks.NEXUS]\nurl = \"https://n.example/alert/{alert_id}\"\n")
+                .unwrap();
+        assert_eq!(good.callbacks["NEXUS"].method, "PATCH");
+        assert_eq!(good.callbacks["NEXUS"].timeout_secs, 5);
+    }
 
     #[test]
     fn empty_config_is_all_defaults() {

@@ -2,6 +2,7 @@
 //! See DESIGN.md for the contract and README.md for the operator's view.
 
 pub mod actions;
+pub mod callbacks;
 pub mod config;
 pub mod dbus;
 pub mod engine;

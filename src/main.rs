@@ -73,10 +73,10 @@ fn main() -> ExitCode {
         print!("{}", toml::to_string(&config).unwrap_or_default());
         return ExitCode::SUCCESS;
     }
-    if !config.notify.channels.is_empty() {
+    if !config.notify.channels.is_empty() || !config.callbacks.is_empty() {
         for file in antibody::config::world_readable_files(&args.config) {
             eprintln!(
-                "<4>antibodyd: {} is readable by every user, and webhook URLs often carry tokens: chmod 0640 it",
+                "<4>antibodyd: {} is readable by every user, and webhook and callback URLs often carry tokens: chmod 0640 it",
                 file.display()
             );
         }
@@ -133,6 +133,7 @@ async fn run(args: Args, config: Config) -> Result<(), String> {
         }),
         systemd: Arc::new(SystemdManager::new()),
         firewall: firewall.clone(),
+        http: Arc::new(antibody::sys::http::UreqClient),
     };
     // Until READY=1: a long replay keeps pushing the start's deadline
     // (EXTEND_TIMEOUT_USEC) while it makes progress.
@@ -181,6 +182,7 @@ async fn run(args: Args, config: Config) -> Result<(), String> {
     tokio::spawn(engine.clone().reconcile_loop());
     tokio::spawn(engine.clone().reconcile_units_loop());
     tokio::spawn(engine.clone().upkeep_loop());
+    tokio::spawn(engine.clone().callback_loop());
     drop(keepalive);
     sdnotify::ready(&engine.status_line());
     tokio::spawn(watchdog(engine.clone(), watchdog_interval));

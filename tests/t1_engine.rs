@@ -511,6 +511,7 @@ fn seed(id: &str, keys: &[&str]) -> PlanSeed {
         alert_sha256: format!("hash-{id}"),
         context: None,
         playbook: None,
+        callback: false,
         actions: keys
             .iter()
             .map(|k| antibody::plan::ActionSeed {

@@ -362,6 +362,7 @@ async fn crashed_mid_throttle(changed: bool) -> (tempfile::TempDir, Arc<FakeSyst
         alert_sha256: "hash-p".into(),
         context: None,
         playbook: None,
+        callback: false,
         actions: vec![antibody::plan::ActionSeed {
             kind: "throttle_entity".into(),
             params: json!({"entity": "unit:web.service", "seconds": 1, "cpu_percent": 20}),

@@ -485,6 +485,31 @@ fn print_plan(plan: &Value) {
         println!("  entity:      {}", clean(entity));
     }
     println!("  alert:       sha256 {}", s(plan, "alert_sha256"));
+    if let Some(id) = plan.pointer("/context/alert_id").and_then(Value::as_str) {
+        println!("  alert id:    {}", clean(id));
+    }
+    if let Some(pb) = plan.get("playbook").filter(|p| p.is_object()) {
+        let repeat = pb.get("repeat").and_then(Value::as_u64).unwrap_or(0);
+        println!(
+            "  playbook:    {} ({}), repeat {repeat}",
+            clean(s(pb, "name")),
+            clean(s(pb, "file"))
+        );
+    }
+    if let Some(cb) = plan.get("callback").filter(|c| c.is_object()) {
+        let attempts = cb.get("attempts").and_then(Value::as_u64).unwrap_or(0);
+        let mut line = format!("{}, {attempts} attempt(s)", s(cb, "state"));
+        if let Some(status) = cb.get("http_status").and_then(Value::as_u64) {
+            line.push_str(&format!(", last answer HTTP {status}"));
+        }
+        if let Some(at) = cb.get("next_attempt_at").and_then(Value::as_str) {
+            line.push_str(&format!(", next attempt {at}"));
+        }
+        if let Some(err) = cb.get("error").and_then(Value::as_str) {
+            line.push_str(&format!(": {}", clean(err)));
+        }
+        println!("  call back:   {line}");
+    }
     if let Some(rb) = plan.get("rollback").filter(|r| r.is_object()) {
         let state = match rb.get("finished_at").and_then(Value::as_str) {
             Some(at) => format!("finished {at}"),

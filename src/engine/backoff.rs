@@ -29,17 +29,22 @@ pub fn revert_retry_ms(
         return None;
     }
     if timed {
-        // Retried without end, so never faster than every 100 ms and always
-        // growing, whatever `retry` allows (`base_ms = 0`, `factor = 1`):
-        // each failure is a durable record.
-        let floor = RetryConfig {
-            base_ms: retry.base_ms.max(100),
-            factor: retry.factor.max(2),
-            max_attempts: retry.max_attempts,
-        };
-        return Some(retry_delay_ms(&floor, failed_attempts, jitter));
+        return Some(endless_retry_ms(retry, failed_attempts, jitter));
     }
     Some(retry_delay_ms(retry, failed_attempts, jitter))
+}
+
+/// The delay before trying again something retried without end (a timed
+/// revert, a call back): never faster than every 100 ms and always
+/// growing, whatever `retry` allows (`base_ms = 0`, `factor = 1`), since
+/// each failure is a durable record; at most 5 minutes.
+pub fn endless_retry_ms(retry: &RetryConfig, failed_attempts: u32, jitter: f64) -> u64 {
+    let floor = RetryConfig {
+        base_ms: retry.base_ms.max(100),
+        factor: retry.factor.max(2),
+        max_attempts: retry.max_attempts,
+    };
+    retry_delay_ms(&floor, failed_attempts, jitter)
 }
 
 #[cfg(test)]

@@ -62,6 +62,7 @@ mod tests {
             alert_sha256: format!("{id}-hash"),
             context: None,
             playbook: None,
+            callback: false,
             actions: vec![ActionSeed {
                 kind: "restart_service".into(),
                 params: serde_json::json!({"name": unit}),

@@ -23,6 +23,7 @@ use crate::sys::Sys;
 use crate::time::{now_ms, rfc3339};
 
 pub mod backoff;
+mod callbacks;
 mod counters;
 pub mod flap;
 mod flap_guard;
@@ -70,6 +71,8 @@ pub struct Engine {
     sys: Sys,
     events: EventSender,
     wake: Notify,
+    /// Wakes the call-back loop: a plan that owes one finished.
+    callback_wake: Notify,
     heartbeat_ms: AtomicU64,
     started: Instant,
     ledger_health: Mutex<LedgerHealth>,
@@ -170,6 +173,7 @@ impl Engine {
             sys: parts.sys,
             events: parts.events,
             wake: Notify::new(),
+            callback_wake: Notify::new(),
             heartbeat_ms: AtomicU64::new(now_ms()),
             started: Instant::now(),
             ledger_health: Mutex::new(LedgerHealth {
@@ -268,6 +272,7 @@ impl Engine {
         config: &Arc<Config>,
     ) -> Result<PlanSeed, AgentError> {
         let mut alert = parse_alert(alert_json)?;
+        let callback = Self::owes_callback(config, alert.source, alert.context.as_ref());
         let (actions, playbook) = if alert.actions.is_empty() {
             let (actions, used) = self.actions_from_playbook(&mut alert, config).await?;
             (actions, Some(used))
@@ -284,6 +289,7 @@ impl Engine {
             context: alert.context,
             actions,
             playbook,
+            callback,
         })
     }
 
@@ -492,6 +498,7 @@ impl Engine {
         Ok(json!({
             "would_create": existing.is_none(),
             "existing_plan": existing,
+            "callback": Self::callback_preview(&config, &seed),
             "plan": seed,
             "actions": changes,
         }))
@@ -555,6 +562,9 @@ impl Engine {
     pub fn begin_stop(&self) {
         self.stopping.store(true, Ordering::Relaxed);
         self.wake.notify_one();
+        // Deliveries in flight are dropped with the loop: unrecorded, they
+        // are sent again by the next start (at least once).
+        self.callback_wake.notify_one();
     }
 
     pub fn is_stopping(&self) -> bool {

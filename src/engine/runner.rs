@@ -72,17 +72,22 @@ impl Engine {
 
     /// Announces a plan's new status and counts it under the plan's source.
     fn plan_status_changed(&self, plan_id: &str, status: &str) {
-        let source = self
+        let (source, owes_callback) = self
             .lock()
             .state
             .plans
             .get(plan_id)
-            .map(|plan| plan.source.as_str());
-        self.counters.plan(source.unwrap_or("unknown"), status);
+            .map_or(("unknown", false), |plan| {
+                (plan.source.as_str(), plan.callback_pending())
+            });
+        self.counters.plan(source, status);
         self.emit(AgentEvent::PlanStatusChanged {
             plan_id: plan_id.to_string(),
             status: status.to_string(),
         });
+        if owes_callback {
+            self.callback_wake.notify_one();
+        }
     }
 
     fn action_finished(&self, plan_id: &str, index: usize, kind: &str, outcome: &str) {

@@ -234,6 +234,8 @@ impl EngineState {
                     // not rolled back) does not need to: it is counted in
                     // `archived_active`, and a rollback takes it back.
                     && p.pending_timed_reverts().next().is_none()
+                    // A call back still owed is sent from memory.
+                    && !p.callback_pending()
                     && p.rollback.as_ref().is_none_or(|r| r.finished_at.is_some())
             })
             .map(|p| p.id.clone())
@@ -369,6 +371,7 @@ mod tests {
             alert_sha256: hash.into(),
             context: None,
             playbook: None,
+            callback: false,
             actions: vec![ActionSeed {
                 kind: "t".into(),
                 params: json!({}),

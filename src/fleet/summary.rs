@@ -185,6 +185,7 @@ mod tests {
             alert_sha256: "h".into(),
             context: None,
             playbook: None,
+            callback: false,
             actions: vec![ActionSeed {
                 kind: "isolate_socket".into(),
                 params: json!({"sid": "10.0.0.9"}),

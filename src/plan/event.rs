@@ -6,7 +6,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::model::{ActionState, LogLine, Plan, PlanAction, PlanSeed, PlanStatus, Rollback};
+use super::model::{
+    ActionState, Callback, CallbackState, LogLine, Plan, PlanAction, PlanSeed, PlanStatus, Rollback,
+};
 use crate::time::rfc3339;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,6 +132,21 @@ pub enum Event {
         restored: Vec<Value>,
         detail: String,
     },
+    /// The plan's source took the call back (a 2xx answer).
+    CallbackDelivered {
+        attempt: u32,
+        http_status: u16,
+    },
+    /// An attempt of the call back failed: tried again after
+    /// `retry_in_ms`, or, without it, given up.
+    CallbackFailed {
+        attempt: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        http_status: Option<u16>,
+        error: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_in_ms: Option<u64>,
+    },
     /// The journal mirror's queue was full (journald slower than the
     /// ledger): these records went to the ledger only, not the journal.
     JournalDropped {
@@ -175,6 +192,8 @@ impl Event {
             Event::RollbackFinished {} => "rollback_finished",
             Event::NftDrift { .. } => "nft_drift",
             Event::UnitDrift { .. } => "unit_drift",
+            Event::CallbackDelivered { .. } => "callback_delivered",
+            Event::CallbackFailed { .. } => "callback_failed",
             Event::JournalDropped { .. } => "journal_dropped",
             Event::LedgerPruned { .. } => "ledger_pruned",
         }
@@ -252,6 +271,7 @@ impl Plan {
             finished_at: None,
             rollback: None,
             playbook: seed.playbook,
+            callback: seed.callback.then(Callback::owed),
             seq,
             last_seq: seq,
             created_ms: ts_ms,
@@ -458,6 +478,44 @@ impl Plan {
                     "{label}: {unit}'s limits were changed from outside the agent: the throttle set {expected}, found {found}; left as found (the throttle's end still restores the values from before it, `antibodyctl rollback` ends it now)"
                 )
             }
+            Event::CallbackDelivered {
+                attempt,
+                http_status,
+            } => {
+                let callback = self.callback.get_or_insert_with(Callback::owed);
+                callback.state = CallbackState::Delivered;
+                callback.attempts = *attempt;
+                callback.http_status = Some(*http_status);
+                callback.error = None;
+                callback.next_attempt_at = None;
+                callback.next_attempt_ms = None;
+                format!("call back delivered (HTTP {http_status}, attempt {attempt})")
+            }
+            Event::CallbackFailed {
+                attempt,
+                http_status,
+                error,
+                retry_in_ms,
+            } => {
+                let callback = self.callback.get_or_insert_with(Callback::owed);
+                callback.attempts = *attempt;
+                callback.http_status = *http_status;
+                callback.error = Some(error.clone());
+                let at = retry_in_ms.map(|ms| ts_ms.saturating_add(ms));
+                callback.next_attempt_ms = at;
+                callback.next_attempt_at = at.map(rfc3339);
+                match retry_in_ms {
+                    Some(ms) => {
+                        format!(
+                            "call back attempt {attempt} failed: {error}; trying again in {ms} ms"
+                        )
+                    }
+                    None => {
+                        callback.state = CallbackState::GivenUp;
+                        format!("call back attempt {attempt} failed: {error}; given up")
+                    }
+                }
+            }
             Event::RollbackFinished {} => {
                 if let Some(r) = &mut self.rollback {
                     r.finished_at = Some(ts.clone());
@@ -493,6 +551,7 @@ mod tests {
             alert_sha256: "h".into(),
             context: None,
             playbook: None,
+            callback: false,
             actions: vec![ActionSeed {
                 kind: "throttle_entity".into(),
                 params: json!({}),

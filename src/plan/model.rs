@@ -67,6 +67,11 @@ pub struct PlanSeed {
     /// The playbook that chose the actions of a bare alert.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub playbook: Option<PlaybookUse>,
+    /// The alert's source is told when the plan finishes (its alert has a
+    /// `context.alert_id` and the config had `[callbacks.SOURCE]` when the
+    /// plan was made): recorded here so the promise outlives a restart.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub callback: bool,
 }
 
 /// Which playbook made a plan's actions, and which repeat this was.
@@ -144,6 +149,47 @@ pub struct PlanAction {
     pub prepared: Option<Value>,
 }
 
+/// Where the call back to the alert's source stands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Callback {
+    pub state: CallbackState,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// The receiver's answer to the latest attempt, if it answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// When a failed attempt is tried again (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<String>,
+    #[serde(skip)]
+    pub next_attempt_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallbackState {
+    /// Owed: sent once the plan finishes, retried until delivered.
+    Pending,
+    Delivered,
+    /// The receiver refused it for good (a 4xx other than 408 and 429).
+    GivenUp,
+}
+
+impl Callback {
+    pub fn owed() -> Callback {
+        Callback {
+            state: CallbackState::Pending,
+            attempts: 0,
+            http_status: None,
+            error: None,
+            next_attempt_at: None,
+            next_attempt_ms: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Rollback {
     pub requested_at: String,
@@ -172,6 +218,9 @@ pub struct Plan {
     pub rollback: Option<Rollback>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub playbook: Option<PlaybookUse>,
+    /// The call back to the alert's source, when one is owed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback: Option<Callback>,
     /// Ledger sequence of the `plan_created` record: submission order.
     pub seq: u64,
     /// Ledger sequence of the plan's newest record (0 in plans archived
@@ -204,10 +253,22 @@ impl Plan {
         use crate::time::parse_rfc3339;
         self.created_ms = parse_rfc3339(&self.timestamp).unwrap_or(0);
         self.finished_ms = self.finished_at.as_deref().and_then(parse_rfc3339);
+        if let Some(callback) = &mut self.callback {
+            callback.next_attempt_ms = callback.next_attempt_at.as_deref().and_then(parse_rfc3339);
+        }
         for action in &mut self.actions {
             action.revert_at_ms = action.revert_at.as_deref().and_then(parse_rfc3339);
             action.revert_retry_at_ms = action.revert_retry_at.as_deref().and_then(parse_rfc3339);
         }
+    }
+
+    /// A finished plan whose call back is still owed.
+    pub fn callback_pending(&self) -> bool {
+        self.status.is_finished()
+            && self
+                .callback
+                .as_ref()
+                .is_some_and(|c| c.state == CallbackState::Pending)
     }
 
     pub fn targets(&self) -> impl Iterator<Item = &str> {

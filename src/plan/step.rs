@@ -103,6 +103,7 @@ mod tests {
             alert_sha256: "h".into(),
             context: None,
             playbook: None,
+            callback: false,
             actions: reversible
                 .iter()
                 .map(|&r| ActionSeed {

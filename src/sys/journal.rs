@@ -20,7 +20,7 @@ pub const RECORD_FIELD: &str = "ANTIBODY_RECORD";
 
 /// One `MESSAGE_ID` per record kind (and for operator notices); the catalog
 /// in `systemd/antibody.catalog` explains each.
-pub const MESSAGE_IDS: [(&str, &str); 22] = [
+pub const MESSAGE_IDS: [(&str, &str); 24] = [
     ("agent_started", "0bc59538a1434a7c9b4908db0a54d81b"),
     ("agent_stopping", "957285b515b74df4aa921e19261a0e43"),
     ("config_reloaded", "03a7e18b53d84f5e91acd0b0855bd43d"),
@@ -43,6 +43,8 @@ pub const MESSAGE_IDS: [(&str, &str); 22] = [
     ("unit_drift", "c3a1f5e07b9d4e2a8f61d0b4e9a7c258"),
     ("journal_dropped", "4f2d9b7c1e8a4b06a3c5d7e9f1b2c4a6"),
     ("ledger_pruned", "a7e3c1f9d5b24e8c9f0a6b3d2e1c7f48"),
+    ("callback_delivered", "2765507136a34c65bff119e0eb37661c"),
+    ("callback_failed", "367637d85cd9440fa9b3a2bb6d6f8efd"),
 ];
 
 pub fn message_id(kind: &str) -> Option<&'static str> {

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 pub mod files;
+pub mod http;
 pub mod job_board;
 pub mod journal;
 pub mod nft;
@@ -19,4 +20,6 @@ pub struct Sys {
     pub notifier: Arc<dyn notifier::Notifier>,
     pub systemd: Arc<dyn systemd::Systemd>,
     pub firewall: Arc<dyn nft::Firewall>,
+    /// Call backs to alert sources.
+    pub http: Arc<dyn http::HttpClient>,
 }

@@ -2,11 +2,11 @@
 //! and webhook channels (HTTP POST of JSON with a timeout).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::{json, Value};
 
+use super::http::{HttpClient, JsonRequest, UreqClient};
 use super::journal::{message_id, priority_for, Journal, JournalEntry};
 use crate::actions::ActionError;
 use crate::plan::{Severity, Source};
@@ -146,37 +146,17 @@ impl Notifier for SystemNotifier {
     }
 }
 
-/// POSTs `body`; a 2xx answer is success, 5xx and network errors are
-/// transient (retried), other statuses permanent.
+/// POSTs `body`; a 2xx answer is success, 5xx, 429 and network errors
+/// are transient (retried), other statuses permanent.
 pub async fn post_json(url: &str, timeout_secs: u64, body: Value) -> Result<(), ActionError> {
-    let url = url.to_string();
-    let outcome = tokio::task::spawn_blocking(move || {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs(timeout_secs)))
-            .http_status_as_error(false)
-            .build()
-            .into();
-        agent
-            .post(&url)
-            .header("Content-Type", "application/json")
-            .header(
-                "User-Agent",
-                concat!("antibody/", env!("CARGO_PKG_VERSION")),
-            )
-            .send(body.to_string())
-            .map(|response| response.status().as_u16())
-            // The error goes to the plan's log: never the URL's secrets.
-            .map_err(|e| {
-                let shown = redact_url(&url);
-                format!(
-                    "POST {shown}: {}",
-                    e.to_string().replace(url.as_str(), &shown)
-                )
-            })
-    })
-    .await
-    .map_err(|e| ActionError::transient(format!("webhook task: {e}")))?;
-    match outcome {
+    let request = JsonRequest {
+        method: "POST".into(),
+        url: url.to_string(),
+        bearer: None,
+        timeout_secs,
+        body,
+    };
+    match UreqClient.send_json(request).await {
         Ok(status) if (200..300).contains(&status) => Ok(()),
         Ok(status) if status >= 500 || status == 429 => Err(ActionError::transient(format!(
             "webhook answered HTTP {status}"

@@ -26,7 +26,9 @@ pub use antibody::sys::nft::fake::FakeDriver;
 pub use antibody::sys::notifier::{Channel, Notice, Notifier};
 pub use antibody::sys::Sys;
 
+pub mod fake_http;
 pub mod fake_systemd;
+pub use fake_http::FakeHttp;
 pub use fake_systemd::FakeSystemd;
 
 /// What one apply of a `step` action does.
@@ -194,6 +196,7 @@ pub struct Rig {
     pub step: Step,
     pub notifier: Arc<RecordingNotifier>,
     pub systemd: Arc<FakeSystemd>,
+    pub http: Arc<FakeHttp>,
     pub dir: tempfile::TempDir,
 }
 
@@ -223,6 +226,18 @@ pub fn open_with_systemd(
     systemd: Arc<FakeSystemd>,
     extra: &str,
 ) -> Rig {
+    open_with(dir, step, systemd, Arc::new(FakeHttp::default()), extra)
+}
+
+/// An engine on `dir` with these fakes: reopening a directory with the
+/// same ones is an agent restart on the same host.
+pub fn open_with(
+    dir: tempfile::TempDir,
+    step: Step,
+    systemd: Arc<FakeSystemd>,
+    http: Arc<FakeHttp>,
+    extra: &str,
+) -> Rig {
     let notifier = Arc::new(RecordingNotifier::default());
     let mut registry = Registry::builtin();
     registry.register(Arc::new(step.clone()));
@@ -234,6 +249,7 @@ pub fn open_with_systemd(
                 notifier: notifier.clone(),
                 systemd: systemd.clone(),
                 firewall: Arc::new(NftFirewall::start(FakeDriver::default())),
+                http: http.clone(),
             },
             events: events::channel(),
             mirror: None,
@@ -246,6 +262,7 @@ pub fn open_with_systemd(
         step,
         notifier,
         systemd,
+        http,
         dir,
     }
 }

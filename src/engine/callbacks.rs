@@ -1,0 +1,290 @@
+//! Call backs to alert sources (`[callbacks.SOURCE]`, `src/callbacks/`):
+//! once a plan whose alert carried `context.alert_id` finishes, its source
+//! is told, at least once. What is owed is in the plan itself (`callback`,
+//! from its `plan_created` record) and every attempt is a ledger record, so
+//! a restart carries on where the last agent stopped. Deliveries run in a
+//! task of their own, a few at a time: a slow or dead receiver never holds
+//! a plan, an action or the bus.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::task::JoinSet;
+
+use super::backoff::endless_retry_ms;
+use super::Engine;
+use crate::callbacks::{self, verdict, CallbackConfig, Verdict};
+use crate::config::Config;
+use crate::plan::{Event, PlanSeed, Severity, Source};
+use crate::sys::http::JsonRequest;
+use crate::sys::notifier::redact_url;
+use crate::time::now_ms;
+
+/// Deliveries in flight at once.
+const IN_FLIGHT: usize = 4;
+/// The loop looks again at least this often (a plan readmitted from the
+/// archive, say, wakes nobody).
+const LOOK_AGAIN: Duration = Duration::from_secs(30);
+
+/// What an attempt found out about its source's receiver.
+enum Attempted {
+    /// Delivered, given up, or nothing owed any more.
+    Settled,
+    /// It did not take it and may later (no answer, 408, 429, 5xx).
+    Away(&'static str),
+}
+
+/// A source's receiver found away, and the plan that tries it again.
+struct Away {
+    prober: String,
+}
+
+/// Keeps `away` up to date with an attempt's outcome: a plan that found
+/// its receiver away becomes the one that tries it again; a settled
+/// attempt by that plan (delivered, most likely) lets the others go.
+fn note_receiver(away: &mut HashMap<&'static str, Away>, plan_id: String, attempted: Attempted) {
+    match attempted {
+        Attempted::Away(source) => {
+            away.entry(source).or_insert(Away { prober: plan_id });
+        }
+        Attempted::Settled => away.retain(|_, a| a.prober != plan_id),
+    }
+}
+
+/// What one attempt needs from its plan.
+struct Owed {
+    source: Source,
+    severity: Severity,
+    description: String,
+    alert_id: String,
+    attempt: u32,
+    body: Value,
+}
+
+impl Engine {
+    /// Whether a plan made now from an alert of `source` owes a call back.
+    pub(super) fn owes_callback(config: &Config, source: Source, context: Option<&Value>) -> bool {
+        context.and_then(|c| c.get("alert_id")).is_some()
+            && config.callbacks.contains_key(source.as_str())
+    }
+
+    /// `DryRun`'s view of the call back a plan would make.
+    pub(super) fn callback_preview(config: &Config, seed: &PlanSeed) -> Value {
+        match config.callbacks.get(seed.source.as_str()) {
+            Some(callback) if seed.callback => json!({
+                "method": callback.method,
+                "url": redact_url(&callback.url),
+                "when": "once the plan finishes; retried until the receiver answers 2xx",
+            }),
+            _ => Value::Null,
+        }
+    }
+
+    /// Sends the call backs owed, as they fall due, until the agent stops.
+    /// While a source's receiver is away (no answer, 408, 429, 5xx), only
+    /// the plan that found it so tries it again: the others of that source
+    /// wait for that retry to succeed, so a receiver down for a day costs
+    /// one plan's back-off in attempts and ledger records, not every
+    /// plan's.
+    pub async fn callback_loop(self: Arc<Self>) {
+        let mut running: JoinSet<Attempted> = JoinSet::new();
+        let mut in_flight: HashMap<tokio::task::Id, String> = HashMap::new();
+        let mut away: HashMap<&'static str, Away> = HashMap::new();
+        loop {
+            if self.is_stopping() {
+                return;
+            }
+            let now = now_ms();
+            let busy: HashSet<&String> = in_flight.values().collect();
+            let (due, next_ms) = self.callbacks_due(now, &busy, &away);
+            let free = IN_FLIGHT - in_flight.len();
+            for (plan_id, _) in due.into_iter().take(free) {
+                let engine = self.clone();
+                let task = running.spawn({
+                    let plan_id = plan_id.clone();
+                    async move { engine.deliver_callback(plan_id).await }
+                });
+                in_flight.insert(task.id(), plan_id);
+            }
+            let wait = next_ms
+                .map(|at| Duration::from_millis(at.saturating_sub(now)))
+                .unwrap_or(LOOK_AGAIN)
+                .min(LOOK_AGAIN);
+            tokio::select! {
+                _ = self.callback_wake.notified() => {}
+                Some(done) = running.join_next_with_id(), if !running.is_empty() => {
+                    let id = match &done {
+                        Ok((id, _)) => *id,
+                        Err(e) => e.id(),
+                    };
+                    let plan_id = in_flight.remove(&id);
+                    if let (Ok((_, attempted)), Some(plan_id)) = (done, plan_id) {
+                        note_receiver(&mut away, plan_id, attempted);
+                    }
+                }
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// Plans whose call back is due now (oldest first), and when the next
+    /// one not yet due falls due. Of a source whose receiver is away, only
+    /// the plan that found it so.
+    fn callbacks_due(
+        &self,
+        now: u64,
+        in_flight: &HashSet<&String>,
+        away: &HashMap<&'static str, Away>,
+    ) -> (Vec<(String, Source)>, Option<u64>) {
+        let inner = self.lock();
+        let mut due = Vec::new();
+        let mut next: Option<u64> = None;
+        for plan in inner.state.plans.values() {
+            if !plan.callback_pending() || in_flight.contains(&plan.id) {
+                continue;
+            }
+            if away
+                .get(plan.source.as_str())
+                .is_some_and(|a| a.prober != plan.id)
+            {
+                continue;
+            }
+            let at = plan
+                .callback
+                .as_ref()
+                .and_then(|c| c.next_attempt_ms)
+                .unwrap_or(0);
+            if at <= now {
+                due.push((plan.seq, plan.id.clone(), plan.source));
+            } else {
+                next = Some(next.map_or(at, |n| n.min(at)));
+            }
+        }
+        due.sort_by_key(|(seq, _, _)| *seq);
+        let due = due
+            .into_iter()
+            .map(|(_, id, source)| (id, source))
+            .collect();
+        (due, next)
+    }
+
+    fn owed(&self, plan_id: &str) -> Option<Owed> {
+        let inner = self.lock();
+        let plan = inner.state.plans.get(plan_id)?;
+        if !plan.callback_pending() {
+            return None;
+        }
+        let alert_id = plan
+            .context
+            .as_ref()?
+            .get("alert_id")?
+            .as_str()?
+            .to_string();
+        Some(Owed {
+            source: plan.source,
+            severity: plan.severity,
+            description: plan.description.clone(),
+            alert_id,
+            attempt: plan.callback.as_ref().map_or(0, |c| c.attempts) + 1,
+            body: callbacks::body(plan),
+        })
+    }
+
+    /// One attempt, recorded (durably) before the next is considered.
+    async fn deliver_callback(self: Arc<Self>, plan_id: String) -> Attempted {
+        let Some(owed) = self.owed(&plan_id) else {
+            return Attempted::Settled;
+        };
+        let config = self.config();
+        let (verdict, http_status, error) = match config.callbacks.get(owed.source.as_str()) {
+            Some(callback) => match self.send_callback(callback, &owed).await {
+                Ok(status) => (
+                    verdict(Some(status)),
+                    Some(status),
+                    format!("HTTP {status}"),
+                ),
+                Err(e) => (verdict(None), None, e),
+            },
+            // Given up like a 4xx: nothing says where to send it any more.
+            None => (
+                Verdict::GiveUp,
+                None,
+                format!(
+                    "the configuration has no [callbacks.{}] any more",
+                    owed.source.as_str()
+                ),
+            ),
+        };
+        let attempt = owed.attempt;
+        let event = match &verdict {
+            Verdict::Delivered => Event::CallbackDelivered {
+                attempt,
+                http_status: http_status.unwrap_or_default(),
+            },
+            Verdict::Retry => Event::CallbackFailed {
+                attempt,
+                http_status,
+                error: error.clone(),
+                retry_in_ms: Some(endless_retry_ms(&config.retry, attempt, fastrand::f64())),
+            },
+            Verdict::GiveUp => Event::CallbackFailed {
+                attempt,
+                http_status,
+                error: error.clone(),
+                retry_in_ms: None,
+            },
+        };
+        let given_up = verdict == Verdict::GiveUp;
+        let attempted = match verdict {
+            Verdict::Retry => Attempted::Away(owed.source.as_str()),
+            _ => Attempted::Settled,
+        };
+        self.record(&plan_id, event).await;
+        if given_up {
+            self.tell_operator(
+                &plan_id,
+                (owed.source, owed.severity),
+                &owed.description,
+                format!(
+                    "the call back to {} for plan {plan_id} (alert {}) was given up after attempt {attempt}: {error}",
+                    owed.source.as_str(),
+                    owed.alert_id
+                ),
+            );
+        }
+        attempted
+    }
+
+    async fn send_callback(&self, callback: &CallbackConfig, owed: &Owed) -> Result<u16, String> {
+        let bearer = match &callback.token_file {
+            Some(file) => Some(read_token(file).await?),
+            None => None,
+        };
+        let request = JsonRequest {
+            method: callback.method.clone(),
+            url: callbacks::url_for(&callback.url, &owed.alert_id),
+            bearer,
+            timeout_secs: callback.timeout_secs,
+            body: owed.body.clone(),
+        };
+        self.sys.http.send_json(request).await
+    }
+}
+
+/// The token, read at each attempt (a rotated one is used at once). An
+/// unreadable or empty file is a failure that may pass: tried again.
+async fn read_token(file: &std::path::Path) -> Result<String, String> {
+    let text = tokio::fs::read_to_string(file)
+        .await
+        .map_err(|e| format!("token_file {}: {e}", file.display()))?;
+    let token = text.trim();
+    if token.is_empty() || token.contains(['\r', '\n']) {
+        return Err(format!(
+            "token_file {}: must hold one non-empty line",
+            file.display()
+        ));
+    }
+    Ok(token.to_string())
+}
