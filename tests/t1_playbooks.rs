@@ -4,6 +4,7 @@
 
 mod rig;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use rig::*;
@@ -192,4 +193,47 @@ async fn a_playbook_never_reaches_past_the_guards_whatever_the_entity() {
         "[]",
         "nothing refused was created"
     );
+}
+
+#[tokio::test]
+async fn a_simulate_playbook_records_what_it_would_do_and_changes_nothing() {
+    let heartbeat = include_str!("../packaging/examples/playbook-stale-heartbeat.toml").replace(
+        "name = \"stale-heartbeat\"",
+        "name = \"stale-heartbeat\"\nsimulate = true",
+    );
+    let dir = rig_dir(&heartbeat);
+    let systemd = Arc::new(FakeSystemd::with_units(&["web.service"]));
+    let http = Arc::new(FakeHttp::default());
+    let rig = open_with(
+        dir,
+        Step::default(),
+        systemd.clone(),
+        http.clone(),
+        "[callbacks.Watchdog]\nurl = \"https://ids.example/{alert_id}\"\n",
+    );
+    tokio::spawn(rig.engine.clone().run());
+    tokio::spawn(rig.engine.clone().callback_loop());
+    let alert = json!({"source": "Watchdog", "severity": "high", "kind": "stale-heartbeat",
+        "description": "web stale", "context": {"entity": "web", "alert_id": "W-1"}});
+    // DryRun already says it would be simulated.
+    let would = rig.engine.dry_run(&alert.to_string()).await.unwrap();
+    assert_eq!(would["plan"]["playbook"]["simulate"], true, "{would}");
+    let (id, _) = rig.engine.submit(&alert.to_string()).await.unwrap();
+    let plan = wait_finished(&rig.engine, &id).await;
+    assert_eq!(plan["status"], "success", "{plan}");
+    assert_eq!(plan["playbook"]["simulate"], true, "{plan}");
+    assert_eq!(states(&plan), vec!["simulated", "simulated"], "{plan}");
+    // What it would have done: restart_service's dry run, the notice's.
+    assert_eq!(plan["actions"][0]["would"]["unit"], "web.service", "{plan}");
+    assert!(plan["actions"][1]["would"].is_object(), "{plan}");
+    // Nothing was done: no restart, no notice, no call back to the IDS,
+    // nothing in force, nothing to roll back.
+    assert_eq!(systemd.count("restart web.service"), 0);
+    assert!(rig.notifier.0.lock().unwrap().is_empty());
+    assert!(plan.get("callback").is_none(), "{plan}");
+    assert_eq!(rig.engine.status()["active_mitigations"], 0);
+    let err = rig.engine.rollback(&id, "root").await.unwrap_err();
+    assert_eq!(err.name, ErrorName::NothingToRevert, "{err:?}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(http.requests().is_empty());
 }

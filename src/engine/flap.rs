@@ -32,7 +32,9 @@ pub fn restarts_counted<'a>(
     let since = now_ms.saturating_sub(window_ms);
     actions_of(plans)
         .filter(|(plan, index, action)| {
-            action.seed.kind == kind
+            // A simulated restart restarts nothing.
+            !plan.simulated()
+                && action.seed.kind == kind
                 && action.seed.targets.iter().any(|t| t == target)
                 && except != Some((plan.id.as_str(), *index))
         })

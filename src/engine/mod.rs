@@ -272,13 +272,15 @@ impl Engine {
         config: &Arc<Config>,
     ) -> Result<PlanSeed, AgentError> {
         let mut alert = parse_alert(alert_json)?;
-        let callback = Self::owes_callback(config, alert.source, alert.context.as_ref());
+        let owes = Self::owes_callback(config, alert.source, alert.context.as_ref());
         let (actions, playbook) = if alert.actions.is_empty() {
             let (actions, used) = self.actions_from_playbook(&mut alert, config).await?;
             (actions, Some(used))
         } else {
             (self.validate_actions(&alert, config).await?, None)
         };
+        // A simulated plan changes nothing: the IDS is not told it resolved.
+        let callback = owes && !playbook.as_ref().is_some_and(|p| p.simulate);
         Ok(PlanSeed {
             id: uuid::Uuid::new_v4().to_string(),
             timestamp: rfc3339(now_ms()),

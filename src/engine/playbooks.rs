@@ -70,6 +70,7 @@ impl Engine {
                 name: playbook.name.clone(),
                 file: playbook.file.clone(),
                 repeat,
+                simulate: playbook.simulate,
             },
         ))
     }

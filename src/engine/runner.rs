@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use super::backoff::{retry_delay_ms, revert_retry_ms};
 use super::Engine;
@@ -163,7 +163,10 @@ pub(super) async fn run_plan(engine: &Arc<Engine>, plan_id: &str) {
         let Some(step) = engine.plan_step(plan_id, &carry.0) else {
             return;
         };
-        if !matches!(step, Step::Start | Step::Apply { .. }) {
+        if !matches!(
+            step,
+            Step::Start | Step::Apply { .. } | Step::Simulate { .. }
+        ) {
             carry.flush(engine, plan_id).await;
         }
         match step {
@@ -173,6 +176,7 @@ pub(super) async fn run_plan(engine: &Arc<Engine>, plan_id: &str) {
             }
             Step::Recover { index } => recover_action(engine, plan_id, index).await,
             Step::Revert { index, reason } => revert_action(engine, plan_id, index, reason).await,
+            Step::Simulate { index } => simulate_action(engine, plan_id, index, &mut carry).await,
             Step::Skip { index } => {
                 let reason = "an earlier action failed".to_string();
                 engine
@@ -194,6 +198,29 @@ pub(super) async fn run_plan(engine: &Arc<Engine>, plan_id: &str) {
             Step::Done => return,
         }
     }
+}
+
+/// A simulated plan's action: its dry run (which reads the system and
+/// changes nothing) is recorded as what it would do.
+async fn simulate_action(engine: &Arc<Engine>, plan_id: &str, index: usize, carry: &mut Carry) {
+    let Some(job) = engine.action_job(plan_id, index) else {
+        return;
+    };
+    let config = engine.config();
+    let would = match engine.registry.get(&job.kind).cloned() {
+        Some(handler) => match handler
+            .dry_run(&ctx(engine, &config, plan_id, index, &job))
+            .await
+        {
+            Ok(would) => would,
+            Err(e) => json!({"error": e.message}),
+        },
+        None => json!({"error": format!("no handler for action type {:?}", job.kind)}),
+    };
+    carry
+        .record(engine, plan_id, Event::ActionSimulated { index, would })
+        .await;
+    engine.action_finished(plan_id, index, &job.kind, "simulated");
 }
 
 async fn fail_action(

@@ -107,6 +107,12 @@ pub enum Event {
         index: usize,
         reason: String,
     },
+    /// In a simulated plan: what the action would do (its dry run, or the
+    /// dry run's error); nothing was changed.
+    ActionSimulated {
+        index: usize,
+        would: Value,
+    },
     PlanFinished {
         status: PlanStatus,
     },
@@ -187,6 +193,7 @@ impl Event {
             Event::ActionReverted { .. } => "action_reverted",
             Event::ActionRevertFailed { .. } => "action_revert_failed",
             Event::ActionSkipped { .. } => "action_skipped",
+            Event::ActionSimulated { .. } => "action_simulated",
             Event::PlanFinished { .. } => "plan_finished",
             Event::RollbackRequested { .. } => "rollback_requested",
             Event::RollbackFinished {} => "rollback_finished",
@@ -224,6 +231,7 @@ impl Event {
             | Event::ActionReverted { index, .. }
             | Event::ActionRevertFailed { index, .. }
             | Event::ActionSkipped { index, .. }
+            | Event::ActionSimulated { index, .. }
             | Event::UnitDrift { index, .. } => Some(*index),
             _ => None,
         }
@@ -255,6 +263,7 @@ impl Plan {
                 revert_retry_at_ms: None,
                 last_drift: None,
                 prepared: None,
+                would: None,
             })
             .collect::<Vec<_>>();
         let mut plan = Plan {
@@ -448,6 +457,13 @@ impl Plan {
                 let a = &mut self.actions[*index];
                 a.state = ActionState::Skipped;
                 format!("{label}: skipped: {reason}")
+            }
+            Event::ActionSimulated { index, would } => {
+                let a = &mut self.actions[*index];
+                a.state = ActionState::Simulated;
+                a.finished_at = Some(ts.clone());
+                a.would = Some(would.clone());
+                format!("{label}: simulated, nothing changed; it would do: {would}")
             }
             Event::PlanFinished { status } => {
                 self.status = *status;

@@ -50,6 +50,9 @@ pub enum ActionState {
     Failed,
     Reverted,
     Skipped,
+    /// In a plan of a `simulate = true` playbook: what it would do was
+    /// recorded (`would`); nothing was changed.
+    Simulated,
 }
 
 /// What the plan was created with: written once, in the `plan_created` record.
@@ -82,6 +85,10 @@ pub struct PlaybookUse {
     /// Earlier plans of this playbook on the same target within its
     /// escalation window (0: a first offence).
     pub repeat: u32,
+    /// The playbook has `simulate = true`: each action records what it
+    /// would do (its dry run) and changes nothing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub simulate: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -147,6 +154,9 @@ pub struct PlanAction {
     /// The state `prepare` read before the latest attempt changed anything.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prepared: Option<Value>,
+    /// In a simulated plan: what the action would have done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub would: Option<Value>,
 }
 
 /// Where the call back to the alert's source stands.
@@ -260,6 +270,11 @@ impl Plan {
             action.revert_at_ms = action.revert_at.as_deref().and_then(parse_rfc3339);
             action.revert_retry_at_ms = action.revert_retry_at.as_deref().and_then(parse_rfc3339);
         }
+    }
+
+    /// A plan of a `simulate = true` playbook: it changes nothing.
+    pub fn simulated(&self) -> bool {
+        self.playbook.as_ref().is_some_and(|p| p.simulate)
     }
 
     /// A finished plan whose call back is still owed.

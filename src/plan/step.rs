@@ -25,6 +25,10 @@ pub enum Step {
     Skip {
         index: usize,
     },
+    /// In a simulated plan: record what the action would do.
+    Simulate {
+        index: usize,
+    },
     Finish(PlanStatus),
     FinishRollback,
     /// Nothing left to do.
@@ -58,6 +62,7 @@ fn in_progress_step(plan: &Plan) -> Step {
         return Step::Finish(PlanStatus::Failed);
     }
     match first_pending(plan) {
+        Some(index) if plan.simulated() => Step::Simulate { index },
         Some(index) => Step::Apply {
             index,
             attempt: plan.actions[index].attempts + 1,

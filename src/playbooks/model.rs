@@ -76,13 +76,6 @@ impl PlaybookText {
                 self.name
             ));
         }
-        if self.simulate {
-            // Until the engine can record a plan as "would do" without
-            // running it, a simulate playbook would act for real.
-            return Err(format!(
-                "{at}: simulate = true is not supported by this build yet"
-            ));
-        }
         if let Some(kind) = self.matches.kind.as_deref().filter(|k| !is_kind(k)) {
             return Err(format!(
                 "{at}: match.kind: {kind:?} is not 1-64 of [a-z0-9._-] starting with a letter or digit"
@@ -227,6 +220,9 @@ mod tests {
         assert_eq!(p.name, "stale-heartbeat");
         assert_eq!(p.matches.source, Some(vec![Source::Watchdog]));
         assert_eq!(p.actions[0]["name"], "{entity}");
+        let scan = include_str!("../../packaging/examples/playbook-port-scan-simulate.toml");
+        let p = &parse(scan).unwrap()[0];
+        assert_eq!((p.name.as_str(), p.simulate), ("port-scan", true));
     }
 
     #[test]
@@ -268,13 +264,6 @@ mod tests {
             (
                 ("type = \"isolate_socket\"", "type = \"{kind}\""),
                 "may not hold a placeholder",
-            ),
-            (
-                (
-                    "name = \"ssh-bruteforce\"",
-                    "name = \"ssh-bruteforce\"\nsimulate = true",
-                ),
-                "simulate = true is not supported",
             ),
         ] {
             let err = parse(&SSH.replace(edit.0, edit.1)).unwrap_err();

@@ -20,7 +20,7 @@ pub const RECORD_FIELD: &str = "ANTIBODY_RECORD";
 
 /// One `MESSAGE_ID` per record kind (and for operator notices); the catalog
 /// in `systemd/antibody.catalog` explains each.
-pub const MESSAGE_IDS: [(&str, &str); 24] = [
+pub const MESSAGE_IDS: [(&str, &str); 25] = [
     ("agent_started", "0bc59538a1434a7c9b4908db0a54d81b"),
     ("agent_stopping", "957285b515b74df4aa921e19261a0e43"),
     ("config_reloaded", "03a7e18b53d84f5e91acd0b0855bd43d"),
@@ -45,6 +45,7 @@ pub const MESSAGE_IDS: [(&str, &str); 24] = [
     ("ledger_pruned", "a7e3c1f9d5b24e8c9f0a6b3d2e1c7f48"),
     ("callback_delivered", "2765507136a34c65bff119e0eb37661c"),
     ("callback_failed", "367637d85cd9440fa9b3a2bb6d6f8efd"),
+    ("action_simulated", "57f0fbd42a124ab7987b4e2bdaf037e4"),
 ];
 
 pub fn message_id(kind: &str) -> Option<&'static str> {
