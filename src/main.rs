@@ -96,7 +96,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(args, config)) {
+    let outcome = runtime.block_on(run(args, config));
+    // A call back's HTTP exchange may still be running on a blocking
+    // thread (up to its timeout): unrecorded, it is made again by the next
+    // start, so the process need not wait for it past systemd's stop timeout.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("<3>antibodyd: {e}");

@@ -411,6 +411,15 @@ fn envelope_rows() -> Vec<Bad> {
             "is not 1-128 of [A-Za-z0-9._:-]",
         ),
         bad(
+            "context.alert_id only dots",
+            envelope(
+                r#""source":"NEXUS","severity":"low","description":"d","context":{"alert_id":".."},"actions":[{"type":"restart_service","name":"vael"}]"#,
+            ),
+            Inv,
+            "context.alert_id:",
+            "\"..\" may not be only dots",
+        ),
+        bad(
             "actions an object",
             envelope(
                 r#""source":"NEXUS","severity":"low","description":"d","actions":{"type":"restart_service","name":"vael"}"#,

@@ -310,3 +310,103 @@ async fn while_a_receiver_is_away_only_one_plan_tries_it_again() {
     assert_eq!(ledger_kinds(&rig, "callback_failed").len(), 5);
     assert_eq!(http.requests().len(), 10);
 }
+
+#[tokio::test]
+async fn a_receiver_that_fails_one_request_keeps_taking_the_others() {
+    // A 500 for one alert says the receiver is there: the source's other
+    // plans are not held back by it.
+    let http = Arc::new(FakeHttp::default());
+    http.answer_by(|r| r.url.ends_with("/NX-BAD").then_some(Ok(500)));
+    let rig = started(tempfile::tempdir().unwrap(), http.clone(), true);
+    let (bad, _) = rig
+        .engine
+        .submit(&nexus_alert("bad", Some("NX-BAD"), json!([step("a")])))
+        .await
+        .unwrap();
+    wait_for(
+        || ledger_kinds(&rig, "callback_failed").len() == 1,
+        "the failure",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (good, _) = rig
+        .engine
+        .submit(&nexus_alert("good", Some("NX-OK"), json!([step("b")])))
+        .await
+        .unwrap();
+    let plan = wait_callback_state(&rig, &good, "delivered").await;
+    assert_eq!(plan["callback"]["attempts"], 1, "{plan}");
+    let still = rig.engine.get_plan(&bad).unwrap();
+    assert_eq!(still["callback"]["state"], "pending", "{still}");
+    assert_eq!(still["callback"]["http_status"], 500, "{still}");
+}
+
+#[tokio::test]
+async fn only_root_and_the_named_submitters_make_plans_that_call_back() {
+    let http = Arc::new(FakeHttp::default());
+    let rig = open_with(
+        tempfile::tempdir().unwrap(),
+        Step::default(),
+        Arc::new(FakeSystemd::default()),
+        http.clone(),
+        "[callbacks.NEXUS]\nurl = \"https://nexus.example/alert/{alert_id}\"\nsubmitters = [\"nobody\", \"4242\"]\n",
+    );
+    tokio::spawn(rig.engine.clone().run());
+    // uid 1000 may submit, but not spend NEXUS's token on an alert id it
+    // names: its plan is made, without a call back.
+    let mut owed = Vec::new();
+    for (n, uid) in [
+        (0, Some(1000)),
+        (1, Some(65534)),
+        (2, Some(4242)),
+        (3, None),
+    ] {
+        let alert = nexus_alert(
+            &format!("a{n}"),
+            Some(&format!("NX-{n}")),
+            json!([step(&format!("s{n}"))]),
+        );
+        let (id, _) = rig.engine.submit_as(&alert, uid).await.unwrap();
+        let plan = wait_finished(&rig.engine, &id).await;
+        owed.push(plan.get("callback").is_some());
+    }
+    assert_eq!(
+        owed,
+        vec![false, true, true, true],
+        "uid 1000, nobody, 4242, root"
+    );
+}
+
+#[tokio::test]
+async fn a_call_back_is_given_up_once_it_is_older_than_give_up_after_secs() {
+    let http = Arc::new(FakeHttp::default());
+    http.script(vec![Ok(503); 1000]);
+    let rig = open_with(
+        tempfile::tempdir().unwrap(),
+        Step::default(),
+        Arc::new(FakeSystemd::default()),
+        http.clone(),
+        "[callbacks.NEXUS]\nurl = \"https://nexus.example/alert/{alert_id}\"\ngive_up_after_secs = 1\n",
+    );
+    tokio::spawn(rig.engine.clone().run());
+    tokio::spawn(rig.engine.clone().callback_loop());
+    let (id, _) = rig
+        .engine
+        .submit(&nexus_alert("old", Some("NX-OLD"), json!([step("a")])))
+        .await
+        .unwrap();
+    let plan = wait_callback_state(&rig, &id, "given_up").await;
+    let error = plan["callback"]["error"].as_str().unwrap();
+    assert_eq!(
+        error,
+        "not delivered within give_up_after_secs = 1 of the plan's end"
+    );
+    let failed = ledger_kinds(&rig, "callback_failed");
+    let last = failed.last().unwrap();
+    assert!(
+        last.get("retry_in_ms").is_none() && last.get("http_status").is_none(),
+        "{last}"
+    );
+    // The give-up sent nothing: every request was an attempt that failed.
+    assert_eq!(http.requests().len(), failed.len() - 1);
+}

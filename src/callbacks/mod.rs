@@ -30,6 +30,20 @@ pub struct CallbackConfig {
     pub token_file: Option<PathBuf>,
     #[serde(default = "default_timeout")]
     pub timeout_secs: u64,
+    /// Besides root, who may submit an alert of this source that owes a
+    /// call back (user names or uids): the receiver's token is the
+    /// agent's to use, so an alert naming a source is not enough. An alert
+    /// from anyone else gets its plan, without a call back.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub submitters: Vec<String>,
+    /// A call back not delivered this long after its plan finished is
+    /// given up (and the operator told); 0: never.
+    #[serde(default = "default_give_up_after")]
+    pub give_up_after_secs: u64,
+}
+
+fn default_give_up_after() -> u64 {
+    86_400
 }
 
 fn default_method() -> String {
@@ -66,6 +80,18 @@ pub fn check_config(source: &str, config: &CallbackConfig) -> Result<(), String>
             crate::sys::notifier::redact_url(url)
         ));
     }
+    // The alert's id may choose a path, never the host the token goes to.
+    if let Some(at) = url.find(ALERT_ID_PLACEHOLDER) {
+        let host_start = url.find("://").map_or(0, |i| i + 3);
+        let path_start = url[host_start..]
+            .find(['/', '?', '#'])
+            .map(|i| host_start + i);
+        if path_start.is_none_or(|p| at < p) {
+            return Err(format!(
+                ".url: {ALERT_ID_PLACEHOLDER} may only be in the path or query, not in the host"
+            ));
+        }
+    }
     if url_for(url, "x").parse::<http::Uri>().is_err() {
         return Err(format!(
             ".url: not a valid URL: {}",
@@ -84,8 +110,15 @@ pub fn check_config(source: &str, config: &CallbackConfig) -> Result<(), String>
             return Err(".token_file: must be an absolute path".into());
         }
     }
-    if !(1..=300).contains(&config.timeout_secs) {
-        return Err(".timeout_secs: must be 1..=300".into());
+    if !(1..=60).contains(&config.timeout_secs) {
+        return Err(".timeout_secs: must be 1..=60".into());
+    }
+    if let Some(who) = config
+        .submitters
+        .iter()
+        .find(|w| w.is_empty() || w.contains(|c: char| c.is_whitespace() || c == ':'))
+    {
+        return Err(format!(".submitters: {who:?} is not a user name or uid"));
     }
     Ok(())
 }
@@ -100,6 +133,8 @@ mod tests {
             method: default_method(),
             token_file: None,
             timeout_secs: 5,
+            submitters: Vec::new(),
+            give_up_after_secs: default_give_up_after(),
         }
     }
 
@@ -115,6 +150,18 @@ mod tests {
         assert!(err.starts_with(".url:"), "{err}");
         let err = check_config("NEXUS", &config("https://n.example/{alertid}")).unwrap_err();
         assert!(err.contains("the only placeholder is {alert_id}"), "{err}");
+        for in_host in [
+            "https://{alert_id}/x",
+            "https://n{alert_id}.example/",
+            "https://n.example{alert_id}",
+        ] {
+            let err = check_config("NEXUS", &config(in_host)).unwrap_err();
+            assert!(err.contains("not in the host"), "{in_host}: {err}");
+        }
+        assert_eq!(
+            check_config("NEXUS", &config("https://n.example/?id={alert_id}")),
+            Ok(())
+        );
         let err = check_config("NEXUS", &config("https://n.example/a b")).unwrap_err();
         assert!(err.starts_with(".url: not a valid URL"), "{err}");
         let mut bad = config("https://n.example/");

@@ -30,9 +30,11 @@ const LOOK_AGAIN: Duration = Duration::from_secs(30);
 
 /// What an attempt found out about its source's receiver.
 enum Attempted {
-    /// Delivered, given up, or nothing owed any more.
-    Settled,
-    /// It did not take it and may later (no answer, 408, 429, 5xx).
+    /// Nothing was sent (nothing owed any more, or given up unsent).
+    Nothing,
+    /// The receiver answered (whatever it said): it is there.
+    Answered(&'static str),
+    /// It is away: no answer, 429, 502, 503 or 504.
     Away(&'static str),
 }
 
@@ -42,15 +44,37 @@ struct Away {
 }
 
 /// Keeps `away` up to date with an attempt's outcome: a plan that found
-/// its receiver away becomes the one that tries it again; a settled
-/// attempt by that plan (delivered, most likely) lets the others go.
+/// its receiver away becomes the one that tries it again; any answer from
+/// the receiver lets the others go; a prober with nothing left to send
+/// hands the probe on (to whichever plan of the source is due next).
 fn note_receiver(away: &mut HashMap<&'static str, Away>, plan_id: String, attempted: Attempted) {
     match attempted {
         Attempted::Away(source) => {
             away.entry(source).or_insert(Away { prober: plan_id });
         }
-        Attempted::Settled => away.retain(|_, a| a.prober != plan_id),
+        Attempted::Answered(source) => {
+            away.remove(source);
+        }
+        Attempted::Nothing => away.retain(|_, a| a.prober != plan_id),
     }
+}
+
+/// Whether the receiver itself is away (as opposed to refusing or failing
+/// on this one request): only then do the source's other plans wait.
+fn receiver_away(http_status: Option<u16>) -> bool {
+    matches!(http_status, None | Some(429) | Some(502..=504))
+}
+
+/// Whether `uid` is one of `submitters` (by uid or by user name).
+fn may_ask(submitters: &[String], uid: u32) -> bool {
+    if submitters.iter().any(|s| s.parse() == Ok(uid)) {
+        return true;
+    }
+    let name = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map(|user| user.name);
+    name.is_some_and(|name| submitters.contains(&name))
 }
 
 /// What one attempt needs from its plan.
@@ -58,16 +82,26 @@ struct Owed {
     source: Source,
     severity: Severity,
     description: String,
+    finished_ms: u64,
     alert_id: String,
     attempt: u32,
     body: Value,
 }
 
 impl Engine {
-    /// Whether a plan made now from an alert of `source` owes a call back.
-    pub(super) fn owes_callback(config: &Config, source: Source, context: Option<&Value>) -> bool {
+    /// Whether a plan made now from an alert of `source`, submitted by
+    /// `uid` (`None`: root), owes a call back.
+    pub(super) fn owes_callback(
+        config: &Config,
+        source: Source,
+        context: Option<&Value>,
+        uid: Option<u32>,
+    ) -> bool {
+        let Some(callback) = config.callbacks.get(source.as_str()) else {
+            return false;
+        };
         context.and_then(|c| c.get("alert_id")).is_some()
-            && config.callbacks.contains_key(source.as_str())
+            && uid.is_none_or(|uid| may_ask(&callback.submitters, uid))
     }
 
     /// `DryRun`'s view of the call back a plan would make.
@@ -142,7 +176,12 @@ impl Engine {
         let mut due = Vec::new();
         let mut next: Option<u64> = None;
         for plan in inner.state.plans.values() {
-            if !plan.callback_pending() || in_flight.contains(&plan.id) {
+            // Not while a rollback is under way: the outcome is not settled.
+            let rolling_back = plan
+                .rollback
+                .as_ref()
+                .is_some_and(|r| r.finished_at.is_none());
+            if !plan.callback_pending() || rolling_back || in_flight.contains(&plan.id) {
                 continue;
             }
             if away
@@ -186,6 +225,7 @@ impl Engine {
             source: plan.source,
             severity: plan.severity,
             description: plan.description.clone(),
+            finished_ms: plan.finished_ms.unwrap_or(0),
             alert_id,
             attempt: plan.callback.as_ref().map_or(0, |c| c.attempts) + 1,
             body: callbacks::body(plan),
@@ -195,10 +235,24 @@ impl Engine {
     /// One attempt, recorded (durably) before the next is considered.
     async fn deliver_callback(self: Arc<Self>, plan_id: String) -> Attempted {
         let Some(owed) = self.owed(&plan_id) else {
-            return Attempted::Settled;
+            return Attempted::Nothing;
         };
         let config = self.config();
-        let (verdict, http_status, error) = match config.callbacks.get(owed.source.as_str()) {
+        let source = owed.source.as_str();
+        let too_old = |c: &CallbackConfig| {
+            c.give_up_after_secs > 0
+                && now_ms().saturating_sub(owed.finished_ms)
+                    > c.give_up_after_secs.saturating_mul(1000)
+        };
+        let (verdict, http_status, error) = match config.callbacks.get(source) {
+            Some(callback) if too_old(callback) => (
+                Verdict::GiveUp,
+                None,
+                format!(
+                    "not delivered within give_up_after_secs = {} of the plan's end",
+                    callback.give_up_after_secs
+                ),
+            ),
             Some(callback) => match self.send_callback(callback, &owed).await {
                 Ok(status) => (
                     verdict(Some(status)),
@@ -237,11 +291,19 @@ impl Engine {
             },
         };
         let given_up = verdict == Verdict::GiveUp;
-        let attempted = match verdict {
-            Verdict::Retry => Attempted::Away(owed.source.as_str()),
-            _ => Attempted::Settled,
+        let attempted = if verdict == Verdict::Retry && receiver_away(http_status) {
+            Attempted::Away(source)
+        } else if http_status.is_some() {
+            Attempted::Answered(source)
+        } else {
+            Attempted::Nothing
         };
-        self.record(&plan_id, event).await;
+        // In a task of its own: the loop's tasks are dropped at a stop, and
+        // a record written but not folded into the plan would leave the
+        // stop's checkpoint short of the ledger it claims to hold.
+        let engine = self.clone();
+        let recorded = plan_id.clone();
+        let _ = tokio::spawn(async move { engine.record(&recorded, event).await }).await;
         if given_up {
             self.tell_operator(
                 &plan_id,

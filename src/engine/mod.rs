@@ -266,13 +266,15 @@ impl Engine {
     /// Parses and validates an alert into the plan it would make. An alert
     /// without actions gets those of the first playbook that matches
     /// (`playbooks.rs`), validated exactly as if it had carried them.
+    /// `uid`: the caller, when not root.
     async fn seed_from_alert(
         &self,
         alert_json: &str,
         config: &Arc<Config>,
+        uid: Option<u32>,
     ) -> Result<PlanSeed, AgentError> {
         let mut alert = parse_alert(alert_json)?;
-        let owes = Self::owes_callback(config, alert.source, alert.context.as_ref());
+        let owes = Self::owes_callback(config, alert.source, alert.context.as_ref(), uid);
         let (actions, playbook) = if alert.actions.is_empty() {
             let (actions, used) = self.actions_from_playbook(&mut alert, config).await?;
             (actions, Some(used))
@@ -348,7 +350,7 @@ impl Engine {
             ));
         }
         let config = self.config();
-        let seed = self.seed_from_alert(alert_json, &config).await?;
+        let seed = self.seed_from_alert(alert_json, &config, uid).await?;
         let hash = seed.alert_sha256.clone();
         // Decide under the lock, await outside it.
         enum Admission {
@@ -466,7 +468,7 @@ impl Engine {
         uid: Option<u32>,
     ) -> Result<Value, AgentError> {
         let config = self.config();
-        let seed = self.seed_from_alert(alert_json, &config).await?;
+        let seed = self.seed_from_alert(alert_json, &config, uid).await?;
         take_token(&mut self.lock(), uid, &config)?;
         let existing = {
             let inner = self.lock();

@@ -224,6 +224,11 @@ fn parse_context(value: &Value) -> Result<Value, AgentError> {
                 format!("{id:?} is not 1-{MAX_ALERT_ID_BYTES} of [A-Za-z0-9._:-]"),
             ));
         }
+        // It becomes a segment of a call back's URL: "." and ".." would
+        // move the request to another path once a server normalizes it.
+        if id.bytes().all(|b| b == b'.') {
+            return Err(fields.error("alert_id", format!("{id:?} may not be only dots")));
+        }
     }
     Ok(value.clone())
 }

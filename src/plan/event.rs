@@ -520,6 +520,12 @@ impl Plan {
                 let at = retry_in_ms.map(|ms| ts_ms.saturating_add(ms));
                 callback.next_attempt_ms = at;
                 callback.next_attempt_at = at.map(rfc3339);
+                // A receiver away for days fails hundreds of attempts: the
+                // log keeps the first five and every tenth (the ledger
+                // keeps them all, and `callback` the latest).
+                if retry_in_ms.is_some() && *attempt > 5 && attempt % 10 != 0 {
+                    return;
+                }
                 match retry_in_ms {
                     Some(ms) => {
                         format!(

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::notifier::redact_url;
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct JsonRequest {
     /// `POST`, `PATCH` or `PUT`.
     pub method: String,
@@ -18,6 +18,18 @@ pub struct JsonRequest {
     pub bearer: Option<String>,
     pub timeout_secs: u64,
     pub body: Value,
+}
+
+/// Without the token, and the URL as its scheme and host only.
+impl std::fmt::Debug for JsonRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JsonRequest")
+            .field("method", &self.method)
+            .field("url", &redact_url(&self.url))
+            .field("bearer", &self.bearer.as_ref().map(|_| "…"))
+            .field("timeout_secs", &self.timeout_secs)
+            .finish_non_exhaustive()
+    }
 }
 
 #[async_trait]
