@@ -477,3 +477,108 @@ fn verify_exits_5_when_the_chain_is_broken() {
     assert_eq!(code, 0);
     assert!(out.contains("BROKEN at seq"), "{out}");
 }
+
+#[test]
+fn playbooks_lists_the_set_in_force_and_test_shows_the_plan_an_alert_would_get() {
+    require_root();
+    let bus = PrivateBus::start();
+    let home = tempfile::tempdir().unwrap();
+    let dir = home.path().join("playbooks");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(
+        format!("{}/packaging/examples/playbook-ssh-bruteforce.toml", ROOT),
+        dir.join("10-ssh.toml"),
+    )
+    .unwrap();
+    let _agent = Agent::start(&bus, home.path(), "");
+
+    let (code, out, err) = ctl(&bus, &["playbooks"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let want = format!(
+        "1 playbook(s) from {}, tried in this order:\n",
+        dir.display()
+    );
+    assert!(out.starts_with(&want), "{out}");
+    let file = dir.join("10-ssh.toml");
+    let lines = [
+        format!("ssh-bruteforce ({})", file.display()),
+        "  match:    kind=ssh-bruteforce min_severity=med source=[\"NEXUS\"]".into(),
+        "  [0] isolate_socket   seconds=600 sid={entity}".into(),
+        "  escalate: factor=4 jitter_secs=0 max_seconds=86400 window_secs=86400".into(),
+    ];
+    for line in lines {
+        assert!(out.contains(&format!("{line}\n")), "{line:?} in:\n{out}");
+    }
+    let (code, out, _) = ctl(&bus, &["--json", "playbooks"]);
+    assert_eq!(code, 0);
+    let listed = json_of(&out);
+    assert_eq!(listed["playbooks"][0]["name"], "ssh-bruteforce", "{listed}");
+    assert_eq!(listed["playbooks"][0]["escalate"]["factor"], 4, "{listed}");
+
+    let test = [
+        "playbooks",
+        "test",
+        "--source",
+        "NEXUS",
+        "--kind",
+        "ssh-bruteforce",
+        "--entity",
+        "203.0.113.9",
+    ];
+    let (code, out, err) = ctl(&bus, &test);
+    assert_eq!(code, 0, "{out}{err}");
+    let head = format!("playbook ssh-bruteforce ({}), repeat 0\n", file.display());
+    assert!(out.starts_with(&head), "{out}");
+    assert!(
+        out.contains("  [0] isolate_socket   seconds=600 sid=203.0.113.9\n"),
+        "{out}"
+    );
+    assert!(out.contains("      would: "), "{out}");
+    // A test makes no plan.
+    let (_, out, _) = ctl(&bus, &["--json", "list"]);
+    assert_eq!(json_of(&out), serde_json::json!([]));
+
+    // No playbook matches: the agent's refusal says why, exit 1.
+    let (code, _, err) = ctl(
+        &bus,
+        &[
+            "playbooks",
+            "test",
+            "--source",
+            "NEXUS",
+            "--kind",
+            "port-scan",
+        ],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(
+        err.trim(),
+        "antibodyctl: InvalidAlert: actions: no actions and no playbook matches source=NEXUS kind=port-scan (ssh-bruteforce: kind is port-scan, not ssh-bruteforce)"
+    );
+    // Neither actions nor a kind: a usage error, before the bus.
+    let (code, _, err) = ctl(&bus, &["playbooks", "test", "--source", "NEXUS"]);
+    assert_eq!(code, 2, "{err}");
+
+    // submit --kind: a bare alert, whose plan the playbook makes.
+    let (code, out, err) = ctl(
+        &bus,
+        &[
+            "--json",
+            "submit",
+            "--source",
+            "NEXUS",
+            "--kind",
+            "ssh-bruteforce",
+            "--entity",
+            "203.0.113.9",
+            "--alert-id",
+            "NX-1",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let id = json_of(&out)["plan_id"].as_str().unwrap().to_string();
+    let (_, out, _) = ctl(&bus, &["--json", "plan", &id]);
+    let plan = json_of(&out);
+    assert_eq!(plan["playbook"]["name"], "ssh-bruteforce", "{plan}");
+    assert_eq!(plan["context"]["alert_id"], "NX-1", "{plan}");
+}

@@ -233,6 +233,7 @@ async fn introspection_equals_shipped_xml() {
         ("method", "SubmitAlert"),
         ("method", "GetPlan"),
         ("method", "ListPlans"),
+        ("method", "ListPlaybooks"),
         ("method", "DryRun"),
         ("method", "RollbackPlan"),
         ("method", "VerifyLedger"),
@@ -342,10 +343,11 @@ async fn bus_policy_for_an_unprivileged_uid() {
     // Denied by the bus before the agent sees them.
     let plan_arg = format!("string:{plan_id}");
     let alert_arg = format!("string:{}", journal_alert("denied"));
-    let denied: [(&str, Vec<&str>); 6] = [
+    let denied: [(&str, Vec<&str>); 7] = [
         ("SubmitAlert", vec![alert_arg.as_str()]),
         ("GetPlan", vec![plan_arg.as_str()]),
         ("ListPlans", vec!["string:", "uint32:0"]),
+        ("ListPlaybooks", vec![]),
         ("DryRun", vec![alert_arg.as_str()]),
         ("VerifyLedger", vec![]),
         ("RollbackPlan", vec![plan_arg.as_str()]),
@@ -446,7 +448,7 @@ async fn agent_denies_callers_outside_its_groups() {
     // ... and the agent refuses by itself, with its own error name.
     let plan_arg = format!("string:{plan_id}");
     let alert_arg = format!("string:{}", journal_alert("from nobody"));
-    let calls: [(&str, Vec<&str>, &str); 6] = [
+    let calls: [(&str, Vec<&str>, &str); 7] = [
         (
             "SubmitAlert",
             vec![alert_arg.as_str()],
@@ -459,6 +461,7 @@ async fn agent_denies_callers_outside_its_groups() {
             vec!["string:", "uint32:0"],
             "may not read plans",
         ),
+        ("ListPlaybooks", vec![], "may not read plans"),
         ("VerifyLedger", vec![], "may not read plans"),
         (
             "RollbackPlan",

@@ -11,6 +11,8 @@ use antibody::dbus::proxy::AntibodyProxy;
 
 #[path = "antibodyctl/fleet.rs"]
 mod fleet;
+#[path = "antibodyctl/playbooks.rs"]
+mod playbooks;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use futures_util::StreamExt;
 use serde_json::{json, Map, Value};
@@ -43,8 +45,9 @@ Exit codes:
 
 const ALERT_HELP: &str = "\
 The alert is read from FILE ('-' for stdin) as is, or built from the flags:
-  --source, --severity, --description, --entity, and one or more actions, which
-  run in the order they are given on the command line:
+  --source, --severity, --description, --entity, --alert-id, --kind, and one or
+  more actions, which run in the order they are given on the command line (with
+  --kind and no action, the agent's playbooks choose them):
     --restart UNIT               restart_service {name: UNIT}
     --notify CHANNEL:MESSAGE     notify_operator {channel, message}; split at the
                                  first ':' (channels: journal, dbus, configured webhooks)
@@ -57,6 +60,7 @@ Example:
   antibodyctl submit --source Manual --severity high --restart vael.service
   antibodyctl submit --notify 'journal:db1 /var at 97%' --isolate 203.0.113.7@600 --wait
   antibodyctl submit alert.json
+  antibodyctl submit --source NEXUS --kind ssh-bruteforce --entity 203.0.113.7
   echo '{\"source\":\"Manual\",...}' | antibodyctl submit -";
 
 #[derive(Parser, Debug)]
@@ -135,6 +139,12 @@ enum Command {
         #[command(flatten)]
         alert: AlertInput,
     },
+    /// List the playbooks in force, in the order they are tried
+    /// (ListPlaybooks); `playbooks test` shows the plan an alert would get.
+    Playbooks {
+        #[command(subcommand)]
+        test: Option<PlaybooksCommand>,
+    },
     /// Revert the reversible actions of a finished plan (RollbackPlan).
     Rollback {
         /// The plan id (a UUID).
@@ -152,6 +162,17 @@ enum Command {
     Man {
         /// An existing directory.
         dir: std::path::PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum PlaybooksCommand {
+    /// Show the playbook an alert would match (or why none does) and the
+    /// plan it would get, with the escalated values (DryRun; no side effect).
+    #[command(after_long_help = ALERT_HELP)]
+    Test {
+        #[command(flatten)]
+        alert: AlertInput,
     },
 }
 
@@ -186,7 +207,8 @@ struct AlertInput {
     /// Alert JSON file; '-' reads stdin. Excludes the flags below.
     #[arg(value_name = "FILE",
           conflicts_with_all = ["source", "severity", "description", "entity",
-                                "restart", "notify", "isolate", "throttle"])]
+                                "alert_id", "kind", "restart", "notify", "isolate",
+                                "throttle"])]
     file: Option<String>,
     /// Alert source.
     #[arg(long, default_value = "Manual", value_parser = ["Manual", "NEXUS", "Watchdog"])]
@@ -204,6 +226,13 @@ struct AlertInput {
     /// context.entity of the alert (optional).
     #[arg(long, value_name = "TEXT")]
     entity: Option<String>,
+    /// context.alert_id: the IDS's own id for the alert (optional).
+    #[arg(long, value_name = "ID")]
+    alert_id: Option<String>,
+    /// The alert's kind (e.g. ssh-bruteforce); with no action flag, the
+    /// agent's playbooks choose the actions.
+    #[arg(long, value_name = "KIND")]
+    kind: Option<String>,
     /// Action restart_service {name: UNIT}.
     #[arg(long, value_name = "UNIT", value_parser = parse_restart)]
     restart: Vec<Value>,
@@ -434,14 +463,15 @@ fn alert_text(input: &AlertInput, sub: &str, matches: &ArgMatches) -> Outcome<St
         let indices = matches.indices_of(id).into_iter().flatten();
         ordered.extend(indices.zip(values.iter().cloned()));
     }
-    if ordered.is_empty() {
+    if ordered.is_empty() && input.kind.is_none() {
         let mut cmd = Cli::command();
         cmd.build();
         let err = cmd.find_subcommand_mut(sub).map(|c| {
             c.error(
                 clap::error::ErrorKind::MissingRequiredArgument,
-                "give an alert FILE ('-' for stdin) or at least one action flag \
-                 (--restart, --notify, --isolate, --throttle)",
+                "give an alert FILE ('-' for stdin), at least one action flag \
+                 (--restart, --notify, --isolate, --throttle), or --kind for the \
+                 playbooks to choose them",
             )
         });
         if let Some(err) = err {
@@ -454,12 +484,24 @@ fn alert_text(input: &AlertInput, sub: &str, matches: &ArgMatches) -> Outcome<St
     alert.insert("source".into(), json!(input.source));
     alert.insert("severity".into(), json!(input.severity));
     alert.insert("description".into(), json!(input.description));
-    alert.insert(
-        "actions".into(),
-        Value::Array(ordered.into_iter().map(|(_, a)| a).collect()),
-    );
+    if !ordered.is_empty() {
+        alert.insert(
+            "actions".into(),
+            Value::Array(ordered.into_iter().map(|(_, a)| a).collect()),
+        );
+    }
+    if let Some(kind) = &input.kind {
+        alert.insert("kind".into(), json!(kind));
+    }
+    let mut context = Map::new();
     if let Some(entity) = &input.entity {
-        alert.insert("context".into(), json!({"entity": entity}));
+        context.insert("entity".into(), json!(entity));
+    }
+    if let Some(id) = &input.alert_id {
+        context.insert("alert_id".into(), json!(id));
+    }
+    if !context.is_empty() {
+        alert.insert("context".into(), Value::Object(context));
     }
     Ok(Value::Object(alert).to_string())
 }
@@ -846,6 +888,15 @@ async fn run(cli: Cli, matches: &ArgMatches) -> Outcome {
         (Command::Submit { alert, .. } | Command::DryRun { alert }, Some((name, sub))) => {
             Some(alert_text(alert, name, sub)?)
         }
+        (
+            Command::Playbooks {
+                test: Some(PlaybooksCommand::Test { alert }),
+            },
+            Some((_, sub)),
+        ) => match sub.subcommand() {
+            Some((name, test)) => Some(alert_text(alert, name, test)?),
+            None => None,
+        },
         _ => None,
     };
     if let Some(outcome) = offline_command(&cli.command, json_out) {
@@ -868,6 +919,27 @@ async fn run(cli: Cli, matches: &ArgMatches) -> Outcome {
             } else {
                 let v = parse_reply(&reply)?;
                 println!("{}", serde_json::to_string_pretty(&v).unwrap_or(reply));
+            }
+            Ok(())
+        }
+        Command::Playbooks { test: None } => {
+            let reply = proxy.list_playbooks().await.map_err(call_failure)?;
+            if json_out {
+                println!("{reply}");
+            } else {
+                playbooks::print_list(&parse_reply(&reply)?);
+            }
+            Ok(())
+        }
+        Command::Playbooks { test: Some(_) } => {
+            let reply = proxy
+                .dry_run(&alert.unwrap_or_default())
+                .await
+                .map_err(call_failure)?;
+            if json_out {
+                println!("{reply}");
+            } else {
+                playbooks::print_test(&parse_reply(&reply)?);
             }
             Ok(())
         }

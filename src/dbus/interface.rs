@@ -89,6 +89,17 @@ impl Antibody {
         Ok(self.engine.list_plans(filter, limit))
     }
 
+    /// The playbooks in force, in the order they are tried.
+    #[zbus(out_args("playbooks_json"))]
+    async fn list_playbooks(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<String, Error> {
+        self.require(conn, &header, Permission::Read).await?;
+        Ok(self.engine.list_playbooks())
+    }
+
     /// The plan that would be made and each action's exact change; no side effect.
     #[zbus(out_args("dry_run_json"))]
     async fn dry_run(

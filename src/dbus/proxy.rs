@@ -11,6 +11,7 @@ pub trait Antibody {
     fn submit_alert(&self, alert_json: &str) -> zbus::Result<(String, bool)>;
     fn get_plan(&self, plan_id: &str) -> zbus::Result<String>;
     fn list_plans(&self, status: &str, limit: u32) -> zbus::Result<String>;
+    fn list_playbooks(&self) -> zbus::Result<String>;
     fn dry_run(&self, alert_json: &str) -> zbus::Result<String>;
     fn rollback_plan(&self, plan_id: &str) -> zbus::Result<()>;
     fn verify_ledger(&self) -> zbus::Result<(bool, String)>;

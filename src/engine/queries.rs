@@ -56,6 +56,18 @@ impl Engine {
     /// [`MAX_LIST_PLANS`]. The plans are copied under the engine's lock and
     /// serialized after it is released, so a big answer never holds up
     /// the plans that run.
+    /// `ListPlaybooks`: the playbooks in force, in the order they are
+    /// tried, and the directory they were read from.
+    pub fn list_playbooks(&self) -> String {
+        let config = self.config();
+        let playbooks: Vec<Value> = config
+            .loaded_playbooks
+            .iter()
+            .map(|p| p.to_json())
+            .collect();
+        json!({"dir": config.playbooks.dir, "playbooks": playbooks}).to_string()
+    }
+
     pub fn list_plans(&self, status: Option<PlanStatus>, limit: u32) -> String {
         let plans: Vec<Plan> = self
             .lock()

@@ -3,8 +3,8 @@
 //! match keys, actions (shape and placeholders; their parameters are
 //! checked by the action handlers once filled in), escalation.
 
-use serde::Deserialize;
-use serde_json::Value;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
 
 use super::escalate::Escalate;
 use super::template;
@@ -33,11 +33,14 @@ pub struct PlaybookText {
 }
 
 /// `[playbook.match]`: every key optional; all given must hold.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Match {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub source: Option<Vec<Source>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub min_severity: Option<Severity>,
 }
 
@@ -53,6 +56,23 @@ pub struct Playbook {
     /// its placeholders still in.
     pub actions: Vec<Value>,
     pub escalate: Option<Escalate>,
+}
+
+impl Playbook {
+    /// As `ListPlaybooks` shows it: the keys of its file, with the file's name.
+    pub fn to_json(&self) -> Value {
+        let mut v = json!({
+            "name": self.name,
+            "file": self.file,
+            "simulate": self.simulate,
+            "match": self.matches,
+            "actions": self.actions,
+        });
+        if let Some(escalate) = &self.escalate {
+            v["escalate"] = json!(escalate);
+        }
+        v
+    }
 }
 
 /// Kinds and playbook names: `[a-z0-9][a-z0-9._-]{0,63}`.
