@@ -9,6 +9,7 @@
 //! signal, which the agent sends after the element is in the kernel and its
 //! record is durable: an upper bound on the time to enforcement.
 
+mod common;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -20,36 +21,15 @@ use std::time::{Duration, Instant};
 use antibody::dbus::proxy::AntibodyProxy;
 use antibody::sys::nft::batch::{add_elements, document, rebuild_table};
 use antibody::sys::nft::Element;
+use common::{p50, Netns};
 use futures_util::StreamExt;
 use support::{write_config, Agent, PrivateBus};
 
 const LATENCY_SAMPLES: usize = 300;
 const BULK: usize = 1000;
 
-fn p50(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
-}
-
-struct Netns(String);
-
-impl Netns {
-    fn add(prefix: &str) -> Netns {
-        let ns = Netns(format!("{prefix}{}", std::process::id()));
-        let added = Command::new("ip").args(["netns", "add", &ns.0]).status();
-        assert!(added.unwrap().success(), "ip netns add {}", ns.0);
-        ns
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
 }
 
 /// One `nft -j -f -` run of `batch`, from a thread inside the namespace

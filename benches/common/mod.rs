@@ -7,6 +7,28 @@ use std::time::{Duration, Instant};
 
 use antibody::dbus::proxy::AntibodyProxy;
 
+/// A network namespace of the bench's own (never the host's), deleted on drop.
+pub struct Netns(pub String);
+
+impl Netns {
+    pub fn add(prefix: &str) -> Netns {
+        let ns = Netns(format!("{prefix}{}", std::process::id()));
+        let added = std::process::Command::new("ip")
+            .args(["netns", "add", &ns.0])
+            .status();
+        assert!(added.unwrap().success(), "ip netns add {}", ns.0);
+        ns
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .status();
+    }
+}
+
 pub fn p50(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
