@@ -506,6 +506,17 @@ fn alert_text(input: &AlertInput, sub: &str, matches: &ArgMatches) -> Outcome<St
     Ok(Value::Object(alert).to_string())
 }
 
+/// Prints an agent's answer: as it came with `--json`, else as `human`
+/// shows it.
+fn show(reply: String, json_out: bool, human: impl FnOnce(&Value)) -> Outcome {
+    if json_out {
+        println!("{reply}");
+    } else {
+        human(&parse_reply(&reply)?);
+    }
+    Ok(())
+}
+
 fn print_json(v: &Value) {
     println!("{v}");
 }
@@ -909,48 +920,25 @@ async fn run(cli: Cli, matches: &ArgMatches) -> Outcome {
         Command::Submit { wait, .. } => {
             cmd_submit(&proxy, alert.unwrap_or_default(), wait, json_out).await
         }
-        Command::DryRun { .. } => {
+        Command::DryRun { .. } | Command::Playbooks { test: Some(_) } => {
             let reply = proxy
                 .dry_run(&alert.unwrap_or_default())
                 .await
                 .map_err(call_failure)?;
-            if json_out {
-                println!("{reply}");
-            } else {
-                let v = parse_reply(&reply)?;
-                println!("{}", serde_json::to_string_pretty(&v).unwrap_or(reply));
+            if matches!(cli.command, Command::Playbooks { .. }) {
+                return show(reply, json_out, playbooks::print_test);
             }
-            Ok(())
+            show(reply, json_out, |v| {
+                println!("{}", serde_json::to_string_pretty(v).unwrap_or_default())
+            })
         }
         Command::Playbooks { test: None } => {
             let reply = proxy.list_playbooks().await.map_err(call_failure)?;
-            if json_out {
-                println!("{reply}");
-            } else {
-                playbooks::print_list(&parse_reply(&reply)?);
-            }
-            Ok(())
-        }
-        Command::Playbooks { test: Some(_) } => {
-            let reply = proxy
-                .dry_run(&alert.unwrap_or_default())
-                .await
-                .map_err(call_failure)?;
-            if json_out {
-                println!("{reply}");
-            } else {
-                playbooks::print_test(&parse_reply(&reply)?);
-            }
-            Ok(())
+            show(reply, json_out, playbooks::print_list)
         }
         Command::Plan { id } => {
             let reply = proxy.get_plan(&id).await.map_err(call_failure)?;
-            if json_out {
-                println!("{reply}");
-            } else {
-                print_plan(&parse_reply(&reply)?);
-            }
-            Ok(())
+            show(reply, json_out, print_plan)
         }
         Command::List { status, limit } => {
             let reply = proxy
