@@ -125,7 +125,7 @@ pub struct AgentCounters {
     pub since_ms: u64,
     /// source → status → plans that entered it (`pending` when queued).
     pub plans: BTreeMap<String, BTreeMap<String, u64>>,
-    /// action type → outcome (applied, failed, reverted, skipped) → actions.
+    /// action type → outcome (applied, failed, reverted, skipped, simulated) → actions.
     pub actions: BTreeMap<String, BTreeMap<String, u64>>,
 }
 
