@@ -327,6 +327,7 @@ impl Config {
                 })?;
         config.check()?;
         let mut config = config;
+        config.resolve_submitters()?;
         let playbooks = crate::playbooks::load_dir(&config.playbooks.dir)
             .map_err(|e| ConfigError::Invalid(format!("playbooks: {e}")))?;
         config.loaded_playbooks = std::sync::Arc::new(playbooks);
@@ -335,12 +336,25 @@ impl Config {
 
     /// Parses one TOML document on its own (no drop-ins).
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: PathBuf::from("<inline>"),
             message: e.message().to_string(),
         })?;
         config.check()?;
+        config.resolve_submitters()?;
         Ok(config)
+    }
+
+    /// Each call back's `submitters` as uids (see
+    /// [`crate::callbacks::resolve_submitters`]).
+    fn resolve_submitters(&mut self) -> Result<(), ConfigError> {
+        for (source, callback) in &mut self.callbacks {
+            crate::callbacks::resolve_submitters(callback).map_err(|why| {
+                let (key, why) = why.split_once(": ").unwrap_or(("", &why));
+                ConfigError::Invalid(format!("callbacks.{source}{key}: {why}"))
+            })?;
+        }
+        Ok(())
     }
 
     /// Range checks serde cannot express.
@@ -541,6 +555,20 @@ mod tests {
             Config::from_toml("[callbacks.NEXUS]\nurl = \"https://n.example/alert/{alert_id}\"\n")
                 .unwrap();
         assert_eq!(good.callbacks["NEXUS"].method, "PATCH");
+        let named = Config::from_toml(
+            "[callbacks.NEXUS]\nurl = \"https://n.example/\"\nsubmitters = [\"nobody\", \"4242\"]\n",
+        )
+        .unwrap();
+        assert_eq!(named.callbacks["NEXUS"].submitter_uids, vec![65534, 4242]);
+        let err = Config::from_toml(
+            "[callbacks.NEXUS]\nurl = \"https://n.example/\"\nsubmitters = [\"no-such-user-here\"]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "callbacks.NEXUS.submitters: no user is called \"no-such-user-here\""
+        );
         assert_eq!(good.callbacks["NEXUS"].timeout_secs, 5);
     }
 

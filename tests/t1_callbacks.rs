@@ -375,6 +375,20 @@ async fn only_root_and_the_named_submitters_make_plans_that_call_back() {
         vec![false, true, true, true],
         "uid 1000, nobody, 4242, root"
     );
+
+    // uid 1000 sending the IDS's alert first does not swallow the call
+    // back: the trusted copy gets a plan of its own; an untrusted copy
+    // after it is a duplicate as usual.
+    let alert = nexus_alert("same", Some("NX-S"), json!([step("same")]));
+    let (first, created) = rig.engine.submit_as(&alert, Some(1000)).await.unwrap();
+    assert!(created);
+    wait_finished(&rig.engine, &first).await;
+    let (trusted, created) = rig.engine.submit(&alert).await.unwrap();
+    assert!(created && trusted != first);
+    let plan = wait_finished(&rig.engine, &trusted).await;
+    assert!(plan.get("callback").is_some(), "{plan}");
+    let (again, created) = rig.engine.submit_as(&alert, Some(1000)).await.unwrap();
+    assert_eq!((again.as_str(), created), (trusted.as_str(), false));
 }
 
 #[tokio::test]

@@ -236,4 +236,16 @@ async fn a_simulate_playbook_records_what_it_would_do_and_changes_nothing() {
     assert_eq!(err.name, ErrorName::NothingToRevert, "{err:?}");
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(http.requests().is_empty());
+
+    // A unit the real run could not restart: the simulated plan fails as
+    // the real one would, and says why.
+    let ghost = json!({"source": "Watchdog", "severity": "high", "kind": "stale-heartbeat",
+        "description": "ghost stale", "context": {"entity": "ghost"}});
+    let (id, _) = rig.engine.submit(&ghost.to_string()).await.unwrap();
+    let plan = wait_finished(&rig.engine, &id).await;
+    assert_eq!(plan["status"], "failed", "{plan}");
+    assert_eq!(states(&plan), vec!["failed", "skipped"], "{plan}");
+    let error = plan["actions"][0]["error"].as_str().unwrap();
+    assert!(error.starts_with("simulated: it would fail: "), "{error}");
+    assert_eq!(systemd.count("restart ghost.service"), 0);
 }

@@ -543,8 +543,12 @@ fn print_plan(plan: &Value) {
     }
     if let Some(pb) = plan.get("playbook").filter(|p| p.is_object()) {
         let repeat = pb.get("repeat").and_then(Value::as_u64).unwrap_or(0);
+        let simulated = match pb.get("simulate").and_then(Value::as_bool) {
+            Some(true) => ", simulated: nothing was changed",
+            _ => "",
+        };
         println!(
-            "  playbook:    {} ({}), repeat {repeat}",
+            "  playbook:    {} ({}), repeat {repeat}{simulated}",
             clean(s(pb, "name")),
             clean(s(pb, "file"))
         );
@@ -588,6 +592,9 @@ fn print_plan(plan: &Value) {
         }
         if let Some(at) = a.get("revert_at").and_then(Value::as_str) {
             println!("      reverts at: {at}");
+        }
+        if let Some(would) = a.get("would") {
+            println!("      would: {}", clean(&would.to_string()));
         }
         if a.get("revert_failed").and_then(Value::as_bool) == Some(true) {
             println!("      revert failed: the change is still in force");

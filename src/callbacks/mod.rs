@@ -36,6 +36,10 @@ pub struct CallbackConfig {
     /// from anyone else gets its plan, without a call back.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub submitters: Vec<String>,
+    /// `submitters` as uids, resolved when the configuration is loaded
+    /// ([`resolve_submitters`]).
+    #[serde(skip)]
+    pub submitter_uids: Vec<u32>,
     /// A call back not delivered this long after its plan finished is
     /// given up (and the operator told); 0: never.
     #[serde(default = "default_give_up_after")]
@@ -56,6 +60,26 @@ fn default_timeout() -> u64 {
 
 /// The methods a call back may use: each sends a body.
 pub const METHODS: [&str; 3] = ["PATCH", "POST", "PUT"];
+
+/// `submitters` as uids: a number is a uid, a name is looked up in the
+/// user database (once, at load or reload, never per alert); an unknown
+/// name is an error naming it.
+pub fn resolve_submitters(config: &mut CallbackConfig) -> Result<(), String> {
+    let mut uids = Vec::new();
+    for who in &config.submitters {
+        let uid = match who.parse::<u32>() {
+            Ok(uid) => uid,
+            Err(_) => nix::unistd::User::from_name(who)
+                .map_err(|e| format!(".submitters: cannot look up user {who:?}: {e}"))?
+                .ok_or_else(|| format!(".submitters: no user is called {who:?}"))?
+                .uid
+                .as_raw(),
+        };
+        uids.push(uid);
+    }
+    config.submitter_uids = uids;
+    Ok(())
+}
 
 /// What serde cannot check about `[callbacks.SOURCE]`: an error names the
 /// key after `callbacks.SOURCE` (`.url`, `.method`…; empty for the table).
@@ -134,6 +158,7 @@ mod tests {
             token_file: None,
             timeout_secs: 5,
             submitters: Vec::new(),
+            submitter_uids: Vec::new(),
             give_up_after_secs: default_give_up_after(),
         }
     }

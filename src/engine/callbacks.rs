@@ -66,15 +66,10 @@ fn receiver_away(http_status: Option<u16>) -> bool {
 }
 
 /// Whether `uid` is one of `submitters` (by uid or by user name).
-fn may_ask(submitters: &[String], uid: u32) -> bool {
-    if submitters.iter().any(|s| s.parse() == Ok(uid)) {
-        return true;
-    }
-    let name = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
-        .ok()
-        .flatten()
-        .map(|user| user.name);
-    name.is_some_and(|name| submitters.contains(&name))
+/// Whether `uid` is one of `submitters`, resolved to uids when the
+/// configuration was loaded (no user-database lookup per alert).
+fn may_ask(callback: &CallbackConfig, uid: u32) -> bool {
+    callback.submitter_uids.contains(&uid)
 }
 
 /// What one attempt needs from its plan.
@@ -101,7 +96,7 @@ impl Engine {
             return false;
         };
         context.and_then(|c| c.get("alert_id")).is_some()
-            && uid.is_none_or(|uid| may_ask(&callback.submitters, uid))
+            && uid.is_none_or(|uid| may_ask(callback, uid))
     }
 
     /// `DryRun`'s view of the call back a plan would make.
@@ -134,11 +129,11 @@ impl Engine {
             let busy: HashSet<&String> = in_flight.values().collect();
             let (due, next_ms) = self.callbacks_due(now, &busy, &away);
             let free = IN_FLIGHT - in_flight.len();
-            for (plan_id, _) in due.into_iter().take(free) {
+            for (plan_id, held) in due.into_iter().take(free) {
                 let engine = self.clone();
                 let task = running.spawn({
                     let plan_id = plan_id.clone();
-                    async move { engine.deliver_callback(plan_id).await }
+                    async move { engine.deliver_callback(plan_id, held).await }
                 });
                 in_flight.insert(task.id(), plan_id);
             }
@@ -163,15 +158,18 @@ impl Engine {
         }
     }
 
-    /// Plans whose call back is due now (oldest first), and when the next
-    /// one not yet due falls due. Of a source whose receiver is away, only
-    /// the plan that found it so.
+    /// Plans whose call back is due now (oldest first; `true`: held back
+    /// by its source's receiver being away, and only due to be given up),
+    /// and when the next one not yet due falls due. Of a source whose
+    /// receiver is away, the plan that found it so, and those held past
+    /// `give_up_after_secs`.
     fn callbacks_due(
         &self,
         now: u64,
         in_flight: &HashSet<&String>,
         away: &HashMap<&'static str, Away>,
-    ) -> (Vec<(String, Source)>, Option<u64>) {
+    ) -> (Vec<(String, bool)>, Option<u64>) {
+        let config = self.config();
         let inner = self.lock();
         let mut due = Vec::new();
         let mut next: Option<u64> = None;
@@ -188,6 +186,14 @@ impl Engine {
                 .get(plan.source.as_str())
                 .is_some_and(|a| a.prober != plan.id)
             {
+                let limit = config
+                    .callbacks
+                    .get(plan.source.as_str())
+                    .map_or(0, |c| c.give_up_after_secs.saturating_mul(1000));
+                let age = now.saturating_sub(plan.finished_ms.unwrap_or(now));
+                if limit > 0 && age > limit {
+                    due.push((plan.seq, plan.id.clone(), true));
+                }
                 continue;
             }
             let at = plan
@@ -196,16 +202,13 @@ impl Engine {
                 .and_then(|c| c.next_attempt_ms)
                 .unwrap_or(0);
             if at <= now {
-                due.push((plan.seq, plan.id.clone(), plan.source));
+                due.push((plan.seq, plan.id.clone(), false));
             } else {
                 next = Some(next.map_or(at, |n| n.min(at)));
             }
         }
         due.sort_by_key(|(seq, _, _)| *seq);
-        let due = due
-            .into_iter()
-            .map(|(_, id, source)| (id, source))
-            .collect();
+        let due = due.into_iter().map(|(_, id, held)| (id, held)).collect();
         (due, next)
     }
 
@@ -233,7 +236,11 @@ impl Engine {
     }
 
     /// One attempt, recorded (durably) before the next is considered.
-    async fn deliver_callback(self: Arc<Self>, plan_id: String) -> Attempted {
+    /// Past `give_up_after_secs` since the plan's end, a call back that was
+    /// tried at least once (or `held` behind its receiver's absence) is
+    /// given up instead: one never tried, because the agent was down, is
+    /// tried first.
+    async fn deliver_callback(self: Arc<Self>, plan_id: String, held: bool) -> Attempted {
         let Some(owed) = self.owed(&plan_id) else {
             return Attempted::Nothing;
         };
@@ -241,6 +248,7 @@ impl Engine {
         let source = owed.source.as_str();
         let too_old = |c: &CallbackConfig| {
             c.give_up_after_secs > 0
+                && (owed.attempt > 1 || held)
                 && now_ms().saturating_sub(owed.finished_ms)
                     > c.give_up_after_secs.saturating_mul(1000)
         };

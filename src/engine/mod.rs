@@ -364,7 +364,22 @@ impl Engine {
             let open = inner.state.open_plans() + inner.creating.len();
             if let Some(creation) = inner.creating.get(&hash) {
                 Admission::Joining(creation.clone())
-            } else if let Some(id) = inner.state.dedupe_hit(&hash, now_ms(), window_ms) {
+            } else if let Some(id) = inner
+                .state
+                .dedupe_hit(&hash, now_ms(), window_ms)
+                // An identical alert from a submitter the source's call
+                // back does not trust made a plan that owes none: the
+                // trusted one's gets a plan of its own, or the IDS would
+                // never hear back.
+                .filter(|id| {
+                    !seed.callback
+                        || inner
+                            .state
+                            .plans
+                            .get(*id)
+                            .is_none_or(|p| p.callback.is_some())
+                })
+            {
                 Admission::Existing(id.to_string())
             } else if open >= config.queue.max {
                 return Err(AgentError::new(
@@ -378,7 +393,11 @@ impl Engine {
                 // Before the flap limiter, whose refusals notify the operator:
                 // a caller past its rate cannot make notices either.
                 return Err(refusal);
-            } else if let Err(refusal) = self.flap_check_seed(&inner.state, &seed, &config) {
+            } else if let Err(refusal) = match seed.playbook.as_ref().is_some_and(|p| p.simulate) {
+                // A simulated restart restarts nothing: no limit to keep.
+                true => Ok(()),
+                false => self.flap_check_seed(&inner.state, &seed, &config),
+            } {
                 drop(inner);
                 self.notify_rate_limited("", (seed.source, seed.severity), &refusal.message);
                 return Err(refusal);

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::backoff::{retry_delay_ms, revert_retry_ms};
 use super::Engine;
@@ -200,27 +200,38 @@ pub(super) async fn run_plan(engine: &Arc<Engine>, plan_id: &str) {
     }
 }
 
-/// A simulated plan's action: its dry run (which reads the system and
-/// changes nothing) is recorded as what it would do.
+/// A simulated plan's action: the guards are checked again as for a real
+/// run, then its dry run (which reads the system and changes nothing) is
+/// recorded as what it would do. A refusal or a dry run that fails fails
+/// the action, as the real run would, so the simulated plan ends as the
+/// real one would (and a failed plan is no offence for escalation).
 async fn simulate_action(engine: &Arc<Engine>, plan_id: &str, index: usize, carry: &mut Carry) {
     let Some(job) = engine.action_job(plan_id, index) else {
         return;
     };
     let config = engine.config();
-    let would = match engine.registry.get(&job.kind).cloned() {
-        Some(handler) => match handler
-            .dry_run(&ctx(engine, &config, plan_id, index, &job))
-            .await
-        {
-            Ok(would) => would,
-            Err(e) => json!({"error": e.message}),
-        },
-        None => json!({"error": format!("no handler for action type {:?}", job.kind)}),
+    let Some(handler) = engine.registry.get(&job.kind).cloned() else {
+        let error = format!("no handler for action type {:?}", job.kind);
+        return fail_action(engine, carry, plan_id, index, &job.kind, 1, error).await;
     };
-    carry
-        .record(engine, plan_id, Event::ActionSimulated { index, would })
-        .await;
-    engine.action_finished(plan_id, index, &job.kind, "simulated");
+    if let Err(error) = recheck_guards(engine, handler.clone(), index, &job).await {
+        return fail_action(engine, carry, plan_id, index, &job.kind, 1, error).await;
+    }
+    match handler
+        .dry_run(&ctx(engine, &config, plan_id, index, &job))
+        .await
+    {
+        Ok(would) => {
+            carry
+                .record(engine, plan_id, Event::ActionSimulated { index, would })
+                .await;
+            engine.action_finished(plan_id, index, &job.kind, "simulated");
+        }
+        Err(e) => {
+            let error = format!("simulated: it would fail: {}", e.message);
+            fail_action(engine, carry, plan_id, index, &job.kind, 1, error).await
+        }
+    }
 }
 
 async fn fail_action(

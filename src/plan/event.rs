@@ -463,7 +463,9 @@ impl Plan {
                 a.state = ActionState::Simulated;
                 a.finished_at = Some(ts.clone());
                 a.would = Some(would.clone());
-                format!("{label}: simulated, nothing changed; it would do: {would}")
+                format!(
+                    "{label}: simulated, nothing changed (what it would do: the action's `would`)"
+                )
             }
             Event::PlanFinished { status } => {
                 self.status = *status;

@@ -13,15 +13,15 @@ fn pairs(v: &Value, skip: &[&str]) -> String {
     map.iter()
         .filter(|(k, _)| !skip.contains(&k.as_str()))
         .map(|(k, v)| match v {
-            Value::String(text) => format!("{k}={}", clean(text)),
-            other => format!("{k}={}", clean(&other.to_string())),
+            Value::String(text) => format!("{}={}", clean(k), clean(text)),
+            other => format!("{}={}", clean(k), clean(&other.to_string())),
         })
         .collect::<Vec<_>>()
         .join(" ")
 }
 
 pub fn print_list(reply: &Value) {
-    let dir = s(reply, "dir");
+    let dir = clean(s(reply, "dir"));
     let playbooks = reply["playbooks"].as_array().cloned().unwrap_or_default();
     if playbooks.is_empty() {
         println!("no playbooks in {dir}: an alert without actions is refused");
@@ -51,7 +51,7 @@ pub fn print_list(reply: &Value) {
         for (i, action) in p["actions"].as_array().into_iter().flatten().enumerate() {
             println!(
                 "  [{i}] {:<16} {}",
-                s(action, "type"),
+                clean(s(action, "type")),
                 pairs(action, &["type"])
             );
         }
@@ -87,7 +87,7 @@ pub fn print_test(reply: &Value) {
     for (i, action) in plan["actions"].as_array().into_iter().flatten().enumerate() {
         println!(
             "  [{i}] {:<16} {}",
-            s(action, "type"),
+            clean(s(action, "type")),
             pairs(&action["params"], &[])
         );
         if let Some(change) = changes.get(i).map(|c| &c["change"]) {
@@ -97,9 +97,9 @@ pub fn print_test(reply: &Value) {
     if let Some(cb) = reply.get("callback").filter(|c| c.is_object()) {
         println!(
             "  call back: {} {} {}",
-            s(cb, "method"),
-            s(cb, "url"),
-            s(cb, "when")
+            clean(s(cb, "method")),
+            clean(s(cb, "url")),
+            clean(s(cb, "when"))
         );
     }
 }
