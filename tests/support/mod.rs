@@ -116,8 +116,8 @@ impl PrivateBus {
         ));
         wait_until(
             Duration::from_secs(10),
-            || socket.exists(),
-            "dbus-broker's socket",
+            || accepting(&socket),
+            "dbus-broker accepting on its socket",
         );
         PrivateBus { dir, socket, child }
     }
@@ -159,6 +159,13 @@ impl PrivateBus {
     }
 }
 
+/// Whether a bus accepts connections on `socket`: not only that the file
+/// is there, which it is from bind(); a connect before the daemon's
+/// listen() is refused (CI saw it once).
+fn accepting(socket: &Path) -> bool {
+    std::os::unix::net::UnixStream::connect(socket).is_ok()
+}
+
 fn spawn_bus_daemon(dir: &Path, socket: &Path) -> Child {
     let child = Command::new("dbus-daemon")
         .arg(format!("--config-file={}", dir.join("bus.conf").display()))
@@ -170,8 +177,8 @@ fn spawn_bus_daemon(dir: &Path, socket: &Path) -> Child {
         .expect("dbus-daemon must be installed (apt-get install dbus-daemon)");
     wait_until(
         Duration::from_secs(10),
-        || socket.exists(),
-        "dbus-daemon socket",
+        || accepting(socket),
+        "dbus-daemon accepting on its socket",
     );
     child
 }
