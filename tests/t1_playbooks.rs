@@ -249,3 +249,72 @@ async fn a_simulate_playbook_records_what_it_would_do_and_changes_nothing() {
     assert!(error.starts_with("simulated: it would fail: "), "{error}");
     assert_eq!(systemd.count("restart ghost.service"), 0);
 }
+
+#[tokio::test]
+async fn offences_archived_out_of_memory_still_count_even_across_a_restart() {
+    // A 1 s step per offence: once its timed revert is done the plan may
+    // leave memory (keep_finished_plans = 0).
+    let playbook = r#"
+[[playbook]]
+name = "short"
+[playbook.match]
+kind = "short"
+[[playbook.actions]]
+type = "step"
+key = "s"
+target = "{entity}"
+seconds = 1
+[playbook.escalate]
+factor = 2
+window_secs = 3600
+max_seconds = 100
+"#;
+    let extra = "[state]\nkeep_finished_plans = 0\n";
+    let rig = open(rig_dir(playbook), Step::default(), extra);
+    tokio::spawn(rig.engine.clone().run());
+    let offence = |n: u32| {
+        json!({"source": "NEXUS", "severity": "high", "kind": "short",
+               "description": format!("offence {n}"), "context": {"entity": "host-a"}})
+        .to_string()
+    };
+    for n in 0..2 {
+        let (id, _) = rig.engine.submit(&offence(n)).await.unwrap();
+        let plan = wait_finished(&rig.engine, &id).await;
+        assert_eq!(plan["playbook"]["repeat"], n, "{plan}");
+        assert_eq!(plan["actions"][0]["params"]["seconds"], 1 << n, "{plan}");
+        archive_all(&rig.engine).await;
+        let in_memory = rig.engine.list_plans(None, 0);
+        assert!(
+            !in_memory.contains(&id),
+            "plan {id} left memory: {in_memory}"
+        );
+    }
+    // Both earlier plans are archived: still two offences.
+    let (third, _) = rig.engine.submit(&offence(2)).await.unwrap();
+    let plan = wait_finished(&rig.engine, &third).await;
+    assert_eq!(plan["playbook"]["repeat"], 2, "{plan}");
+    archive_all(&rig.engine).await;
+
+    // The checkpoint carries them to the next start.
+    rig.engine.write_checkpoint().unwrap();
+    rig.engine.begin_stop();
+    let Rig { dir, .. } = rig;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let again = open(dir, Step::default(), extra);
+    tokio::spawn(again.engine.clone().run());
+    let (fourth, _) = again.engine.submit(&offence(3)).await.unwrap();
+    let plan = wait_finished(&again.engine, &fourth).await;
+    assert_eq!(plan["playbook"]["repeat"], 3, "{plan}");
+    assert_eq!(plan["actions"][0]["params"]["seconds"], 8, "{plan}");
+}
+
+/// Waits for every timed step to be reverted, then archives every finished
+/// plan memory need not hold.
+async fn archive_all(engine: &Arc<Engine>) {
+    wait_for(
+        || engine.status()["active_mitigations"] == 0,
+        "the timed reverts",
+    )
+    .await;
+    engine.evict_finished(1).unwrap();
+}

@@ -29,6 +29,7 @@ pub mod flap;
 mod flap_guard;
 mod mitigations;
 mod notices;
+pub mod offences;
 mod playbooks;
 mod queries;
 mod rate_limit;
@@ -164,6 +165,7 @@ impl Engine {
                     replayed.plans,
                     replayed.archived_active,
                     replayed.archived_dedupe,
+                    replayed.archived_offences,
                 ),
                 creating: HashMap::new(),
                 submit_buckets: Default::default(),

@@ -5,20 +5,22 @@
 //!
 //! Escalation counts repeats from the plans the engine holds (pending,
 //! running, and the newest `state.keep_finished_plans` finished ones),
-//! which a restart rebuilds from the checkpoint and the ledger: an
-//! offender is not forgotten by a restart, but plans archived out of
-//! memory are not counted, nor are plans that failed or were rolled back.
+//! which a restart rebuilds from the checkpoint and the ledger, plus the
+//! offences of plans archived out of memory (`offences.rs`, carried by the
+//! checkpoint): neither archiving nor a restart forgets an offender. Plans
+//! that failed or were rolled back are no offence.
 //! Two alerts about one offender submitted at the same instant may both
 //! count as its first: the count is taken before the plan is admitted.
 
 use std::sync::Arc;
 
+use super::offences::is_offence;
 use super::Engine;
 use crate::config::Config;
 use crate::error::{AgentError, ErrorName};
 use crate::plan::alert::{Alert, RawAction};
 use crate::plan::model::PlaybookUse;
-use crate::plan::{ActionSeed, PlanStatus};
+use crate::plan::ActionSeed;
 use crate::playbooks::{self, AlertFacts, Playbook};
 use crate::time::now_ms;
 
@@ -116,18 +118,17 @@ impl Engine {
             .flat_map(|a| a.targets.iter().map(String::as_str))
             .collect();
         let inner = self.lock();
-        let count = inner
+        let in_memory = inner
             .state
             .plans
             .values()
             .filter(|plan| plan.playbook.as_ref().is_some_and(|p| p.name == name))
             .filter(|plan| plan.created_ms >= since)
-            // A plan that failed, or that an operator rolled back (a false
-            // positive), is no offence to escalate.
-            .filter(|plan| plan.status != PlanStatus::Failed && plan.rollback.is_none())
+            .filter(|plan| is_offence(plan))
             .filter(|plan| plan.targets().any(|target| targets.contains(&target)))
             .count();
-        u32::try_from(count).unwrap_or(u32::MAX)
+        let archived = inner.state.offences.count(name, since, &targets);
+        u32::try_from(in_memory + archived).unwrap_or(u32::MAX)
     }
 }
 

@@ -26,6 +26,8 @@ pub struct Replayed {
     pub archived_active: usize,
     /// Archived plans' dedupe entries, as the checkpoint kept them.
     pub archived_dedupe: Vec<super::state::ArchivedDedupe>,
+    /// Archived plans' playbook offences, as the checkpoint kept them.
+    pub archived_offences: Vec<super::offences::ArchivedOffence>,
     /// Records whose kind this build does not know (written by a newer one).
     pub unknown_records: u64,
     pub note: Option<String>,
@@ -43,6 +45,7 @@ pub fn replay(ledger_dir: &Path, state_dir: &Path) -> io::Result<Replayed> {
                 .collect();
             let archived_active = checkpoint.archived_active;
             let archived_dedupe = checkpoint.archived_dedupe;
+            let archived_offences = checkpoint.archived_offences;
             let stored = (
                 checkpoint.chain_ok,
                 checkpoint.chain_broken_at,
@@ -59,6 +62,7 @@ pub fn replay(ledger_dir: &Path, state_dir: &Path) -> io::Result<Replayed> {
                 replayed.chain = stored;
             }
             replayed.archived_dedupe = archived_dedupe;
+            replayed.archived_offences = archived_offences;
             replayed.from_checkpoint = true;
             replayed.checkpoint_seq = position.tip.seq;
             return Ok(replayed);
@@ -138,6 +142,7 @@ fn fold(
         checkpoint_seq: 0,
         archived_active,
         archived_dedupe: Vec::new(),
+        archived_offences: Vec::new(),
         unknown_records,
         note: None,
     })

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
+use super::offences::{ArchivedOffence, Offences};
 use crate::plan::{Plan, PlanStatus};
 
 #[derive(Default)]
@@ -29,6 +30,8 @@ pub struct EngineState {
     active: usize,
     /// Mitigations in force in plans archived out of memory.
     archived_active: usize,
+    /// Playbook offences of plans archived out of memory, for escalation.
+    pub offences: Offences,
 }
 
 /// What the dedupe window needs of a finished plan no longer in memory.
@@ -54,9 +57,11 @@ impl EngineState {
         plans: impl IntoIterator<Item = Plan>,
         archived_active: usize,
         archived_dedupe: Vec<ArchivedDedupe>,
+        archived_offences: Vec<ArchivedOffence>,
     ) -> EngineState {
         let mut state = EngineState {
             archived_active,
+            offences: Offences::from_checkpoint(archived_offences),
             archived_dedupe: archived_dedupe
                 .into_iter()
                 .map(|d| (d.alert_sha256.clone(), d))
@@ -245,6 +250,7 @@ impl EngineState {
     /// Forgets a plan (after it was archived).
     pub fn evict(&mut self, id: &str) {
         if let Some(plan) = self.plans.remove(id) {
+            self.offences.archive(&plan);
             let active = in_force(&plan);
             self.active -= active;
             self.archived_active += active;
@@ -279,6 +285,7 @@ impl EngineState {
     pub fn readmit(&mut self, plan: Plan) {
         if !self.plans.contains_key(&plan.id) {
             self.archived_active = self.archived_active.saturating_sub(in_force(&plan));
+            self.offences.readmit(&plan.id);
         }
         self.insert(plan);
     }

@@ -176,6 +176,10 @@ pub struct Checkpoint {
     /// identical alert after a restart still returns them.
     #[serde(default)]
     pub archived_dedupe: Vec<super::state::ArchivedDedupe>,
+    /// Playbook offences of archived plans: repeat offenders stay repeat
+    /// offenders after a restart.
+    #[serde(default)]
+    pub archived_offences: Vec<super::offences::ArchivedOffence>,
     pub plans: Vec<Plan>,
 }
 
@@ -217,6 +221,7 @@ pub fn new_checkpoint(
     chain: (bool, Option<u64>, String),
     archived_active: usize,
     archived_dedupe: Vec<super::state::ArchivedDedupe>,
+    archived_offences: Vec<super::offences::ArchivedOffence>,
     plans: Vec<Plan>,
 ) -> Checkpoint {
     Checkpoint {
@@ -230,6 +235,7 @@ pub fn new_checkpoint(
         chain_report: chain.2,
         archived_active,
         archived_dedupe,
+        archived_offences,
         plans,
     }
 }

@@ -38,6 +38,7 @@ impl Engine {
             let flap_window_ms = config.restart.interval_secs.saturating_mul(1000);
             let now = now_ms();
             inner.state.prune_dedupe(now, window_ms);
+            inner.state.offences.prune(now);
             inner
                 .state
                 .evictable(config.state.keep_finished_plans)
@@ -78,6 +79,7 @@ impl Engine {
             (health.ok, health.broken_at, health.report),
             inner.state.archived_active(),
             inner.state.archived_dedupe(),
+            inner.state.offences.to_vec(),
             inner.state.plans.values().cloned().collect(),
         )
     }
