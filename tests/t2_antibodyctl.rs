@@ -558,6 +558,11 @@ fn playbooks_lists_the_set_in_force_and_test_shows_the_plan_an_alert_would_get()
     // Neither actions nor a kind: a usage error, before the bus.
     let (code, _, err) = ctl(&bus, &["playbooks", "test", "--source", "NEXUS"]);
     assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("or --kind for the playbooks to choose them"),
+        "{err}"
+    );
+    assert!(err.contains("Usage: antibodyctl playbooks test"), "{err}");
 
     // submit --kind: a bare alert, whose plan the playbook makes.
     let (code, out, err) = ctl(

@@ -466,7 +466,14 @@ fn alert_text(input: &AlertInput, sub: &str, matches: &ArgMatches) -> Outcome<St
     if ordered.is_empty() && input.kind.is_none() {
         let mut cmd = Cli::command();
         cmd.build();
-        let err = cmd.find_subcommand_mut(sub).map(|c| {
+        // `sub` is a top-level command, or `test` under `playbooks`.
+        let found = match cmd.find_subcommand(sub).is_some() {
+            true => cmd.find_subcommand_mut(sub),
+            false => cmd
+                .find_subcommand_mut("playbooks")
+                .and_then(|p| p.find_subcommand_mut(sub)),
+        };
+        let err = found.map(|c| {
             c.error(
                 clap::error::ErrorKind::MissingRequiredArgument,
                 "give an alert FILE ('-' for stdin), at least one action flag \
