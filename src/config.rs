@@ -349,10 +349,8 @@ impl Config {
     /// [`crate::callbacks::resolve_submitters`]).
     fn resolve_submitters(&mut self) -> Result<(), ConfigError> {
         for (source, callback) in &mut self.callbacks {
-            crate::callbacks::resolve_submitters(callback).map_err(|why| {
-                let (key, why) = why.split_once(": ").unwrap_or(("", &why));
-                ConfigError::Invalid(format!("callbacks.{source}{key}: {why}"))
-            })?;
+            crate::callbacks::resolve_submitters(callback)
+                .map_err(|why| callback_error(source, why))?;
         }
         Ok(())
     }
@@ -432,16 +430,8 @@ impl Config {
             }
         }
         for (source, callback) in &self.callbacks {
-            if let Err(why) = crate::callbacks::check_config(source, callback) {
-                // `why` starts with the key it is about (".url: …").
-                let (key, why) = match why.split_once(": ") {
-                    Some((key, rest)) if key.starts_with('.') => {
-                        (key.to_string(), rest.to_string())
-                    }
-                    _ => (String::new(), why),
-                };
-                return bad(&format!("callbacks.{source}{key}"), &why);
-            }
+            crate::callbacks::check_config(source, callback)
+                .map_err(|why| callback_error(source, why))?;
         }
         // The agent's own files are never a patch's target: its ledger,
         // its state (backups, checkpoint) and its configuration.
@@ -477,6 +467,18 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+/// A `[callbacks.SOURCE]` problem, named by its full key: `why` (from
+/// `crate::callbacks`) starts with the key it is about (".url: …"), or is
+/// about the table itself.
+fn callback_error(source: &str, why: String) -> ConfigError {
+    match why.split_once(": ") {
+        Some((key, rest)) if key.starts_with('.') => {
+            ConfigError::Invalid(format!("callbacks.{source}{key}: {rest}"))
+        }
+        _ => ConfigError::Invalid(format!("callbacks.{source}: {why}")),
     }
 }
 

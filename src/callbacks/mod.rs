@@ -50,6 +50,15 @@ fn default_give_up_after() -> u64 {
     86_400
 }
 
+impl CallbackConfig {
+    /// Whether a call back for a plan that finished at `finished_ms` is
+    /// past `give_up_after_secs` at `now_ms` (never, with 0).
+    pub fn past_give_up(&self, finished_ms: u64, now_ms: u64) -> bool {
+        self.give_up_after_secs > 0
+            && now_ms.saturating_sub(finished_ms) > self.give_up_after_secs.saturating_mul(1000)
+    }
+}
+
 fn default_method() -> String {
     "PATCH".into()
 }

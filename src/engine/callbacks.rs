@@ -38,24 +38,21 @@ enum Attempted {
     Away(&'static str),
 }
 
-/// A source's receiver found away, and the plan that tries it again.
-struct Away {
-    prober: String,
-}
-
 /// Keeps `away` up to date with an attempt's outcome: a plan that found
 /// its receiver away becomes the one that tries it again; any answer from
 /// the receiver lets the others go; a prober with nothing left to send
 /// hands the probe on (to whichever plan of the source is due next).
-fn note_receiver(away: &mut HashMap<&'static str, Away>, plan_id: String, attempted: Attempted) {
+///
+/// `away`: each source whose receiver is away, and the plan that tries it.
+fn note_receiver(away: &mut HashMap<&'static str, String>, plan_id: String, attempted: Attempted) {
     match attempted {
         Attempted::Away(source) => {
-            away.entry(source).or_insert(Away { prober: plan_id });
+            away.entry(source).or_insert(plan_id);
         }
         Attempted::Answered(source) => {
             away.remove(source);
         }
-        Attempted::Nothing => away.retain(|_, a| a.prober != plan_id),
+        Attempted::Nothing => away.retain(|_, prober| *prober != plan_id),
     }
 }
 
@@ -63,13 +60,6 @@ fn note_receiver(away: &mut HashMap<&'static str, Away>, plan_id: String, attemp
 /// on this one request): only then do the source's other plans wait.
 fn receiver_away(http_status: Option<u16>) -> bool {
     matches!(http_status, None | Some(429) | Some(502..=504))
-}
-
-/// Whether `uid` is one of `submitters` (by uid or by user name).
-/// Whether `uid` is one of `submitters`, resolved to uids when the
-/// configuration was loaded (no user-database lookup per alert).
-fn may_ask(callback: &CallbackConfig, uid: u32) -> bool {
-    callback.submitter_uids.contains(&uid)
 }
 
 /// What one attempt needs from its plan.
@@ -95,8 +85,10 @@ impl Engine {
         let Some(callback) = config.callbacks.get(source.as_str()) else {
             return false;
         };
+        // `submitters` were resolved to uids when the configuration was
+        // loaded: no user-database lookup per alert.
         context.and_then(|c| c.get("alert_id")).is_some()
-            && uid.is_none_or(|uid| may_ask(callback, uid))
+            && uid.is_none_or(|uid| callback.submitter_uids.contains(&uid))
     }
 
     /// `DryRun`'s view of the call back a plan would make.
@@ -112,15 +104,15 @@ impl Engine {
     }
 
     /// Sends the call backs owed, as they fall due, until the agent stops.
-    /// While a source's receiver is away (no answer, 408, 429, 5xx), only
+    /// While a source's receiver is away (no answer, 429, 502-504), only
     /// the plan that found it so tries it again: the others of that source
-    /// wait for that retry to succeed, so a receiver down for a day costs
+    /// wait until the receiver answers, so a receiver down for a day costs
     /// one plan's back-off in attempts and ledger records, not every
     /// plan's.
     pub async fn callback_loop(self: Arc<Self>) {
         let mut running: JoinSet<Attempted> = JoinSet::new();
         let mut in_flight: HashMap<tokio::task::Id, String> = HashMap::new();
-        let mut away: HashMap<&'static str, Away> = HashMap::new();
+        let mut away: HashMap<&'static str, String> = HashMap::new();
         loop {
             if self.is_stopping() {
                 return;
@@ -167,7 +159,7 @@ impl Engine {
         &self,
         now: u64,
         in_flight: &HashSet<&String>,
-        away: &HashMap<&'static str, Away>,
+        away: &HashMap<&'static str, String>,
     ) -> (Vec<(String, bool)>, Option<u64>) {
         let config = self.config();
         let inner = self.lock();
@@ -175,23 +167,18 @@ impl Engine {
         let mut next: Option<u64> = None;
         for plan in inner.state.plans.values() {
             // Not while a rollback is under way: the outcome is not settled.
-            let rolling_back = plan
-                .rollback
-                .as_ref()
-                .is_some_and(|r| r.finished_at.is_none());
-            if !plan.callback_pending() || rolling_back || in_flight.contains(&plan.id) {
+            if !plan.callback_pending() || plan.rolling_back() || in_flight.contains(&plan.id) {
                 continue;
             }
             if away
                 .get(plan.source.as_str())
-                .is_some_and(|a| a.prober != plan.id)
+                .is_some_and(|prober| *prober != plan.id)
             {
-                let limit = config
+                let too_old = config
                     .callbacks
                     .get(plan.source.as_str())
-                    .map_or(0, |c| c.give_up_after_secs.saturating_mul(1000));
-                let age = now.saturating_sub(plan.finished_ms.unwrap_or(now));
-                if limit > 0 && age > limit {
+                    .is_some_and(|c| c.past_give_up(plan.finished_ms.unwrap_or(now), now));
+                if too_old {
                     due.push((plan.seq, plan.id.clone(), true));
                 }
                 continue;
@@ -247,10 +234,7 @@ impl Engine {
         let config = self.config();
         let source = owed.source.as_str();
         let too_old = |c: &CallbackConfig| {
-            c.give_up_after_secs > 0
-                && (owed.attempt > 1 || held)
-                && now_ms().saturating_sub(owed.finished_ms)
-                    > c.give_up_after_secs.saturating_mul(1000)
+            (owed.attempt > 1 || held) && c.past_give_up(owed.finished_ms, now_ms())
         };
         let (verdict, http_status, error) = match config.callbacks.get(source) {
             Some(callback) if too_old(callback) => (
@@ -285,17 +269,12 @@ impl Engine {
                 attempt,
                 http_status: http_status.unwrap_or_default(),
             },
-            Verdict::Retry => Event::CallbackFailed {
+            Verdict::Retry | Verdict::GiveUp => Event::CallbackFailed {
                 attempt,
                 http_status,
                 error: error.clone(),
-                retry_in_ms: Some(endless_retry_ms(&config.retry, attempt, fastrand::f64())),
-            },
-            Verdict::GiveUp => Event::CallbackFailed {
-                attempt,
-                http_status,
-                error: error.clone(),
-                retry_in_ms: None,
+                retry_in_ms: (verdict == Verdict::Retry)
+                    .then(|| endless_retry_ms(&config.retry, attempt, fastrand::f64())),
             },
         };
         let given_up = verdict == Verdict::GiveUp;

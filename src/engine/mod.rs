@@ -552,11 +552,7 @@ impl Engine {
                     ),
                 ));
             }
-            if plan
-                .rollback
-                .as_ref()
-                .is_some_and(|r| r.finished_at.is_none())
-            {
+            if plan.rolling_back() {
                 return Ok(());
             }
             if let Some(why) = plan.nothing_to_revert() {

@@ -71,11 +71,7 @@ impl EngineState {
         let mut plans: Vec<Plan> = plans.into_iter().collect();
         plans.sort_by_key(|p| p.seq);
         for plan in plans {
-            let needs_work = !plan.status.is_finished()
-                || plan
-                    .rollback
-                    .as_ref()
-                    .is_some_and(|r| r.finished_at.is_none());
+            let needs_work = !plan.status.is_finished() || plan.rolling_back();
             let id = plan.id.clone();
             let seq = plan.seq;
             state.add_timers(&plan);
@@ -241,7 +237,7 @@ impl EngineState {
                     && p.pending_timed_reverts().next().is_none()
                     // A call back still owed is sent from memory.
                     && !p.callback_pending()
-                    && p.rollback.as_ref().is_none_or(|r| r.finished_at.is_some())
+                    && !p.rolling_back()
             })
             .map(|p| p.id.clone())
             .collect()

@@ -277,6 +277,13 @@ impl Plan {
         self.playbook.as_ref().is_some_and(|p| p.simulate)
     }
 
+    /// A rollback was asked for and has not finished.
+    pub fn rolling_back(&self) -> bool {
+        self.rollback
+            .as_ref()
+            .is_some_and(|r| r.finished_at.is_none())
+    }
+
     /// A finished plan whose call back is still owed.
     pub fn callback_pending(&self) -> bool {
         self.status.is_finished()
