@@ -155,10 +155,12 @@ check_contents target/generate-rpm/contents.txt "${EXPECTED[@]}" "${EXPECTED_RPM
 # grep without -q reads to the end: with -q it may exit at the first line,
 # and the writer's SIGPIPE would fail the pipeline (pipefail) though the
 # line was found; both packages have two conffiles since web.toml.
-dpkg-deb --info "$deb" conffiles | grep -xF /etc/antibody/antibody.toml >/dev/null ||
-    die "/etc/antibody/antibody.toml is not a conffile of the .deb"
-rpm -qp --configfiles "$rpm_file" | grep -xF /etc/antibody/antibody.toml >/dev/null ||
-    die "/etc/antibody/antibody.toml is not a %config file of the .rpm"
+for conffile in /etc/antibody/antibody.toml /etc/antibody/web.toml; do
+    dpkg-deb --info "$deb" conffiles | grep -xF "$conffile" >/dev/null ||
+        die "$conffile is not a conffile of the .deb"
+    rpm -qp --configfiles "$rpm_file" | grep -xF "$conffile" >/dev/null ||
+        die "$conffile is not a %config file of the .rpm"
+done
 
 step "lintian $deb"
 # Overrides ship in the package (/usr/share/lintian/overrides/antibody).
