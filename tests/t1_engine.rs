@@ -762,7 +762,7 @@ async fn finished_plans_are_archived_and_still_answer() {
         )
         .await;
     }
-    assert_eq!(rig.engine.evict_finished(2).unwrap(), 2);
+    assert_eq!(rig.engine.evict_finished().unwrap(), 2);
     assert_eq!(
         serde_json::from_str::<Value>(&rig.engine.list_plans(None, 0))
             .unwrap()
@@ -776,14 +776,65 @@ async fn finished_plans_are_archived_and_still_answer() {
         let archived = rig.engine.get_plan(id).unwrap();
         assert_eq!(archived["id"], old["id"]);
         assert_eq!(archived["actions"][0]["state"], "reverted");
-        assert!(rig
-            .dir
-            .path()
-            .join(format!("state/plans/{id}.json"))
-            .exists());
+        let archive: String = std::fs::read_dir(rig.dir.path().join("state/plans"))
+            .unwrap()
+            .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+            .collect();
+        assert!(
+            archive.contains(&format!("{id} {{")),
+            "{id} is in the archive"
+        );
     }
     // The newest plan keeps an applied reversible action, so it stayed.
     assert_eq!(rig.engine.get_plan(&ids[2]).unwrap(), before[2]);
+}
+
+/// The archive is appended to without an fsync and made durable before
+/// the next checkpoint: a crash in between may lose the append (here: the
+/// bucket files emptied), and the plan then comes back from the ledger,
+/// which the older checkpoint still replays.
+#[tokio::test]
+async fn an_archived_plan_whose_append_a_crash_lost_comes_back_from_the_ledger() {
+    let extra = "[state]\nkeep_finished_plans = 0\n";
+    let rig = start(extra).await;
+    rig.engine.checkpoint_now().await.unwrap();
+    let notice = alert(
+        "lost append",
+        json!([{"type": "notify_operator", "channel": "journal", "message": "m"}]),
+    );
+    let (id, _) = rig.engine.submit(&notice).await.unwrap();
+    let finished = wait_finished(&rig.engine, &id).await;
+    assert_eq!(rig.engine.evict_finished().unwrap(), 1);
+    assert!(!rig.engine.archive_synced(), "appended, not yet fsynced");
+    let buckets = rig.dir.path().join("state/plans");
+    for bucket in std::fs::read_dir(&buckets).unwrap() {
+        std::fs::write(bucket.unwrap().path(), b"").unwrap();
+    }
+    assert_eq!(
+        rig.engine.get_plan(&id).unwrap_err().name,
+        antibody::error::ErrorName::NotFound,
+        "the test emptied the only copy outside the ledger"
+    );
+    let dir = stop(rig).await;
+    let again = open(dir, Step::default(), extra);
+    assert_eq!(again.engine.get_plan(&id).unwrap(), finished);
+    // Evicted again at this start's upkeep: each way of saving a
+    // checkpoint makes the archive durable first.
+    assert_eq!(again.engine.evict_finished().unwrap(), 1);
+    again.engine.write_checkpoint().unwrap();
+    assert!(again.engine.archive_synced(), "write_checkpoint syncs");
+    let notice = alert(
+        "second",
+        json!([{"type": "notify_operator", "channel": "journal", "message": "m"}]),
+    );
+    tokio::spawn(again.engine.clone().run());
+    let (second, _) = again.engine.submit(&notice).await.unwrap();
+    wait_finished(&again.engine, &second).await;
+    assert_eq!(again.engine.evict_finished().unwrap(), 1);
+    assert!(!again.engine.archive_synced());
+    again.engine.checkpoint_now().await.unwrap();
+    assert!(again.engine.archive_synced(), "checkpoint_now syncs");
+    assert_eq!(again.engine.get_plan(&id).unwrap(), finished);
 }
 
 /// A finished plan leaves memory once `state.keep_finished_plans` newer
@@ -803,7 +854,7 @@ async fn an_archived_plan_still_answers_an_identical_alert_within_its_window_acr
     assert!(created);
     wait_finished(&rig.engine, &id).await;
     assert_eq!(
-        rig.engine.evict_finished(2).unwrap(),
+        rig.engine.evict_finished().unwrap(),
         1,
         "archived in its window"
     );

@@ -316,5 +316,5 @@ async fn archive_all(engine: &Arc<Engine>) {
         "the timed reverts",
     )
     .await;
-    engine.evict_finished(1).unwrap();
+    engine.evict_finished().unwrap();
 }

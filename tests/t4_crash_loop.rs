@@ -145,6 +145,12 @@ reconcile_interval_secs = 2
 
 [hot_patch]
 allowed_paths = ["/srv/crash"]
+
+# Finished plans past the newest 25 leave memory for the archive, whose
+# appends a kill may cut off (made durable only before a checkpoint): the
+# loop's GetPlan of every plan at the end reads them back.
+[state]
+keep_finished_plans = 25
 "#;
 
 /// Units the loop restarts and throttles, a start limit the loop may trip

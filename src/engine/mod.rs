@@ -22,6 +22,7 @@ use crate::sys::nft::FirewallError;
 use crate::sys::Sys;
 use crate::time::{now_ms, rfc3339};
 
+mod archive;
 pub mod backoff;
 mod callbacks;
 mod counters;
@@ -100,6 +101,8 @@ pub struct Engine {
     ledger_files: Arc<tokio::sync::RwLock<()>>,
     /// Plans and actions counted since the start, for `Status`.
     counters: counters::Counters,
+    /// Finished plans evicted from memory (`state.dir/plans/`).
+    archive: Arc<archive::Archive>,
 }
 
 /// A running walk of the chain: (ok, broken at, report).
@@ -133,6 +136,7 @@ impl Engine {
     /// Replays the ledger and opens it for appending. Recovery of in-flight
     /// actions is a separate step ([`Engine::settle_in_flight`]).
     pub fn open(config: Config, parts: EngineParts) -> std::io::Result<Arc<Engine>> {
+        let archive = Arc::new(archive::Archive::open(&config.state.dir)?);
         let replayed = replay::replay(&config.ledger.dir, &config.state.dir)?;
         if let Some(note) = &replayed.note {
             eprintln!("<4>antibodyd: {note}");
@@ -195,6 +199,7 @@ impl Engine {
             counters: counters::Counters::since(crate::time::now_ms()),
             mirror: parts.mirror,
             ledger_files: Arc::default(),
+            archive,
         });
         // Without the checkpoint (and its count) after retention removed
         // segments, plans archived with a patch in force whose first
@@ -203,13 +208,13 @@ impl Engine {
         {
             let mut inner = engine.lock();
             let in_memory = inner.state.plans.keys().cloned().collect();
-            let archived = store::archived_in_force(&engine.config().state.dir, &in_memory);
+            let archived = engine.archive.in_force(&in_memory);
             inner.state.set_archived_active(archived);
         }
         // A long replay is not repeated at the next start: archive what
         // memory need not hold and checkpoint the rest, before any append.
         if tail_records >= CHECKPOINT_AFTER_RECORDS {
-            engine.evict_finished(store::ARCHIVE_THREADS_AT_START)?;
+            engine.evict_finished()?;
             engine.write_checkpoint()?;
         }
         Ok(engine)

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 
 use serde_json::{json, Value};
 
-use super::{store, Engine, FIREWALL_STALL_MS, MAX_LIST_BYTES, MAX_LIST_PLANS, VERSION};
+use super::{archive, Engine, FIREWALL_STALL_MS, MAX_LIST_BYTES, MAX_LIST_PLANS, VERSION};
 use crate::error::{AgentError, ErrorName};
 use crate::plan::{Plan, PlanStatus};
 use crate::time::now_ms;
@@ -18,14 +18,14 @@ impl Engine {
         if let Some(plan) = self.lock().state.plans.get(id) {
             return Some(serde_json::to_value(plan).expect("plans serialize"));
         }
-        store::load_archived(&self.config().state.dir, id)
+        archive::load(&self.config().state.dir, id)
             .map(|p| serde_json::to_value(p).expect("plans serialize"))
     }
 
     /// An archived plan, read on a blocking thread.
     pub(super) async fn load_archived(&self, id: &str) -> Option<Plan> {
         let (dir, id) = (self.config().state.dir.clone(), id.to_string());
-        tokio::task::spawn_blocking(move || store::load_archived(&dir, &id))
+        tokio::task::spawn_blocking(move || archive::load(&dir, &id))
             .await
             .ok()
             .flatten()

@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use std::io;
 use std::path::Path;
 
-use super::store::{load_archived, load_checkpoint};
+use super::archive;
+use super::store::load_checkpoint;
 use crate::ledger::{record_at, scan_from, Position, Record, ScanReport};
 use crate::plan::{Event, Plan};
 use crate::time::parse_rfc3339;
@@ -125,7 +126,7 @@ fn fold(
             // back into memory (for a rollback) after it: counted among
             // the archived plans' mitigations until now; from here, among
             // those in memory.
-            let plan = load_archived(state_dir, id)?;
+            let plan = archive::load(state_dir, id)?;
             archived_active = archived_active.saturating_sub(plan.in_force_count());
             Some(plan)
         });

@@ -1,7 +1,7 @@
 //! The engine's upkeep, in a task of its own so the engine loop (whose
 //! heartbeat the watchdog hears) never waits on the disk for it:
-//! - finished plans memory need not hold are archived (each file fsynced,
-//!   never the whole file system) and forgotten;
+//! - finished plans memory need not hold are appended to the archive and
+//!   forgotten (made durable before the next checkpoint, `archive.rs`);
 //! - a checkpoint is written every [`CHECKPOINT_EVERY_RECORDS`] records or
 //!   [`CHECKPOINT_EVERY`] (when anything was written), so a start replays
 //!   a bounded tail. Plans may be mid-step: the checkpoint is taken at a
@@ -27,9 +27,9 @@ const CHECKPOINT_EVERY: Duration = Duration::from_secs(600);
 
 impl Engine {
     /// Archives finished plans memory need not hold, then forgets them.
-    /// Blocking (file writes and fsyncs): async callers run it on a
+    /// Blocking (file writes): async callers run it on a
     /// blocking thread.
-    pub fn evict_finished(&self, writers: usize) -> std::io::Result<usize> {
+    pub fn evict_finished(&self) -> std::io::Result<usize> {
         let config = self.config();
         let window_ms = config.queue.dedupe_window_secs.saturating_mul(1000);
         let plans: Vec<Plan> = {
@@ -54,7 +54,7 @@ impl Engine {
         if plans.is_empty() {
             return Ok(0);
         }
-        store::archive_plans(&config.state.dir, &plans, writers)?;
+        self.archive.append(&plans)?;
         let mut inner = self.lock();
         for plan in &plans {
             // Only if nothing touched it meanwhile (e.g. a rollback request).
@@ -66,6 +66,12 @@ impl Engine {
         // (a short one), and its entry would hold the ledger back a round.
         inner.state.prune_dedupe(now_ms(), window_ms);
         Ok(plans.len())
+    }
+
+    /// Whether every plan evicted so far is durable in the archive: each
+    /// checkpoint makes it so before it is saved.
+    pub fn archive_synced(&self) -> bool {
+        self.archive.all_synced()
     }
 
     /// The live plans and the ledger position they reflect, as a
@@ -87,6 +93,7 @@ impl Engine {
     /// Writes a checkpoint where nothing runs (at start, at a clean stop).
     pub fn write_checkpoint(&self) -> std::io::Result<()> {
         let checkpoint = self.capture_checkpoint();
+        self.archive.sync()?;
         store::save_checkpoint(&self.config().state.dir, &checkpoint)?;
         self.checkpoint_seq.store(checkpoint.seq, Ordering::Relaxed);
         Ok(())
@@ -103,9 +110,14 @@ impl Engine {
         };
         let dir = self.config().state.dir.clone();
         let seq = checkpoint.seq;
-        tokio::task::spawn_blocking(move || store::save_checkpoint(&dir, &checkpoint))
-            .await
-            .map_err(std::io::Error::other)??;
+        let archive = self.archive.clone();
+        tokio::task::spawn_blocking(move || {
+            // The plans it no longer holds are durable in the archive first.
+            archive.sync()?;
+            store::save_checkpoint(&dir, &checkpoint)
+        })
+        .await
+        .map_err(std::io::Error::other)??;
         self.checkpoint_seq.store(seq, Ordering::Relaxed);
         Ok(seq)
     }
@@ -143,7 +155,7 @@ impl Engine {
         }
         let oldest_plan = self.lock().state.oldest_seq().unwrap_or(u64::MAX);
         let keep_from = checkpoint_seq.min(oldest_plan);
-        let (ledger_dir, state_dir) = (config.ledger.dir.clone(), config.state.dir.clone());
+        let ledger_dir = config.ledger.dir.clone();
         let _files = self.ledger_files.write().await;
         let cut = {
             let dir = ledger_dir.clone();
@@ -175,11 +187,12 @@ impl Engine {
         }
         // Each round, not only when segments went: a round cut short by a
         // crash or an error is finished by the next.
+        let archive = self.archive.clone();
         let pruned = tokio::task::spawn_blocking(move || {
             let Some(anchor) = retention::read_anchor(&ledger_dir) else {
                 return Ok((0, 0));
             };
-            store::prune_archives(&state_dir, anchor.seq.saturating_add(1))
+            archive.prune(anchor.seq.saturating_add(1))
         })
         .await
         .map_err(std::io::Error::other)??;
@@ -239,11 +252,7 @@ impl Engine {
                 return;
             }
             let engine = self.clone();
-            match tokio::task::spawn_blocking(move || {
-                engine.evict_finished(store::ARCHIVE_THREADS_SERVING)
-            })
-            .await
-            {
+            match tokio::task::spawn_blocking(move || engine.evict_finished()).await {
                 Ok(Err(e)) => eprintln!(
                     "<4>antibodyd: cannot archive finished plans (they stay in memory): {e}"
                 ),
