@@ -461,16 +461,21 @@ impl Archive {
     }
 }
 
+/// Options for the archive's own files: created 0600 whatever the umask,
+/// and never through a symlink planted at the name.
+fn private_file() -> OpenOptions {
+    let mut options = OpenOptions::new();
+    options
+        .create(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW);
+    options
+}
+
 /// Appends `bytes` (whole lines) in one write; after a newline first if a
 /// crash left the file's last line without one.
 fn append_whole_lines(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut file = OpenOptions::new()
-        .read(true)
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(path)?;
+    let mut file = private_file().read(true).append(true).open(path)?;
     let len = file.metadata()?.len();
     let mut torn = false;
     if len > 0 {
@@ -493,13 +498,7 @@ fn append_whole_lines(path: &Path, bytes: &[u8]) -> io::Result<()> {
 /// caller fsyncs the directory.
 fn rewrite(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let tmp = path.with_extension("tmp");
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(&tmp)?;
+    let mut file = private_file().write(true).truncate(true).open(&tmp)?;
     file.write_all(bytes)?;
     file.sync_all()?;
     fs::rename(&tmp, path)
