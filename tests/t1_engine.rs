@@ -837,6 +837,40 @@ async fn an_archived_plan_whose_append_a_crash_lost_comes_back_from_the_ledger()
     assert_eq!(again.engine.get_plan(&id).unwrap(), finished);
 }
 
+/// A plan archived with a mitigation in force, taken back after the
+/// checkpoint for a rollback and archived again, then a crash: the start
+/// replays the rollback's records onto the newer archived copy, which
+/// already holds them. It must neither fold them twice nor count the
+/// mitigation as still in force in the archive.
+#[tokio::test]
+async fn a_rollback_of_an_archived_plan_after_the_checkpoint_replays_once() {
+    let extra = "[state]\nkeep_finished_plans = 0\n[queue]\ndedupe_window_secs = 0\n";
+    let rig = start(extra).await;
+    let (id, _) = rig
+        .engine
+        .submit(&alert("untimed", json!([step("u")])))
+        .await
+        .unwrap();
+    wait_finished(&rig.engine, &id).await;
+    assert_eq!(rig.engine.evict_finished().unwrap(), 1);
+    assert_eq!(rig.engine.active_mitigations(), 1, "in force, archived");
+    rig.engine.checkpoint_now().await.unwrap();
+    rig.engine.rollback(&id, "test").await.unwrap();
+    wait_for(
+        || rig.engine.get_plan(&id).unwrap()["rollback"]["finished_at"].is_string(),
+        "rollback",
+    )
+    .await;
+    assert_eq!(rig.engine.active_mitigations(), 0);
+    assert_eq!(rig.engine.evict_finished().unwrap(), 1, "archived again");
+    let rolled_back = rig.engine.get_plan(&id).unwrap();
+    let dir = stop(rig).await;
+    let again = open(dir, Step::default(), extra);
+    assert!(again.engine.started_from_checkpoint());
+    assert_eq!(again.engine.active_mitigations(), 0);
+    assert_eq!(again.engine.get_plan(&id).unwrap(), rolled_back);
+}
+
 /// A finished plan leaves memory once `state.keep_finished_plans` newer
 /// ones exist, even inside its dedupe window (holding every plan for the
 /// window grew memory with the alert rate under a flood: t2_flood.rs). An

@@ -1290,7 +1290,11 @@ fn schemathesis_finds_no_5xx_and_nothing_outside_the_schema() {
     // Its negative cases include missing credentials: no slow-down here.
     let web = Web::start(&bus, "auth_failures_max = 1000000", RunAs::Nobody);
     let report = web.dir.path().join("schemathesis.junit.xml");
-    let out = std::process::Command::new(&st)
+    // Bounded in time as well as in cases: a hung run fails the test (exit
+    // 124) instead of holding CI.
+    let out = std::process::Command::new("timeout")
+        .args(["--kill-after=10", "600"])
+        .arg(&st)
         .args(["run", &format!("{}/antibody/openapi.json", web.base)])
         .args([
             "--checks",

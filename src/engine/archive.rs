@@ -131,6 +131,17 @@ pub fn load(state_dir: &Path, id: &str) -> Option<Plan> {
         .find_map(|line| parse_plan(line_plan(line, id)?, id))
 }
 
+/// Mitigations in force in the archived plans other than `in_memory`.
+pub fn in_force(state_dir: &Path, in_memory: &HashSet<String>) -> usize {
+    bucket_paths(state_dir)
+        .filter_map(|(_, path)| read_bucket(&path).ok())
+        .flat_map(|bucket| bucket.newest)
+        .filter(|(id, _)| !in_memory.contains(id))
+        .filter_map(|(_, (_, plan))| plan)
+        .map(|plan| plan.in_force_count())
+        .sum()
+}
+
 /// A bucket's newest line per plan, as retention sees it.
 #[derive(Default)]
 struct BucketLines {
@@ -390,13 +401,7 @@ impl Archive {
     /// (a start without a usable checkpoint after retention: see
     /// `Engine::open`).
     pub fn in_force(&self, in_memory: &HashSet<String>) -> usize {
-        bucket_paths(&self.state_dir)
-            .filter_map(|(_, path)| read_bucket(&path).ok())
-            .flat_map(|bucket| bucket.newest)
-            .filter(|(id, _)| !in_memory.contains(id))
-            .filter_map(|(_, (_, plan))| plan)
-            .map(|plan| plan.in_force_count())
-            .sum()
+        in_force(&self.state_dir, in_memory)
     }
 
     /// Moves `<id>.json` files (one per plan, from earlier versions) into

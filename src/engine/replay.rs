@@ -101,9 +101,12 @@ pub fn fold_record(
                     plans.insert(id.clone(), plan);
                 }
             }
-            if let Some(plan) = plans.get_mut(id) {
+            // A copy from elsewhere may already hold this record: an
+            // archived plan taken back after the checkpoint (a rollback)
+            // and archived again before a crash.
+            if let Some(plan) = plans.get_mut(id).filter(|p| record.seq > p.last_seq) {
                 plan.apply_event(&event, ts_ms);
-                plan.last_seq = plan.last_seq.max(record.seq);
+                plan.last_seq = record.seq;
             }
         }
         (_, None) => {}
@@ -119,6 +122,10 @@ fn fold(
     mut archived_active: usize,
 ) -> io::Result<Replayed> {
     let mut unknown_records = 0;
+    let checkpoint_seq = start.map_or(0, |p| p.tip.seq);
+    // Whether a plan came back from the archive in a state newer than the
+    // checkpoint counted it in (see below).
+    let mut recount = false;
     let scan = scan_from(ledger_dir, start, |record| {
         crate::sys::sdnotify::note_start_progress(1);
         let folded = fold_record(&mut plans, record, |id| {
@@ -127,6 +134,11 @@ fn fold(
             // the archived plans' mitigations until now; from here, among
             // those in memory.
             let plan = archive::load(state_dir, id)?;
+            if plan.last_seq > checkpoint_seq {
+                // Archived again after the checkpoint: what it had in
+                // force then is not what it has now.
+                recount = true;
+            }
             archived_active = archived_active.saturating_sub(plan.in_force_count());
             Some(plan)
         });
@@ -134,6 +146,10 @@ fn fold(
             unknown_records += 1;
         }
     })?;
+    if recount {
+        let in_memory = plans.keys().cloned().collect();
+        archived_active = archive::in_force(state_dir, &in_memory);
+    }
     let chain = (scan.ok(), scan.broken_at, scan.report.clone());
     Ok(Replayed {
         plans: plans.into_values().collect(),
