@@ -125,7 +125,7 @@ impl Record {
     /// with its keys sorted, written straight into one buffer (a walk of
     /// the ledger hashes every record; no copy of the payload is made).
     pub fn expected_hash(&self) -> String {
-        hex::encode(self.expected_digest())
+        crate::plan::canonical::hex_lower(&self.expected_digest())
     }
 
     /// Whether `hash` is the hash of the record's content (compared as

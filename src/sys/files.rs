@@ -67,7 +67,7 @@ impl Identity {
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
+    crate::plan::canonical::hex_lower(&Sha256::digest(bytes))
 }
 
 /// Why a target cannot be patched.

@@ -141,6 +141,42 @@ impl Journal {
     }
 }
 
+/// The first `max` bytes of `value`'s JSON (cut at a character), with
+/// `…` when there was more. Serialization stops just past `max`: a plan's
+/// payload may be hundreds of KiB, and the message shows 400 bytes of it.
+fn excerpt(value: &serde_json::Value, max: usize) -> String {
+    struct Capped(Vec<u8>, usize);
+    impl std::io::Write for Capped {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            let room = self.1 - self.0.len();
+            self.0.extend_from_slice(&bytes[..bytes.len().min(room)]);
+            if bytes.len() > room {
+                return Err(std::io::Error::other("past the excerpt"));
+            }
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    // One byte past `max` tells a cut from an exact fit.
+    let mut capped = Capped(Vec::with_capacity(max + 1), max + 1);
+    let _ = serde_json::to_writer(&mut capped, value);
+    let mut bytes = capped.0;
+    if bytes.len() <= max {
+        return String::from_utf8(bytes).expect("serde_json writes UTF-8");
+    }
+    // Back to the start of a character: continuation bytes are 10xxxxxx.
+    let mut cut = max;
+    while cut > 0 && bytes[cut] & 0xc0 == 0x80 {
+        cut -= 1;
+    }
+    bytes.truncate(cut);
+    let mut text = String::from_utf8(bytes).expect("cut at a character");
+    text.push('…');
+    text
+}
+
 /// The journal entry mirroring one durable ledger record.
 pub fn record_entry(durable: &Durable) -> JournalEntry {
     let r = &durable.record;
@@ -171,15 +207,7 @@ pub fn record_entry(durable: &Durable) -> JournalEntry {
             fields.push((k, v.clone()));
         }
     }
-    let mut payload = r.payload.to_string();
-    if payload.len() > 400 {
-        let cut = (0..=400)
-            .rev()
-            .find(|i| payload.is_char_boundary(*i))
-            .unwrap_or(0);
-        payload.truncate(cut);
-        payload.push('…');
-    }
+    let payload = excerpt(&r.payload, 400);
     let plan = r
         .plan_id
         .as_deref()
@@ -343,6 +371,33 @@ impl JournalMirror {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `excerpt` replaced: the whole JSON, then cut.
+    fn excerpt_of_whole(value: &serde_json::Value, max: usize) -> String {
+        let mut text = value.to_string();
+        if text.len() > max {
+            let cut = (0..=max).rev().find(|i| text.is_char_boundary(*i)).unwrap();
+            text.truncate(cut);
+            text.push('…');
+        }
+        text
+    }
+
+    #[test]
+    fn an_excerpt_is_the_whole_json_cut_at_a_character() {
+        for len in [0, 1, 380, 397, 398, 399, 400, 401, 5000] {
+            for filler in ["a", "é", "€", "😀", "\"\n"] {
+                let value = serde_json::json!({"text": filler.repeat(len)});
+                for max in [0, 1, 2, 400] {
+                    assert_eq!(
+                        excerpt(&value, max),
+                        excerpt_of_whole(&value, max),
+                        "{len} × {filler:?}, max {max}"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn every_message_id_has_a_catalog_entry() {
