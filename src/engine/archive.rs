@@ -11,8 +11,9 @@
 //! (BENCHMARKS.md, "Where a plan's CPU goes"). An append costs a few µs.
 //!
 //! - **Newest wins.** A plan taken back into memory (a rollback) and
-//!   evicted again is appended again to the same bucket: its last line is
-//!   its newest copy. No index is kept: a lookup reads one bucket, 1/256
+//!   evicted again is appended again to the same bucket. Of its copies,
+//!   the one that folded the newest ledger record is the plan (the later
+//!   line when two are level). No index is kept: a lookup reads one bucket, 1/256
 //!   of the archive.
 //! - **Durable before the checkpoint that needs it.** Appends are not
 //!   fsynced one by one. A plan leaves the engine's memory once appended,
@@ -125,10 +126,23 @@ pub fn load(state_dir: &Path, id: &str) -> Option<Plan> {
         }
     });
     found.ok()?;
+    // The copy that folded the newest record; of equals, the later line.
     copies
         .iter()
-        .rev()
-        .find_map(|line| parse_plan(line_plan(line, id)?, id))
+        .filter_map(|line| parse_plan(line_plan(line, id)?, id))
+        .reduce(newer)
+}
+
+/// Of two copies of a plan, `earlier` read before `later`: the one whose
+/// newest record is newer, the later line when they are level. Position
+/// alone would do as long as copies are appended in the order they were
+/// made; this holds whatever order a crash or a migration left them in.
+fn newer(earlier: Plan, later: Plan) -> Plan {
+    if later.last_seq >= earlier.last_seq {
+        later
+    } else {
+        earlier
+    }
 }
 
 /// Mitigations in force in the archived plans other than `in_memory`.
@@ -163,7 +177,15 @@ fn read_bucket(path: &Path) -> io::Result<BucketLines> {
             return;
         };
         let plan = line_plan(line, id).and_then(|json| parse_plan(json, id));
-        bucket.newest.insert(id.to_string(), (line.to_vec(), plan));
+        // A readable copy older than the one kept is stale; an unreadable
+        // line is never judged older.
+        let older = match (bucket.newest.get(id), &plan) {
+            (Some((_, Some(kept))), Some(plan)) => plan.last_seq < kept.last_seq,
+            _ => false,
+        };
+        if !older {
+            bucket.newest.insert(id.to_string(), (line.to_vec(), plan));
+        }
     })?;
     Ok(bucket)
 }
@@ -603,6 +625,24 @@ mod tests {
         assert!(text.contains("not a plan line\n"), "{text}");
         // The newest line of OTHER (the liar) is kept: unreadable, unjudged.
         assert!(text.contains("liar"), "{text}");
+    }
+
+    #[test]
+    fn the_copy_with_the_newest_record_wins_wherever_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = Archive::open(dir.path()).unwrap();
+        archive.append(&[plan(ID, "newer", 9)]).unwrap();
+        archive
+            .append(&[plan(ID, "older, appended later", 4)])
+            .unwrap();
+        assert_eq!(load(dir.path(), ID).unwrap().description, "newer");
+        archive.append(&[plan(ID, "level, later", 9)]).unwrap();
+        assert_eq!(load(dir.path(), ID).unwrap().description, "level, later");
+        // Retention keeps that one copy.
+        assert_eq!(archive.prune(2).unwrap(), (0, 0));
+        let text = fs::read_to_string(bucket_path(dir.path(), 0x3f)).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert_eq!(load(dir.path(), ID).unwrap().description, "level, later");
     }
 
     #[test]
