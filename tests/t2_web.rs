@@ -1359,6 +1359,29 @@ impl Drop for Unmount {
     }
 }
 
+/// Posts distinct alerts with the sentinel token, `pause` apart, until one
+/// is not accepted (202) or `tries` were: the last reply.
+fn post_alerts_until_refused(
+    web: &Web,
+    tag: &str,
+    tries: usize,
+    pause: Duration,
+) -> support::web::Reply {
+    let post = |n: usize| {
+        let alert = journal_alert(&format!("{tag} {n}"));
+        web.post_json("/antibody/alert", Some(SENTINEL), &alert)
+    };
+    let mut reply = post(0);
+    for n in 1..tries {
+        if reply.status != 202 {
+            break;
+        }
+        std::thread::sleep(pause);
+        reply = post(n);
+    }
+    reply
+}
+
 /// The agent's answers the other tests do not reach, each through HTTP
 /// with its code: a rollback the agent allows (202), one of a plan still
 /// running (409), the submit budget spent (429 with `Retry-After`), and
@@ -1450,18 +1473,7 @@ fn the_agents_other_answers_keep_their_codes_over_http() {
 
     // 3. The bridge's uid spends its budget (a burst of 3, then 1 a
     // second): 429, and when to come back.
-    let mut reply = web.post_json(
-        "/antibody/alert",
-        Some(SENTINEL),
-        &journal_alert("budget 0"),
-    );
-    for n in 1..10 {
-        if reply.status != 202 {
-            break;
-        }
-        let alert = journal_alert(&format!("budget {n}"));
-        reply = web.post_json("/antibody/alert", Some(SENTINEL), &alert);
-    }
+    let reply = post_alerts_until_refused(&web, "budget", 10, Duration::ZERO);
     reply.assert_error(429, "RateLimited");
     let retry_after: u64 = reply.headers["retry-after"]
         .parse()
@@ -1474,20 +1486,9 @@ fn the_agents_other_answers_keep_their_codes_over_http() {
     use std::io::Write;
     while filler.write_all(&[0u8; 65536]).is_ok() {}
     let _ = filler.write_all(&[0u8; 1]);
-    // The ledger's last page may still hold a record or two.
-    let mut reply = web.post_json(
-        "/antibody/alert",
-        Some(SENTINEL),
-        &journal_alert("no room 0"),
-    );
-    for n in 1..8 {
-        if reply.status != 202 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(1100));
-        let alert = journal_alert(&format!("no room {n}"));
-        reply = web.post_json("/antibody/alert", Some(SENTINEL), &alert);
-    }
+    // The ledger's last page may still hold a record or two; one alert a
+    // second stays within the budget.
+    let reply = post_alerts_until_refused(&web, "no room", 8, Duration::from_millis(1100));
     reply.assert_error(503, "StorageFailure");
     assert!(!web.log_text().contains("panicked"), "{}", web.log_text());
 }

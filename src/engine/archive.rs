@@ -13,8 +13,8 @@
 //! - **Newest wins.** A plan taken back into memory (a rollback) and
 //!   evicted again is appended again to the same bucket. Of its copies,
 //!   the one that folded the newest ledger record is the plan (the later
-//!   line when two are level). No index is kept: a lookup reads one bucket, 1/256
-//!   of the archive.
+//!   line when two are level). No index is kept: a lookup reads one
+//!   bucket, 1/256 of the archive.
 //! - **Durable before the checkpoint that needs it.** Appends are not
 //!   fsynced one by one. A plan leaves the engine's memory once appended,
 //!   but until the next checkpoint a start still replays it from the
@@ -114,35 +114,29 @@ fn line_id(line: &[u8]) -> Option<&str> {
     (line.get(36) == Some(&b' ') && bucket_of(id).is_some()).then_some(id)
 }
 
-/// The newest archived copy of plan `id`. Only the lines of that id are
-/// kept (a byte comparison per line) and only the last that parses is
-/// parsed: a damaged copy answers as the one before it would.
+/// The newest archived copy of plan `id`. Other plans' lines cost a byte
+/// comparison each; a damaged copy answers as the one before it would.
 pub fn load(state_dir: &Path, id: &str) -> Option<Plan> {
     let bucket = bucket_of(id)?;
-    let mut copies: Vec<Vec<u8>> = Vec::new();
+    let mut newest: Option<Plan> = None;
     let found = for_each_line(&bucket_path(state_dir, bucket), |line| {
-        if line_plan(line, id).is_some() {
-            copies.push(line.to_vec());
+        let Some(plan) = line_plan(line, id).and_then(|json| parse_plan(json, id)) else {
+            return;
+        };
+        if newest.as_ref().is_none_or(|kept| supersedes(&plan, kept)) {
+            newest = Some(plan);
         }
     });
     found.ok()?;
-    // The copy that folded the newest record; of equals, the later line.
-    copies
-        .iter()
-        .filter_map(|line| parse_plan(line_plan(line, id)?, id))
-        .reduce(newer)
+    newest
 }
 
-/// Of two copies of a plan, `earlier` read before `later`: the one whose
-/// newest record is newer, the later line when they are level. Position
-/// alone would do as long as copies are appended in the order they were
-/// made; this holds whatever order a crash or a migration left them in.
-fn newer(earlier: Plan, later: Plan) -> Plan {
-    if later.last_seq >= earlier.last_seq {
-        later
-    } else {
-        earlier
-    }
+/// Whether copy `later` (read after `kept`) is the plan rather than
+/// `kept`: its newest record is as new or newer. Position alone would do
+/// as long as copies are appended in the order they were made; this holds
+/// whatever order a crash or a migration left them in.
+fn supersedes(later: &Plan, kept: &Plan) -> bool {
+    later.last_seq >= kept.last_seq
 }
 
 /// Mitigations in force in the archived plans other than `in_memory`.
@@ -180,7 +174,7 @@ fn read_bucket(path: &Path) -> io::Result<BucketLines> {
         // A readable copy older than the one kept is stale; an unreadable
         // line is never judged older.
         let older = match (bucket.newest.get(id), &plan) {
-            (Some((_, Some(kept))), Some(plan)) => plan.last_seq < kept.last_seq,
+            (Some((_, Some(kept))), Some(plan)) => !supersedes(plan, kept),
             _ => false,
         };
         if !older {
@@ -342,7 +336,7 @@ impl Archive {
         // One bucket that cannot be pruned keeps its plans; the others are
         // still pruned, and the round reports it (and runs again).
         for (bucket, path) in bucket_paths(&self.state_dir) {
-            match self.prune_bucket(&path, first_kept_seq, &backups) {
+            match prune_bucket(&path, first_kept_seq, &backups_dir, &backups) {
                 Ok(Some((plans, removed_backups))) => {
                     unsynced.buckets.remove(&bucket);
                     unsynced.directory = true;
@@ -366,64 +360,6 @@ impl Archive {
         }
         *pruned_at = Some(first_kept_seq);
         Ok(removed)
-    }
-
-    /// Rewrites one bucket without its gone plans and stale copies, their
-    /// backups removed first: (plans, backups) removed, or `None` when it
-    /// had nothing to drop. Lines this build cannot read are kept as they
-    /// are (a newer build's, a damaged one): never judged, never dropped.
-    fn prune_bucket(
-        &self,
-        path: &Path,
-        first_kept_seq: u64,
-        backups: &[String],
-    ) -> io::Result<Option<(u64, u64)>> {
-        let bucket = read_bucket(path)?;
-        let gone: HashSet<&String> = bucket
-            .newest
-            .iter()
-            .filter(|(_, (_, plan))| {
-                plan.as_ref()
-                    .is_some_and(|p| records_gone(p, first_kept_seq) && p.in_force_count() == 0)
-            })
-            .map(|(id, _)| id)
-            .collect();
-        if gone.is_empty() && bucket.lines == bucket.newest.len() + bucket.other.len() {
-            return Ok(None);
-        }
-        let backups_dir = self.state_dir.join("backups");
-        let mut removed_backups = 0;
-        for id in &gone {
-            let prefix = format!("{id}.");
-            for backup in backups.iter().filter(|b| b.starts_with(&prefix)) {
-                match fs::remove_file(backups_dir.join(backup)) {
-                    Ok(()) => removed_backups += 1,
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(e),
-                }
-            }
-        }
-        if removed_backups > 0 {
-            File::open(&backups_dir)?.sync_all()?;
-        }
-        let mut kept = Vec::new();
-        for line in &bucket.other {
-            kept.extend_from_slice(line);
-        }
-        for (id, (line, _)) in &bucket.newest {
-            if !gone.contains(id) {
-                kept.extend_from_slice(line);
-            }
-        }
-        rewrite(path, &kept)?;
-        Ok(Some((gone.len() as u64, removed_backups)))
-    }
-
-    /// Mitigations in force in the archived plans other than `in_memory`
-    /// (a start without a usable checkpoint after retention: see
-    /// `Engine::open`).
-    pub fn in_force(&self, in_memory: &HashSet<String>) -> usize {
-        in_force(&self.state_dir, in_memory)
     }
 
     /// Moves `<id>.json` files (one per plan, from earlier versions) into
@@ -486,6 +422,56 @@ impl Archive {
         );
         Ok(())
     }
+}
+
+/// Rewrites one bucket without its gone plans and stale copies, their
+/// backups removed first: (plans, backups) removed, or `None` when it
+/// had nothing to drop. Lines this build cannot read are kept as they
+/// are (a newer build's, a damaged one): never judged, never dropped.
+fn prune_bucket(
+    path: &Path,
+    first_kept_seq: u64,
+    backups_dir: &Path,
+    backups: &[String],
+) -> io::Result<Option<(u64, u64)>> {
+    let bucket = read_bucket(path)?;
+    let gone: HashSet<&String> = bucket
+        .newest
+        .iter()
+        .filter(|(_, (_, plan))| {
+            plan.as_ref()
+                .is_some_and(|p| records_gone(p, first_kept_seq) && p.in_force_count() == 0)
+        })
+        .map(|(id, _)| id)
+        .collect();
+    if gone.is_empty() && bucket.lines == bucket.newest.len() + bucket.other.len() {
+        return Ok(None);
+    }
+    let mut removed_backups = 0;
+    for id in &gone {
+        let prefix = format!("{id}.");
+        for backup in backups.iter().filter(|b| b.starts_with(&prefix)) {
+            match fs::remove_file(backups_dir.join(backup)) {
+                Ok(()) => removed_backups += 1,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    if removed_backups > 0 {
+        File::open(backups_dir)?.sync_all()?;
+    }
+    let mut kept = Vec::new();
+    for line in &bucket.other {
+        kept.extend_from_slice(line);
+    }
+    for (id, (line, _)) in &bucket.newest {
+        if !gone.contains(id) {
+            kept.extend_from_slice(line);
+        }
+    }
+    rewrite(path, &kept)?;
+    Ok(Some((gone.len() as u64, removed_backups)))
 }
 
 /// Options for the archive's own files: created 0600 whatever the umask,

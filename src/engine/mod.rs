@@ -208,7 +208,8 @@ impl Engine {
         {
             let mut inner = engine.lock();
             let in_memory = inner.state.plans.keys().cloned().collect();
-            let archived = engine.archive.in_force(&in_memory);
+            // A start without a usable checkpoint after retention.
+            let archived = archive::in_force(&engine.config().state.dir, &in_memory);
             inner.state.set_archived_active(archived);
         }
         // A long replay is not repeated at the next start: archive what
