@@ -68,7 +68,7 @@ fn start_observed(
         Box::new(move |batch: &[Durable]| {
             seen.lock()
                 .unwrap()
-                .push(batch.iter().map(|d| d.record.seq).collect());
+                .push(batch.iter().map(|d| d.seq).collect());
         }),
     )
     .expect("writer starts");
@@ -212,27 +212,20 @@ async fn concurrent_appends_form_one_contiguous_chain() {
         let (task, got) = h.await.unwrap();
         let mut last_seq = 0;
         for (i, d) in got {
-            assert_eq!(d.record.payload, json!({"task": task, "i": i}));
-            assert_eq!(d.record.kind, "test.concurrent");
-            assert_eq!(
-                d.record.plan_id,
-                (i % 3 != 0).then(|| format!("t{task}-{i}"))
-            );
-            assert_eq!(d.record.hash, d.record.expected_hash());
-            assert_eq!(antibody::time::rfc3339(d.ts_ms), d.record.ts);
+            assert_eq!(d.record().payload, json!({"task": task, "i": i}));
+            assert_eq!(d.kind, "test.concurrent");
+            assert_eq!(d.plan_id, (i % 3 != 0).then(|| format!("t{task}-{i}")));
+            assert_eq!(d.hash, d.record().expected_hash());
+            assert_eq!(antibody::time::rfc3339(d.ts_ms), d.record().ts);
             // The same task's appends, queued in order, are sealed in order.
             assert!(
-                d.record.seq > last_seq,
+                d.seq > last_seq,
                 "task {task}: seq {} after {last_seq}",
-                d.record.seq
+                d.seq
             );
-            last_seq = d.record.seq;
-            assert!(
-                durable_seqs.insert(d.record.seq),
-                "seq {} answered twice",
-                d.record.seq
-            );
-            by_seq.insert(d.record.seq, d.record);
+            last_seq = d.seq;
+            assert!(durable_seqs.insert(d.seq), "seq {} answered twice", d.seq);
+            by_seq.insert(d.seq, d.record());
         }
     }
     assert_eq!(durable_seqs.len() as u64, N);
@@ -293,8 +286,8 @@ async fn queued_appends_share_one_group_commit() {
         Box::new(move |batch: &[Durable]| {
             seen.lock()
                 .unwrap()
-                .push(batch.iter().map(|d| d.record.seq).collect());
-            if batch[0].record.seq == 1 {
+                .push(batch.iter().map(|d| d.seq).collect());
+            if batch[0].seq == 1 {
                 // Hold the writer thread until the test has queued more work.
                 entered_tx.lock().unwrap().send(()).unwrap();
                 release_rx.lock().unwrap().recv().unwrap();
@@ -312,11 +305,11 @@ async fn queued_appends_share_one_group_commit() {
         .collect();
     release_tx.send(()).unwrap();
 
-    assert_eq!(first.await.unwrap().unwrap().record.seq, 1);
+    assert_eq!(first.await.unwrap().unwrap().seq, 1);
     for (i, rx) in queued.into_iter().enumerate() {
         let d = rx.await.unwrap().unwrap();
-        assert_eq!(d.record.seq, i as u64 + 2);
-        assert_eq!(d.record.payload, json!(i + 1));
+        assert_eq!(d.seq, i as u64 + 2);
+        assert_eq!(d.record().payload, json!(i + 1));
     }
     assert_eq!(
         *batches.lock().unwrap(),
@@ -351,8 +344,8 @@ async fn empty_and_missing_directories_scan_as_an_empty_chain() {
     assert_eq!(segment_files(&missing), vec![seg_name(1)]);
     assert_eq!(writer.records(), 0);
     let d = append_ok(&writer, 1).await;
-    assert_eq!(d.record.seq, 1);
-    assert_eq!(d.record.prev, GENESIS);
+    assert_eq!(d.seq, 1);
+    assert_eq!(d.prev, GENESIS);
     assert_eq!(writer.records(), 1);
     // Files that are not segments are ignored by the scan.
     fs::write(missing.join("notes.txt"), "not a segment\n").unwrap();
@@ -407,7 +400,7 @@ async fn segments_rotate_and_a_reopened_writer_continues_the_chain() {
         report.tip,
         Tip {
             seq: 100,
-            hash: first[99].record.hash.clone()
+            hash: first[99].hash.clone()
         }
     );
     let newest = files.len() as u64;
@@ -440,11 +433,11 @@ async fn segments_rotate_and_a_reopened_writer_continues_the_chain() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(d.record.seq, 101);
-    assert_eq!(d.record.prev, first[99].record.hash);
+    assert_eq!(d.seq, 101);
+    assert_eq!(d.prev, first[99].hash);
     for n in 2..=50 {
         let d = append_ok(&writer, n).await;
-        assert_eq!(d.record.seq, 100 + n);
+        assert_eq!(d.seq, 100 + n);
     }
     assert_eq!(writer.records(), 150);
     drop(writer);
@@ -486,7 +479,7 @@ async fn an_untouched_ledger_scans_intact() {
     assert_eq!(report.records, 10);
     assert_eq!(
         records,
-        durables.into_iter().map(|d| d.record).collect::<Vec<_>>()
+        durables.into_iter().map(|d| d.record()).collect::<Vec<_>>()
     );
 }
 
@@ -592,7 +585,7 @@ async fn tamper_rehashed_edit_breaks_the_next_prev() {
     );
     assert_eq!(report.records, 10);
     assert_eq!(records[4].payload["note"], "forged");
-    assert_ne!(records[4].hash, durables[4].record.hash);
+    assert_ne!(records[4].hash, durables[4].hash);
 }
 
 #[tokio::test]
@@ -608,7 +601,7 @@ async fn tamper_rehashed_edit_of_the_newest_record_is_visible_only_as_a_differen
     .await;
     assert!(report.ok(), "{}", report.report);
     assert_eq!(report.tip.seq, 10);
-    assert_ne!(report.tip.hash, durables[9].record.hash);
+    assert_ne!(report.tip.hash, durables[9].hash);
 }
 
 #[tokio::test]
@@ -802,7 +795,7 @@ async fn torn_tail_is_reported_and_cut_by_the_next_writer() {
         report.tip,
         Tip {
             seq: 5,
-            hash: durables[4].record.hash.clone()
+            hash: durables[4].hash.clone()
         }
     );
 
@@ -811,7 +804,7 @@ async fn torn_tail_is_reported_and_cut_by_the_next_writer() {
     assert_eq!(fs::metadata(&path).unwrap().len(), valid_len);
     for n in 6..=8 {
         let d = append_ok(&writer, n).await;
-        assert_eq!(d.record.seq, n);
+        assert_eq!(d.seq, n);
     }
     drop(writer);
 
@@ -823,7 +816,7 @@ async fn torn_tail_is_reported_and_cut_by_the_next_writer() {
     assert_eq!(report.records, 8);
     assert_eq!(seqs(&records), (1..=8).collect::<Vec<_>>());
     assert_chain_links(&records);
-    assert_eq!(records[5].prev, durables[4].record.hash);
+    assert_eq!(records[5].prev, durables[4].hash);
 }
 
 #[tokio::test]
@@ -831,7 +824,7 @@ async fn a_whole_record_without_its_newline_is_a_torn_tail() {
     let (tmp, path, durables) = fresh_ledger(5).await;
     let dir = tmp.path();
     let len = fs::metadata(&path).unwrap().len();
-    let last_line_len = durables[4].record.to_line().len() as u64;
+    let last_line_len = durables[4].line.len() as u64;
     fs::OpenOptions::new()
         .write(true)
         .open(&path)
@@ -853,8 +846,8 @@ async fn a_whole_record_without_its_newline_is_a_torn_tail() {
 
     let writer = start(dir, BIG_SEGMENT, Some(&report));
     let d = append_ok(&writer, 99).await;
-    assert_eq!(d.record.seq, 5);
-    assert_eq!(d.record.prev, durables[3].record.hash);
+    assert_eq!(d.seq, 5);
+    assert_eq!(d.prev, durables[3].hash);
     drop(writer);
     let (report, records) = scan_all(dir);
     assert!(report.ok(), "{}", report.report);
@@ -892,7 +885,7 @@ async fn a_torn_tail_in_the_newest_of_several_segments() {
 
     let writer = start(dir, 2048, Some(&report));
     for n in 31..=40 {
-        assert_eq!(append_ok(&writer, n).await.record.seq, n);
+        assert_eq!(append_ok(&writer, n).await.seq, n);
     }
     drop(writer);
     let (report, records) = scan_all(dir);
@@ -949,8 +942,8 @@ async fn write_failure_child() {
 
     // The chain goes on from the same tip: no hole where the failure was.
     let d = append_ok(&writer, 11).await;
-    assert_eq!(d.record.seq, 11);
-    assert_eq!(d.record.prev, acked[9].record.hash);
+    assert_eq!(d.seq, 11);
+    assert_eq!(d.prev, acked[9].hash);
     acked.push(d);
 
     // Fill up to the limit: the batch that crosses it fails, the rest stays.
@@ -967,8 +960,8 @@ async fn write_failure_child() {
         .unwrap()
         {
             Ok(d) => {
-                assert_eq!(d.record.seq, acked.len() as u64 + 1);
-                assert_eq!(d.record.prev, acked.last().unwrap().record.hash);
+                assert_eq!(d.seq, acked.len() as u64 + 1);
+                assert_eq!(d.prev, acked.last().unwrap().hash);
                 acked.push(d);
             }
             Err(e) => {
@@ -990,7 +983,7 @@ async fn write_failure_child() {
     println!(
         "\nCHILD acked={} tip={}",
         acked.len(),
-        acked.last().unwrap().record.hash
+        acked.last().unwrap().hash
     );
 }
 
@@ -1047,7 +1040,7 @@ async fn write_failure_answers_err_and_keeps_the_chain() {
     // Without the limit, a new writer carries on.
     let writer = start(dir, BIG_SEGMENT, Some(&report));
     for n in 1..=5 {
-        assert_eq!(append_ok(&writer, n).await.record.seq, acked + n);
+        assert_eq!(append_ok(&writer, n).await.seq, acked + n);
     }
     drop(writer);
     let (report, records) = scan_all(dir);
@@ -1100,7 +1093,7 @@ async fn a_panicking_observer_costs_neither_the_answers_nor_the_writer() {
         .expect("an answer, not a hang")
         .expect("the writer is still there")
         .expect("the record is durable");
-        assert_eq!(answer.record.seq, n);
+        assert_eq!(answer.seq, n);
     }
     let (report, _) = scan_all(tmp.path());
     assert!(report.ok(), "{}", report.report);
@@ -1340,7 +1333,7 @@ async fn float_payload_written_by_the_writer_verifies_on_scan() {
     .await
     .unwrap()
     .unwrap();
-    assert_eq!((d1.record.seq, d2.record.seq), (1, 2));
+    assert_eq!((d1.seq, d2.seq), (1, 2));
     drop(writer);
     let (report, _) = scan_all(tmp.path());
     assert!(report.ok(), "{}", report.report);
@@ -1349,12 +1342,12 @@ async fn float_payload_written_by_the_writer_verifies_on_scan() {
 // ------------------------------------------------- write_now
 
 fn entry(kind: &str, n: u64) -> Entry {
-    Entry {
-        kind: kind.into(),
-        plan_id: Some(format!("plan-{n}")),
-        payload: json!({"n": n}),
-        journal_fields: Vec::new(),
-    }
+    Entry::new(
+        kind.into(),
+        Some(format!("plan-{n}")),
+        &json!({"n": n}),
+        Vec::new(),
+    )
 }
 
 /// With nothing queued and no write under way, `write_now` writes on the
@@ -1372,9 +1365,9 @@ async fn write_now_writes_inline_when_idle_and_queues_when_busy() {
         options(tmp.path(), BIG_SEGMENT, None),
         Box::new(move |batch: &[Durable]| {
             let thread = std::thread::current().name().unwrap_or("").to_string();
-            let seqs = batch.iter().map(|d| d.record.seq).collect();
+            let seqs = batch.iter().map(|d| d.seq).collect();
             seen.lock().unwrap().push((seqs, thread));
-            if batch[0].record.kind == "hold" {
+            if batch[0].kind == "hold" {
                 entered_tx.lock().unwrap().send(()).unwrap();
                 release_rx.lock().unwrap().recv().unwrap();
             }
@@ -1383,10 +1376,7 @@ async fn write_now_writes_inline_when_idle_and_queues_when_busy() {
     .unwrap();
 
     let inline = writer.write_now(vec![entry("a", 1), entry("b", 2)]).await;
-    let seqs: Vec<u64> = inline
-        .iter()
-        .map(|r| r.as_ref().unwrap().record.seq)
-        .collect();
+    let seqs: Vec<u64> = inline.iter().map(|r| r.as_ref().unwrap().seq).collect();
     assert_eq!(seqs, [1, 2]);
 
     // Hold the writer thread inside a write, then write_now from a task.
@@ -1410,15 +1400,15 @@ async fn write_now_writes_inline_when_idle_and_queues_when_busy() {
     );
     release_tx.send(()).unwrap();
 
-    assert_eq!(held.await.unwrap().unwrap().record.seq, 3);
+    assert_eq!(held.await.unwrap().unwrap().seq, 3);
     let joined: Vec<u64> = joined
         .await
         .unwrap()
         .iter()
-        .map(|r| r.as_ref().unwrap().record.seq)
+        .map(|r| r.as_ref().unwrap().seq)
         .collect();
     assert_eq!(joined, [4, 5]);
-    assert_eq!(queued_behind.await.unwrap().unwrap().record.seq, 6);
+    assert_eq!(queued_behind.await.unwrap().unwrap().seq, 6);
 
     let writers = writers.lock().unwrap();
     assert_eq!(writers.len(), 3, "{writers:?}");
@@ -1459,7 +1449,7 @@ async fn write_now_and_append_mixed_form_one_chain() {
                         .write_now(vec![entry("x", n), entry("y", n), entry("z", n)])
                         .await
                         .into_iter()
-                        .map(|r| r.unwrap().record.seq)
+                        .map(|r| r.unwrap().seq)
                         .collect();
                     assert_eq!(
                         group,
@@ -1472,7 +1462,7 @@ async fn write_now_and_append_mixed_form_one_chain() {
                         .await
                         .unwrap()
                         .unwrap();
-                    seqs.push(vec![d.record.seq]);
+                    seqs.push(vec![d.seq]);
                 }
             }
             seqs

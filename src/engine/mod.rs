@@ -415,12 +415,7 @@ impl Engine {
                 let event = Event::PlanCreated { plan: seed.clone() };
                 let (kind, payload) = event.to_parts();
                 let journal_fields = plan_journal_fields(seed.source.as_str(), seed.severity, None);
-                let entry = Entry {
-                    kind,
-                    plan_id: Some(seed.id.clone()),
-                    payload,
-                    journal_fields,
-                };
+                let entry = Entry::new(kind, Some(seed.id.clone()), &payload, journal_fields);
                 Admission::New(tx, entry)
             }
         };
@@ -445,7 +440,7 @@ impl Engine {
         match written {
             Ok(d) => {
                 self.storage_ok.store(true, Ordering::Relaxed);
-                let plan = Plan::from_seed(seed, d.record.seq, d.ts_ms);
+                let plan = Plan::from_seed(seed, d.seq, d.ts_ms);
                 self.counters.plan(plan.source.as_str(), "pending");
                 let queued = AgentEvent::PlanQueued {
                     plan_id: plan.id.clone(),

@@ -35,12 +35,12 @@ impl Engine {
 
     pub(super) fn entry(&self, plan_id: &str, event: &Event) -> Entry {
         let (kind, payload) = event.to_parts();
-        Entry {
+        Entry::new(
             kind,
-            plan_id: Some(plan_id.to_string()),
-            payload,
-            journal_fields: self.journal_fields(plan_id, event),
-        }
+            Some(plan_id.to_string()),
+            &payload,
+            self.journal_fields(plan_id, event),
+        )
     }
 
     pub(super) async fn write_one(&self, entry: Entry) -> ledger::writer::AppendResult {
@@ -59,7 +59,7 @@ impl Engine {
         match written {
             Ok(durable) => {
                 self.storage_ok.store(true, Ordering::Relaxed);
-                let seq = durable.record.seq;
+                let seq = durable.seq;
                 self.lock().state.fold(plan_id, event, seq, durable.ts_ms);
                 Ok(durable)
             }
@@ -124,12 +124,7 @@ impl Engine {
         let (kind, payload) = event.to_parts();
         let fields = vec![("PRIORITY", "5".to_string())];
         let written = self
-            .write_one(Entry {
-                kind,
-                plan_id: None,
-                payload,
-                journal_fields: fields,
-            })
+            .write_one(Entry::new(kind, None, &payload, fields))
             .await;
         if written.is_err() {
             self.storage_ok.store(false, Ordering::Relaxed);
@@ -147,12 +142,7 @@ impl Engine {
         };
         let fields = vec![("PRIORITY", priority.to_string())];
         let written = self
-            .write_one(Entry {
-                kind,
-                plan_id: None,
-                payload,
-                journal_fields: fields,
-            })
+            .write_one(Entry::new(kind, None, &payload, fields))
             .await;
         if let Err(e) = written {
             self.storage_ok.store(false, Ordering::Relaxed);

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use sha2::{Digest, Sha256};
 
-use crate::plan::canonical::{write_canonical, write_scalar};
+use crate::plan::canonical::{write_canonical, write_scalar, write_str};
 
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -173,6 +173,85 @@ impl Record {
     }
 }
 
+/// A record about to be sealed, its payload already written as canonical
+/// JSON: the append path seals from these rather than from a [`Record`],
+/// so the payload is serialized once, not once for the line and again for
+/// the hash, and no `serde_json::Value` of it outlives the caller's
+/// `Entry` (issue 18: building, writing twice and dropping that value was
+/// the largest share of a record's cost).
+pub struct Unsealed<'a> {
+    pub seq: u64,
+    pub ts: &'a str,
+    pub kind: &'a str,
+    pub plan_id: Option<&'a str>,
+    /// The payload's canonical JSON ([`crate::plan::canonical`]).
+    pub payload_json: &'a str,
+    pub prev: &'a str,
+}
+
+/// A sealed record's hash, and its line with the newline.
+pub struct SealedLine {
+    pub hash: String,
+    pub line: String,
+    /// Where the payload's JSON lies in `line`.
+    pub payload_at: std::ops::Range<usize>,
+}
+
+impl Unsealed<'_> {
+    /// The record's hash and line: the same bytes [`Record::seal`] and
+    /// [`Record::to_line`] make from the same content, since a canonical
+    /// payload is what serde_json writes for a `Value` whose maps are
+    /// sorted, and the line's other fields are scalars.
+    pub fn seal(&self) -> SealedLine {
+        thread_local! {
+            static CANONICAL: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        let digest: [u8; 32] = CANONICAL.with(|buffer| {
+            let mut out = buffer.borrow_mut();
+            out.clear();
+            out.extend_from_slice(b"{\"kind\":");
+            write_str(self.kind, &mut out);
+            out.extend_from_slice(b",\"payload\":");
+            out.extend_from_slice(self.payload_json.as_bytes());
+            out.extend_from_slice(b",\"plan_id\":");
+            write_plan_id(self.plan_id, &mut out);
+            out.extend_from_slice(b",\"prev\":");
+            write_str(self.prev, &mut out);
+            out.extend_from_slice(b",\"seq\":");
+            write_scalar(&self.seq, &mut out);
+            out.extend_from_slice(b",\"ts\":");
+            write_str(self.ts, &mut out);
+            out.push(b'}');
+            Sha256::digest(&*out).into()
+        });
+        let hash = crate::plan::canonical::hex_lower(&digest);
+        // The field order of `LineRef`, which older lines have too.
+        let mut line = Vec::with_capacity(self.payload_json.len() + 256);
+        line.extend_from_slice(b"{\"seq\":");
+        write_scalar(&self.seq, &mut line);
+        line.extend_from_slice(b",\"ts\":");
+        write_str(self.ts, &mut line);
+        line.extend_from_slice(b",\"kind\":");
+        write_str(self.kind, &mut line);
+        line.extend_from_slice(b",\"plan_id\":");
+        write_plan_id(self.plan_id, &mut line);
+        line.extend_from_slice(b",\"payload\":");
+        let payload_start = line.len();
+        line.extend_from_slice(self.payload_json.as_bytes());
+        let payload_at = payload_start..line.len();
+        line.extend_from_slice(b",\"prev\":");
+        write_str(self.prev, &mut line);
+        line.extend_from_slice(b",\"hash\":");
+        write_str(&hash, &mut line);
+        line.extend_from_slice(b"}\n");
+        SealedLine {
+            hash,
+            line: String::from_utf8(line).expect("JSON is UTF-8"),
+            payload_at,
+        }
+    }
+}
+
 /// A hash as the ledger writes it (64 lowercase hex digits) to its 32
 /// bytes; anything else is `None`. Written out rather than taken from the
 /// hex crate, whose decoder alone took longer than the SHA-256 it checks
@@ -202,6 +281,13 @@ pub fn parse_hash(text: &str) -> Option<[u8; 32]> {
         *byte = high << 4 | low;
     }
     (invalid & 0xf0 == 0).then_some(out)
+}
+
+fn write_plan_id(plan_id: Option<&str>, out: &mut Vec<u8>) {
+    match plan_id {
+        Some(id) => write_str(id, out),
+        None => out.extend_from_slice(b"null"),
+    }
 }
 
 #[cfg(test)]
@@ -281,6 +367,79 @@ mod tests {
         assert!(!old.plan_id_on_line);
         assert_eq!(old.expected_hash(), old_hash);
         assert!(!old.to_line().contains("plan_id"), "written back as it was");
+    }
+
+    /// Random JSON with the characters that need escaping.
+    fn random_value(rng: &mut fastrand::Rng, depth: u32) -> Value {
+        let text = |rng: &mut fastrand::Rng| -> String {
+            let pool = [
+                "a", "ü", "\"", "\\", "\n", "\u{1}", "é€", "z", "0", " ", "\u{2028}",
+            ];
+            (0..rng.usize(0..6))
+                .map(|_| pool[rng.usize(0..pool.len())])
+                .collect()
+        };
+        match rng.u8(0..if depth > 3 { 5 } else { 7 }) {
+            0 => Value::Null,
+            1 => json!(rng.bool()),
+            2 => json!(rng.i64(..)),
+            3 => json!(rng.f64() * 1e6 - 5e5),
+            4 => json!(text(rng)),
+            5 => Value::Array(
+                (0..rng.usize(0..4))
+                    .map(|_| random_value(rng, depth + 1))
+                    .collect(),
+            ),
+            _ => Value::Object(
+                (0..rng.usize(0..5))
+                    .map(|_| (text(rng), random_value(rng, depth + 1)))
+                    .collect(),
+            ),
+        }
+    }
+
+    #[test]
+    fn a_line_sealed_from_canonical_json_is_byte_for_byte_the_records_line() {
+        let mut rng = fastrand::Rng::with_seed(18);
+        for i in 0..2000u64 {
+            let payload = random_value(&mut rng, 0);
+            let plan_id = rng.bool().then(|| format!("p\"{i}é"));
+            let kind = if i % 7 == 0 {
+                "k\n\"ind"
+            } else {
+                "action_applied"
+            };
+            let ts = crate::time::rfc3339(1_790_000_000_000 + i);
+            let prev = if i == 0 {
+                GENESIS.to_string()
+            } else {
+                "ab".repeat(32)
+            };
+            let record = Record::seal(
+                i + 1,
+                ts.clone(),
+                kind.into(),
+                plan_id.clone(),
+                payload.clone(),
+                prev.clone(),
+            );
+            let payload_json = crate::plan::canonical::canonical_json(&payload);
+            let sealed = Unsealed {
+                seq: i + 1,
+                ts: &ts,
+                kind,
+                plan_id: plan_id.as_deref(),
+                payload_json: &payload_json,
+                prev: &prev,
+            }
+            .seal();
+            assert_eq!(sealed.hash, record.hash, "{payload}");
+            assert_eq!(sealed.line, record.to_line(), "{payload}");
+            assert_eq!(&sealed.line[sealed.payload_at.clone()], payload_json);
+            let back: Record = serde_json::from_str(sealed.line.trim_end()).unwrap();
+            assert!(back.hash_holds());
+            assert_eq!(back, record);
+        }
     }
 
     #[test]

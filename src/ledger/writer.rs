@@ -18,7 +18,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
-use super::record::Record;
+use super::record::{Record, Unsealed};
 use super::scan::{Position, Tip};
 use super::segments::{segment_name, sync_dir};
 use crate::time::{now_ms, rfc3339};
@@ -26,16 +26,64 @@ use crate::time::{now_ms, rfc3339};
 /// The most appends one write/fdatasync carries.
 const MAX_BATCH: usize = 4096;
 
-/// A durable record and the wall-clock time it was sealed with.
+/// A durable record: its line as written, the fields its readers on the
+/// append path use, and the wall-clock time it was sealed with. The
+/// payload is only in the line (see [`Durable::record`]).
 #[derive(Debug, Clone)]
 pub struct Durable {
-    pub record: Record,
+    pub seq: u64,
+    pub kind: String,
+    pub plan_id: Option<String>,
+    pub prev: String,
+    pub hash: String,
     /// The record's line as written to the segment (with its newline):
     /// what the journal mirror carries, byte for byte.
     pub line: String,
+    /// Where the payload's JSON lies in `line`.
+    payload_at: std::ops::Range<usize>,
     pub ts_ms: u64,
     /// Extra journald fields the appender attached (not part of the record).
     pub journal_fields: JournalFields,
+}
+
+impl Durable {
+    /// The payload's canonical JSON, as the line has it.
+    pub fn payload_json(&self) -> &str {
+        &self.line[self.payload_at.clone()]
+    }
+
+    /// The whole record, parsed back from its line.
+    pub fn record(&self) -> Record {
+        serde_json::from_str(self.line.trim_end()).expect("the writer wrote a record's line")
+    }
+
+    /// A durable record as the writer would have made it from `record`
+    /// (for tests of what reads durable records), its line and hash as
+    /// `record` has them, an older line's too.
+    pub fn from_record(record: &Record, ts_ms: u64, journal_fields: JournalFields) -> Durable {
+        let line = record.to_line();
+        let payload_json = crate::plan::canonical::canonical_json(&record.payload);
+        // The payload is the line's fifth field, or its fourth on a line
+        // without plan_id; it closes before `,"prev":`.
+        let end = line.rfind(",\"prev\":").expect("a record's line has prev");
+        let payload_at = end - payload_json.len()..end;
+        assert_eq!(
+            &line[payload_at.clone()],
+            payload_json,
+            "a line of sorted maps"
+        );
+        Durable {
+            seq: record.seq,
+            kind: record.kind.clone(),
+            plan_id: record.plan_id.clone(),
+            prev: record.prev.clone(),
+            hash: record.hash.clone(),
+            line,
+            payload_at,
+            ts_ms,
+            journal_fields,
+        }
+    }
 }
 
 /// `(FIELD, value)` pairs for the journal mirror of a record.
@@ -59,10 +107,12 @@ pub type DurableObserver = Box<dyn Fn(&[Durable]) + Send>;
 
 /// A record to append, before it is sealed into the chain.
 pub struct Entry {
-    pub kind: String,
-    pub plan_id: Option<String>,
-    pub payload: Value,
-    pub journal_fields: JournalFields,
+    kind: String,
+    plan_id: Option<String>,
+    /// Written out by [`Entry::new`], on the caller's thread: the writer,
+    /// which holds up every appender, only copies it into place.
+    payload_json: String,
+    journal_fields: JournalFields,
 }
 
 struct Append {
@@ -71,6 +121,20 @@ struct Append {
 }
 
 impl Entry {
+    pub fn new(
+        kind: String,
+        plan_id: Option<String>,
+        payload: &Value,
+        journal_fields: JournalFields,
+    ) -> Entry {
+        Entry {
+            kind,
+            plan_id,
+            payload_json: crate::plan::canonical::canonical_json(payload),
+            journal_fields,
+        }
+    }
+
     fn queued(self) -> (Append, oneshot::Receiver<AppendResult>) {
         let (reply, rx) = oneshot::channel();
         (Append { entry: self, reply }, rx)
@@ -86,6 +150,9 @@ struct Queue {
     /// Set if the writer thread died: appends are then answered at once
     /// with an error rather than left waiting.
     stopped: bool,
+    /// The writer thread waits on `changed`: only then is a notify
+    /// needed (each is a futex call, made with the queue locked).
+    thread_waiting: bool,
 }
 
 impl Queue {
@@ -130,7 +197,7 @@ impl Shared {
     fn finish_write(&self) {
         let mut queue = self.queue();
         queue.writing = false;
-        if !queue.pending.is_empty() {
+        if !queue.pending.is_empty() && queue.thread_waiting {
             self.changed.notify_one();
         }
     }
@@ -159,7 +226,9 @@ impl Shared {
                     if !queue.open && queue.pending.is_empty() {
                         return;
                     }
+                    queue.thread_waiting = true;
                     queue = self.changed.wait(queue).unwrap_or_else(|p| p.into_inner());
+                    queue.thread_waiting = false;
                 }
                 queue.writing = true;
                 queue.take_batch()
@@ -209,6 +278,7 @@ impl LedgerWriter {
                 writing: false,
                 open: true,
                 stopped: false,
+                thread_waiting: false,
             }),
             changed: Condvar::new(),
             state: Mutex::new((state, observer)),
@@ -237,16 +307,14 @@ impl LedgerWriter {
         payload: Value,
         journal_fields: JournalFields,
     ) -> oneshot::Receiver<AppendResult> {
-        let entry = Entry {
-            kind,
-            plan_id,
-            payload,
-            journal_fields,
-        };
+        let entry = Entry::new(kind, plan_id, &payload, journal_fields);
         let (append, rx) = entry.queued();
         let shared = self.shared();
-        shared.queue().push([append]);
-        shared.changed.notify_one();
+        let mut queue = shared.queue();
+        queue.push([append]);
+        if queue.thread_waiting {
+            shared.changed.notify_one();
+        }
         rx
     }
 
@@ -264,7 +332,9 @@ impl LedgerWriter {
             let mut queue = shared.queue();
             if queue.writing || queue.stopped || !queue.pending.is_empty() {
                 queue.push(appends);
-                shared.changed.notify_one();
+                if queue.thread_waiting {
+                    shared.changed.notify_one();
+                }
                 None
             } else {
                 queue.writing = true;
@@ -378,30 +448,35 @@ impl WriterState {
             }
         }
         let tip_before = self.tip.clone();
-        let mut sealed = Vec::with_capacity(batch.len());
+        let mut sealed_records = Vec::with_capacity(batch.len());
         let mut replies = Vec::with_capacity(batch.len());
         let mut buf = Vec::with_capacity(batch.len() * 320);
         for append in batch {
             let ts_ms = now_ms();
-            let record = Record::seal(
-                self.tip.seq + 1,
-                rfc3339(ts_ms),
-                append.entry.kind,
-                append.entry.plan_id,
-                append.entry.payload,
-                self.tip.hash.clone(),
-            );
-            let line = record.to_line();
-            buf.extend_from_slice(line.as_bytes());
-            self.tip = Tip {
-                seq: record.seq,
-                hash: record.hash.clone(),
-            };
-            sealed.push(Durable {
-                record,
-                line,
+            let entry = append.entry;
+            let seq = self.tip.seq + 1;
+            let sealed = Unsealed {
+                seq,
+                ts: &rfc3339(ts_ms),
+                kind: &entry.kind,
+                plan_id: entry.plan_id.as_deref(),
+                payload_json: &entry.payload_json,
+                prev: &self.tip.hash,
+            }
+            .seal();
+            buf.extend_from_slice(sealed.line.as_bytes());
+            let prev = std::mem::replace(&mut self.tip.hash, sealed.hash.clone());
+            self.tip.seq = seq;
+            sealed_records.push(Durable {
+                seq,
+                kind: entry.kind,
+                plan_id: entry.plan_id,
+                prev,
+                hash: sealed.hash,
+                line: sealed.line,
+                payload_at: sealed.payload_at,
                 ts_ms,
-                journal_fields: append.entry.journal_fields,
+                journal_fields: entry.journal_fields,
             });
             replies.push(append.reply);
         }
@@ -413,12 +488,13 @@ impl WriterState {
                 }
                 // The records are durable whatever an observer does: a panic
                 // there must not cost the callers their answers or the writer.
-                let observed =
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| observer(&sealed)));
+                let observed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    observer(&sealed_records)
+                }));
                 if observed.is_err() {
                     eprintln!("antibody: ledger: a durable-record observer panicked");
                 }
-                for (reply, durable) in replies.into_iter().zip(sealed) {
+                for (reply, durable) in replies.into_iter().zip(sealed_records) {
                     let _ = reply.send(Ok(durable));
                 }
             }

@@ -119,72 +119,81 @@ impl Journal {
                 return true;
             }
         }
-        // The record itself stays out of stderr lines: the message says it.
-        let extra: Vec<String> = entry
-            .fields
-            .iter()
-            .filter(|(k, _)| {
-                k.starts_with("ANTIBODY_") && *k != RECORD_FIELD && *k != "ANTIBODY_PREV"
-            })
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        // One write per line: `eprintln!` would issue a write(2) per
-        // formatted piece (seven here) on the unbuffered stderr.
-        let line = format!(
-            "<{}>{} {}\n",
-            entry.priority,
-            entry.message,
-            extra.join(" ")
-        );
-        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+        let _ = std::io::stderr()
+            .lock()
+            .write_all(stderr_line(entry).as_bytes());
         !self.to_journald
+    }
+
+    /// Sends each of `entries` as [`Journal::send`] does, and says which
+    /// journald took. Without journald, the lines go to stderr in one
+    /// write(2) (whole lines, so nothing else written to stderr lands
+    /// inside one): under load the mirror hands over dozens at a time, and
+    /// a write each was most of its system time.
+    pub fn send_all(&self, entries: &[&JournalEntry]) -> Vec<bool> {
+        if self.to_journald {
+            return entries.iter().map(|entry| self.send(entry)).collect();
+        }
+        let mut lines = String::new();
+        for entry in entries {
+            lines.push_str(&stderr_line(entry));
+        }
+        let _ = std::io::stderr().lock().write_all(lines.as_bytes());
+        vec![true; entries.len()]
     }
 }
 
-/// The first `max` bytes of `value`'s JSON (cut at a character), with
-/// `…` when there was more. Serialization stops just past `max`: a plan's
-/// payload may be hundreds of KiB, and the message shows 400 bytes of it.
-fn excerpt(value: &serde_json::Value, max: usize) -> String {
-    struct Capped(Vec<u8>, usize);
-    impl std::io::Write for Capped {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            let room = self.1 - self.0.len();
-            self.0.extend_from_slice(&bytes[..bytes.len().min(room)]);
-            if bytes.len() > room {
-                return Err(std::io::Error::other("past the excerpt"));
-            }
-            Ok(bytes.len())
+/// `entry` as one stderr line: `<priority>message FIELD=value …`, with the
+/// ANTIBODY_ fields but the record itself and the previous hash (the
+/// message says the one, the line before the other). Written into one
+/// buffer, for one write(2): `eprintln!` would issue one per formatted
+/// piece on the unbuffered stderr.
+fn stderr_line(entry: &JournalEntry) -> String {
+    let shown = entry
+        .fields
+        .iter()
+        .filter(|(k, _)| k.starts_with("ANTIBODY_") && *k != RECORD_FIELD && *k != "ANTIBODY_PREV");
+    let mut line = String::with_capacity(entry.message.len() + 256);
+    line.push('<');
+    line.push_str(&entry.priority.to_string());
+    line.push('>');
+    line.push_str(&entry.message);
+    line.push(' ');
+    for (i, (key, value)) in shown.enumerate() {
+        if i > 0 {
+            line.push(' ');
         }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
+        line.push_str(key);
+        line.push('=');
+        line.push_str(value);
     }
-    // One byte past `max` tells a cut from an exact fit.
-    let mut capped = Capped(Vec::with_capacity(max + 1), max + 1);
-    let _ = serde_json::to_writer(&mut capped, value);
-    let mut bytes = capped.0;
-    if bytes.len() <= max {
-        return String::from_utf8(bytes).expect("serde_json writes UTF-8");
+    line.push('\n');
+    line
+}
+
+/// The first `max` bytes of a record's payload JSON (cut at a
+/// character), with `…` when there was more: a plan's payload may be
+/// hundreds of KiB, and the message shows 400 bytes of it.
+fn excerpt(json: &str, max: usize) -> &str {
+    if json.len() <= max {
+        return json;
     }
-    // Back to the start of a character: continuation bytes are 10xxxxxx.
     let mut cut = max;
-    while cut > 0 && bytes[cut] & 0xc0 == 0x80 {
+    while !json.is_char_boundary(cut) {
         cut -= 1;
     }
-    bytes.truncate(cut);
-    let mut text = String::from_utf8(bytes).expect("cut at a character");
-    text.push('…');
-    text
+    &json[..cut]
 }
 
 /// The journal entry mirroring one durable ledger record.
 pub fn record_entry(durable: &Durable) -> JournalEntry {
-    let r = &durable.record;
-    let mut fields: Vec<(&'static str, String)> = vec![
-        ("ANTIBODY_SEQ", r.seq.to_string()),
-        ("ANTIBODY_KIND", r.kind.clone()),
-        ("ANTIBODY_HASH", r.hash.clone()),
-        ("ANTIBODY_PREV", r.prev.clone()),
+    let mut fields: Vec<(&'static str, String)> =
+        Vec::with_capacity(7 + durable.journal_fields.len());
+    fields.extend([
+        ("ANTIBODY_SEQ", durable.seq.to_string()),
+        ("ANTIBODY_KIND", durable.kind.clone()),
+        ("ANTIBODY_HASH", durable.hash.clone()),
+        ("ANTIBODY_PREV", durable.prev.clone()),
         // The exact line the ledger holds: any copy of the journal (a
         // fleet's collector) can check each record's hash and re-walk the
         // chain (`antibodyctl verify --journal`).
@@ -192,11 +201,11 @@ pub fn record_entry(durable: &Durable) -> JournalEntry {
             RECORD_FIELD,
             durable.line.trim_end_matches('\n').to_string(),
         ),
-    ];
-    if let Some(id) = message_id(&r.kind) {
+    ]);
+    if let Some(id) = message_id(&durable.kind) {
         fields.push(("MESSAGE_ID", id.to_string()));
     }
-    if let Some(plan) = &r.plan_id {
+    if let Some(plan) = &durable.plan_id {
         fields.push(("ANTIBODY_PLAN_ID", plan.clone()));
     }
     let mut priority = 6;
@@ -207,15 +216,25 @@ pub fn record_entry(durable: &Durable) -> JournalEntry {
             fields.push((k, v.clone()));
         }
     }
-    let payload = excerpt(&r.payload, 400);
-    let plan = r
-        .plan_id
-        .as_deref()
-        .map(|p| format!(" plan {p}"))
-        .unwrap_or_default();
+    let payload = durable.payload_json();
+    let shown = excerpt(payload, 400);
+    let mut message = String::with_capacity(64 + shown.len());
+    message.push_str("antibody: ");
+    message.push_str(&durable.kind);
+    if let Some(plan) = &durable.plan_id {
+        message.push_str(" plan ");
+        message.push_str(plan);
+    }
+    message.push_str(" #");
+    message.push_str(&durable.seq.to_string());
+    message.push_str(": ");
+    message.push_str(shown);
+    if shown.len() < payload.len() {
+        message.push('…');
+    }
     JournalEntry {
         priority,
-        message: format!("antibody: {}{plan} #{}: {payload}", r.kind, r.seq),
+        message,
         fields,
     }
 }
@@ -249,8 +268,12 @@ struct Queued {
 struct MirrorQueue {
     entries: std::collections::VecDeque<Queued>,
     bytes: usize,
-    /// The thread has taken an entry and not finished sending it.
+    /// The thread has taken entries and not finished sending them.
     in_flight: bool,
+    /// The thread waits on `ready`: only then does a new entry need to
+    /// wake it (each notify is a futex call, and the writer, which calls
+    /// [`JournalMirror::mirror`], holds up every appender meanwhile).
+    waiting: bool,
     dropped: Option<Dropped>,
 }
 
@@ -265,7 +288,37 @@ impl MirrorQueue {
         dropped.first_seq = dropped.first_seq.min(seq);
         dropped.last_seq = dropped.last_seq.max(seq);
     }
+
+    /// The oldest entries, at least one, as many as [`MIRROR_BATCH`] and
+    /// [`MIRROR_BATCH_BYTES`] allow; their bytes leave the queue's count.
+    fn take_batch(&mut self) -> Vec<Queued> {
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        while let Some(next) = self.entries.front() {
+            if !batch.is_empty()
+                && (batch.len() == MIRROR_BATCH || bytes + next.bytes > MIRROR_BATCH_BYTES)
+            {
+                break;
+            }
+            let queued = self.entries.pop_front().expect("looked at it");
+            bytes += queued.bytes;
+            self.bytes -= queued.bytes;
+            batch.push(queued);
+        }
+        batch
+    }
 }
+
+/// Entries the thread takes at once at most, and their bytes (beyond the
+/// first entry's): what it holds outside the queue's caps.
+const MIRROR_BATCH: usize = 256;
+const MIRROR_BATCH_BYTES: usize = 1 << 20;
+
+/// After each batch the thread lets entries gather this long: under load,
+/// one wake-up and one write carry many records instead of one each. The
+/// journal lags the ledger by this much more; nothing waits on it but
+/// [`JournalMirror::flush`].
+const MIRROR_PAUSE: std::time::Duration = std::time::Duration::from_millis(2);
 
 #[derive(Default)]
 struct Shared {
@@ -285,39 +338,50 @@ pub struct JournalMirror {
 
 impl JournalMirror {
     pub fn start(journal: Journal) -> JournalMirror {
-        JournalMirror::start_with(move |entry| journal.send(entry))
+        JournalMirror::start_batched(move |entries| journal.send_all(entries))
     }
 
     /// A mirror whose thread hands each entry to `send`, which says
     /// whether journald took it.
     pub fn start_with(send: impl Fn(&JournalEntry) -> bool + Send + 'static) -> JournalMirror {
+        JournalMirror::start_batched(move |entries| entries.iter().map(|e| send(e)).collect())
+    }
+
+    /// A mirror whose thread hands entries to `send` a batch at a time;
+    /// it says, entry by entry, whether journald took it.
+    fn start_batched(
+        send: impl Fn(&[&JournalEntry]) -> Vec<bool> + Send + 'static,
+    ) -> JournalMirror {
         let shared: Arc<Shared> = Arc::default();
         let thread_side = shared.clone();
         std::thread::Builder::new()
             .name("journal-mirror".into())
-            // One entry at a time: an entry's bytes are given back as it
-            // leaves the queue, so the caps bound everything held.
             .spawn(move || loop {
-                let queued = {
+                let batch = {
                     let mut q = crate::sync::lock(&thread_side.queue);
-                    loop {
-                        if let Some(queued) = q.entries.pop_front() {
-                            q.bytes -= queued.bytes;
-                            q.in_flight = true;
-                            break queued;
-                        }
+                    while q.entries.is_empty() {
+                        q.waiting = true;
                         q = thread_side.ready.wait(q).unwrap_or_else(|p| p.into_inner());
+                        q.waiting = false;
                     }
+                    q.in_flight = true;
+                    q.take_batch()
                 };
-                let taken = send(&queued.entry);
+                let entries: Vec<&JournalEntry> = batch.iter().map(|q| &q.entry).collect();
+                let taken = send(&entries);
                 let mut q = crate::sync::lock(&thread_side.queue);
-                if !taken {
-                    q.note_dropped(queued.seq);
+                for (queued, taken) in batch.iter().zip(taken) {
+                    if !taken {
+                        q.note_dropped(queued.seq);
+                    }
                 }
                 q.in_flight = false;
                 if q.entries.is_empty() {
                     thread_side.idle.notify_all();
                 }
+                drop(q);
+                drop(batch);
+                std::thread::sleep(MIRROR_PAUSE);
             })
             .expect("spawn journal mirror thread");
         JournalMirror { shared }
@@ -337,15 +401,17 @@ impl JournalMirror {
             if q.entries.len() < MIRROR_QUEUE && q.bytes + bytes <= MIRROR_QUEUE_BYTES {
                 q.bytes += bytes;
                 q.entries.push_back(Queued {
-                    seq: durable.record.seq,
+                    seq: durable.seq,
                     bytes,
                     entry,
                 });
             } else {
-                q.note_dropped(durable.record.seq);
+                q.note_dropped(durable.seq);
             }
         }
-        self.shared.ready.notify_one();
+        if q.waiting {
+            self.shared.ready.notify_one();
+        }
     }
 
     /// What was dropped since the last call, if anything (the engine
@@ -372,7 +438,8 @@ impl JournalMirror {
 mod tests {
     use super::*;
 
-    /// What `excerpt` replaced: the whole JSON, then cut.
+    /// What `excerpt` replaced: the payload's JSON written again, then
+    /// cut (with the `…` record_entry adds).
     fn excerpt_of_whole(value: &serde_json::Value, max: usize) -> String {
         let mut text = value.to_string();
         if text.len() > max {
@@ -388,15 +455,63 @@ mod tests {
         for len in [0, 1, 380, 397, 398, 399, 400, 401, 5000] {
             for filler in ["a", "é", "€", "😀", "\"\n"] {
                 let value = serde_json::json!({"text": filler.repeat(len)});
+                let json = crate::plan::canonical::canonical_json(&value);
                 for max in [0, 1, 2, 400] {
+                    let mut shown = excerpt(&json, max).to_string();
+                    if shown.len() < json.len() {
+                        shown.push('…');
+                    }
                     assert_eq!(
-                        excerpt(&value, max),
+                        shown,
                         excerpt_of_whole(&value, max),
                         "{len} × {filler:?}, max {max}"
                     );
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_records_message_and_stderr_line_say_what_the_earlier_format_said() {
+        let record = crate::ledger::Record::seal(
+            9,
+            "2026-01-01T00:00:00.000Z".into(),
+            "action_applied".into(),
+            Some("p-1".into()),
+            serde_json::json!({"index": 0, "summary": "é".repeat(300)}),
+            "cd".repeat(32),
+        );
+        let durable = Durable::from_record(
+            &record,
+            0,
+            vec![
+                ("PRIORITY", "3".to_string()),
+                ("ANTIBODY_SOURCE", "ids".to_string()),
+            ],
+        );
+        let entry = record_entry(&durable);
+        assert_eq!(entry.priority, 3);
+        assert_eq!(
+            entry.message,
+            format!(
+                "antibody: action_applied plan p-1 #9: {}",
+                excerpt_of_whole(&record.payload, 400)
+            )
+        );
+        let extra: Vec<String> = entry
+            .fields
+            .iter()
+            .filter(|(k, _)| {
+                k.starts_with("ANTIBODY_") && *k != RECORD_FIELD && *k != "ANTIBODY_PREV"
+            })
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        assert_eq!(
+            stderr_line(&entry),
+            format!("<3>{} {}\n", entry.message, extra.join(" "))
+        );
+        assert!(stderr_line(&entry).contains(&format!("ANTIBODY_HASH={} ", record.hash)));
+        assert!(!stderr_line(&entry).contains("ANTIBODY_PREV"));
     }
 
     #[test]
@@ -453,12 +568,7 @@ mod tests {
             "ab".repeat(32),
         );
         let line = record.to_line();
-        let entry = record_entry(&Durable {
-            record: record.clone(),
-            line: line.clone(),
-            ts_ms: 0,
-            journal_fields: Vec::new(),
-        });
+        let entry = record_entry(&Durable::from_record(&record, 0, Vec::new()));
         let field = |name: &str| {
             entry
                 .fields
@@ -473,21 +583,17 @@ mod tests {
         assert_eq!(back.expected_hash(), record.hash);
     }
 
-    /// A durable record `seq` whose line is `line_bytes` long.
-    fn durable_of(seq: u64, line_bytes: usize) -> Durable {
-        Durable {
-            record: crate::ledger::Record::seal(
-                seq,
-                "2026-01-01T00:00:00Z".into(),
-                "agent_started".into(),
-                None,
-                serde_json::json!({}),
-                crate::ledger::GENESIS.into(),
-            ),
-            line: "x".repeat(line_bytes),
-            ts_ms: 0,
-            journal_fields: Vec::new(),
-        }
+    /// A durable record `seq` whose payload is a string of `payload_bytes`.
+    fn durable_of(seq: u64, payload_bytes: usize) -> Durable {
+        let record = crate::ledger::Record::seal(
+            seq,
+            "2026-01-01T00:00:00Z".into(),
+            "agent_started".into(),
+            None,
+            serde_json::json!("x".repeat(payload_bytes)),
+            crate::ledger::GENESIS.into(),
+        );
+        Durable::from_record(&record, 0, Vec::new())
     }
 
     fn durable(seq: u64) -> Durable {

@@ -482,12 +482,7 @@ pub fn journal_export_entry(
     use antibody::ledger::Durable;
     use antibody::sys::journal::record_entry;
     let ts_ms = antibody::time::parse_rfc3339(&record.ts).unwrap();
-    let entry = record_entry(&Durable {
-        record: record.clone(),
-        line: record.to_line(),
-        ts_ms,
-        journal_fields: Vec::new(),
-    });
+    let entry = record_entry(&Durable::from_record(record, ts_ms, Vec::new()));
     let mut text = format!(
         "__REALTIME_TIMESTAMP={}\n__MONOTONIC_TIMESTAMP={}\n_BOOT_ID={machine_id}\n_MACHINE_ID={machine_id}\n_HOSTNAME={hostname}\n_UID=0\n_SYSTEMD_UNIT=antibody.service\nPRIORITY={}\nMESSAGE={}\n",
         ts_ms * 1000 + record.seq % 1000,
