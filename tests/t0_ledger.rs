@@ -481,6 +481,21 @@ async fn an_untouched_ledger_scans_intact() {
         records,
         durables.into_iter().map(|d| d.record()).collect::<Vec<_>>()
     );
+    // What was appended, not only what was acknowledged: the records
+    // append_ok's arguments make, sealed independently of the writer.
+    let mut prev = GENESIS.to_string();
+    for (n, record) in (1u64..).zip(&records) {
+        let expected = Record::seal(
+            n,
+            record.ts.clone(),
+            "test.append".into(),
+            Some(format!("plan-{n}")),
+            json!({"n": n, "note": format!("note-{n}")}),
+            prev,
+        );
+        assert_eq!(record, &expected, "record {n}");
+        prev = expected.hash;
+    }
 }
 
 #[tokio::test]

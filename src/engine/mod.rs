@@ -364,7 +364,7 @@ impl Engine {
         enum Admission {
             Existing(String),
             Joining(Creation),
-            New(watch::Sender<Option<Result<String, AgentError>>>, Entry),
+            New(watch::Sender<Option<Result<String, AgentError>>>),
         }
         let admission = {
             let mut inner = self.lock();
@@ -412,14 +412,10 @@ impl Engine {
             } else {
                 let (tx, rx) = watch::channel(None);
                 inner.creating.insert(hash.clone(), rx);
-                let event = Event::PlanCreated { plan: seed.clone() };
-                let (kind, payload) = event.to_parts();
-                let journal_fields = plan_journal_fields(seed.source.as_str(), seed.severity, None);
-                let entry = Entry::new(kind, Some(seed.id.clone()), &payload, journal_fields);
-                Admission::New(tx, entry)
+                Admission::New(tx)
             }
         };
-        let (tx, entry) = match admission {
+        let tx = match admission {
             Admission::Existing(id) => return Ok((id, false)),
             Admission::Joining(mut creation) => {
                 let outcome = creation
@@ -431,8 +427,13 @@ impl Engine {
                     .clone();
                 return outcome.expect("waited for Some").map(|id| (id, false));
             }
-            Admission::New(tx, entry) => (tx, entry),
+            Admission::New(tx) => tx,
         };
+        // Written out with the engine unlocked: a plan's record holds its
+        // whole alert (up to 64 KiB).
+        let (kind, payload) = Event::PlanCreated { plan: seed.clone() }.to_parts();
+        let journal_fields = plan_journal_fields(seed.source.as_str(), seed.severity, None);
+        let entry = Entry::new(kind, Some(seed.id.clone()), &payload, journal_fields);
         let folding = self.fold_gate.read().await;
         let written = self.write_one(entry).await;
         let mut inner = self.lock();

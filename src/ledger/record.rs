@@ -178,8 +178,10 @@ impl Record {
 /// so the payload is serialized once, not once for the line and again for
 /// the hash, and no `serde_json::Value` of it outlives the caller's
 /// `Entry` (issue 18: building, writing twice and dropping that value was
-/// the largest share of a record's cost).
-pub struct Unsealed<'a> {
+/// the largest share of a record's cost). `payload_json` must be canonical
+/// (what [`crate::plan::canonical::canonical_json`] writes): a reader
+/// hashes the canonical form of the payload it parses.
+pub(crate) struct Unsealed<'a> {
     pub seq: u64,
     pub ts: &'a str,
     pub kind: &'a str,
@@ -190,7 +192,7 @@ pub struct Unsealed<'a> {
 }
 
 /// A sealed record's hash, and its line with the newline.
-pub struct SealedLine {
+pub(crate) struct SealedLine {
     pub hash: String,
     pub line: String,
     /// Where the payload's JSON lies in `line`.
@@ -369,40 +371,11 @@ mod tests {
         assert!(!old.to_line().contains("plan_id"), "written back as it was");
     }
 
-    /// Random JSON with the characters that need escaping.
-    fn random_value(rng: &mut fastrand::Rng, depth: u32) -> Value {
-        let text = |rng: &mut fastrand::Rng| -> String {
-            let pool = [
-                "a", "ü", "\"", "\\", "\n", "\u{1}", "é€", "z", "0", " ", "\u{2028}",
-            ];
-            (0..rng.usize(0..6))
-                .map(|_| pool[rng.usize(0..pool.len())])
-                .collect()
-        };
-        match rng.u8(0..if depth > 3 { 5 } else { 7 }) {
-            0 => Value::Null,
-            1 => json!(rng.bool()),
-            2 => json!(rng.i64(..)),
-            3 => json!(rng.f64() * 1e6 - 5e5),
-            4 => json!(text(rng)),
-            5 => Value::Array(
-                (0..rng.usize(0..4))
-                    .map(|_| random_value(rng, depth + 1))
-                    .collect(),
-            ),
-            _ => Value::Object(
-                (0..rng.usize(0..5))
-                    .map(|_| (text(rng), random_value(rng, depth + 1)))
-                    .collect(),
-            ),
-        }
-    }
-
     #[test]
     fn a_line_sealed_from_canonical_json_is_byte_for_byte_the_records_line() {
         let mut rng = fastrand::Rng::with_seed(18);
         for i in 0..2000u64 {
-            let payload = random_value(&mut rng, 0);
+            let payload = crate::plan::canonical::random_json(&mut rng, 0);
             let plan_id = rng.bool().then(|| format!("p\"{i}é"));
             let kind = if i % 7 == 0 {
                 "k\n\"ind"

@@ -96,6 +96,38 @@ pub fn canonical_sha256(value: &Value) -> String {
     sha256_hex(canonical_json(value).as_bytes())
 }
 
+/// Random JSON of every kind, its strings full of what needs escaping
+/// (for tests of what writes JSON).
+#[cfg(test)]
+pub(crate) fn random_json(rng: &mut fastrand::Rng, depth: u32) -> Value {
+    use serde_json::json;
+    let pool = [
+        "a", "ü", "\"", "\\", "\n", "\u{1}", "é€", "z", "0", " ", "\u{2028}",
+    ];
+    let text = |rng: &mut fastrand::Rng| -> String {
+        (0..rng.usize(0..6))
+            .map(|_| pool[rng.usize(0..pool.len())])
+            .collect()
+    };
+    match rng.u8(0..if depth > 3 { 5 } else { 7 }) {
+        0 => Value::Null,
+        1 => json!(rng.bool()),
+        2 => json!(rng.i64(..)),
+        3 => json!(rng.f64() * 1e6 - 5e5),
+        4 => json!(text(rng)),
+        5 => Value::Array(
+            (0..rng.usize(0..4))
+                .map(|_| random_json(rng, depth + 1))
+                .collect(),
+        ),
+        _ => Value::Object(
+            (0..rng.usize(0..5))
+                .map(|_| (text(rng), random_json(rng, depth + 1)))
+                .collect(),
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,37 +219,8 @@ mod tests {
     #[test]
     fn the_writer_makes_exactly_what_the_earlier_construction_made() {
         let mut rng = fastrand::Rng::with_seed(3);
-        let text = |rng: &mut fastrand::Rng| -> String {
-            let pool = ["a", "ü", "\"", "\\", "\n", "\u{1}", "é€", "z", "0", " "];
-            (0..rng.usize(0..6))
-                .map(|_| pool[rng.usize(0..pool.len())])
-                .collect()
-        };
-        fn value(
-            rng: &mut fastrand::Rng,
-            depth: u32,
-            text: &dyn Fn(&mut fastrand::Rng) -> String,
-        ) -> Value {
-            match rng.u8(0..if depth > 3 { 5 } else { 7 }) {
-                0 => Value::Null,
-                1 => json!(rng.bool()),
-                2 => json!(rng.i64(..)),
-                3 => json!(rng.f64() * 1e6 - 5e5),
-                4 => json!(text(rng)),
-                5 => Value::Array(
-                    (0..rng.usize(0..4))
-                        .map(|_| value(rng, depth + 1, text))
-                        .collect(),
-                ),
-                _ => Value::Object(
-                    (0..rng.usize(0..5))
-                        .map(|_| (text(rng), value(rng, depth + 1, text)))
-                        .collect(),
-                ),
-            }
-        }
         for _ in 0..2000 {
-            let v = value(&mut rng, 0, &text);
+            let v = random_json(&mut rng, 0);
             assert_eq!(canonical_json(&v), earlier_canonical(&v), "{v}");
         }
     }

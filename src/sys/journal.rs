@@ -127,9 +127,11 @@ impl Journal {
 
     /// Sends each of `entries` as [`Journal::send`] does, and says which
     /// journald took. Without journald, the lines go to stderr in one
-    /// write(2) (whole lines, so nothing else written to stderr lands
-    /// inside one): under load the mirror hands over dozens at a time, and
-    /// a write each was most of its system time.
+    /// write(2): under load the mirror hands over dozens at a time, and a
+    /// write each was most of its system time. The stderr lock is held
+    /// across it, so no other line of this process lands inside a batch; a
+    /// batch is larger than PIPE_BUF, so another process writing to the
+    /// same pipe could (none inherits the agent's stderr).
     pub fn send_all(&self, entries: &[&JournalEntry]) -> Vec<bool> {
         if self.to_journald {
             return entries.iter().map(|entry| self.send(entry)).collect();
