@@ -135,35 +135,16 @@ impl Record {
     }
 
     fn expected_digest(&self) -> [u8; 32] {
-        thread_local! {
-            /// One buffer per thread, reused record after record.
-            static CANONICAL: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-        }
-        CANONICAL.with(|buffer| {
-            let mut out = buffer.borrow_mut();
-            out.clear();
-            self.write_canonical_fields(&mut out);
-            Sha256::digest(&*out).into()
-        })
-    }
-
-    /// The canonical JSON of every field but `hash`, keys sorted.
-    fn write_canonical_fields(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(b"{\"kind\":");
-        write_scalar(&self.kind, out);
-        out.extend_from_slice(b",\"payload\":");
-        write_canonical(&self.payload, out);
-        if self.plan_id_on_line {
-            out.extend_from_slice(b",\"plan_id\":");
-            write_scalar(&self.plan_id, out);
-        }
-        out.extend_from_slice(b",\"prev\":");
-        write_scalar(&self.prev, out);
-        out.extend_from_slice(b",\"seq\":");
-        write_scalar(&self.seq, out);
-        out.extend_from_slice(b",\"ts\":");
-        write_scalar(&self.ts, out);
-        out.push(b'}');
+        hashed_form_digest(
+            |out| write_canonical(&self.payload, out),
+            HashedFields {
+                seq: self.seq,
+                ts: &self.ts,
+                kind: &self.kind,
+                plan_id: self.plan_id_on_line.then_some(self.plan_id.as_deref()),
+                prev: &self.prev,
+            },
+        )
     }
 
     pub fn to_line(&self) -> String {
@@ -205,27 +186,16 @@ impl Unsealed<'_> {
     /// payload is what serde_json writes for a `Value` whose maps are
     /// sorted, and the line's other fields are scalars.
     pub fn seal(&self) -> SealedLine {
-        thread_local! {
-            static CANONICAL: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-        }
-        let digest: [u8; 32] = CANONICAL.with(|buffer| {
-            let mut out = buffer.borrow_mut();
-            out.clear();
-            out.extend_from_slice(b"{\"kind\":");
-            write_str(self.kind, &mut out);
-            out.extend_from_slice(b",\"payload\":");
-            out.extend_from_slice(self.payload_json.as_bytes());
-            out.extend_from_slice(b",\"plan_id\":");
-            write_plan_id(self.plan_id, &mut out);
-            out.extend_from_slice(b",\"prev\":");
-            write_str(self.prev, &mut out);
-            out.extend_from_slice(b",\"seq\":");
-            write_scalar(&self.seq, &mut out);
-            out.extend_from_slice(b",\"ts\":");
-            write_str(self.ts, &mut out);
-            out.push(b'}');
-            Sha256::digest(&*out).into()
-        });
+        let digest = hashed_form_digest(
+            |out| out.extend_from_slice(self.payload_json.as_bytes()),
+            HashedFields {
+                seq: self.seq,
+                ts: self.ts,
+                kind: self.kind,
+                plan_id: Some(self.plan_id),
+                prev: self.prev,
+            },
+        );
         let hash = crate::plan::canonical::hex_lower(&digest);
         // The field order of `LineRef`, which older lines have too.
         let mut line = Vec::with_capacity(self.payload_json.len() + 256);
@@ -283,6 +253,47 @@ pub fn parse_hash(text: &str) -> Option<[u8; 32]> {
         *byte = high << 4 | low;
     }
     (invalid & 0xf0 == 0).then_some(out)
+}
+
+/// A record's fields but its payload and hash, as its hash covers them.
+struct HashedFields<'a> {
+    seq: u64,
+    ts: &'a str,
+    kind: &'a str,
+    /// `None` for an older line without the key: its hash leaves it out.
+    plan_id: Option<Option<&'a str>>,
+    prev: &'a str,
+}
+
+/// The SHA-256 of a record's hashed form: the canonical JSON object
+/// `{kind, payload, plan_id (when on the line), prev, seq, ts}`, keys
+/// sorted, written straight into one buffer per thread, reused record
+/// after record (a walk of the ledger hashes every record; the writer
+/// seals every one). `write_payload` writes the payload's canonical JSON.
+fn hashed_form_digest(write_payload: impl FnOnce(&mut Vec<u8>), fields: HashedFields) -> [u8; 32] {
+    thread_local! {
+        static HASHED_FORM: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    HASHED_FORM.with(|buffer| {
+        let mut out = buffer.borrow_mut();
+        out.clear();
+        out.extend_from_slice(b"{\"kind\":");
+        write_str(fields.kind, &mut out);
+        out.extend_from_slice(b",\"payload\":");
+        write_payload(&mut out);
+        if let Some(plan_id) = fields.plan_id {
+            out.extend_from_slice(b",\"plan_id\":");
+            write_plan_id(plan_id, &mut out);
+        }
+        out.extend_from_slice(b",\"prev\":");
+        write_str(fields.prev, &mut out);
+        out.extend_from_slice(b",\"seq\":");
+        write_scalar(&fields.seq, &mut out);
+        out.extend_from_slice(b",\"ts\":");
+        write_str(fields.ts, &mut out);
+        out.push(b'}');
+        Sha256::digest(&*out).into()
+    })
 }
 
 fn write_plan_id(plan_id: Option<&str>, out: &mut Vec<u8>) {
