@@ -419,7 +419,7 @@ fn a_replay_longer_than_the_start_timeout_ends_in_ready_not_a_restart_loop() {
     std::fs::remove_dir_all(root.join("var/lib/antibody")).unwrap();
     tokio::runtime::Runtime::new()
         .unwrap()
-        .block_on(support::write_filler_ledger(&ledger, 150_000));
+        .block_on(support::write_filler_ledger(&ledger, 250_000));
     tb.sh("mkdir -p /run/systemd/system/antibody.service.d && \
            printf '[Service]\\nTimeoutStartSec=1s\\n' > /run/systemd/system/antibody.service.d/short.conf && \
            systemctl daemon-reload && systemctl start antibody");
