@@ -2,7 +2,6 @@
 //! background (bounded, ordered per target), reverts timed actions, and
 //! answers queries. It owns the plans; the D-Bus layer only calls in.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
@@ -28,6 +27,7 @@ mod callbacks;
 mod counters;
 pub mod flap;
 mod flap_guard;
+mod maps;
 mod mitigations;
 mod notices;
 pub mod offences;
@@ -53,7 +53,7 @@ type Creation = watch::Receiver<Option<Result<String, AgentError>>>;
 
 struct Inner {
     state: EngineState,
-    creating: HashMap<String, Creation>,
+    creating: maps::FastMap<String, Creation>,
     /// Plans each calling uid other than root may still create now.
     submit_buckets: rate_limit::SubmitBuckets,
 }
@@ -171,7 +171,7 @@ impl Engine {
                     replayed.archived_dedupe,
                     replayed.archived_offences,
                 ),
-                creating: HashMap::new(),
+                creating: maps::FastMap::default(),
                 submit_buckets: Default::default(),
             }),
             ledger,

@@ -2,27 +2,29 @@
 //! queue in submission order, what runs, and timed reverts to come.
 //! Scheduling is a pure function of this state.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::maps::{FastMap, FastSet};
 
 use super::offences::{ArchivedOffence, Offences};
 use crate::plan::{Plan, PlanStatus};
 
 #[derive(Default)]
 pub struct EngineState {
-    pub plans: HashMap<String, Plan>,
+    pub plans: FastMap<String, Plan>,
     /// Plan ids by the seq of their `plan_created` record (submission order).
     by_seq: BTreeMap<u64, String>,
     /// Alert hash → the newest plan made from it, for plans in memory.
-    dedupe: HashMap<String, String>,
+    dedupe: FastMap<String, String>,
     /// Alert hash → a finished plan archived out of memory while its
     /// dedupe window still runs. Only this is kept, not the plan: under a
     /// flood of distinct alerts, plans held for the whole window took
     /// memory in proportion to the rate (about 10 KB each; the flood test
     /// saw 370 MB after 90 s at 430 plans/s).
-    archived_dedupe: HashMap<String, ArchivedDedupe>,
+    archived_dedupe: FastMap<String, ArchivedDedupe>,
     /// Accepted plans that have work to do, by submission order.
     waiting: BTreeMap<u64, String>,
-    pub running: HashSet<String>,
+    pub running: FastSet<String>,
     /// (deadline ms, plan id, action index) of timed reverts to come.
     timers: BTreeSet<(u64, String, usize)>,
     /// Mitigations in force in the plans in memory, kept up to date as
@@ -174,7 +176,7 @@ impl EngineState {
     }
 
     /// The targets of the plans running now (or held by a timed revert).
-    pub fn busy_targets(&self) -> HashSet<String> {
+    pub fn busy_targets(&self) -> FastSet<String> {
         self.running
             .iter()
             .filter_map(|id| self.plans.get(id))
@@ -217,8 +219,8 @@ impl EngineState {
     /// on a timer, and older than the newest `keep` finished (an identical
     /// alert within the dedupe window still finds them: `archived_dedupe`).
     pub fn evictable(&self, keep: usize) -> Vec<String> {
-        let waiting: HashSet<&String> = self.waiting.values().collect();
-        let timed: HashSet<&String> = self.timers.iter().map(|(_, id, _)| id).collect();
+        let waiting: FastSet<&String> = self.waiting.values().collect();
+        let timed: FastSet<&String> = self.timers.iter().map(|(_, id, _)| id).collect();
         self.by_seq
             .values()
             .rev()
