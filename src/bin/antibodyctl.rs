@@ -5,7 +5,7 @@
 
 use std::io::Read;
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use antibody::dbus::proxy::AntibodyProxy;
 
@@ -434,7 +434,7 @@ fn truncate(text: &str, max: usize) -> String {
 }
 
 fn now_rfc3339() -> String {
-    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+    antibody::time::rfc3339(antibody::time::now_ms())
 }
 
 /// The alert text: the file (or stdin) as is, or JSON built from the flags,

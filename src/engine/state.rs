@@ -5,7 +5,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::maps::{FastMap, FastSet};
-
 use super::offences::{ArchivedOffence, Offences};
 use crate::plan::{Plan, PlanStatus};
 
