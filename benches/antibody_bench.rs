@@ -7,6 +7,7 @@
 //! Needs root (the shipped policy lets only root own the agent's name).
 
 mod common;
+mod echo;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -215,122 +216,47 @@ async fn ping_throughput(bus: &PrivateBus, clients: usize, per_client: usize) ->
     .await
 }
 
-/// A do-nothing service with the agent's message pattern, for the bus's
-/// ceiling on what a durable alert costs it: each `SubmitAlert` is answered
-/// at once and followed by the four signals a one-action plan sends
-/// (`PlanQueued`, `PlanStatusChanged` twice, `ActionFinished`), with no
-/// validation, ledger or plan behind them. Runs in a process of its own
-/// (`antibody_bench --echo-server`), as the agent does.
-const ECHO_NAME: &str = "org.vael.BenchEcho";
-const ECHO_PATH: &str = "/org/vael/BenchEcho";
-/// Lets root own the echo's name and call it on the private bus.
-const ECHO_POLICY: &str = r#"<policy user="root"><allow own="org.vael.BenchEcho"/><allow send_destination="org.vael.BenchEcho"/></policy>"#;
-
-struct Echo;
-
-#[zbus::interface(name = "org.vael.BenchEcho")]
-impl Echo {
-    async fn submit_alert(
-        &self,
-        _alert_json: &str,
-        #[zbus(signal_emitter)] emitter: zbus::object_server::SignalEmitter<'_>,
-    ) -> (String, bool) {
-        let id = uuid::Uuid::new_v4().to_string();
-        let emitter = emitter.to_owned();
-        let plan = id.clone();
-        // After the answer, as the agent's signal pump sends them.
-        tokio::spawn(async move {
-            let _ = Echo::plan_queued(&emitter, &plan, "NEXUS", "low").await;
-            let _ = Echo::plan_status_changed(&emitter, &plan, "in_progress").await;
-            let _ = Echo::action_finished(&emitter, &plan, 0, "notify_operator", "applied").await;
-            let _ = Echo::plan_status_changed(&emitter, &plan, "success").await;
-        });
-        (id, true)
-    }
-
-    #[zbus(signal)]
-    async fn plan_queued(
-        emitter: &zbus::object_server::SignalEmitter<'_>,
-        plan_id: &str,
-        source: &str,
-        severity: &str,
-    ) -> zbus::Result<()>;
-
-    #[zbus(signal)]
-    async fn plan_status_changed(
-        emitter: &zbus::object_server::SignalEmitter<'_>,
-        plan_id: &str,
-        status: &str,
-    ) -> zbus::Result<()>;
-
-    #[zbus(signal)]
-    async fn action_finished(
-        emitter: &zbus::object_server::SignalEmitter<'_>,
-        plan_id: &str,
-        index: u32,
-        kind: &str,
-        outcome: &str,
-    ) -> zbus::Result<()>;
+/// Plans per second an echo service gets through the same bus from 16
+/// clients, the same way `sustained` measures the agent: from the first
+/// `SubmitAlert` until every plan has sent its last signal. With
+/// `durable`, the durable echo, writing in that directory.
+async fn echo_throughput(
+    bus: &PrivateBus,
+    clients: usize,
+    per_client: usize,
+    durable: Option<&Path>,
+) -> Row {
+    let server = echo::EchoProcess::start(&bus.address(), durable);
+    let groups = vec![vec![server.pid()], bus.daemon_pids()];
+    counted(
+        groups,
+        clients * per_client,
+        echo_load(bus, clients, per_client),
+    )
+    .await
 }
 
-async fn echo_server() {
-    let conn = zbus::connection::Builder::system()
-        .serve_at(ECHO_PATH, Echo)
-        .name(ECHO_NAME)
-        .build()
-        .await
-        .unwrap();
-    println!("ready");
-    std::io::stdout().flush().unwrap();
-    let _conn = conn;
-    std::future::pending::<()>().await;
-}
-
-/// Alerts per second the echo service gets through the same dbus-daemon
-/// from 16 clients, the same way `throughput` measures the agent.
-async fn echo_throughput(bus: &PrivateBus, clients: usize, per_client: usize) -> Row {
-    use std::io::BufRead;
-    let mut server = std::process::Command::new(std::env::current_exe().unwrap())
-        .arg("--echo-server")
-        .env("DBUS_SYSTEM_BUS_ADDRESS", bus.address())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut ready = String::new();
-    std::io::BufReader::new(server.stdout.take().unwrap())
-        .read_line(&mut ready)
-        .unwrap();
-    assert_eq!(ready.trim(), "ready", "the echo service did not start");
+/// `clients` × `per_client` distinct alerts to the echo service on `bus`,
+/// until its last plan's last signal: plans per second.
+async fn echo_load(bus: &PrivateBus, clients: usize, per_client: usize) -> f64 {
     let mut proxies = Vec::new();
     for _ in 0..clients {
         let conn = bus.connect().await;
-        let proxy: zbus::Proxy<'static> = zbus::proxy::Builder::new(&conn)
-            .destination(ECHO_NAME)
-            .path(ECHO_PATH)
-            .interface(ECHO_NAME)
-            .cache_properties(zbus::proxy::CacheProperties::No)
-            .build()
-            .await
-            .unwrap();
-        proxies.push(Arc::new(proxy));
+        proxies.push(Arc::new(echo::proxy(&conn).await));
         std::mem::forget(conn);
     }
-    let groups = vec![vec![server.id() as i32], bus.daemon_pids()];
-    let row = counted(
-        groups,
-        clients * per_client,
-        calls_per_second(proxies, per_client, |proxy, n| async move {
-            let (_, created): (String, bool) = proxy
-                .call("SubmitAlert", &(alert(n, "journal"),))
-                .await
-                .unwrap();
-            assert!(created);
-        }),
-    )
+    let drain = proxies[0].clone();
+    let start = Instant::now();
+    calls_per_second(proxies, per_client, |proxy, n| async move {
+        let (_, created): (String, bool) = proxy
+            .call("SubmitAlert", &(alert(n, "journal"),))
+            .await
+            .unwrap();
+        assert!(created);
+    })
     .await;
-    let _ = server.kill();
-    let _ = server.wait();
-    row
+    let () = drain.call("Drained", &()).await.unwrap();
+    (clients * per_client) as f64 / start.elapsed().as_secs_f64()
 }
 
 /// One throughput row: the rate, and the CPU seconds the service (agent
@@ -442,7 +368,7 @@ async fn big_ledger(home: &Path, records: u64) {
 }
 
 /// BENCH_PROFILE=N: the sustained row's load alone, N distinct
-/// one-action plans from 16 clients on `dbus-daemon`, with the agent run
+/// one-action plans from 16 clients (BENCH_CLIENTS) on `dbus-daemon`, with the agent run
 /// under BENCH_AGENT_WRAPPER (split at spaces, e.g. `valgrind
 /// --tool=callgrind --callgrind-out-file=/tmp/cg.%p`), then stopped with
 /// SIGTERM so that the wrapper writes its report; BENCH_STATE_KEYS adds
@@ -450,6 +376,36 @@ async fn big_ledger(home: &Path, records: u64) {
 /// archived during the run). Two runs with different
 /// N give the instructions one plan costs (the difference over the
 /// difference), start-up and shutdown cancelled out.
+/// BENCH_CLIENTS: how many clients share a profile's load (16; 1 is how
+/// issue 18 first measured a plan's CPU, no group commit shared).
+fn profile_clients(plans: usize) -> usize {
+    let clients: usize = std::env::var("BENCH_CLIENTS")
+        .map(|v| v.parse().expect("BENCH_CLIENTS: a number"))
+        .unwrap_or(16);
+    clients.clamp(1, plans.max(1))
+}
+
+/// BENCH_PROFILE=N with BENCH_SERVICE=durable-echo: the same load on the
+/// durable echo instead of the agent, for the floor under a plan's CPU:
+/// the bus messages and the two durable writes that any service keeping
+/// the agent's promises must make.
+async fn profile_durable_echo(plans: usize) {
+    let bus = PrivateBus::start_with_extra(echo::ECHO_POLICY);
+    let home = bench_home();
+    let server = echo::EchoProcess::start(&bus.address(), Some(home.path()));
+    let clients = profile_clients(plans);
+    let start = Instant::now();
+    echo_load(&bus, clients, plans / clients).await;
+    let finished = clients * (plans / clients);
+    let (user, system) = user_and_system_secs(server.pid());
+    println!(
+        "{finished} plans finished in {:.1} s; durable echo CPU since its start: user {user:.2} s, system {system:.2} s ({:.0} + {:.0} µs per plan)",
+        start.elapsed().as_secs_f64(),
+        1e6 * user / finished as f64,
+        1e6 * system / finished as f64,
+    );
+}
+
 async fn profile(plans: usize) {
     let bus = PrivateBus::start();
     let home = bench_home();
@@ -466,7 +422,7 @@ async fn profile(plans: usize) {
     let idle_rss = rss_kib(agent.pid());
     let conn = bus.connect().await;
     let proxy = antibody::dbus::proxy::client(&conn).await.unwrap();
-    let clients = 16.min(plans.max(1));
+    let clients = profile_clients(plans);
     let start = Instant::now();
     throughput(&bus, clients, plans / clients, 7_000_000).await;
     wait_drained(&proxy).await;
@@ -501,14 +457,18 @@ async fn profile(plans: usize) {
 #[tokio::main]
 async fn main() {
     if std::env::args().any(|a| a == "--echo-server") {
-        return echo_server().await;
+        return echo::serve(echo::durable_arg()).await;
     }
     support::require_root();
     if let Ok(plans) = std::env::var("BENCH_PROFILE") {
         let plans = plans.parse().expect("BENCH_PROFILE: a number of plans");
-        return profile(plans).await;
+        return match std::env::var("BENCH_SERVICE").as_deref() {
+            Ok("durable-echo") => profile_durable_echo(plans).await,
+            Ok(other) => panic!("BENCH_SERVICE: durable-echo or unset, not {other:?}"),
+            Err(_) => profile(plans).await,
+        };
     }
-    let bus = PrivateBus::start_with_extra(ECHO_POLICY);
+    let bus = PrivateBus::start_with_extra(echo::ECHO_POLICY);
     let home = bench_home();
     let agent = Agent::start(&bus, home.path(), "[queue]\nmax = 200000\n");
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -552,7 +512,7 @@ async fn main() {
     // a drift of the machine falls on both alike; each row starts with the
     // agent idle (measured right after the row before, a ceiling shares
     // the cores with that row's backlog).
-    let broker_bus = PrivateBus::start_broker_with_extra(ECHO_POLICY);
+    let broker_bus = PrivateBus::start_broker_with_extra(echo::ECHO_POLICY);
     let broker_home = tempfile::tempdir_in(home.path()).unwrap();
     let broker_agent = Agent::start(&broker_bus, broker_home.path(), "[queue]\nmax = 200000\n");
     let broker_conn = broker_bus.connect().await;
@@ -572,15 +532,18 @@ async fn main() {
         .map(|v| v.parse().expect("BENCH_PER_CLIENT: a number"))
         .unwrap_or(1250);
     let mut rows: [Vec<Row>; 2] = [Vec::new(), Vec::new()];
-    for kind in 0..4 {
+    // The durable echo writes on the agents' disk.
+    let echo_log = tempfile::tempdir_in(home.path()).unwrap();
+    for kind in 0..5 {
         for (i, (_, bus, proxy, pid)) in buses.iter().enumerate() {
             wait_idle(proxy, *pid).await;
             let groups = vec![vec![*pid], bus.daemon_pids()];
             let row = match kind {
                 0 => counted(groups, 16 * per, throughput(bus, 16, per, 1_000_000)).await,
                 1 => counted(groups, 16 * per, ping_throughput(bus, 16, per)).await,
-                2 => echo_throughput(bus, 16, per).await,
-                _ => sustained(bus, proxy, *pid, 16, per).await,
+                2 => echo_throughput(bus, 16, per, None).await,
+                3 => sustained(bus, proxy, *pid, 16, per).await,
+                _ => echo_throughput(bus, 16, per, Some(echo_log.path())).await,
             };
             rows[i].push(row);
         }
@@ -602,8 +565,8 @@ async fn main() {
     println!("|---|---|---|---|---|");
     latency_rows.iter().for_each(|row| println!("{row}"));
     for ((name, ..), row) in buses.iter().zip(&rows) {
-        let [answered, ping, echo, steady] = &row[..] else {
-            unreachable!("four rows per bus")
+        let [answered, ping, echo, steady, durable_echo] = &row[..] else {
+            unreachable!("five rows per bus")
         };
         let (rate, ping_rate, echo_rate) = (answered.rate, ping.rate, echo.rate);
         println!(
@@ -623,9 +586,16 @@ async fn main() {
             100.0 * rate / ping_rate
         );
         println!(
-            "| {name}: … the echo ceiling: a do-nothing service answering `SubmitAlert` and sending a plan's four signals, 16 clients × {per} | {echo_rate:.0}/s; CPU: {} | | answered alerts reach {:.0} % of it | |",
+            "| {name}: … the echo ceiling: a do-nothing service answering `SubmitAlert` and sending a plan's four signals, 16 clients × {per}, until its last signal | {echo_rate:.0}/s; CPU: {} | | answered alerts reach {:.0} % of it | |",
             echo.cpu_cells(),
             100.0 * rate / echo_rate
+        );
+        println!(
+            "| {name}: … the durable floor: the echo writing the agent's bytes of a plan (its first record durable before the answer, the other four in one write durable before the last signals), group commit, no hash or JSON, 16 clients × {per} | {:.0}/s; CPU: {} | echo ceiling {echo_rate:.0}/s | {:.2}× the echo; the agent's sustained rate {:.2}× this floor | |",
+            durable_echo.rate,
+            durable_echo.cpu_cells(),
+            durable_echo.rate / echo_rate,
+            steady.rate / durable_echo.rate
         );
     }
     println!(
