@@ -216,8 +216,8 @@ async fn ping_throughput(bus: &PrivateBus, clients: usize, per_client: usize) ->
     .await
 }
 
-/// Plans per second an echo service gets through the same bus from 16
-/// clients, the same way `sustained` measures the agent: from the first
+/// Plans per second an echo service gets through the same bus from
+/// `clients` clients, the same way `sustained` measures the agent: from the first
 /// `SubmitAlert` until every plan has sent its last signal. With
 /// `durable`, the durable echo, writing in that directory.
 async fn echo_throughput(
@@ -255,7 +255,12 @@ async fn echo_load(bus: &PrivateBus, clients: usize, per_client: usize) -> f64 {
         assert!(created);
     })
     .await;
-    let () = drain.call("Drained", &()).await.unwrap();
+    // A plan the service lost would hold `Drained` forever: fail instead.
+    let drained = drain.call::<_, _, ()>("Drained", &());
+    tokio::time::timeout(Duration::from_secs(600), drained)
+        .await
+        .expect("the echo service's plans did not all finish within 10 minutes")
+        .unwrap();
     (clients * per_client) as f64 / start.elapsed().as_secs_f64()
 }
 
@@ -367,15 +372,6 @@ async fn big_ledger(home: &Path, records: u64) {
     support::write_filler_ledger(&home.join("ledger"), records).await;
 }
 
-/// BENCH_PROFILE=N: the sustained row's load alone, N distinct
-/// one-action plans from 16 clients (BENCH_CLIENTS) on `dbus-daemon`, with the agent run
-/// under BENCH_AGENT_WRAPPER (split at spaces, e.g. `valgrind
-/// --tool=callgrind --callgrind-out-file=/tmp/cg.%p`), then stopped with
-/// SIGTERM so that the wrapper writes its report; BENCH_STATE_KEYS adds
-/// keys to its `[state]` table (`keep_finished_plans = 100000`: no plan is
-/// archived during the run). Two runs with different
-/// N give the instructions one plan costs (the difference over the
-/// difference), start-up and shutdown cancelled out.
 /// BENCH_CLIENTS: how many clients share a profile's load (16; 1 is how
 /// issue 18 first measured a plan's CPU, no group commit shared).
 fn profile_clients(plans: usize) -> usize {
@@ -397,15 +393,30 @@ async fn profile_durable_echo(plans: usize) {
     let start = Instant::now();
     echo_load(&bus, clients, plans / clients).await;
     let finished = clients * (plans / clients);
-    let (user, system) = user_and_system_secs(server.pid());
+    print_cpu_per_plan("durable echo", server.pid(), finished, start.elapsed());
+}
+
+/// One profile line: the plans, how long they took, and the user and
+/// system CPU `who` (process `pid`) has used since its start, per plan.
+fn print_cpu_per_plan(who: &str, pid: i32, finished: usize, took: Duration) {
+    let (user, system) = user_and_system_secs(pid);
     println!(
-        "{finished} plans finished in {:.1} s; durable echo CPU since its start: user {user:.2} s, system {system:.2} s ({:.0} + {:.0} µs per plan)",
-        start.elapsed().as_secs_f64(),
+        "{finished} plans finished in {:.1} s; {who} CPU since its start: user {user:.2} s, system {system:.2} s ({:.0} + {:.0} µs per plan)",
+        took.as_secs_f64(),
         1e6 * user / finished as f64,
         1e6 * system / finished as f64,
     );
 }
 
+/// BENCH_PROFILE=N: the sustained row's load alone, N distinct
+/// one-action plans from 16 clients (BENCH_CLIENTS) on `dbus-daemon`,
+/// with the agent run under BENCH_AGENT_WRAPPER (split at spaces, e.g. `valgrind
+/// --tool=callgrind --callgrind-out-file=/tmp/cg.%p`), then stopped with
+/// SIGTERM so that the wrapper writes its report; BENCH_STATE_KEYS adds
+/// keys to its `[state]` table (`keep_finished_plans = 100000`: no plan is
+/// archived during the run). Two runs with different
+/// N give the instructions one plan costs (the difference over the
+/// difference), start-up and shutdown cancelled out.
 async fn profile(plans: usize) {
     let bus = PrivateBus::start();
     let home = bench_home();
@@ -431,13 +442,7 @@ async fn profile(plans: usize) {
         "agent RSS: {idle_rss} KiB idle after start, {} KiB after the plans",
         rss_kib(agent.pid())
     );
-    let (user, system) = user_and_system_secs(agent.pid());
-    println!(
-        "{finished} plans finished in {:.1} s; agent CPU since its start: user {user:.2} s, system {system:.2} s ({:.0} + {:.0} µs per plan)",
-        start.elapsed().as_secs_f64(),
-        1e6 * user / finished as f64,
-        1e6 * system / finished as f64,
-    );
+    print_cpu_per_plan("agent", agent.pid(), finished, start.elapsed());
     // Finished plans past `state.keep_finished_plans` are archived by the
     // upkeep (every 5 s), which a short run may end before: that work is
     // the plans' too. One round later (the idle agent costs next to
@@ -536,7 +541,11 @@ async fn main() {
     let echo_log = tempfile::tempdir_in(home.path()).unwrap();
     for kind in 0..5 {
         for (i, (_, bus, proxy, pid)) in buses.iter().enumerate() {
-            wait_idle(proxy, *pid).await;
+            // Both agents share the disk and the cores: the other bus's
+            // agent may still be archiving the row before.
+            for (_, _, proxy, pid) in &buses {
+                wait_idle(proxy, *pid).await;
+            }
             let groups = vec![vec![*pid], bus.daemon_pids()];
             let row = match kind {
                 0 => counted(groups, 16 * per, throughput(bus, 16, per, 1_000_000)).await,
@@ -591,7 +600,7 @@ async fn main() {
             100.0 * rate / echo_rate
         );
         println!(
-            "| {name}: … the durable floor: the echo writing the agent's bytes of a plan (its first record durable before the answer, the other four in one write durable before the last signals), group commit, no hash or JSON, 16 clients × {per} | {:.0}/s; CPU: {} | echo ceiling {echo_rate:.0}/s | {:.2}× the echo; the agent's sustained rate {:.2}× this floor | |",
+            "| {name}: … the durable floor: the echo writing the agent's bytes of a plan (its first record durable before the answer, the other four in one write durable before the last three signals), group commit, no hash or JSON, 16 clients × {per} | {:.0}/s; CPU: {} | echo ceiling {echo_rate:.0}/s | {:.2}× the echo; the agent's sustained rate {:.2}× this floor | |",
             durable_echo.rate,
             durable_echo.cpu_cells(),
             durable_echo.rate / echo_rate,

@@ -20,12 +20,14 @@ pub const ECHO_POLICY: &str = r#"<policy user="root"><allow own="org.vael.BenchE
 
 /// The bytes of a one-action `notify_operator` plan's records as the agent
 /// writes them for the bench's alerts (averages read off its ledger,
-/// 2026-12-01): `plan_created`, which
-/// is durable before the answer, then `plan_started`, `action_started`,
-/// `action_applied` and `plan_finished` in one write, durable before the
-/// plan's last signals.
+/// 2026-12-01): `plan_created`, which is durable before the answer, then
+/// `plan_started`, `action_started`, `action_applied` and `plan_finished`
+/// in one write, durable before the plan's last three signals.
 const CREATED_RECORD_BYTES: usize = 647;
 const REST_RECORD_BYTES: [usize; 4] = [276, 299, 374, 295];
+/// What a line is made of, so that making one costs a copy, as the
+/// agent's lines (already serialized when written) do.
+static FILLER: [u8; 1024] = [b'x'; 1024];
 
 /// A group commit on one append-only file: what a caller appends is
 /// durable (written, then `fdatasync`) when its `append` returns, and the
@@ -38,11 +40,11 @@ struct GroupCommit {
 }
 
 impl GroupCommit {
-    fn start(path: &Path) -> Arc<GroupCommit> {
+    fn start(path: PathBuf) -> Arc<GroupCommit> {
         let mut file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(path)
+            .open(&path)
             .unwrap();
         let log = Arc::new(GroupCommit {
             queue: Mutex::new(Vec::new()),
@@ -57,9 +59,17 @@ impl GroupCommit {
                 }
                 std::mem::take(&mut *queue)
             };
-            let bytes: Vec<u8> = batch.iter().flat_map(|(b, _)| b.iter().copied()).collect();
-            file.write_all(&bytes).unwrap();
-            file.sync_data().unwrap();
+            let bytes = batch
+                .iter()
+                .map(|(b, _)| b.as_slice())
+                .collect::<Vec<_>>()
+                .concat();
+            // A failed write would leave its callers unanswered and the
+            // bench waiting on them: end the service, which fails the row.
+            if let Err(e) = file.write_all(&bytes).and_then(|()| file.sync_data()) {
+                eprintln!("the durable echo could not write {}: {e}", path.display());
+                std::process::exit(1);
+            }
             for (_, done) in batch {
                 let _ = done.send(());
             }
@@ -71,7 +81,7 @@ impl GroupCommit {
     async fn append(&self, lengths: &[usize]) {
         let mut bytes = Vec::with_capacity(lengths.iter().sum());
         for &len in lengths {
-            bytes.extend(std::iter::repeat_n(b'x', len - 1));
+            bytes.extend_from_slice(&FILLER[..len - 1]);
             bytes.push(b'\n');
         }
         let (done, durable) = oneshot::channel();
@@ -96,10 +106,11 @@ struct InFlight {
 }
 
 impl InFlight {
-    fn finished(&self) {
-        if self.count.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.idle.notify_waiters();
-        }
+    /// Counts a plan in until the guard is dropped (even by a panic, so
+    /// that `Drained` cannot wait for a plan that is gone).
+    fn start(self: &Arc<Self>) -> PlanGuard {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        PlanGuard(self.clone())
     }
 
     async fn drained(&self) {
@@ -109,6 +120,16 @@ impl InFlight {
                 return;
             }
             idle.await;
+        }
+    }
+}
+
+struct PlanGuard(Arc<InFlight>);
+
+impl Drop for PlanGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
         }
     }
 }
@@ -123,7 +144,8 @@ impl Echo {
     /// Answered at once (the durable echo: once its `plan_created` bytes
     /// are durable), then the four signals a one-action plan sends
     /// (`PlanQueued`, `PlanStatusChanged` twice, `ActionFinished`); the
-    /// durable echo writes the plan's other records before its last two.
+    /// durable echo writes the plan's other records after `PlanQueued`,
+    /// before the other three, as the agent does.
     async fn submit_alert(
         &self,
         _alert_json: &str,
@@ -136,10 +158,10 @@ impl Echo {
         let emitter = emitter.to_owned();
         let plan = id.clone();
         let log = self.log.clone();
-        let in_flight = self.in_flight.clone();
-        in_flight.count.fetch_add(1, Ordering::AcqRel);
+        let guard = self.in_flight.start();
         // After the answer, as the agent's signal pump sends them.
         tokio::spawn(async move {
+            let _guard = guard;
             let _ = Echo::plan_queued(&emitter, &plan, "NEXUS", "low").await;
             if let Some(log) = log {
                 log.append(&REST_RECORD_BYTES).await;
@@ -147,7 +169,6 @@ impl Echo {
             let _ = Echo::plan_status_changed(&emitter, &plan, "in_progress").await;
             let _ = Echo::action_finished(&emitter, &plan, 0, "notify_operator", "applied").await;
             let _ = Echo::plan_status_changed(&emitter, &plan, "success").await;
-            in_flight.finished();
         });
         (id, true)
     }
@@ -185,7 +206,7 @@ impl Echo {
 /// The echo service's process: `--durable DIR` appends to `DIR/echo.log`.
 pub async fn serve(durable: Option<PathBuf>) {
     let echo = Echo {
-        log: durable.map(|dir| GroupCommit::start(&dir.join("echo.log"))),
+        log: durable.map(|dir| GroupCommit::start(dir.join("echo.log"))),
         in_flight: Arc::default(),
     };
     let conn = zbus::connection::Builder::system()
