@@ -131,10 +131,11 @@ pub struct QueueConfig {
     /// Plans accepted but not finished; past it `SubmitAlert` answers `QueueFull`.
     pub max: usize,
     pub dedupe_window_secs: u64,
-    /// Plans on disjoint targets that may run at the same time. 16 by
+    /// Plans on disjoint targets that may run at the same time. 8 by
     /// default: the runs' records share the ledger's fdatasyncs (a group
-    /// commit), so under a burst of alerts 16 running plans cost each
-    /// plan about 25 µs less CPU than 4 did, and finish sooner (README,
+    /// commit), so under a burst of alerts 8 running plans cost each plan
+    /// about a fifth less CPU than 4 did, and finish sooner; 16 measured
+    /// no better, and would restart twice as many units at once (README,
     /// "Decisions where DESIGN.md is silent"; BENCHMARKS.md, issue 18).
     pub max_concurrent: usize,
 }
@@ -144,7 +145,7 @@ impl Default for QueueConfig {
         QueueConfig {
             max: 1024,
             dedupe_window_secs: 60,
-            max_concurrent: 16,
+            max_concurrent: 8,
         }
     }
 }
