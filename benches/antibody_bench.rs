@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 
 use antibody::dbus::proxy::AntibodyProxy;
 use common::{
-    alert, bench_home, cpu_secs, p50, timed_submit, user_and_system_secs, wait_drained, wait_idle,
+    alert, bench_home, cpu_secs, p50, timed_submit, user_and_system_secs, wait_all_idle,
+    wait_drained,
 };
 use support::{Agent, PrivateBus};
 
@@ -239,6 +240,17 @@ async fn echo_throughput(
 /// `clients` × `per_client` distinct alerts to the echo service on `bus`,
 /// until its last plan's last signal: plans per second.
 async fn echo_load(bus: &PrivateBus, clients: usize, per_client: usize) -> f64 {
+    // An echo service that lost a caller's answer or a plan would hold the
+    // bench forever (zbus calls have no timeout): fail instead.
+    tokio::time::timeout(
+        Duration::from_secs(600),
+        echo_calls(bus, clients, per_client),
+    )
+    .await
+    .expect("the echo service's plans did not all finish within 10 minutes")
+}
+
+async fn echo_calls(bus: &PrivateBus, clients: usize, per_client: usize) -> f64 {
     let mut proxies = Vec::new();
     for _ in 0..clients {
         let conn = bus.connect().await;
@@ -255,12 +267,7 @@ async fn echo_load(bus: &PrivateBus, clients: usize, per_client: usize) -> f64 {
         assert!(created);
     })
     .await;
-    // A plan the service lost would hold `Drained` forever: fail instead.
-    let drained = drain.call::<_, _, ()>("Drained", &());
-    tokio::time::timeout(Duration::from_secs(600), drained)
-        .await
-        .expect("the echo service's plans did not all finish within 10 minutes")
-        .unwrap();
+    let () = drain.call("Drained", &()).await.unwrap();
     (clients * per_client) as f64 / start.elapsed().as_secs_f64()
 }
 
@@ -514,9 +521,10 @@ async fn main() {
     }
     let single_rate = 1.0 / submit.as_secs_f64();
     // The throughput rows on each bus daemon, alternating row by row so
-    // a drift of the machine falls on both alike; each row starts with the
-    // agent idle (measured right after the row before, a ceiling shares
-    // the cores with that row's backlog).
+    // a drift of the machine falls on both alike; each row starts with
+    // both agents idle, their archiving of earlier rows done (measured
+    // right after the row before, a ceiling shares the cores with that
+    // row's backlog).
     let broker_bus = PrivateBus::start_broker_with_extra(echo::ECHO_POLICY);
     let broker_home = tempfile::tempdir_in(home.path()).unwrap();
     let broker_agent = Agent::start(&broker_bus, broker_home.path(), "[queue]\nmax = 200000\n");
@@ -539,13 +547,13 @@ async fn main() {
     let mut rows: [Vec<Row>; 2] = [Vec::new(), Vec::new()];
     // The durable echo writes on the agents' disk.
     let echo_log = tempfile::tempdir_in(home.path()).unwrap();
+    let agents: Vec<_> = buses
+        .iter()
+        .map(|(_, _, agent_proxy, agent_pid)| (*agent_proxy, *agent_pid))
+        .collect();
     for kind in 0..5 {
         for (i, (_, bus, proxy, pid)) in buses.iter().enumerate() {
-            // Both agents share the disk and the cores: the other bus's
-            // agent may still be archiving the row before.
-            for (_, _, proxy, pid) in &buses {
-                wait_idle(proxy, *pid).await;
-            }
+            wait_all_idle(&agents).await;
             let groups = vec![vec![*pid], bus.daemon_pids()];
             let row = match kind {
                 0 => counted(groups, 16 * per, throughput(bus, 16, per, 1_000_000)).await,

@@ -106,6 +106,32 @@ pub async fn wait_idle(proxy: &AntibodyProxy<'_>, pid: i32) {
     }
 }
 
+/// Waits until every one of `agents` has nothing queued or running and
+/// all of them together used under 0.03 CPU-seconds over a window longer
+/// than the agent's upkeep period (5 s): the plans a row leaves past
+/// `state.keep_finished_plans` are archived by the next upkeep round,
+/// which a shorter window could end before.
+pub async fn wait_all_idle(agents: &[(&AntibodyProxy<'_>, i32)]) {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        assert!(Instant::now() < deadline, "the agents never went idle");
+        let mut drained = true;
+        for (proxy, _) in agents {
+            drained &= is_drained(proxy).await;
+        }
+        if !drained {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        let cpu = || agents.iter().map(|(_, pid)| cpu_secs(*pid)).sum::<f64>();
+        let before = cpu();
+        tokio::time::sleep(Duration::from_millis(5500)).await;
+        if cpu() - before < 0.03 {
+            return;
+        }
+    }
+}
+
 /// Polls until every plan has finished, closely enough to time a row by it.
 pub async fn wait_drained(proxy: &AntibodyProxy<'_>) {
     while !is_drained(proxy).await {

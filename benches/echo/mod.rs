@@ -28,6 +28,14 @@ const REST_RECORD_BYTES: [usize; 4] = [276, 299, 374, 295];
 /// What a line is made of, so that making one costs a copy, as the
 /// agent's lines (already serialized when written) do.
 static FILLER: [u8; 1024] = [b'x'; 1024];
+const _: () = {
+    assert!(CREATED_RECORD_BYTES <= FILLER.len() + 1);
+    let mut i = 0;
+    while i < REST_RECORD_BYTES.len() {
+        assert!(REST_RECORD_BYTES[i] >= 1 && REST_RECORD_BYTES[i] <= FILLER.len() + 1);
+        i += 1;
+    }
+};
 
 /// A group commit on one append-only file: what a caller appends is
 /// durable (written, then `fdatasync`) when its `append` returns, and the
@@ -65,7 +73,7 @@ impl GroupCommit {
                 .collect::<Vec<_>>()
                 .concat();
             // A failed write would leave its callers unanswered and the
-            // bench waiting on them: end the service, which fails the row.
+            // bench waiting on them: end the service, which fails the bench.
             if let Err(e) = file.write_all(&bytes).and_then(|()| file.sync_data()) {
                 eprintln!("the durable echo could not write {}: {e}", path.display());
                 std::process::exit(1);
