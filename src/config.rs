@@ -134,8 +134,8 @@ pub struct QueueConfig {
     /// Plans on disjoint targets that may run at the same time. 8 by
     /// default: the runs' records share the ledger's fdatasyncs (a group
     /// commit), so under a burst of alerts 8 running plans cost each plan
-    /// about a fifth less CPU than 4 did, and finish sooner; 16 measured
-    /// no better, and would restart twice as many units at once (README,
+    /// about 20 µs less CPU than 4 did, and finish sooner; 16 measured no
+    /// better, and would restart twice as many units at once (README,
     /// "Decisions where DESIGN.md is silent"; BENCHMARKS.md, issue 18).
     pub max_concurrent: usize,
 }
